@@ -1,0 +1,353 @@
+#include "daemon/guest_link.hpp"
+
+#include <random>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "protocol/codec.hpp"
+#include "protocol/redact.hpp"
+
+namespace stereos::daemon {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using boost::system::error_code;
+
+namespace {
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+// Read size per syscall: small, because thousands of mostly idle links keep their buffers.
+constexpr std::size_t read_chunk = 4096;
+// A writer buffer grown by a large request is given back rather than kept per guest.
+constexpr std::size_t keep_write_capacity = 64 * 1024;
+
+std::uint32_t link_seed() {
+    static std::random_device device;
+    return device();
+}
+
+std::string describe_ms(std::chrono::milliseconds d) {
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
+    return std::to_string(d.count()) + "ms";
+}
+
+// One caller's wait for its reply. The timer is both its deadline and its wake-up signal.
+struct request_waiter {
+    explicit request_waiter(const asio::any_io_executor& executor) : timer(executor) {}
+    asio::steady_timer timer;
+    bool done = false;
+    error_code error;
+    protocol::guest_message reply;
+};
+}  // namespace
+
+std::shared_ptr<guest_link> guest_link::create(asio::any_io_executor executor,
+                                               transport::endpoint target,
+                                               guest_link_options options,
+                                               event_handler on_event) {
+    return std::make_shared<guest_link>(std::move(executor), std::move(target), options,
+                                        std::move(on_event));
+}
+
+guest_link::guest_link(asio::any_io_executor executor, transport::endpoint target,
+                       guest_link_options options, event_handler on_event)
+    : executor_(std::move(executor)),
+      target_(std::move(target)),
+      options_(options),
+      on_event_(std::move(on_event)),
+      socket_(executor_),
+      backoff_(options.reconnect_initial, options.reconnect_max, link_seed()),
+      write_signal_(executor_),
+      finished_signal_(executor_) {}
+
+void guest_link::start() {
+    if (started_) return;
+    started_ = true;
+    asio::co_spawn(executor_, run(),
+                   asio::bind_cancellation_slot(
+                       stop_signal_.slot(), [self = shared_from_this()](std::exception_ptr e) {
+                           self->finished_ = true;
+                           self->connected_ = false;
+                           self->finished_signal_.cancel();
+                           // A throw out of the loop is a bug: fail loudly rather than run on
+                           // with a dead link.
+                           if (e) std::rethrow_exception(e);
+                       }));
+}
+
+void guest_link::stop() {
+    if (stopping_) return;
+    stopping_ = true;
+    stop_signal_.emit(asio::cancellation_type::terminal);
+    if (!started_) {
+        finished_ = true;
+        pending_.fail_all(link_error::link_stopped);
+    }
+}
+
+asio::awaitable<void> guest_link::async_stop() {
+    auto self = shared_from_this();
+    stop();
+    while (!finished_) {
+        finished_signal_.expires_at(clock::time_point::max());
+        co_await finished_signal_.async_wait(use_tuple);
+    }
+}
+
+void guest_link::emit(link_event event) {
+    if (on_event_) on_event_(event);
+}
+
+asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
+    return async_request(std::move(request), clock::now() + options_.request_timeout);
+}
+
+asio::awaitable<request_result> guest_link::async_request(protocol::host_message request,
+                                                          clock::time_point deadline) {
+    auto self = shared_from_this();
+    if (stopping_ || finished_) co_return error_code(link_error::link_stopped);
+    std::string line;
+    if (protocol::encode_into(line, request)) co_return error_code(link_error::request_too_large);
+    if (pending_.size() >= options_.max_queued_requests ||
+        pending_.queued_bytes() + line.size() > options_.max_queued_bytes) {
+        co_return error_code(link_error::queue_full);
+    }
+
+    auto waiter = std::make_shared<request_waiter>(executor_);
+    waiter->timer.expires_at(deadline);
+    const auto id = pending_.add(request, std::move(line),
+                                 [waiter](error_code ec, protocol::guest_message reply) {
+                                     waiter->done = true;
+                                     waiter->error = ec;
+                                     waiter->reply = std::move(reply);
+                                     waiter->timer.cancel();
+                                 });
+    ++stats_.requests;
+    write_signal_.cancel();
+
+    auto [wait_error] = co_await waiter->timer.async_wait(use_tuple);
+    if (waiter->done) {
+        if (waiter->error) co_return waiter->error;
+        co_return std::move(waiter->reply);
+    }
+
+    // The deadline passed, or our caller was cancelled: withdraw the request. A written one
+    // stays queued as abandoned so its late reply is consumed, not given to the next request.
+    const auto withdrawn = pending_.cancel(id);
+    if (wait_error == asio::error::operation_aborted) {
+        co_return error_code(asio::error::operation_aborted);
+    }
+    if (withdrawn == pending_requests::cancel_outcome::removed_unwritten) {
+        co_return error_code(link_error::guest_unavailable);
+    }
+    ++stats_.timeouts;
+    if (connected_ && ++consecutive_timeouts_ >= options_.unresponsive_after_timeouts) {
+        const auto reason =
+            std::to_string(consecutive_timeouts_) + " consecutive requests timed out";
+        emit(link_events::unresponsive{reason});
+        drop_connection(link_error::guest_unresponsive, reason);
+    }
+    co_return error_code(link_error::request_timeout);
+}
+
+asio::awaitable<void> guest_link::run() {
+    auto self = shared_from_this();
+    // Stop requests are checked by hand after every wait, so cancellation must not throw.
+    co_await asio::this_coro::throw_if_cancelled(false);
+    std::uint64_t attempt = 0;
+    asio::steady_timer backoff_timer(executor_);
+
+    while (!stopping_) {
+        emit(link_events::connecting{++attempt});
+        auto connected = co_await transport::async_connect(target_, options_.connect_timeout);
+        if (stopping_) break;
+
+        std::chrono::milliseconds retry_in{0};
+        if (!connected) {
+            ++stats_.connect_failures;
+            stats_.last_error = connected.error().describe(target_);
+            emit(link_events::connect_failed{connected.error().code, stats_.last_error});
+            retry_in = backoff_.next();
+        } else {
+            socket_ = std::move(*connected);
+            const auto up_since = clock::now();
+            co_await serve_connection();
+            if (stopping_) break;
+            if (clock::now() - up_since >= options_.stable_after) backoff_.reset();
+            retry_in = backoff_.next();
+            emit(link_events::down{drop_reason_, drop_detail_, retry_in});
+        }
+
+        backoff_timer.expires_after(retry_in);
+        co_await backoff_timer.async_wait(use_tuple);
+    }
+
+    error_code ignored;
+    socket_.close(ignored);
+    connected_ = false;
+    pending_.fail_all(link_error::link_stopped);
+}
+
+asio::awaitable<void> guest_link::serve_connection() {
+    ++stats_.connects;
+    connected_ = true;
+    consecutive_timeouts_ = 0;
+    drop_reason_ = {};
+    drop_detail_.clear();
+    framer_.reset();
+    last_received_ = clock::now();
+    emit(link_events::up{});
+
+    co_await (read_loop() || write_loop() || keepalive_loop());
+
+    error_code ignored;
+    socket_.close(ignored);
+    connected_ = false;
+    ++stats_.disconnects;
+    if (!drop_reason_) {
+        drop_reason_ = stopping_ ? error_code(link_error::link_stopped)
+                                 : error_code(link_error::connection_closed);
+    }
+    if (drop_detail_.empty()) drop_detail_ = drop_reason_.message();
+    stats_.last_error = drop_detail_;
+    // Written requests cannot be retried safely: the guest may have acted on them.
+    error_code written_error = link_error::connection_lost;
+    if (stopping_) written_error = link_error::link_stopped;
+    if (drop_reason_ == link_error::protocol_error) written_error = link_error::protocol_error;
+    pending_.on_connection_lost(written_error);
+    if (write_buffer_.capacity() > keep_write_capacity) std::string().swap(write_buffer_);
+}
+
+void guest_link::drop_connection(error_code reason, std::string detail) {
+    if (!drop_reason_) {
+        drop_reason_ = reason;
+        drop_detail_ = std::move(detail);
+    }
+    error_code ignored;
+    socket_.close(ignored);
+}
+
+asio::awaitable<void> guest_link::read_loop() {
+    while (true) {
+        auto space = framer_.prepare(read_chunk);
+        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(space.data(), space.size()),
+                                                         use_tuple);
+        if (ec) {
+            if (ec == asio::error::eof) {
+                drop_connection(link_error::connection_closed, "the guest closed the connection");
+            } else {
+                drop_connection(ec, "read failed: " + ec.message());
+            }
+            co_return;
+        }
+        framer_.commit(n);
+        last_received_ = clock::now();
+        while (true) {
+            auto line = framer_.next_line();
+            if (!line) {
+                ++stats_.protocol_errors;
+                const std::string detail = "guest sent a line over the 1 MiB limit";
+                emit(link_events::protocol_violation{detail});
+                drop_connection(link_error::protocol_error, detail);
+                co_return;
+            }
+            if (!*line) break;
+            if (!handle_line(**line)) co_return;
+        }
+    }
+}
+
+bool guest_link::handle_line(std::string_view line) {
+    auto decoded = protocol::decode_guest_line(line);
+    auto violation = [&](std::string detail) {
+        ++stats_.protocol_errors;
+        emit(link_events::protocol_violation{detail});
+        drop_connection(link_error::protocol_error, std::move(detail));
+        return false;
+    };
+    if (!decoded) {
+        return violation("undecodable line from guest (" + decoded.error().detail +
+                         "): " + protocol::printable_excerpt(line));
+    }
+    if (auto* pushed = std::get_if<protocol::lifecycle_payload>(&*decoded)) {
+        ++stats_.lifecycle_events;
+        emit(link_events::lifecycle{std::move(*pushed)});
+        return true;
+    }
+    if (auto* unknown = std::get_if<protocol::unknown_message>(&*decoded)) {
+        ++stats_.unknown_messages;
+        emit(link_events::unknown_message{protocol::printable_excerpt(unknown->type, 64)});
+        return true;
+    }
+
+    const std::string expected = pending_.describe_oldest_written();
+    const std::string got = protocol::redacted(*decoded);
+    switch (pending_.on_reply(std::move(*decoded))) {
+        case pending_requests::reply_outcome::completed:
+            consecutive_timeouts_ = 0;
+            return true;
+        case pending_requests::reply_outcome::dropped_abandoned:
+            // A slow guest is still a live guest.
+            consecutive_timeouts_ = 0;
+            ++stats_.late_replies_dropped;
+            return true;
+        case pending_requests::reply_outcome::nothing_outstanding:
+            return violation("guest sent a reply with no request outstanding: " +
+                             protocol::printable_excerpt(got));
+        case pending_requests::reply_outcome::unexpected_kind:
+        case pending_requests::reply_outcome::mismatched_reply_to:
+            return violation("guest reply out of step: expected " + expected + ", got " +
+                             protocol::printable_excerpt(got));
+    }
+    return true;
+}
+
+asio::awaitable<void> guest_link::write_loop() {
+    while (true) {
+        write_buffer_.clear();
+        if (pending_.take_unwritten(write_buffer_) == 0) {
+            write_signal_.expires_at(clock::time_point::max());
+            co_await write_signal_.async_wait(use_tuple);
+            auto state = co_await asio::this_coro::cancellation_state;
+            if (state.cancelled() != asio::cancellation_type::none) co_return;
+            continue;
+        }
+        auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buffer_), use_tuple);
+        if (ec) {
+            drop_connection(ec, "write failed: " + ec.message());
+            co_return;
+        }
+    }
+}
+
+asio::awaitable<void> guest_link::keepalive_loop() {
+    asio::steady_timer timer(executor_);
+    while (true) {
+        timer.expires_at(last_received_ + options_.keepalive_interval);
+        co_await timer.async_wait(use_tuple);
+        auto state = co_await asio::this_coro::cancellation_state;
+        if (state.cancelled() != asio::cancellation_type::none) co_return;
+        if (clock::now() < last_received_ + options_.keepalive_interval) continue;
+
+        auto reply = co_await async_request(protocol::ping_request{},
+                                            clock::now() + options_.request_timeout);
+        state = co_await asio::this_coro::cancellation_state;
+        if (state.cancelled() != asio::cancellation_type::none || !connected_) co_return;
+        if (reply) continue;
+        if (reply.error() == link_error::request_timeout) {
+            const auto reason =
+                "keepalive ping unanswered within " + describe_ms(options_.request_timeout);
+            emit(link_events::unresponsive{reason});
+            drop_connection(link_error::keepalive_timeout, reason);
+            co_return;
+        }
+    }
+}
+
+}  // namespace stereos::daemon
