@@ -19,9 +19,9 @@ using stream_socket = boost::asio::generic::stream_protocol::socket;
 inline constexpr std::chrono::milliseconds default_connect_timeout{2000};
 
 enum class error {
-    connect_timeout = 1,        // the attempt did not finish within its timeout
-    hybrid_handshake_failed,    // the hybrid vsock proxy did not answer "OK <n>\n"
-    resolve_failed,             // the TCP host name did not resolve
+    connect_timeout = 1,      // the attempt did not finish within its timeout
+    hybrid_handshake_failed,  // the hybrid vsock proxy did not answer "OK <n>\n"
+    resolve_failed,           // the TCP host name did not resolve
 };
 const boost::system::error_category& transport_category() noexcept;
 inline boost::system::error_code make_error_code(error e) noexcept {
@@ -41,6 +41,11 @@ struct connect_error {
 
 // Connects on the calling coroutine's executor. TCP sockets get TCP_NODELAY (lock-step
 // request/reply latency). Cancellation of the awaiting coroutine closes the attempt.
+// `timeout` bounds the whole call: name resolution, each resolved address in turn, and the
+// hybrid handshake; expiry gives error::connect_timeout with the stage it was in as detail.
+// A cancelled call returns asio::error::operation_aborted (as a value, it does not throw).
+// A hybrid handshake reads its reply byte by byte, so guest bytes that follow "OK <n>\n"
+// stay in the returned socket.
 boost::asio::awaitable<boost::system::result<stream_socket, connect_error>> async_connect(
     const endpoint& target, std::chrono::milliseconds timeout = default_connect_timeout);
 

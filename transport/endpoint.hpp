@@ -15,7 +15,9 @@ namespace stereos::transport {
 inline constexpr std::uint32_t default_vsock_port = 1024;
 
 struct tcp_endpoint {
-    std::string host;  // a name, an IPv4 address, or an IPv6 address written as [::1]
+    // A name, an IPv4 address, or an IPv6 address written as [::1]: parse_endpoint keeps the
+    // brackets, async_connect strips them before resolving.
+    std::string host;
     std::uint16_t port = 0;
     bool operator==(const tcp_endpoint&) const = default;
 };
@@ -38,7 +40,8 @@ struct hybrid_vsock_endpoint {
 using endpoint = std::variant<tcp_endpoint, vsock_endpoint, unix_endpoint, hybrid_vsock_endpoint>;
 
 // Why a string is not an endpoint, in words for an operator, e.g.
-// "vsock:abc:1024: CID must be a number".
+// "vsock:abc:1024: CID must be a number". The message starts with the input (printable,
+// bounded), then the problem.
 struct endpoint_error {
     std::string message;
 };
