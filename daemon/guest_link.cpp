@@ -33,7 +33,8 @@ std::uint32_t link_seed() {
 }
 
 std::string describe_ms(std::chrono::milliseconds d) {
-    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
+    if (d.count() % 1000 == 0)
+        return std::to_string(d.count() / 1000) + "s";
     return std::to_string(d.count()) + "ms";
 }
 
@@ -49,8 +50,7 @@ struct request_waiter {
 
 std::shared_ptr<guest_link> guest_link::create(asio::any_io_executor executor,
                                                transport::endpoint target,
-                                               guest_link_options options,
-                                               event_handler on_event) {
+                                               guest_link_options options, event_handler on_event) {
     return std::make_shared<guest_link>(std::move(executor), std::move(target), options,
                                         std::move(on_event));
 }
@@ -67,22 +67,25 @@ guest_link::guest_link(asio::any_io_executor executor, transport::endpoint targe
       finished_signal_(executor_) {}
 
 void guest_link::start() {
-    if (started_) return;
+    if (started_)
+        return;
     started_ = true;
     asio::co_spawn(executor_, run(),
-                   asio::bind_cancellation_slot(
-                       stop_signal_.slot(), [self = shared_from_this()](std::exception_ptr e) {
-                           self->finished_ = true;
-                           self->connected_ = false;
-                           self->finished_signal_.cancel();
-                           // A throw out of the loop is a bug: fail loudly rather than run on
-                           // with a dead link.
-                           if (e) std::rethrow_exception(e);
-                       }));
+                   asio::bind_cancellation_slot(stop_signal_.slot(),
+                                                [self = shared_from_this()](std::exception_ptr e) {
+                                                    self->finished_ = true;
+                                                    self->connected_ = false;
+                                                    self->finished_signal_.cancel();
+                                                    // A throw out of the loop is a bug: fail loudly
+                                                    // rather than run on with a dead link.
+                                                    if (e)
+                                                        std::rethrow_exception(e);
+                                                }));
 }
 
 void guest_link::stop() {
-    if (stopping_) return;
+    if (stopping_)
+        return;
     stopping_ = true;
     stop_signal_.emit(asio::cancellation_type::terminal);
     if (!started_) {
@@ -101,7 +104,8 @@ asio::awaitable<void> guest_link::async_stop() {
 }
 
 void guest_link::emit(link_event event) {
-    if (on_event_) on_event_(event);
+    if (on_event_)
+        on_event_(event);
 }
 
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
@@ -111,9 +115,11 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request,
                                                           clock::time_point deadline) {
     auto self = shared_from_this();
-    if (stopping_ || finished_) co_return error_code(link_error::link_stopped);
+    if (stopping_ || finished_)
+        co_return error_code(link_error::link_stopped);
     std::string line;
-    if (protocol::encode_into(line, request)) co_return error_code(link_error::request_too_large);
+    if (protocol::encode_into(line, request))
+        co_return error_code(link_error::request_too_large);
     if (pending_.size() >= options_.max_queued_requests ||
         pending_.queued_bytes() + line.size() > options_.max_queued_bytes) {
         co_return error_code(link_error::queue_full);
@@ -133,7 +139,8 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
 
     auto [wait_error] = co_await waiter->timer.async_wait(use_tuple);
     if (waiter->done) {
-        if (waiter->error) co_return waiter->error;
+        if (waiter->error)
+            co_return waiter->error;
         co_return std::move(waiter->reply);
     }
 
@@ -166,7 +173,8 @@ asio::awaitable<void> guest_link::run() {
     while (!stopping_) {
         emit(link_events::connecting{++attempt});
         auto connected = co_await transport::async_connect(target_, options_.connect_timeout);
-        if (stopping_) break;
+        if (stopping_)
+            break;
 
         std::chrono::milliseconds retry_in{0};
         if (!connected) {
@@ -178,8 +186,10 @@ asio::awaitable<void> guest_link::run() {
             socket_ = std::move(*connected);
             const auto up_since = clock::now();
             co_await serve_connection();
-            if (stopping_) break;
-            if (clock::now() - up_since >= options_.stable_after) backoff_.reset();
+            if (stopping_)
+                break;
+            if (clock::now() - up_since >= options_.stable_after)
+                backoff_.reset();
             retry_in = backoff_.next();
             emit(link_events::down{drop_reason_, drop_detail_, retry_in});
         }
@@ -214,14 +224,18 @@ asio::awaitable<void> guest_link::serve_connection() {
         drop_reason_ = stopping_ ? error_code(link_error::link_stopped)
                                  : error_code(link_error::connection_closed);
     }
-    if (drop_detail_.empty()) drop_detail_ = drop_reason_.message();
+    if (drop_detail_.empty())
+        drop_detail_ = drop_reason_.message();
     stats_.last_error = drop_detail_;
     // Written requests cannot be retried safely: the guest may have acted on them.
     error_code written_error = link_error::connection_lost;
-    if (stopping_) written_error = link_error::link_stopped;
-    if (drop_reason_ == link_error::protocol_error) written_error = link_error::protocol_error;
+    if (stopping_)
+        written_error = link_error::link_stopped;
+    if (drop_reason_ == link_error::protocol_error)
+        written_error = link_error::protocol_error;
     pending_.on_connection_lost(written_error);
-    if (write_buffer_.capacity() > keep_write_capacity) std::string().swap(write_buffer_);
+    if (write_buffer_.capacity() > keep_write_capacity)
+        std::string().swap(write_buffer_);
 }
 
 void guest_link::drop_connection(error_code reason, std::string detail) {
@@ -236,8 +250,8 @@ void guest_link::drop_connection(error_code reason, std::string detail) {
 asio::awaitable<void> guest_link::read_loop() {
     while (true) {
         auto space = framer_.prepare(read_chunk);
-        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(space.data(), space.size()),
-                                                         use_tuple);
+        auto [ec, n] =
+            co_await socket_.async_read_some(asio::buffer(space.data(), space.size()), use_tuple);
         if (ec) {
             if (ec == asio::error::eof) {
                 drop_connection(link_error::connection_closed, "the guest closed the connection");
@@ -257,8 +271,10 @@ asio::awaitable<void> guest_link::read_loop() {
                 drop_connection(link_error::protocol_error, detail);
                 co_return;
             }
-            if (!*line) break;
-            if (!handle_line(**line)) co_return;
+            if (!*line)
+                break;
+            if (!handle_line(**line))
+                co_return;
         }
     }
 }
@@ -315,7 +331,8 @@ asio::awaitable<void> guest_link::write_loop() {
             write_signal_.expires_at(clock::time_point::max());
             co_await write_signal_.async_wait(use_tuple);
             auto state = co_await asio::this_coro::cancellation_state;
-            if (state.cancelled() != asio::cancellation_type::none) co_return;
+            if (state.cancelled() != asio::cancellation_type::none)
+                co_return;
             continue;
         }
         auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buffer_), use_tuple);
@@ -332,14 +349,18 @@ asio::awaitable<void> guest_link::keepalive_loop() {
         timer.expires_at(last_received_ + options_.keepalive_interval);
         co_await timer.async_wait(use_tuple);
         auto state = co_await asio::this_coro::cancellation_state;
-        if (state.cancelled() != asio::cancellation_type::none) co_return;
-        if (clock::now() < last_received_ + options_.keepalive_interval) continue;
+        if (state.cancelled() != asio::cancellation_type::none)
+            co_return;
+        if (clock::now() < last_received_ + options_.keepalive_interval)
+            continue;
 
         auto reply = co_await async_request(protocol::ping_request{},
                                             clock::now() + options_.request_timeout);
         state = co_await asio::this_coro::cancellation_state;
-        if (state.cancelled() != asio::cancellation_type::none || !connected_) co_return;
-        if (reply) continue;
+        if (state.cancelled() != asio::cancellation_type::none || !connected_)
+            co_return;
+        if (reply)
+            continue;
         if (reply.error() == link_error::request_timeout) {
             const auto reason =
                 "keepalive ping unanswered within " + describe_ms(options_.request_timeout);

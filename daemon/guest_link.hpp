@@ -93,7 +93,7 @@ struct link_stats {
 using request_result = boost::system::result<protocol::guest_message>;
 
 class guest_link : public std::enable_shared_from_this<guest_link> {
-public:
+  public:
     using clock = std::chrono::steady_clock;
     using event_handler = std::function<void(const link_event&)>;
 
@@ -125,7 +125,7 @@ public:
     guest_link(boost::asio::any_io_executor executor, transport::endpoint target,
                guest_link_options options, event_handler on_event);
 
-private:
+  private:
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<void> serve_connection();
     boost::asio::awaitable<void> read_loop();
@@ -148,7 +148,7 @@ private:
     pending_requests pending_;
     reconnect_backoff backoff_;
     std::string write_buffer_;
-    boost::asio::steady_timer write_signal_;    // the writer waits on it; cancel() wakes it
+    boost::asio::steady_timer write_signal_;     // the writer waits on it; cancel() wakes it
     boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
     boost::asio::cancellation_signal stop_signal_;
 

@@ -8,9 +8,12 @@ namespace stereos::daemon {
 namespace {
 std::string_view kind_name(protocol::reply_kind kind) {
     switch (kind) {
-        case protocol::reply_kind::pong: return "pong";
-        case protocol::reply_kind::health: return "health";
-        case protocol::reply_kind::ack: return "ack";
+        case protocol::reply_kind::pong:
+            return "pong";
+        case protocol::reply_kind::health:
+            return "health";
+        case protocol::reply_kind::ack:
+            return "ack";
     }
     return "?";
 }
@@ -41,30 +44,33 @@ std::size_t pending_requests::take_unwritten(std::string& out) {
 }
 
 pending_requests::reply_outcome pending_requests::on_reply(protocol::guest_message reply) {
-    if (written_count_ == 0) return reply_outcome::nothing_outstanding;
+    if (written_count_ == 0)
+        return reply_outcome::nothing_outstanding;
     auto& front = entries_.front();
     const auto* ack = std::get_if<protocol::ack_payload>(&reply);
-    const bool kind_matches =
-        (front.expects == protocol::reply_kind::pong &&
-         std::holds_alternative<protocol::pong_reply>(reply)) ||
-        (front.expects == protocol::reply_kind::health &&
-         std::holds_alternative<protocol::health_payload>(reply)) ||
-        (front.expects == protocol::reply_kind::ack && ack != nullptr);
-    if (!kind_matches) return reply_outcome::unexpected_kind;
-    if (ack && ack->reply_to != front.type) return reply_outcome::mismatched_reply_to;
+    const bool kind_matches = (front.expects == protocol::reply_kind::pong &&
+                               std::holds_alternative<protocol::pong_reply>(reply)) ||
+                              (front.expects == protocol::reply_kind::health &&
+                               std::holds_alternative<protocol::health_payload>(reply)) ||
+                              (front.expects == protocol::reply_kind::ack && ack != nullptr);
+    if (!kind_matches)
+        return reply_outcome::unexpected_kind;
+    if (ack && ack->reply_to != front.type)
+        return reply_outcome::mismatched_reply_to;
 
     auto done = std::move(front.done);
     const bool abandoned = front.state == entry_state::abandoned;
     entries_.pop_front();
     --written_count_;
-    if (abandoned) return reply_outcome::dropped_abandoned;
+    if (abandoned)
+        return reply_outcome::dropped_abandoned;
     done({}, std::move(reply));
     return reply_outcome::completed;
 }
 
 pending_requests::cancel_outcome pending_requests::cancel(std::uint64_t id) {
-    auto it = std::find_if(entries_.begin(), entries_.end(),
-                           [id](const entry& e) { return e.id == id; });
+    auto it =
+        std::find_if(entries_.begin(), entries_.end(), [id](const entry& e) { return e.id == id; });
     if (it == entries_.end() || it->state == entry_state::abandoned)
         return cancel_outcome::not_found;
     if (it->state == entry_state::written) {
@@ -79,14 +85,15 @@ pending_requests::cancel_outcome pending_requests::cancel(std::uint64_t id) {
 
 void pending_requests::on_connection_lost(boost::system::error_code written_error) {
     // Detach first: completions may resume callers that queue new requests.
-    std::deque<entry> lost(std::make_move_iterator(entries_.begin()),
-                           std::make_move_iterator(entries_.begin() +
-                                                   static_cast<std::ptrdiff_t>(written_count_)));
+    std::deque<entry> lost(
+        std::make_move_iterator(entries_.begin()),
+        std::make_move_iterator(entries_.begin() + static_cast<std::ptrdiff_t>(written_count_)));
     entries_.erase(entries_.begin(),
                    entries_.begin() + static_cast<std::ptrdiff_t>(written_count_));
     written_count_ = 0;
     for (auto& e : lost) {
-        if (e.state == entry_state::written && e.done) e.done(written_error, {});
+        if (e.state == entry_state::written && e.done)
+            e.done(written_error, {});
     }
 }
 
@@ -95,17 +102,22 @@ void pending_requests::fail_all(boost::system::error_code error) {
     written_count_ = 0;
     queued_bytes_ = 0;
     for (auto& e : all) {
-        if (e.state != entry_state::abandoned && e.done) e.done(error, {});
+        if (e.state != entry_state::abandoned && e.done)
+            e.done(error, {});
     }
 }
 
-std::size_t pending_requests::written() const noexcept { return written_count_; }
+std::size_t pending_requests::written() const noexcept {
+    return written_count_;
+}
 
 std::string pending_requests::describe_oldest_written() const {
-    if (written_count_ == 0) return {};
+    if (written_count_ == 0)
+        return {};
     const auto& front = entries_.front();
     std::string text(kind_name(front.expects));
-    if (front.expects == protocol::reply_kind::ack) text += " for " + front.type;
+    if (front.expects == protocol::reply_kind::ack)
+        text += " for " + front.type;
     return text;
 }
 

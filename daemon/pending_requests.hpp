@@ -17,7 +17,7 @@
 namespace stereos::daemon {
 
 class pending_requests {
-public:
+  public:
     // Called exactly once with either an error or the guest's reply, unless the request is
     // withdrawn with cancel() first. It must not call back into this object.
     using completion = std::function<void(boost::system::error_code, protocol::guest_message)>;
@@ -61,7 +61,7 @@ public:
     // What the oldest written request expects, for error messages; empty when none.
     std::string describe_oldest_written() const;
 
-private:
+  private:
     enum class entry_state { unwritten, written, abandoned };
     struct entry {
         std::uint64_t id;

@@ -10,12 +10,14 @@
 namespace stereos::daemon {
 
 class reconnect_backoff {
-public:
+  public:
     using duration = std::chrono::milliseconds;
 
     reconnect_backoff(duration initial, duration cap, std::uint32_t seed)
-        : initial_(std::max(initial, duration{1})), cap_(std::max(cap, initial_)),
-          next_(initial_), random_(scramble(seed)) {}
+        : initial_(std::max(initial, duration{1})),
+          cap_(std::max(cap, initial_)),
+          next_(initial_),
+          random_(scramble(seed)) {}
 
     // The next delay, uniformly in [d/2, d] for the current step d; then the step doubles.
     duration next() {
@@ -30,7 +32,7 @@ public:
 
     duration current_step() const noexcept { return next_; }
 
-private:
+  private:
     // minstd_rand's first outputs track its seed closely; mix the seed so nearby seeds
     // (e.g. links created together) still get unrelated delays.
     static std::uint32_t scramble(std::uint32_t seed) noexcept {

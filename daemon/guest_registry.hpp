@@ -1,0 +1,74 @@
+// Every guest the daemon manages: the config file's and those added at run time (persisted in
+// the state directory). Applies config reloads as a difference, so untouched guests' links are
+// never disturbed. Single-threaded, on the daemon's executor.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <boost/system/result.hpp>
+
+#include "config/config.hpp"
+#include "daemon/event_bus.hpp"
+#include "daemon/managed_guest.hpp"
+#include "daemon/state_store.hpp"
+
+namespace stereos::daemon {
+
+struct registry_error {
+    enum class kind { bad_request, exists, not_found, config_guest, persist_failed };
+    kind code;
+    std::string message;
+};
+[[noreturn]] void throw_exception_from_error(const registry_error& e,
+                                             const boost::source_location& location);
+
+// Builds and validates a runtime guest's definition with the config loader's own rules, using
+// the daemon's timeouts as defaults. `provision` has the shape of a [guest.provision] table.
+boost::system::result<config::guest_config, std::string> runtime_guest_definition(
+    const std::string& name, const std::string& endpoint, const boost::json::object& provision,
+    const config::daemon_settings& defaults);
+
+class guest_registry {
+  public:
+    guest_registry(boost::asio::any_io_executor executor, event_bus& bus, state_store& store);
+
+    // Starts the config's guests and the persisted runtime guests. A runtime guest whose name
+    // the config now uses is kept on disk but not started (reported in the returned messages).
+    std::vector<std::string> start(const config::config& initial);
+
+    // Reload: starts added guests, stops removed ones, restarts changed ones. The caller has
+    // validated `next`; a name clash with a runtime guest rejects the whole reload (returned).
+    boost::asio::awaitable<std::optional<std::string>> async_apply(const config::config& next);
+
+    boost::system::result<std::shared_ptr<managed_guest>, registry_error> add_runtime(
+        const std::string& name, const std::string& endpoint, const boost::json::object& provision);
+    boost::asio::awaitable<boost::system::result<void, registry_error>> async_remove_runtime(
+        const std::string& name);
+
+    std::shared_ptr<managed_guest> find(std::string_view name) const;
+    // In name order.
+    std::vector<std::shared_ptr<managed_guest>> all() const;
+    std::size_t size() const noexcept { return guests_.size(); }
+
+    boost::asio::awaitable<void> async_stop_all();
+
+  private:
+    std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source);
+    std::optional<std::string> persist();
+
+    boost::asio::any_io_executor executor_;
+    event_bus& bus_;
+    state_store& store_;
+    config::config config_;
+    std::map<std::string, std::shared_ptr<managed_guest>, std::less<>> guests_;
+    std::vector<runtime_guest_record> runtime_records_;
+};
+
+}  // namespace stereos::daemon

@@ -1,0 +1,165 @@
+#include "daemon/host_daemon.hpp"
+
+#include <sys/resource.h>
+#include <time.h>
+
+#include <map>
+
+#include <systemd/sd-daemon.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "daemon/logging.hpp"
+
+namespace stereos::daemon {
+
+namespace asio = boost::asio;
+
+namespace {
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+void rethrow_if(std::exception_ptr e) {
+    if (e)
+        std::rethrow_exception(e);
+}
+
+std::uint64_t monotonic_usec() {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000u +
+           static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
+}
+}  // namespace
+
+std::uint64_t raise_file_limit() {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0)
+        return 0;
+    if (limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+        getrlimit(RLIMIT_NOFILE, &limit);
+    }
+    return limit.rlim_cur;
+}
+
+host_daemon::host_daemon(asio::io_context& io, host_daemon_options options, config::config initial)
+    : io_(io),
+      options_(std::move(options)),
+      config_(std::move(initial)),
+      store_(config_.daemon.state_dir),
+      registry_(io.get_executor(), bus_, store_) {}
+
+host_daemon::~host_daemon() = default;
+
+void host_daemon::apply_log_level() {
+    auto level = log::parse_severity(config::to_string(config_.daemon.level));
+    if (options_.log_level_override)
+        level = log::parse_severity(*options_.log_level_override);
+    if (level)
+        log::set_level(*level);
+}
+
+void host_daemon::start() {
+    apply_log_level();
+    std::error_code ec;
+    std::filesystem::create_directories(config_.daemon.state_dir, ec);
+    if (ec) {
+        log::error("cannot create state directory " + config_.daemon.state_dir.string() + ": " +
+                   ec.message() + "; runtime guests cannot be persisted");
+    }
+    const auto files = raise_file_limit();
+    log::info("starting stereos-hostd " STEREOS_VERSION " with " +
+              std::to_string(config_.guests.size()) + " configured guests (config " +
+              options_.config_path.string() + ")");
+    for (const auto& problem : registry_.start(config_))
+        log::error(problem);
+    // Each guest holds one socket; the API and journal need a few more.
+    if (files > 0 && registry_.size() + 64 > files) {
+        log::warning("open-file limit " + std::to_string(files) + " is too low for " +
+                     std::to_string(registry_.size()) +
+                     " guests: raise LimitNOFILE= or some links will fail with EMFILE");
+    }
+    asio::co_spawn(io_, handle_signals(), rethrow_if);
+    asio::co_spawn(io_, status_loop(), rethrow_if);
+    sd_notify(0, "READY=1");
+    notify_status();
+}
+
+// STATUS= follows the guests' states; once a second bounds the cost with thousands of guests.
+asio::awaitable<void> host_daemon::status_loop() {
+    asio::steady_timer timer(io_);
+    while (!stopping_) {
+        timer.expires_after(std::chrono::seconds(1));
+        co_await timer.async_wait(use_tuple);
+        if (!stopping_)
+            notify_status();
+    }
+}
+
+asio::awaitable<void> host_daemon::handle_signals() {
+    asio::signal_set signals(io_, SIGINT, SIGTERM, SIGHUP);
+    while (!stopping_) {
+        auto [ec, signal] = co_await signals.async_wait(use_tuple);
+        if (ec)
+            co_return;
+        if (signal == SIGHUP) {
+            co_await async_reload();
+        } else {
+            log::notice(signal == SIGTERM ? "SIGTERM: stopping" : "SIGINT: stopping");
+            co_await async_stop();
+        }
+    }
+}
+
+asio::awaitable<void> host_daemon::async_reload() {
+    const auto usec = std::to_string(monotonic_usec());
+    sd_notify(0, ("RELOADING=1\nMONOTONIC_USEC=" + usec).c_str());
+    log::notice("SIGHUP: reloading " + options_.config_path.string());
+    auto next = config::load_config_file(options_.config_path);
+    if (!next) {
+        log::error("reload rejected, the running config stays in force:\n" +
+                   config::to_string(next.error()));
+    } else if (auto problem = co_await registry_.async_apply(*next)) {
+        log::error("reload rejected, the running config stays in force: " + *problem);
+    } else {
+        config_ = std::move(*next);
+        apply_log_level();
+    }
+    sd_notify(0, "READY=1");
+    notify_status();
+}
+
+asio::awaitable<void> host_daemon::async_stop() {
+    if (stopping_)
+        co_return;
+    stopping_ = true;
+    sd_notify(0, "STOPPING=1");
+    co_await registry_.async_stop_all();
+    log::info("stopped");
+}
+
+std::string host_daemon::status_line() const {
+    std::map<std::string, int> counts;
+    for (const auto& g : registry_.all())
+        ++counts[std::string(to_string(g->machine().state()))];
+    std::string line = std::to_string(registry_.size()) + " guests";
+    std::string sep = ": ";
+    for (const auto& [state, n] : counts) {
+        line += sep + std::to_string(n) + " " + state;
+        sep = ", ";
+    }
+    return line;
+}
+
+void host_daemon::notify_status() {
+    auto line = status_line();
+    if (line == last_status_)
+        return;
+    last_status_ = line;
+    sd_notify(0, ("STATUS=" + line).c_str());
+}
+
+}  // namespace stereos::daemon

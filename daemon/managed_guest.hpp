@@ -1,0 +1,93 @@
+// One guest as the daemon manages it: its link, its state machine, health polling and
+// provisioning, with every change logged and published on the event bus. Runs on the daemon's
+// single executor.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json/object.hpp>
+
+#include "config/config.hpp"
+#include "daemon/event_bus.hpp"
+#include "daemon/guest_link.hpp"
+#include "daemon/guest_state_machine.hpp"
+#include "daemon/log_throttle.hpp"
+
+namespace stereos::daemon {
+
+enum class guest_source { config, runtime };
+std::string_view to_string(guest_source source) noexcept;
+
+struct provisioning_report {
+    std::string state = "none";  // none | pending | running | done | failed
+    std::string step;            // the failed (or running) step
+    std::string error;           // why it failed; secrets scrubbed
+};
+
+class managed_guest : public std::enable_shared_from_this<managed_guest> {
+  public:
+    static std::shared_ptr<managed_guest> create(boost::asio::any_io_executor executor,
+                                                 config::guest_config definition,
+                                                 guest_source source, event_bus& bus);
+
+    void start();
+    // Stops polling, provisioning and the link; never sends the guest anything. begin_stop()
+    // only starts it, so many guests can stop at once.
+    void begin_stop();
+    boost::asio::awaitable<void> async_stop();
+
+    // A request on behalf of a client; the outcome also feeds the state machine (timeouts,
+    // health replies, shutdown).
+    boost::asio::awaitable<request_result> request(protocol::host_message message);
+
+    // Runs the provisioning sequence now, whatever the boot; returns the report at the end.
+    boost::asio::awaitable<provisioning_report> provision_now();
+
+    // {name, endpoint, source, state, reason, since, link, uptime_seconds, agents, provision,
+    // transitions}
+    boost::json::object status() const;
+    boost::json::object snapshot_event_fields() const;
+
+    const std::string& name() const noexcept { return definition_.name; }
+    const config::guest_config& definition() const noexcept { return definition_; }
+    guest_source source() const noexcept { return source_; }
+    const guest_state_machine& machine() const noexcept { return machine_; }
+    const guest_link& link() const noexcept { return *link_; }
+    const provisioning_report& provisioning() const noexcept { return report_; }
+
+    managed_guest(boost::asio::any_io_executor executor, config::guest_config definition,
+                  guest_source source, event_bus& bus);
+
+  private:
+    void on_link_event(const link_event& event);
+    void feed(const guest_event& event);
+    void maybe_start_provisioning();
+    boost::asio::awaitable<void> health_loop();
+    boost::asio::awaitable<bool> run_provisioning(std::optional<provisioning_ticket> ticket);
+    void publish_provisioning();
+    void note_reply(const protocol::host_message& sent, const request_result& result);
+
+    boost::asio::any_io_executor executor_;
+    config::guest_config definition_;
+    guest_source source_;
+    event_bus& bus_;
+    std::shared_ptr<guest_link> link_;
+    guest_state_machine machine_;
+    provisioning_report report_;
+    bool provisioning_running_ = false;
+    bool stopping_ = false;
+    bool poll_now_ = false;
+    unsigned background_tasks_ = 0;  // health loop and provisioning runs still alive
+    boost::asio::steady_timer health_timer_;
+    boost::asio::steady_timer tasks_done_;
+    log_throttle connect_errors_;
+    log_throttle unknown_messages_;
+};
+
+}  // namespace stereos::daemon

@@ -1,0 +1,135 @@
+#include "daemon/provisioning.hpp"
+
+#include <string.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "protocol/redact.hpp"
+
+namespace stereos::daemon {
+
+namespace {
+constexpr std::size_t shortest_scrubbed = 4;  // shorter values are too common to hide
+
+void replace_all(std::string& text, std::string_view needle, std::string_view with) {
+    if (needle.size() < shortest_scrubbed)
+        return;
+    for (auto pos = text.find(needle); pos != std::string::npos;
+         pos = text.find(needle, pos + with.size())) {
+        text.replace(pos, needle.size(), with);
+    }
+}
+
+std::string trim_line_end(std::string text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+        text.pop_back();
+    return text;
+}
+
+// The right-hand sides of `key = value` lines, unquoted: the parts of a jcard.toml that may be
+// secret.
+std::vector<std::string> toml_values(std::string_view content) {
+    std::vector<std::string> values;
+    std::istringstream lines{std::string(content)};
+    std::string line;
+    while (std::getline(lines, line)) {
+        const auto eq = line.find('=');
+        if (eq == std::string::npos)
+            continue;
+        std::string value = line.substr(eq + 1);
+        const auto first = value.find_first_not_of(" \t\"'");
+        const auto last = value.find_last_not_of(" \t\r\"',");
+        if (first == std::string::npos || last < first)
+            continue;
+        values.push_back(value.substr(first, last - first + 1));
+    }
+    return values;
+}
+}  // namespace
+
+boost::system::result<std::string, std::string> read_file(const std::filesystem::path& path) {
+    using result = boost::system::result<std::string, std::string>;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        return result(boost::system::in_place_error,
+                      "cannot read " + path.string() + ": " + std::strerror(errno));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) {
+        return result(boost::system::in_place_error,
+                      "cannot read " + path.string() + ": read error");
+    }
+    return result(boost::system::in_place_value, text.str());
+}
+
+std::vector<provisioning_step> provisioning_steps(const config::provision_config& provision) {
+    std::vector<provisioning_step> steps;
+    using built = boost::system::result<protocol::host_message, std::string>;
+    if (!provision.config_file.empty()) {
+        steps.push_back({"set_config", [path = provision.config_file]() -> built {
+                             auto content = read_file(path);
+                             if (!content)
+                                 return content.error();
+                             return protocol::host_message{
+                                 protocol::config_payload{std::move(*content)}};
+                         }});
+    }
+    for (const auto& key : provision.ssh_keys) {
+        steps.push_back({"inject_ssh_key " + key.user, [key]() -> built {
+                             std::string public_key = key.public_key;
+                             if (!key.public_key_file.empty()) {
+                                 auto text = read_file(key.public_key_file);
+                                 if (!text)
+                                     return text.error();
+                                 public_key = trim_line_end(std::move(*text));
+                             }
+                             return protocol::host_message{
+                                 protocol::ssh_key_payload{key.user, std::move(public_key)}};
+                         }});
+    }
+    for (const auto& secret : provision.secrets) {
+        steps.push_back({"inject_secret " + secret.name, [secret]() -> built {
+                             auto value = read_file(secret.file);
+                             if (!value)
+                                 return value.error();
+                             return protocol::host_message{protocol::secret_payload{
+                                 secret.name, std::move(*value), secret.mode}};
+                         }});
+    }
+    for (const auto& mount : provision.mounts) {
+        steps.push_back(
+            {"mount " + mount.tag, [mount]() -> built { return protocol::host_message{mount}; }});
+    }
+    return steps;
+}
+
+std::string scrub_guest_error(std::string text, const protocol::host_message& sent) {
+    if (const auto* secret = std::get_if<protocol::secret_payload>(&sent)) {
+        replace_all(text, secret->value, protocol::redaction_marker(secret->value.size()));
+        replace_all(text, trim_line_end(secret->value),
+                    protocol::redaction_marker(secret->value.size()));
+    } else if (const auto* config = std::get_if<protocol::config_payload>(&sent)) {
+        for (const auto& value : toml_values(config->content)) {
+            replace_all(text, value, "<redacted>");
+        }
+    }
+    return text;
+}
+
+void wipe_secrets(protocol::host_message& message) {
+    auto wipe = [](std::string& s) {
+        if (!s.empty())
+            explicit_bzero(s.data(), s.size());
+        s.clear();
+    };
+    if (auto* secret = std::get_if<protocol::secret_payload>(&message))
+        wipe(secret->value);
+    if (auto* config = std::get_if<protocol::config_payload>(&message))
+        wipe(config->content);
+}
+
+}  // namespace stereos::daemon

@@ -1,0 +1,171 @@
+#include "daemon/state_store.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+namespace stereos::daemon {
+
+namespace json = boost::json;
+
+namespace {
+constexpr const char* file_name = "guests.json";
+constexpr const char* temp_prefix = "guests.json.tmp-";
+constexpr int format_version = 1;
+
+std::string errno_text(int err) {
+    return std::strerror(err);
+}
+
+std::string utc_stamp() {
+    const std::time_t now = std::time(nullptr);
+    std::tm parts{};
+    gmtime_r(&now, &parts);
+    char text[32];
+    std::strftime(text, sizeof text, "%Y%m%dT%H%M%SZ", &parts);
+    return text;
+}
+
+// Parses the file's text; an error names what is wrong.
+std::optional<std::string> parse_records(const std::string& text,
+                                         std::vector<runtime_guest_record>& out) {
+    boost::system::error_code ec;
+    auto doc = json::parse(text, ec);
+    if (ec)
+        return "not valid JSON: " + ec.message();
+    if (!doc.is_object())
+        return "top level is not an object";
+    const auto& top = doc.get_object();
+    const auto* version = top.if_contains("version");
+    if (!version || !version->is_int64() || version->get_int64() != format_version)
+        return "missing or unsupported \"version\" (expected 1)";
+    const auto* guests = top.if_contains("guests");
+    if (!guests || !guests->is_array())
+        return "\"guests\" is missing or not an array";
+    for (std::size_t i = 0; i < guests->get_array().size(); ++i) {
+        const auto& g = guests->get_array()[i];
+        const auto where = "guests[" + std::to_string(i) + "]";
+        if (!g.is_object())
+            return where + " is not an object";
+        const auto* name = g.get_object().if_contains("name");
+        const auto* endpoint = g.get_object().if_contains("endpoint");
+        if (!name || !name->is_string())
+            return where + ".name is missing or not a string";
+        if (!endpoint || !endpoint->is_string())
+            return where + ".endpoint is missing or not a string";
+        runtime_guest_record record{
+            std::string(name->get_string()), std::string(endpoint->get_string()), {}};
+        if (const auto* p = g.get_object().if_contains("provision")) {
+            if (!p->is_object())
+                return where + ".provision is not an object";
+            record.provision = p->get_object();
+        }
+        out.push_back(std::move(record));
+    }
+    return std::nullopt;
+}
+
+bool write_all(int fd, const std::string& data) {
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const auto n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return false;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+}  // namespace
+
+state_store::state_store(std::filesystem::path directory)
+    : directory_(std::move(directory)), file_(directory_ / file_name) {}
+
+state_load_result state_store::load() {
+    state_load_result result;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(directory_, ec)) {
+        if (entry.path().filename().string().starts_with(temp_prefix)) {
+            std::filesystem::remove(entry.path(), ec);
+        }
+    }
+    if (!std::filesystem::exists(file_, ec))
+        return result;
+
+    std::string problem;
+    std::ifstream in(file_, std::ios::binary);
+    if (!in) {
+        problem = "cannot be read: " + errno_text(errno);
+    } else {
+        std::stringstream text;
+        text << in.rdbuf();
+        std::vector<runtime_guest_record> guests;
+        if (auto error = parse_records(text.str(), guests)) {
+            problem = "is corrupt: " + *error;
+        } else {
+            result.guests = std::move(guests);
+            return result;
+        }
+    }
+
+    auto aside = file_;
+    aside += ".corrupt-" + utc_stamp();
+    std::filesystem::rename(file_, aside, ec);
+    if (ec) {
+        result.problem = file_.string() + " " + problem + "; it could not be moved aside (" +
+                         ec.message() + ") and is left in place";
+    } else {
+        result.problem = file_.string() + " " + problem + "; moved to " + aside.string() +
+                         " and starting with no runtime guests";
+    }
+    return result;
+}
+
+std::optional<std::string> state_store::save(const std::vector<runtime_guest_record>& guests) {
+    json::array list;
+    for (const auto& g : guests) {
+        json::object o{{"name", g.name}, {"endpoint", g.endpoint}};
+        if (!g.provision.empty())
+            o["provision"] = g.provision;
+        list.emplace_back(std::move(o));
+    }
+    const std::string text =
+        json::serialize(json::object{{"version", format_version}, {"guests", std::move(list)}}) +
+        "\n";
+
+    const auto temp = directory_ / (temp_prefix + std::to_string(::getpid()));
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return "cannot create " + temp.string() + ": " + errno_text(errno);
+    const bool written = write_all(fd, text) && ::fsync(fd) == 0;
+    const int write_errno = errno;
+    ::close(fd);
+    if (!written) {
+        ::unlink(temp.c_str());
+        return "cannot write " + temp.string() + ": " + errno_text(write_errno);
+    }
+    if (::rename(temp.c_str(), file_.c_str()) != 0) {
+        const int rename_errno = errno;
+        ::unlink(temp.c_str());
+        return "cannot replace " + file_.string() + ": " + errno_text(rename_errno);
+    }
+    // The rename is durable only once the directory entry is on disk.
+    const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+        ::fsync(dir);
+        ::close(dir);
+    }
+    return std::nullopt;
+}
+
+}  // namespace stereos::daemon

@@ -1,0 +1,696 @@
+// guest_link end to end over real TCP, unix and hybrid sockets against the scripted fake guest.
+// Each test runs the link and the fake guest on one single-threaded io_context, as the daemon
+// does; deadlines are generous because the suite also runs under ASan on a busy machine.
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include "daemon/guest_link.hpp"
+#include "tests/fakeguest/fake_guest.hpp"
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using namespace stereos;
+using daemon::guest_link;
+using daemon::link_error;
+using daemon::link_event;
+using daemon::request_result;
+using protocol::lifecycle_state;
+using testing::fake_guest;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+// A private directory for unix sockets, removed at the end.
+struct temp_dir {
+    temp_dir() {
+        std::string pattern = "/tmp/stereos-link-XXXXXX";
+        path = ::mkdtemp(pattern.data());
+    }
+    ~temp_dir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+    std::string file(const std::string& name) const { return (path / name).string(); }
+    std::filesystem::path path;
+};
+
+asio::awaitable<void> sleep_for(std::chrono::milliseconds d) {
+    asio::steady_timer t(co_await asio::this_coro::executor, d);
+    co_await t.async_wait(use_tuple);
+}
+
+// Polls `condition` every 5 ms until it holds or `limit` passes; returns whether it held.
+asio::awaitable<bool> eventually(std::function<bool()> condition,
+                                 std::chrono::milliseconds limit = 10s) {
+    const auto end = clock_type::now() + limit;
+    while (!condition()) {
+        if (clock_type::now() > end)
+            co_return false;
+        co_await sleep_for(5ms);
+    }
+    co_return true;
+}
+
+struct link_fixture {
+    asio::io_context io;
+    fake_guest guest{io.get_executor()};
+    std::vector<link_event> events;
+    std::shared_ptr<guest_link> link;
+    temp_dir dir;
+
+    daemon::guest_link_options quick_options() {
+        daemon::guest_link_options o;
+        o.connect_timeout = 2s;
+        o.request_timeout = 10s;
+        o.keepalive_interval = 60s;  // out of the way unless a test is about it
+        o.reconnect_initial = 20ms;
+        o.reconnect_max = 200ms;
+        return o;
+    }
+
+    std::shared_ptr<guest_link> make_link(const std::string& endpoint,
+                                          std::optional<daemon::guest_link_options> options = {},
+                                          std::vector<link_event>* sink = nullptr) {
+        auto target = transport::parse_endpoint(endpoint);
+        BOOST_TEST_REQUIRE(target.has_value(), endpoint);
+        auto* into = sink ? sink : &events;
+        auto l = guest_link::create(io.get_executor(), *target, options.value_or(quick_options()),
+                                    [into](const link_event& e) { into->push_back(e); });
+        l->start();
+        return l;
+    }
+
+    template <class Event>
+    std::size_t count(const std::vector<link_event>& list) const {
+        std::size_t n = 0;
+        for (const auto& e : list)
+            n += std::holds_alternative<Event>(e) ? 1 : 0;
+        return n;
+    }
+    template <class Event>
+    std::size_t count() const {
+        return count<Event>(events);
+    }
+
+    // Runs `body` to completion; the test fails if it throws or does not finish in time.
+    void run(std::function<asio::awaitable<void>()> body, std::chrono::seconds limit = 60s) {
+        bool finished = false;
+        std::exception_ptr failure;
+        asio::co_spawn(io, std::move(body), [&](std::exception_ptr e) {
+            finished = true;
+            failure = e;
+        });
+        io.run_for(limit);
+        if (failure)
+            std::rethrow_exception(failure);
+        BOOST_TEST_REQUIRE(finished,
+                           "the test body did not finish within " << limit.count() << " s");
+    }
+
+    // Stops link and guest, then checks nothing is left running on the io_context.
+    void shut_down_and_expect_idle() {
+        asio::co_spawn(
+            io,
+            [this]() -> asio::awaitable<void> {
+                if (link)
+                    co_await link->async_stop();
+                guest.stop();
+            },
+            [](std::exception_ptr e) {
+                if (e)
+                    std::rethrow_exception(e);
+            });
+        io.restart();
+        const auto start = clock_type::now();
+        io.run_for(10s);
+        BOOST_TEST(io.stopped(), "work was left on the io_context after stopping");
+        BOOST_TEST(clock_type::now() - start < 5s);
+    }
+};
+
+bool is_pong(const request_result& r) {
+    return r && std::holds_alternative<protocol::pong_reply>(*r);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(guest_link_over_sockets)
+
+BOOST_AUTO_TEST_CASE(a_thousand_concurrent_requests_from_50_coroutines_complete_over_tcp) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    int correct = 0, wrong = 0;
+    f.run([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        int finished_workers = 0;
+        for (int worker = 0; worker < 50; ++worker) {
+            asio::co_spawn(
+                ex,
+                [&, worker]() -> asio::awaitable<void> {
+                    for (int i = 0; i < 20; ++i) {
+                        switch ((worker + i) % 3) {
+                            case 0: {
+                                auto r = co_await f.link->async_request(protocol::ping_request{});
+                                (is_pong(r) ? correct : wrong)++;
+                                break;
+                            }
+                            case 1: {
+                                auto r =
+                                    co_await f.link->async_request(protocol::get_health_request{});
+                                (r && std::holds_alternative<protocol::health_payload>(*r)
+                                     ? correct
+                                     : wrong)++;
+                                break;
+                            }
+                            default: {
+                                auto r = co_await f.link->async_request(protocol::mount_payload{
+                                    "tag" + std::to_string(worker), "/w", "9p", false});
+                                const auto* ack =
+                                    r ? std::get_if<protocol::ack_payload>(&*r) : nullptr;
+                                (ack && ack->ok && ack->reply_to == "mount" ? correct : wrong)++;
+                            }
+                        }
+                    }
+                    ++finished_workers;
+                },
+                [](std::exception_ptr e) {
+                    if (e)
+                        std::rethrow_exception(e);
+                });
+        }
+        BOOST_TEST(co_await eventually([&] { return finished_workers == 50; }, 30s));
+    });
+    BOOST_TEST(correct == 1000);
+    BOOST_TEST(wrong == 0);
+    BOOST_TEST(f.guest.received().size() == 1000u);
+    BOOST_TEST(f.link->stats().connects == 1u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(pipelined_requests_over_a_unix_socket_keep_their_order) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_unix(f.dir.file("guest.sock")));
+    std::vector<std::string> completion_order;
+    f.run([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        int done = 0;
+        for (int i = 0; i < 200; ++i) {
+            asio::co_spawn(
+                ex,
+                [&, i]() -> asio::awaitable<void> {
+                    auto r = co_await f.link->async_request(
+                        protocol::shutdown_payload{});  // any acked type; the fake acks in order
+                    (void)r;
+                    completion_order.push_back(std::to_string(i));
+                    ++done;
+                },
+                [](std::exception_ptr e) {
+                    if (e)
+                        std::rethrow_exception(e);
+                });
+        }
+        BOOST_TEST(co_await eventually([&] { return done == 200; }));
+    });
+    BOOST_TEST(completion_order.size() == 200u);
+    BOOST_TEST(completion_order.front() == "0");
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(lifecycle_pushes_interleaved_with_pipelined_replies_never_complete_requests) {
+    link_fixture f;
+    const auto endpoint = f.guest.listen_tcp();
+    // A push before any request, then one after each of the first replies.
+    f.guest.expect("ping").then_push_lifecycle(lifecycle_state::booting, "starting");
+    f.guest.expect("get_health").then_push_lifecycle(lifecycle_state::ready);
+    f.guest.expect("ping").then_push_raw(
+        "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\",\"message\":\"all subsystems "
+        "started\"}}\n"
+        "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"degraded\"}}\n");
+    f.link = f.make_link(endpoint);
+    std::vector<request_result> results(5);
+    f.run([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return f.link->is_up(); });
+        f.guest.push_lifecycle(lifecycle_state::booting, "kernel up");
+        auto ex = co_await asio::this_coro::executor;
+        int done = 0;
+        const std::vector<protocol::host_message> requests{
+            protocol::ping_request{}, protocol::get_health_request{}, protocol::ping_request{},
+            protocol::get_health_request{}, protocol::ping_request{}};
+        for (std::size_t i = 0; i < requests.size(); ++i) {
+            asio::co_spawn(
+                ex,
+                [&, i]() -> asio::awaitable<void> {
+                    results[i] = co_await f.link->async_request(requests[i]);
+                    ++done;
+                },
+                [](std::exception_ptr e) {
+                    if (e)
+                        std::rethrow_exception(e);
+                });
+        }
+        BOOST_TEST(co_await eventually([&] { return done == 5; }));
+        BOOST_TEST(
+            co_await eventually([&] { return f.count<daemon::link_events::lifecycle>() == 5; }));
+    });
+    BOOST_TEST(is_pong(results[0]));
+    BOOST_TEST((results[1] && std::holds_alternative<protocol::health_payload>(*results[1])));
+    BOOST_TEST(is_pong(results[2]));
+    BOOST_TEST((results[3] && std::holds_alternative<protocol::health_payload>(*results[3])));
+    BOOST_TEST(is_pong(results[4]));
+    std::vector<lifecycle_state> pushed;
+    for (const auto& e : f.events) {
+        if (auto* l = std::get_if<daemon::link_events::lifecycle>(&e))
+            pushed.push_back(l->payload.state);
+    }
+    const std::vector<lifecycle_state> expected{lifecycle_state::booting, lifecycle_state::booting,
+                                                lifecycle_state::ready, lifecycle_state::healthy,
+                                                lifecycle_state::degraded};
+    BOOST_TEST((pushed == expected));
+    BOOST_TEST(f.count<daemon::link_events::protocol_violation>() == 0u);
+    BOOST_TEST(f.link->stats().connects == 1u);
+    BOOST_TEST(f.guest.script_finished());
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_late_reply_after_timeout_is_dropped) {
+    link_fixture f;
+    const auto endpoint = f.guest.listen_tcp();
+    f.guest.expect("get_health")
+        .reply(protocol::health_payload{lifecycle_state::booting, {}, 111})
+        .after(600ms);
+    f.link = f.make_link(endpoint);
+    request_result first, second;
+    f.run([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return f.link->is_up(); });
+        first = co_await f.link->async_request(protocol::get_health_request{},
+                                               clock_type::now() + 150ms);
+        // Sent while the first reply is still on its way: it must get its own reply.
+        second = co_await f.link->async_request(protocol::get_health_request{});
+    });
+    BOOST_TEST((first.error() == link_error::request_timeout));
+    BOOST_TEST_REQUIRE(second.has_value());
+    const auto& health = std::get<protocol::health_payload>(*second);
+    BOOST_TEST(health.uptime_seconds != 111);
+    BOOST_TEST((health.state == lifecycle_state::ready));
+    BOOST_TEST(f.link->stats().late_replies_dropped == 1u);
+    BOOST_TEST(f.count<daemon::link_events::protocol_violation>() == 0u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(an_ack_with_ok_false_is_a_result_not_an_error) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        r = co_await f.link->async_request(
+            protocol::ssh_key_payload{"nosuchuser", "ssh-ed25519 AAAA x"});
+    });
+    BOOST_TEST_REQUIRE(r.has_value());
+    const auto& ack = std::get<protocol::ack_payload>(*r);
+    BOOST_TEST(!ack.ok);
+    BOOST_TEST(ack.reply_to == "inject_ssh_key");
+    BOOST_TEST(ack.error.find("nosuchuser") != std::string::npos);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_restart) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.refuse_connections_for(700ms);
+        f.guest.reboot();
+        BOOST_TEST(co_await eventually([&] { return !f.link->is_up(); }));
+        // The link is down; this request is queued and must go out once it reconnects.
+        r = co_await f.link->async_request(protocol::get_health_request{}, clock_type::now() + 20s);
+    });
+    BOOST_TEST_REQUIRE(r.has_value());
+    BOOST_TEST(std::holds_alternative<protocol::health_payload>(*r));
+    BOOST_TEST(f.link->stats().connects == 2u);
+    BOOST_TEST(f.link->stats().connect_failures >= 1u);
+    BOOST_TEST(f.count<daemon::link_events::down>() == 1u);
+    BOOST_TEST(f.guest.received_texts() == std::vector<std::string>{"{\"type\":\"get_health\"}"},
+               boost::test_tools::per_element());
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_written_request_fails_with_connection_lost_when_the_guest_drops) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result dropped, after;
+    f.run([&]() -> asio::awaitable<void> {
+        f.guest.faults.close_after_lines = 1;
+        dropped = co_await f.link->async_request(protocol::mount_payload{"t", "/p", "9p", false});
+        f.guest.faults.close_after_lines = 0;
+        after = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST((dropped.error() == link_error::connection_lost));
+    BOOST_TEST(is_pong(after));
+    BOOST_TEST(f.link->stats().connects == 2u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_guest_dropping_mid_reply_fails_the_request_and_the_link_recovers) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result dropped, after;
+    f.run([&]() -> asio::awaitable<void> {
+        f.guest.faults.drop_mid_reply = true;
+        dropped = co_await f.link->async_request(protocol::get_health_request{});
+        f.guest.faults.drop_mid_reply = false;
+        after = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST((dropped.error() == link_error::connection_lost));
+    BOOST_TEST(is_pong(after));
+    f.shut_down_and_expect_idle();
+}
+
+// Every protocol error: the outstanding request fails with protocol_error, the violation is
+// reported, and the link reconnects and serves the next request.
+struct protocol_error_case {
+    const char* name;
+    std::function<void(fake_guest&)> misbehave;
+    std::function<void(fake_guest&)> behave;
+    protocol::host_message request;
+};
+
+BOOST_AUTO_TEST_CASE(every_protocol_error_fails_outstanding_requests_and_reconnects) {
+    const std::vector<protocol_error_case> cases{
+        {"garbage reply", [](fake_guest& g) { g.faults.garbage_replies = true; },
+         [](fake_guest& g) { g.faults.garbage_replies = false; }, protocol::ping_request{}},
+        {"over-long line", [](fake_guest& g) { g.faults.overlong_replies = true; },
+         [](fake_guest& g) { g.faults.overlong_replies = false; }, protocol::ping_request{}},
+        {"wrong reply kind", [](fake_guest& g) { g.faults.wrong_reply_kind = true; },
+         [](fake_guest& g) { g.faults.wrong_reply_kind = false; }, protocol::get_health_request{}},
+        {"ack for another request",
+         [](fake_guest& g) {
+             g.expect("mount").reply(protocol::ack_payload{"set_config", true, ""});
+         },
+         [](fake_guest&) {}, protocol::mount_payload{"t", "/p", "9p", false}},
+        {"unknown lifecycle state",
+         [](fake_guest& g) {
+             g.expect("ping")
+                 .reply_raw("{\"type\":\"lifecycle\",\"payload\":{\"state\":\"zombie\"}}\n")
+                 .then_close();
+         },
+         [](fake_guest&) {}, protocol::ping_request{}},
+    };
+    for (const auto& c : cases) {
+        BOOST_TEST_CONTEXT(c.name) {
+            link_fixture f;
+            const auto endpoint = f.guest.listen_tcp();
+            c.misbehave(f.guest);
+            f.link = f.make_link(endpoint);
+            request_result failed, after;
+            f.run([&]() -> asio::awaitable<void> {
+                failed = co_await f.link->async_request(c.request);
+                c.behave(f.guest);
+                after = co_await f.link->async_request(protocol::ping_request{});
+            });
+            BOOST_TEST((failed.error() == link_error::protocol_error ||
+                        failed.error() == link_error::connection_lost));
+            BOOST_TEST(f.count<daemon::link_events::protocol_violation>() >= 1u);
+            BOOST_TEST(f.link->stats().protocol_errors >= 1u);
+            BOOST_TEST(is_pong(after));
+            BOOST_TEST(f.link->stats().connects >= 2u);
+            f.shut_down_and_expect_idle();
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_reply_with_nothing_outstanding_resets_the_link) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result after;
+    f.run([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return f.link->is_up(); });
+        f.guest.push_raw("{\"type\":\"pong\"}\n");
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().protocol_errors == 1u; }));
+        after = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST(is_pong(after));
+    BOOST_TEST(f.link->stats().connects == 2u);
+    const auto& violation = std::get<daemon::link_events::protocol_violation>(
+        *std::find_if(f.events.begin(), f.events.end(), [](const link_event& e) {
+            return std::holds_alternative<daemon::link_events::protocol_violation>(e);
+        }));
+    BOOST_TEST(violation.detail.find("no request outstanding") != std::string::npos);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(an_unknown_message_type_is_reported_and_skipped_without_a_reset) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    request_result after;
+    f.run([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return f.link->is_up(); });
+        f.guest.push_raw("{\"type\":\"telemetry\",\"payload\":{\"cpu\":1}}\n");
+        BOOST_TEST(co_await eventually(
+            [&] { return f.count<daemon::link_events::unknown_message>() == 1u; }));
+        after = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST(is_pong(after));
+    BOOST_TEST(f.link->stats().connects == 1u);
+    BOOST_TEST(f.link->stats().protocol_errors == 0u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link) {
+    link_fixture f;
+    fake_guest healthy_guest(f.io.get_executor());
+    auto options = f.quick_options();
+    options.unresponsive_after_timeouts = 3;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    std::vector<link_event> other_events;
+    auto other =
+        f.make_link(healthy_guest.listen_unix(f.dir.file("healthy.sock")), {}, &other_events);
+    f.guest.faults.never_reply = true;
+    std::vector<request_result> hung;
+    int other_ok = 0;
+    clock_type::duration slowest_other{};
+    f.run([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        bool hung_done = false;
+        asio::co_spawn(
+            ex,
+            [&]() -> asio::awaitable<void> {
+                for (int i = 0; i < 3; ++i) {
+                    hung.push_back(co_await f.link->async_request(protocol::get_health_request{},
+                                                                  clock_type::now() + 300ms));
+                }
+                hung_done = true;
+            },
+            [](std::exception_ptr e) {
+                if (e)
+                    std::rethrow_exception(e);
+            });
+        for (int i = 0; i < 100; ++i) {
+            const auto start = clock_type::now();
+            if (is_pong(co_await other->async_request(protocol::ping_request{})))
+                ++other_ok;
+            slowest_other = std::max(slowest_other, clock_type::now() - start);
+        }
+        BOOST_TEST(co_await eventually([&] { return hung_done; }));
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().connects >= 2u; }));
+        co_await other->async_stop();
+        healthy_guest.stop();
+    });
+    BOOST_TEST(hung.size() == 3u);
+    for (const auto& r : hung)
+        BOOST_TEST((r.error() == link_error::request_timeout));
+    BOOST_TEST(other_ok == 100);
+    // Far below the hung guest's 300 ms deadline: the other link never waited on it.
+    BOOST_TEST(std::chrono::duration_cast<std::chrono::milliseconds>(slowest_other).count() < 250);
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>(other_events) == 0u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(an_idle_link_sends_keepalive_pings) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.keepalive_interval = 100ms;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually([&] { return f.guest.received().size() >= 3u; }));
+    });
+    for (const auto& line : f.guest.received_texts())
+        BOOST_TEST(line == "{\"type\":\"ping\"}");
+    BOOST_TEST(f.link->stats().connects == 1u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_marks_the_guest_unresponsive_and_resets) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.keepalive_interval = 100ms;
+    options.request_timeout = 300ms;
+    f.guest.faults.never_reply = true;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().connects >= 2u; }));
+    });
+    const auto it = std::find_if(f.events.begin(), f.events.end(), [](const link_event& e) {
+        return std::holds_alternative<daemon::link_events::unresponsive>(e);
+    });
+    BOOST_TEST_REQUIRE((it != f.events.end()));
+    BOOST_TEST(std::get<daemon::link_events::unresponsive>(*it).reason ==
+               "keepalive ping unanswered within 300ms");
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_the_deadline) {
+    link_fixture f;
+    f.guest.faults.accept_and_hang = true;
+    auto options = f.quick_options();
+    options.unresponsive_after_timeouts = 2;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    std::vector<request_result> results;
+    f.run([&]() -> asio::awaitable<void> {
+        co_await eventually([&] { return f.link->is_up(); });
+        // Big requests, so our writes back up in the socket buffers.
+        const std::string big(512 * 1024, 'x');
+        for (int i = 0; i < 2; ++i) {
+            const auto start = clock_type::now();
+            results.push_back(co_await f.link->async_request(protocol::config_payload{big},
+                                                             clock_type::now() + 400ms));
+            BOOST_TEST(clock_type::now() - start < 5s);
+        }
+        BOOST_TEST(co_await eventually(
+            [&] { return f.count<daemon::link_events::unresponsive>() == 1u; }));
+    });
+    for (const auto& r : results)
+        BOOST_TEST((r.error() == link_error::request_timeout));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(the_hybrid_vsock_handshake_carries_the_link) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_hybrid(f.dir.file("v.sock"), 1024));
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        r = co_await f.link->async_request(protocol::get_health_request{});
+    });
+    BOOST_TEST_REQUIRE(r.has_value());
+    BOOST_TEST(std::holds_alternative<protocol::health_payload>(*r));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_hybrid_handshake_keeps_the_link_retrying) {
+    link_fixture f;
+    const auto endpoint = f.guest.listen_hybrid(f.dir.file("v.sock"), 1024);
+    // Ask for port 2048, which the proxy does not serve.
+    f.link = f.make_link(endpoint.substr(0, endpoint.rfind(':')) + ":2048");
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        r = co_await f.link->async_request(protocol::ping_request{}, clock_type::now() + 500ms);
+    });
+    BOOST_TEST((r.error() == link_error::guest_unavailable));
+    BOOST_TEST(f.link->stats().connects == 0u);
+    BOOST_TEST(f.count<daemon::link_events::connect_failed>() >= 2u);
+    const auto& failure = std::get<daemon::link_events::connect_failed>(
+        *std::find_if(f.events.begin(), f.events.end(), [](const link_event& e) {
+            return std::holds_alternative<daemon::link_events::connect_failed>(e);
+        }));
+    BOOST_TEST((failure.error == transport::error::hybrid_handshake_failed));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
+    link_fixture f;
+    f.guest.faults.never_reply = true;
+    f.link = f.make_link(f.guest.listen_tcp());
+    std::vector<request_result> results;
+    clock_type::duration stop_took{};
+    f.run([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        co_await eventually([&] { return f.link->is_up(); });
+        for (int i = 0; i < 10; ++i) {
+            asio::co_spawn(
+                ex,
+                [&]() -> asio::awaitable<void> {
+                    results.push_back(co_await f.link->async_request(protocol::ping_request{},
+                                                                     clock_type::now() + 60s));
+                },
+                [](std::exception_ptr e) {
+                    if (e)
+                        std::rethrow_exception(e);
+                });
+        }
+        BOOST_TEST(co_await eventually([&] { return f.guest.received().size() == 10u; }));
+        const auto start = clock_type::now();
+        co_await f.link->async_stop();
+        stop_took = clock_type::now() - start;
+        BOOST_TEST(co_await eventually([&] { return results.size() == 10u; }, 2s));
+    });
+    BOOST_TEST(results.size() == 10u);
+    for (const auto& r : results)
+        BOOST_TEST((r.error() == link_error::link_stopped));
+    BOOST_TEST(stop_took < 2s);
+    BOOST_TEST(f.link->is_stopped());
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_requests) {
+    link_fixture f;
+    f.link = f.make_link("unix:" + f.dir.file("nobody-listens.sock"));
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        asio::co_spawn(
+            ex,
+            [&]() -> asio::awaitable<void> {
+                co_await sleep_for(200ms);
+                co_await f.link->async_stop();
+            },
+            [](std::exception_ptr e) {
+                if (e)
+                    std::rethrow_exception(e);
+            });
+        r = co_await f.link->async_request(protocol::ping_request{}, clock_type::now() + 30s);
+    });
+    BOOST_TEST((r.error() == link_error::link_stopped));
+    BOOST_TEST(f.count<daemon::link_events::connect_failed>() >= 1u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused_at_once) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.max_queued_requests = 4;
+    f.guest.faults.never_reply = true;
+    f.link = f.make_link("unix:" + f.dir.file("nobody.sock"), options);
+    request_result too_large, full;
+    f.run([&]() -> asio::awaitable<void> {
+        too_large = co_await f.link->async_request(
+            protocol::config_payload{std::string(2 * 1024 * 1024, 'x')});
+        auto ex = co_await asio::this_coro::executor;
+        for (int i = 0; i < 4; ++i) {
+            asio::co_spawn(ex,
+                           f.link->async_request(protocol::ping_request{}, clock_type::now() + 1s),
+                           [](std::exception_ptr e, request_result) {
+                               if (e)
+                                   std::rethrow_exception(e);
+                           });
+        }
+        co_await sleep_for(10ms);
+        full = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST((too_large.error() == link_error::request_too_large));
+    BOOST_TEST((full.error() == link_error::queue_full));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
