@@ -84,6 +84,10 @@ void host_daemon::start() {
     }
     asio::co_spawn(io_, handle_signals(), rethrow_if);
     asio::co_spawn(io_, status_loop(), rethrow_if);
+    std::uint64_t watchdog_usec = 0;
+    if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+        asio::co_spawn(io_, watchdog_loop(std::chrono::microseconds(watchdog_usec / 2)), rethrow_if);
+    }
     sd_notify(0, "READY=1");
     notify_status();
 }
@@ -96,6 +100,16 @@ asio::awaitable<void> host_daemon::status_loop() {
         co_await timer.async_wait(use_tuple);
         if (!stopping_)
             notify_status();
+    }
+}
+
+// Pings systemd from the event loop itself, so a wedged loop stops the pings and gets restarted.
+asio::awaitable<void> host_daemon::watchdog_loop(std::chrono::microseconds interval) {
+    asio::steady_timer timer(io_);
+    while (!stopping_) {
+        sd_notify(0, "WATCHDOG=1");
+        timer.expires_after(interval);
+        co_await timer.async_wait(use_tuple);
     }
 }
 

@@ -2,6 +2,7 @@
 // io_context. main() parses the command line and hands over to this.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -45,6 +46,7 @@ class host_daemon {
   private:
     boost::asio::awaitable<void> handle_signals();
     boost::asio::awaitable<void> status_loop();
+    boost::asio::awaitable<void> watchdog_loop(std::chrono::microseconds interval);
     void apply_log_level();
     void notify_status();
 

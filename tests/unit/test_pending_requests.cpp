@@ -72,7 +72,8 @@ BOOST_AUTO_TEST_CASE(replies_complete_requests_in_fifo_order) {
 BOOST_AUTO_TEST_CASE(everything_queued_leaves_in_one_gathered_write) {
     pending_requests q;
     outcome o;
-    for (int i = 0; i < 100; ++i) q.add(ping, "{\"type\":\"ping\"}\n", record(o));
+    for (int i = 0; i < 100; ++i)
+        q.add(ping, "{\"type\":\"ping\"}\n", record(o));
     BOOST_TEST(q.queued_bytes() == 1600u);
     std::string wire;
     BOOST_TEST(q.take_unwritten(wire) == 100u);
@@ -227,7 +228,8 @@ BOOST_AUTO_TEST_CASE(delays_double_with_jitter_up_to_the_cap) {
 
 BOOST_AUTO_TEST_CASE(reset_starts_again_from_the_initial_delay) {
     daemon::reconnect_backoff b(milliseconds{100}, milliseconds{5000}, 7);
-    for (int i = 0; i < 10; ++i) b.next();
+    for (int i = 0; i < 10; ++i)
+        b.next();
     b.reset();
     BOOST_TEST(b.next().count() <= 100);
 }

@@ -1,0 +1,164 @@
+// The daemon's TOML config (/etc/stereos-hostd/config.toml): a plain model with documented
+// defaults, a loader that validates the whole file and reports every error, and the reload diff.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/assert/source_location.hpp>
+#include <boost/system/result.hpp>
+
+#include "protocol/messages.hpp"
+#include "transport/endpoint.hpp"
+
+namespace stereos::config {
+
+using namespace std::chrono_literals;
+
+inline constexpr std::string_view default_config_path = "/etc/stereos-hostd/config.toml";
+
+// The config file to read: the explicit `--config` value if given, else
+// $CONFIGURATION_DIRECTORY/config.toml (systemd ConfigurationDirectory=), else the default path.
+std::filesystem::path choose_config_path(std::optional<std::string_view> explicit_path);
+
+enum class log_level { trace, debug, info, notice, warning, error };
+std::string_view to_string(log_level level) noexcept;
+std::optional<log_level> parse_log_level(std::string_view text) noexcept;
+
+// The timing of one guest link. The daemon's values are the defaults of every guest.
+struct link_timeouts {
+    std::chrono::milliseconds request_timeout = 10s;  // deadline of one request (Go client: 10 s)
+    std::chrono::milliseconds connect_timeout = 2s;   // bound on one connect attempt
+    std::chrono::milliseconds keepalive_interval = 15s;  // ping after this long without traffic
+    std::chrono::milliseconds health_interval = 5s;      // get_health poll period
+    std::chrono::milliseconds reconnect_max = 5s;        // cap of the reconnect backoff
+    bool operator==(const link_timeouts&) const = default;
+};
+
+// The per-guest overrides as written in the file; unset means "the daemon's value".
+struct link_timeout_overrides {
+    std::optional<std::chrono::milliseconds> request_timeout;
+    std::optional<std::chrono::milliseconds> connect_timeout;
+    std::optional<std::chrono::milliseconds> keepalive_interval;
+    std::optional<std::chrono::milliseconds> health_interval;
+    std::optional<std::chrono::milliseconds> reconnect_max;
+    bool operator==(const link_timeout_overrides&) const = default;
+
+    link_timeouts resolve(const link_timeouts& defaults) const;
+};
+
+struct daemon_settings {
+    std::filesystem::path api_socket = "/run/stereos-hostd/api.sock";
+    std::string api_group = "stereos";  // group allowed to use the API; empty = owner only
+    std::filesystem::path state_dir = "/var/lib/stereos-hostd";
+    log_level level = log_level::info;
+    link_timeouts timeouts;
+    bool operator==(const daemon_settings&) const = default;
+};
+
+// An SSH key to inject: either inline (`public_key`) or read at provisioning time from
+// `public_key_file` (then `public_key` is empty).
+struct ssh_key_config {
+    std::string user;
+    std::string public_key;
+    std::filesystem::path public_key_file;
+    bool operator==(const ssh_key_config&) const = default;
+};
+
+// A secret to inject. Only where to read it is kept, never the value: `file` is the path to read
+// at provisioning time; for a systemd credential it is $CREDENTIALS_DIRECTORY/<credential>.
+struct secret_config {
+    std::string name;  // the file name in the guest's secret directory
+    std::filesystem::path file;
+    std::string credential;  // the credential name when the secret comes from LoadCredential=
+    std::uint32_t mode = 0;  // 0 = the guest's default (omitted on the wire)
+    bool operator==(const secret_config&) const = default;
+};
+
+struct provision_config {
+    std::filesystem::path config_file;  // jcard.toml sent with set_config; empty = none
+    std::vector<ssh_key_config> ssh_keys;
+    std::vector<secret_config> secrets;
+    std::vector<protocol::mount_payload> mounts;
+    bool operator==(const provision_config&) const = default;
+
+    bool empty() const noexcept {
+        return config_file.empty() && ssh_keys.empty() && secrets.empty() && mounts.empty();
+    }
+};
+
+struct guest_config {
+    std::string name;
+    std::string endpoint_text;  // as written in the file
+    transport::endpoint endpoint;
+    link_timeout_overrides overrides;  // what the file says
+    link_timeouts timeouts;            // effective: override, else the daemon's value
+    provision_config provision;
+    bool operator==(const guest_config&) const = default;
+};
+
+struct config {
+    std::string source;  // the file (or source name) it was loaded from
+    daemon_settings daemon;
+    std::vector<guest_config> guests;  // in file order, names unique
+
+    const guest_config* find_guest(std::string_view name) const noexcept;
+};
+
+// Every problem found in a config, each as "<file>:<line>: <key>: <what>", in file order.
+// Secret values never appear: the loader opens secret files to check them but never reads them.
+struct config_errors {
+    std::vector<std::string> messages;
+};
+[[noreturn]] void throw_exception_from_error(const config_errors& e,
+                                             const boost::source_location& location);
+// All messages, one a line.
+std::string to_string(const config_errors& e);
+
+using config_result = boost::system::result<config, config_errors>;
+
+// Reads and validates a config file. Provisioning files must exist and be readable now, so that
+// a bad path is reported at start-up (or reload), not when a guest boots.
+config_result load_config_file(const std::filesystem::path& path);
+// The same from text; `source_name` prefixes every message. For tests and fuzzing.
+config_result load_config_text(std::string_view text, std::string_view source_name);
+
+// The guest lists of two configs compared by name, for SIGHUP reload. `changed` means any
+// effective setting differs (endpoint, effective timeouts, provisioning). Names are in the order
+// of `after` (removed: of `before`).
+struct guest_diff {
+    std::vector<std::string> added;
+    std::vector<std::string> removed;
+    std::vector<std::string> changed;
+    std::vector<std::string> unchanged;
+};
+guest_diff diff_guests(const config& before, const config& after);
+
+// ---- Single-value checks, shared with the API (guests added at run time) ------------------
+
+// Why one value is not acceptable, without file or line (the caller adds its own context).
+struct value_error {
+    std::string message;
+};
+[[noreturn]] void throw_exception_from_error(const value_error& e,
+                                             const boost::source_location& location);
+
+// [A-Za-z0-9._-]{1,64}
+boost::system::result<void, value_error> check_guest_name(std::string_view name);
+
+// "250ms", "10s", "5m", "1h", or a sum such as "1m30s". Must be > 0.
+boost::system::result<std::chrono::milliseconds, value_error> parse_duration(std::string_view text);
+// The shortest form parse_duration reads back, e.g. "1m30s", "250ms".
+std::string format_duration(std::chrono::milliseconds duration);
+
+// A duration for one of the link_timeouts keys ("request_timeout", ...), checked against that
+// key's sane range (e.g. request_timeout 10ms..1h).
+boost::system::result<std::chrono::milliseconds, value_error> parse_timeout(std::string_view key,
+                                                                            std::string_view text);
+
+}  // namespace stereos::config

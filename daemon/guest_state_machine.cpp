@@ -1,0 +1,372 @@
+// The per-guest state machine: the rules are listed in guest_state_machine.hpp.
+#include "daemon/guest_state_machine.hpp"
+
+#include <type_traits>
+#include <utility>
+
+namespace stereos::daemon {
+
+namespace {
+
+guest_state host_state_for(protocol::lifecycle_state reported) noexcept {
+    switch (reported) {
+        case protocol::lifecycle_state::booting:
+            return guest_state::booting;
+        case protocol::lifecycle_state::ready:
+            return guest_state::ready;
+        case protocol::lifecycle_state::healthy:
+            return guest_state::healthy;
+        case protocol::lifecycle_state::degraded:
+            return guest_state::degraded;
+        case protocol::lifecycle_state::shutdown:
+            return guest_state::shutdown;
+    }
+    return guest_state::booting;
+}
+
+// States in which the guest is answering over a live link.
+bool is_live(guest_state state) noexcept {
+    return state == guest_state::booting || state == guest_state::ready ||
+           state == guest_state::healthy || state == guest_state::degraded;
+}
+
+// Up enough to be provisioned: stereosd has finished booting. Degraded counts, since a missing
+// secret is a likely reason for an agent to fail.
+bool is_up(guest_state state) noexcept {
+    return state == guest_state::ready || state == guest_state::healthy ||
+           state == guest_state::degraded;
+}
+
+template <class... Ts>
+struct overloaded : Ts... {
+    using Ts::operator()...;
+};
+template <class... Ts>
+overloaded(Ts...) -> overloaded<Ts...>;
+
+}  // namespace
+
+std::string_view to_string(guest_state state) noexcept {
+    switch (state) {
+        case guest_state::unknown:
+            return "unknown";
+        case guest_state::connecting:
+            return "connecting";
+        case guest_state::booting:
+            return "booting";
+        case guest_state::ready:
+            return "ready";
+        case guest_state::healthy:
+            return "healthy";
+        case guest_state::degraded:
+            return "degraded";
+        case guest_state::unresponsive:
+            return "unresponsive";
+        case guest_state::disconnected:
+            return "disconnected";
+        case guest_state::shutting_down:
+            return "shutting_down";
+        case guest_state::shutdown:
+            return "shutdown";
+    }
+    return "invalid";
+}
+
+std::string_view to_string(provisioning_status status) noexcept {
+    switch (status) {
+        case provisioning_status::not_due:
+            return "not_due";
+        case provisioning_status::due:
+            return "due";
+        case provisioning_status::in_progress:
+            return "in_progress";
+        case provisioning_status::done:
+            return "done";
+        case provisioning_status::failed:
+            return "failed";
+    }
+    return "invalid";
+}
+
+std::string_view event_name(const guest_event& event) noexcept {
+    return std::visit(
+        overloaded{
+            [](const guest_events::link_connecting&) {
+                return std::string_view("link_connecting");
+            },
+            [](const guest_events::link_up&) { return std::string_view("link_up"); },
+            [](const guest_events::link_lost&) { return std::string_view("link_lost"); },
+            [](const guest_events::lifecycle_pushed&) {
+                return std::string_view("lifecycle_pushed");
+            },
+            [](const guest_events::health_received&) {
+                return std::string_view("health_received");
+            },
+            [](const guest_events::request_timed_out&) {
+                return std::string_view("request_timed_out");
+            },
+            [](const guest_events::keepalive_timed_out&) {
+                return std::string_view("keepalive_timed_out");
+            },
+            [](const guest_events::reply_received&) { return std::string_view("reply_received"); },
+            [](const guest_events::shutdown_sent&) { return std::string_view("shutdown_sent"); },
+            [](const guest_events::shutdown_acked&) { return std::string_view("shutdown_acked"); },
+            [](const guest_events::shutdown_failed&) {
+                return std::string_view("shutdown_failed");
+            },
+        },
+        event);
+}
+
+event_result guest_state_machine::handle(const guest_event& event, clock::time_point now) {
+    return std::visit(
+        overloaded{
+            [&](const guest_events::link_connecting&) { return on_link_connecting(now); },
+            [&](const guest_events::link_up&) { return on_link_up(now); },
+            [&](const guest_events::link_lost& e) { return on_link_lost(e, now); },
+            [&](const guest_events::lifecycle_pushed& e) { return on_lifecycle(e, now); },
+            [&](const guest_events::health_received& e) { return on_health(e, now); },
+            [&](const guest_events::request_timed_out& e) {
+                return on_timeout("request timeout: " + e.request, now);
+            },
+            [&](const guest_events::keepalive_timed_out&) {
+                return on_timeout("keepalive timeout", now);
+            },
+            [&](const guest_events::reply_received&) { return on_reply(now); },
+            [&](const guest_events::shutdown_sent& e) { return on_shutdown_sent(e, now); },
+            [&](const guest_events::shutdown_acked&) { return on_shutdown_acked(); },
+            [&](const guest_events::shutdown_failed& e) { return on_shutdown_failed(e, now); },
+        },
+        event);
+}
+
+event_result guest_state_machine::on_link_connecting(clock::time_point now) {
+    event_result result;
+    // Only the first attempt is news: retries from disconnected or shutdown would only flap.
+    if (state_ == guest_state::unknown) {
+        move_to(result, guest_state::connecting, "connecting", now);
+    }
+    return result;
+}
+
+event_result guest_state_machine::on_link_up(clock::time_point now) {
+    event_result result;
+    const bool after_shutdown = state_ == guest_state::shutdown;
+    link_up_ = true;
+    shutdown_acked_ = false;
+    reported_.reset();
+    if (boot_ == 0) {
+        start_new_boot(result, false);
+    } else if (after_shutdown) {
+        // It powered off, so this is a new boot whatever its uptime says.
+        start_new_boot(result, true);
+    } else {
+        // Same guest or rebooted? The first health reply's uptime tells.
+        boot_known_ = false;
+        if (provisioning_ == provisioning_status::in_progress ||
+            provisioning_ == provisioning_status::failed) {
+            // The attempt died with the old link (or failed): try again once up.
+            provisioning_ = provisioning_status::not_due;
+            ++provisioning_attempt_;
+        }
+    }
+    move_to(result, guest_state::booting, "link up", now);
+    return result;
+}
+
+event_result guest_state_machine::on_link_lost(const guest_events::link_lost& e,
+                                               clock::time_point now) {
+    event_result result;
+    last_link_error_ = e.reason;
+    link_up_ = false;
+    reported_.reset();
+    if (state_ == guest_state::shutdown || state_ == guest_state::disconnected) {
+        return result;
+    }
+    if (state_ == guest_state::shutting_down && shutdown_acked_) {
+        move_to(result, guest_state::shutdown, "link closed after shutdown: " + e.reason, now);
+    } else {
+        move_to(result, guest_state::disconnected, "link lost: " + e.reason, now);
+    }
+    return result;
+}
+
+bool guest_state_machine::accepts_guest_messages() const noexcept {
+    // Anything arriving without a link, or after the guest said it is off, is from a link that is
+    // already gone.
+    return link_up_ && state_ != guest_state::shutdown;
+}
+
+event_result guest_state_machine::on_lifecycle(const guest_events::lifecycle_pushed& e,
+                                               clock::time_point now) {
+    event_result result;
+    if (!accepts_guest_messages()) {
+        return result;
+    }
+    last_lifecycle_ = e.payload;
+    last_lifecycle_at_ = now;
+    std::string reason = "lifecycle: ";
+    reason += e.payload.message.empty() ? std::string(protocol::to_string(e.payload.state))
+                                        : e.payload.message;
+    on_guest_report(result, e.payload.state, std::move(reason), now);
+    return result;
+}
+
+event_result guest_state_machine::on_health(const guest_events::health_received& e,
+                                            clock::time_point now) {
+    event_result result;
+    if (!accepts_guest_messages()) {
+        return result;
+    }
+    const std::int64_t uptime = e.payload.uptime_seconds;
+    if (uptime_seconds_ && uptime < *uptime_seconds_) {
+        start_new_boot(result, true);
+    } else {
+        boot_known_ = true;
+    }
+    uptime_seconds_ = uptime;
+    uptime_at_ = now;
+    agents_ = e.payload.agents;
+    on_guest_report(result, e.payload.state,
+                    "health: " + std::string(protocol::to_string(e.payload.state)), now);
+    return result;
+}
+
+void guest_state_machine::on_guest_report(event_result& result, protocol::lifecycle_state reported,
+                                          std::string reason, clock::time_point now) {
+    reported_ = reported;
+    if (state_ == guest_state::shutting_down) {
+        // It keeps answering until it powers off; only "I am shutting down" is news.
+        if (reported == protocol::lifecycle_state::shutdown) {
+            move_to(result, guest_state::shutdown, std::move(reason), now);
+        }
+        return;
+    }
+    move_to(result, host_state_for(reported), std::move(reason), now);
+    update_provisioning(result);
+}
+
+event_result guest_state_machine::on_timeout(std::string reason, clock::time_point now) {
+    event_result result;
+    if (link_up_ && is_live(state_)) {
+        move_to(result, guest_state::unresponsive, std::move(reason), now);
+    }
+    return result;
+}
+
+event_result guest_state_machine::on_reply(clock::time_point now) {
+    event_result result;
+    if (state_ == guest_state::unresponsive && link_up_) {
+        move_to(result, state_after_recovery(), "reply received: recovered", now);
+        update_provisioning(result);
+    }
+    return result;
+}
+
+event_result guest_state_machine::on_shutdown_sent(const guest_events::shutdown_sent& e,
+                                                   clock::time_point now) {
+    event_result result;
+    if (link_up_ && (is_live(state_) || state_ == guest_state::unresponsive)) {
+        shutdown_acked_ = false;
+        move_to(result, guest_state::shutting_down,
+                e.reason.empty() ? "shutdown sent" : "shutdown sent: " + e.reason, now);
+    }
+    return result;
+}
+
+event_result guest_state_machine::on_shutdown_acked() {
+    if (state_ == guest_state::shutting_down) {
+        shutdown_acked_ = true;
+    }
+    return {};
+}
+
+event_result guest_state_machine::on_shutdown_failed(const guest_events::shutdown_failed& e,
+                                                     clock::time_point now) {
+    event_result result;
+    if (state_ == guest_state::shutting_down) {
+        shutdown_acked_ = false;
+        move_to(result, state_after_recovery(), "shutdown failed: " + e.reason, now);
+        update_provisioning(result);
+    }
+    return result;
+}
+
+guest_state guest_state_machine::state_after_recovery() const noexcept {
+    return reported_ ? host_state_for(*reported_) : guest_state::booting;
+}
+
+void guest_state_machine::move_to(event_result& result, guest_state to, std::string reason,
+                                  clock::time_point now) {
+    if (to == state_) {
+        return;
+    }
+    guest_transition transition{state_, to, std::move(reason), now, result.rebooted};
+    state_ = to;
+    reason_ = transition.reason;
+    since_ = now;
+    history_.push_back(transition);
+    while (history_.size() > history_limit) {
+        history_.pop_front();
+    }
+    result.transition = std::move(transition);
+}
+
+void guest_state_machine::start_new_boot(event_result& result, bool seen_before) {
+    ++boot_;
+    boot_known_ = true;
+    // The old boot's uptime must not make the new boot's first health look like another reboot.
+    uptime_seconds_.reset();
+    uptime_at_.reset();
+    provisioning_ = provisioning_status::not_due;
+    ++provisioning_attempt_;
+    result.rebooted = result.rebooted || seen_before;
+}
+
+void guest_state_machine::update_provisioning(event_result& result) {
+    if (provisioning_ == provisioning_status::not_due && boot_known_ && link_up_ && is_up(state_)) {
+        provisioning_ = provisioning_status::due;
+        result.provisioning_due = true;
+    }
+}
+
+std::optional<provisioning_ticket> guest_state_machine::begin_provisioning() {
+    if (provisioning_ != provisioning_status::due) {
+        return std::nullopt;
+    }
+    provisioning_ = provisioning_status::in_progress;
+    ++provisioning_attempt_;
+    return provisioning_ticket{boot_, provisioning_attempt_};
+}
+
+bool guest_state_machine::mark_provisioned(const provisioning_ticket& ticket) {
+    if (provisioning_ != provisioning_status::in_progress ||
+        ticket != provisioning_ticket{boot_, provisioning_attempt_}) {
+        return false;
+    }
+    provisioning_ = provisioning_status::done;
+    return true;
+}
+
+bool guest_state_machine::mark_provisioning_failed(const provisioning_ticket& ticket) {
+    if (provisioning_ != provisioning_status::in_progress ||
+        ticket != provisioning_ticket{boot_, provisioning_attempt_}) {
+        return false;
+    }
+    provisioning_ = provisioning_status::failed;
+    return true;
+}
+
+event_result guest_state_machine::request_provisioning() {
+    event_result result;
+    if (boot_ == 0) {
+        return result;
+    }
+    // A running attempt is made stale: it provisions what was asked before.
+    ++provisioning_attempt_;
+    provisioning_ = provisioning_status::not_due;
+    update_provisioning(result);
+    return result;
+}
+
+}  // namespace stereos::daemon

@@ -1,0 +1,216 @@
+// The host's view of one guest's state: a pure state machine (no I/O, no clock of its own) fed
+// with link and protocol events, each stamped with the time it happened. Single-threaded.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "protocol/messages.hpp"
+
+namespace stereos::daemon {
+
+// unknown -> connecting -> booting -> ready -> healthy <-> degraded, and
+//   * -> disconnected (link lost; reconnecting)
+//   * -> unresponsive (link up but a request or the keepalive timed out)
+//   shutting_down (host sent shutdown) -> shutdown (guest said so, or link closed after the ack)
+enum class guest_state {
+    unknown,        // no event yet
+    connecting,     // first connect attempts since the daemon started
+    booting,        // link up, guest not yet ready (also: until its first report on a new link)
+    ready,          // the guest says so
+    healthy,        // the guest says so
+    degraded,       // the guest says so (an agent is failing)
+    unresponsive,   // link up, but a request or the keepalive timed out
+    disconnected,   // link lost or connect failed; reconnecting
+    shutting_down,  // host sent shutdown
+    shutdown,       // guest powered off (said so, or closed the link after acking shutdown)
+};
+std::string_view to_string(guest_state state) noexcept;
+
+// The events, one struct each. The link layer reports the link_* ones, the line sorter the guest's
+// messages, the request machinery timeouts and replies.
+namespace guest_events {
+struct link_connecting {};
+struct link_up {};
+struct link_lost {
+    std::string reason;  // e.g. "connection reset by peer"
+};
+struct lifecycle_pushed {
+    protocol::lifecycle_payload payload;
+};
+struct health_received {
+    protocol::health_payload payload;
+};
+struct request_timed_out {
+    std::string request;  // the wire type, e.g. "get_health"
+};
+struct keepalive_timed_out {};
+// Any other successful reply (pong, ack): proof the guest is answering.
+struct reply_received {};
+struct shutdown_sent {
+    std::string reason;
+};
+struct shutdown_acked {};
+// The shutdown request was refused (ack ok:false) or timed out.
+struct shutdown_failed {
+    std::string reason;
+};
+}  // namespace guest_events
+
+using guest_event =
+    std::variant<guest_events::link_connecting, guest_events::link_up, guest_events::link_lost,
+                 guest_events::lifecycle_pushed, guest_events::health_received,
+                 guest_events::request_timed_out, guest_events::keepalive_timed_out,
+                 guest_events::reply_received, guest_events::shutdown_sent,
+                 guest_events::shutdown_acked, guest_events::shutdown_failed>;
+
+// A short name of the event kind for logs and test messages, e.g. "link_lost".
+std::string_view event_name(const guest_event& event) noexcept;
+
+struct guest_transition {
+    guest_state from = guest_state::unknown;
+    guest_state to = guest_state::unknown;
+    std::string reason;  // e.g. "health: ready", "link lost: connection reset by peer"
+    std::chrono::system_clock::time_point at;
+    bool rebooted = false;  // the event that caused it revealed a new boot of the guest
+};
+
+// Where the current boot's provisioning stands.
+enum class provisioning_status {
+    not_due,      // the guest is not up yet in this boot (or we cannot tell which boot it is)
+    due,          // up in a boot that has not been provisioned: start provisioning
+    in_progress,  // begin_provisioning() was called
+    done,         // provisioned for this boot
+    failed,       // the attempt failed; due again after the next (re)connect
+};
+std::string_view to_string(provisioning_status status) noexcept;
+
+// What one event did.
+struct event_result {
+    std::optional<guest_transition> transition;  // set only when the state changed
+    bool rebooted = false;                       // the guest booted again since it was last seen
+    bool provisioning_due = false;               // this event made needs_provisioning() true
+};
+
+// Names one provisioning attempt, so that a result that arrives after the guest rebooted or the
+// link was re-established (the attempt is stale) is ignored.
+struct provisioning_ticket {
+    std::uint64_t boot = 0;
+    std::uint64_t attempt = 0;
+    bool operator==(const provisioning_ticket&) const = default;
+};
+
+// Rules:
+// - link_connecting: unknown -> connecting. Later attempts (from disconnected or shutdown) change
+//   nothing, so reconnect retries do not flood the history.
+// - link_lost: any state with a link (or connecting) -> disconnected, except shutting_down after
+//   the ack -> shutdown. In disconnected and shutdown it only records the error.
+// - link_up: -> booting (a new connection) from any state but booting; until the guest's first
+//   report on this link we only know it is there.
+// - lifecycle/health: the guest's state maps to the same host state (shutdown -> shutdown). They
+//   also end unresponsive. Messages while no link is up, or after shutdown, are stale: ignored.
+//   In shutting_down only a reported shutdown changes the state.
+// - request/keepalive timeout: booting|ready|healthy|degraded -> unresponsive. Any reply then
+//   recovers to the last state the guest reported on this link (booting if none).
+// - shutdown_sent: any state with a link up -> shutting_down; shutdown_acked is recorded;
+//   shutdown_failed returns to the last reported state.
+// Boots: the first link ever and a link after shutdown start a new boot. On a reconnect, the first
+// health reply decides: uptime lower than the last seen means the guest rebooted (also within a
+// link). Until then the boot is undetermined and provisioning is not due. Limitation: a reboot is
+// missed if the new uptime already exceeds the last one seen (polls far apart).
+// Provisioning: due when the guest is up (ready, healthy or degraded) in a determined boot that
+// is not provisioned. A failed or interrupted attempt is due again after the next link up.
+class guest_state_machine {
+  public:
+    using clock = std::chrono::system_clock;
+    static constexpr std::size_t history_limit = 64;
+
+    event_result handle(const guest_event& event, clock::time_point now);
+
+    guest_state state() const noexcept { return state_; }
+    const std::string& reason() const noexcept { return reason_; }
+    clock::time_point since() const noexcept { return since_; }
+    // Oldest first, at most history_limit.
+    const std::deque<guest_transition>& history() const noexcept { return history_; }
+
+    bool link_is_up() const noexcept { return link_up_; }
+    const std::string& last_link_error() const noexcept { return last_link_error_; }
+    // From the last health reply (kept across links, for reboot detection).
+    std::optional<std::int64_t> uptime_seconds() const noexcept { return uptime_seconds_; }
+    std::optional<clock::time_point> uptime_at() const noexcept { return uptime_at_; }
+    const std::vector<protocol::agent_status>& agents() const noexcept { return agents_; }
+    const std::optional<protocol::lifecycle_payload>& last_lifecycle() const noexcept {
+        return last_lifecycle_;
+    }
+    std::optional<clock::time_point> last_lifecycle_at() const noexcept {
+        return last_lifecycle_at_;
+    }
+    // What the guest last said about itself on this link.
+    std::optional<protocol::lifecycle_state> reported_state() const noexcept { return reported_; }
+
+    // Boots seen so far (1 after the first contact); 0 before.
+    std::uint64_t boot_count() const noexcept { return boot_; }
+    provisioning_status provisioning() const noexcept { return provisioning_; }
+    bool needs_provisioning() const noexcept { return provisioning_ == provisioning_status::due; }
+
+    // Starts an attempt if provisioning is due (-> in_progress).
+    std::optional<provisioning_ticket> begin_provisioning();
+    // Record the attempt's outcome; false (and nothing changes) if the ticket is stale.
+    bool mark_provisioned(const provisioning_ticket& ticket);
+    bool mark_provisioning_failed(const provisioning_ticket& ticket);
+    // Provision again in this boot (config changed, or an operator asked); due once up.
+    event_result request_provisioning();
+
+  private:
+    event_result on_link_connecting(clock::time_point now);
+    event_result on_link_up(clock::time_point now);
+    event_result on_link_lost(const guest_events::link_lost& e, clock::time_point now);
+    void on_guest_report(event_result& result, protocol::lifecycle_state reported,
+                         std::string reason, clock::time_point now);
+    event_result on_lifecycle(const guest_events::lifecycle_pushed& e, clock::time_point now);
+    event_result on_health(const guest_events::health_received& e, clock::time_point now);
+    event_result on_timeout(std::string reason, clock::time_point now);
+    event_result on_reply(clock::time_point now);
+    event_result on_shutdown_sent(const guest_events::shutdown_sent& e, clock::time_point now);
+    event_result on_shutdown_acked();
+    event_result on_shutdown_failed(const guest_events::shutdown_failed& e, clock::time_point now);
+
+    // Moves to `to` (no-op if already there) and records the transition.
+    void move_to(event_result& result, guest_state to, std::string reason, clock::time_point now);
+    // A new boot of the guest; `seen_before` flags it as a reboot.
+    void start_new_boot(event_result& result, bool seen_before);
+    // Makes provisioning due if the guest is up in a known, unprovisioned boot.
+    void update_provisioning(event_result& result);
+    guest_state state_after_recovery() const noexcept;
+    bool accepts_guest_messages() const noexcept;
+
+    guest_state state_ = guest_state::unknown;
+    std::string reason_;
+    clock::time_point since_{};
+    std::deque<guest_transition> history_;
+
+    bool link_up_ = false;
+    bool shutdown_acked_ = false;
+    std::string last_link_error_;
+    std::optional<protocol::lifecycle_state> reported_;  // on the current link
+
+    std::optional<std::int64_t> uptime_seconds_;
+    std::optional<clock::time_point> uptime_at_;
+    std::vector<protocol::agent_status> agents_;
+    std::optional<protocol::lifecycle_payload> last_lifecycle_;
+    std::optional<clock::time_point> last_lifecycle_at_;
+
+    std::uint64_t boot_ = 0;
+    bool boot_known_ = false;  // whether this link's guest is known to be in boot_ (see rules)
+    provisioning_status provisioning_ = provisioning_status::not_due;
+    std::uint64_t provisioning_attempt_ = 0;
+};
+
+}  // namespace stereos::daemon

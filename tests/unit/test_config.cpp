@@ -1,0 +1,720 @@
+// The TOML config loader: defaults, overrides, every validation error with its file:line:key,
+// the example file, path choice and credentials from the environment, and the reload diff.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <boost/test/unit_test.hpp>
+
+#include "config/config.hpp"
+
+using namespace stereos::config;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory under the system temp dir, removed with everything in it.
+class temp_dir {
+  public:
+    temp_dir() {
+        std::string pattern = (fs::temp_directory_path() / "stereos-config-test-XXXXXX").string();
+        BOOST_TEST_REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path_ = pattern;
+    }
+    ~temp_dir() {
+        std::error_code ignored;
+        fs::remove_all(path_, ignored);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+
+    const fs::path& path() const { return path_; }
+
+    fs::path write(const std::string& name, const std::string& content) const {
+        const fs::path file = path_ / name;
+        fs::create_directories(file.parent_path());
+        std::ofstream(file, std::ios::binary) << content;
+        return file;
+    }
+
+  private:
+    fs::path path_;
+};
+
+// Sets (or unsets, with nullptr) an environment variable for one scope.
+class scoped_env {
+  public:
+    scoped_env(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) {
+            old_ = old;
+        }
+        if (value != nullptr) {
+            ::setenv(name, value, 1);
+        } else {
+            ::unsetenv(name);
+        }
+    }
+    ~scoped_env() {
+        if (old_) {
+            ::setenv(name_.c_str(), old_->c_str(), 1);
+        } else {
+            ::unsetenv(name_.c_str());
+        }
+    }
+    scoped_env(const scoped_env&) = delete;
+    scoped_env& operator=(const scoped_env&) = delete;
+
+  private:
+    std::string name_;
+    std::optional<std::string> old_;
+};
+
+void replace_all(std::string& text, std::string_view from, std::string_view to) {
+    for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+        text.replace(at, from.size(), to);
+    }
+}
+
+config load_ok(std::string_view text) {
+    auto result = load_config_text(text, "t.toml");
+    BOOST_TEST_REQUIRE(result.has_value(), "unexpected errors:\n"
+                                               << (result ? "" : to_string(result.error())));
+    return *result;
+}
+
+std::vector<std::string> errors_of(std::string_view text) {
+    auto result = load_config_text(text, "t.toml");
+    BOOST_TEST_REQUIRE(result.has_error(), "expected errors for:\n" << text);
+    return result.error().messages;
+}
+
+std::string read_text(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    BOOST_TEST_REQUIRE(in.good(), "cannot open " << path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+const fs::path example_file = fs::path(STEREOS_TEST_DATA_DIR) / "../../config/stereos-hostd.toml";
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(config_loader)
+
+BOOST_AUTO_TEST_CASE(an_empty_file_gives_the_documented_defaults) {
+    const config c = load_ok("");
+    BOOST_TEST(c.source == "t.toml");
+    BOOST_TEST(c.daemon.api_socket == fs::path("/run/stereos-hostd/api.sock"));
+    BOOST_TEST(c.daemon.api_group == "stereos");
+    BOOST_TEST(c.daemon.state_dir == fs::path("/var/lib/stereos-hostd"));
+    BOOST_TEST((c.daemon.level == log_level::info));
+    BOOST_TEST(c.daemon.timeouts.request_timeout.count() == 10'000);
+    BOOST_TEST(c.daemon.timeouts.connect_timeout.count() == 2'000);
+    BOOST_TEST(c.daemon.timeouts.keepalive_interval.count() == 15'000);
+    BOOST_TEST(c.daemon.timeouts.health_interval.count() == 5'000);
+    BOOST_TEST(c.daemon.timeouts.reconnect_max.count() == 5'000);
+    BOOST_TEST(c.guests.empty());
+}
+
+BOOST_AUTO_TEST_CASE(daemon_keys_are_read) {
+    const config c = load_ok(R"(
+[daemon]
+api_socket = "/tmp/x/api.sock"
+api_group = ""
+state_dir = "/srv/stereos"
+log_level = "debug"
+request_timeout = "1m30s"
+connect_timeout = "250ms"
+keepalive_interval = "1h"
+health_interval = "2s"
+reconnect_max = "30s"
+)");
+    BOOST_TEST(c.daemon.api_socket == fs::path("/tmp/x/api.sock"));
+    BOOST_TEST(c.daemon.api_group.empty());
+    BOOST_TEST(c.daemon.state_dir == fs::path("/srv/stereos"));
+    BOOST_TEST((c.daemon.level == log_level::debug));
+    BOOST_TEST(c.daemon.timeouts.request_timeout.count() == 90'000);
+    BOOST_TEST(c.daemon.timeouts.connect_timeout.count() == 250);
+    BOOST_TEST(c.daemon.timeouts.keepalive_interval.count() == 3'600'000);
+    BOOST_TEST(c.daemon.timeouts.health_interval.count() == 2'000);
+    BOOST_TEST(c.daemon.timeouts.reconnect_max.count() == 30'000);
+}
+
+BOOST_AUTO_TEST_CASE(guest_timeouts_default_to_the_daemon_values_and_overrides_win) {
+    const config c = load_ok(R"(
+[daemon]
+request_timeout = "20s"
+health_interval = "7s"
+
+[[guest]]
+name = "plain"
+endpoint = "vsock:3"
+
+[[guest]]
+name = "tuned"
+endpoint = "tcp:10.0.0.2:1024"
+request_timeout = "30s"
+reconnect_max = "1m"
+)");
+    BOOST_TEST_REQUIRE(c.guests.size() == 2u);
+    const guest_config& plain = c.guests[0];
+    BOOST_TEST(plain.name == "plain");
+    BOOST_TEST(plain.endpoint_text == "vsock:3");
+    BOOST_TEST((plain.endpoint ==
+                stereos::transport::endpoint{stereos::transport::vsock_endpoint{3, 1024}}));
+    BOOST_TEST(plain.timeouts.request_timeout.count() == 20'000);
+    BOOST_TEST(plain.timeouts.health_interval.count() == 7'000);
+    BOOST_TEST(plain.timeouts.connect_timeout.count() == 2'000);
+    BOOST_TEST(!plain.overrides.request_timeout.has_value());
+    BOOST_TEST(plain.provision.empty());
+
+    const guest_config& tuned = *c.find_guest("tuned");
+    BOOST_TEST(tuned.timeouts.request_timeout.count() == 30'000);
+    BOOST_TEST(tuned.timeouts.reconnect_max.count() == 60'000);
+    BOOST_TEST(tuned.timeouts.health_interval.count() == 7'000);
+    BOOST_TEST(tuned.overrides.request_timeout.has_value());
+    BOOST_TEST(!tuned.overrides.health_interval.has_value());
+    BOOST_TEST((std::holds_alternative<stereos::transport::tcp_endpoint>(tuned.endpoint)));
+    BOOST_TEST(c.find_guest("absent") == nullptr);
+}
+
+// One row per error path: the text, and what the single error message must start with and
+// contain. @DIR@ is replaced by a temp dir holding: key.pub, empty.pub, secret, jcard.toml, sub/.
+struct error_case {
+    const char* what;
+    const char* text;
+    const char* prefix;
+    const char* fragment;
+};
+
+const error_case error_cases[] = {
+    {"toml syntax", "[daemon]\nlog_level = \"info\n", "t.toml:2:", ""},
+    {"unknown top-level key", "\n[demon]\nx = 1\n", "t.toml:2: demon: ", "unknown key"},
+    {"typo in a daemon key", "[daemon]\n\nrequest_timout = \"10s\"\n",
+     "t.toml:3: daemon.request_timout: ", "unknown key (did you mean request_timeout?)"},
+    {"wrong type", "[daemon]\napi_group = 5\n",
+     "t.toml:2: daemon.api_group: ", "expected a string, got an integer"},
+    {"daemon not a table", "daemon = \"x\"\n", "t.toml:1: daemon: ", "expected a table"},
+    {"relative api_socket", "[daemon]\napi_socket = \"api.sock\"\n",
+     "t.toml:2: daemon.api_socket: ", "absolute path"},
+    {"api_socket too long",
+     "[daemon]\napi_socket = "
+     "\"/run/"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaa.sock\"\n",
+     "t.toml:2: daemon.api_socket: ", "too long"},
+    {"relative state_dir", "[daemon]\nstate_dir = \"var/lib\"\n",
+     "t.toml:2: daemon.state_dir: ", "absolute path"},
+    {"bad api_group", "[daemon]\napi_group = \"-wheel\"\n",
+     "t.toml:2: daemon.api_group: ", "invalid group name"},
+    {"unknown log level", "[daemon]\nlog_level = \"verbose\"\n",
+     "t.toml:2: daemon.log_level: ", "unknown log level \"verbose\""},
+    {"duration without unit", "[daemon]\nrequest_timeout = \"10\"\n",
+     "t.toml:2: daemon.request_timeout: ", "invalid duration \"10\""},
+    {"duration with unknown unit", "[daemon]\nconnect_timeout = \"10x\"\n",
+     "t.toml:2: daemon.connect_timeout: ", "invalid duration \"10x\""},
+    {"negative duration", "[daemon]\nhealth_interval = \"-1s\"\n",
+     "t.toml:2: daemon.health_interval: ", "invalid duration"},
+    {"zero duration", "[daemon]\nreconnect_max = \"0s\"\n",
+     "t.toml:2: daemon.reconnect_max: ", "must be greater than 0"},
+    {"duration above range", "[daemon]\nrequest_timeout = \"2h\"\n",
+     "t.toml:2: daemon.request_timeout: ", "request_timeout must be between 10ms and 1h"},
+    {"duration below range", "[daemon]\nkeepalive_interval = \"5ms\"\n",
+     "t.toml:2: daemon.keepalive_interval: ", "between 100ms and 1h"},
+    {"huge duration", "[daemon]\nrequest_timeout = \"99999999999999999999h\"\n",
+     "t.toml:2: daemon.request_timeout: ", "too large"},
+    {"duration as a number", "[daemon]\nrequest_timeout = 10\n",
+     "t.toml:2: daemon.request_timeout: ", "expected a duration string"},
+    {"guest as a plain table", "[guest]\nname = \"vm1\"\n",
+     "t.toml:1: guest: ", "expected an array of tables"},
+    {"guest without name", "[[guest]]\nendpoint = \"vsock:3\"\n",
+     "t.toml:1: guest[0].name: ", "missing"},
+    {"guest without endpoint", "[[guest]]\nname = \"vm1\"\n",
+     "t.toml:1: guest[0].endpoint: ", "missing"},
+    {"bad guest name", "[[guest]]\nname = \"vm 1\"\nendpoint = \"vsock:3\"\n",
+     "t.toml:2: guest[0].name: ", "invalid guest name \"vm 1\""},
+    {"guest name too long",
+     "[[guest]]\nname = "
+     "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\nendpoint = "
+     "\"vsock:3\"\n",
+     "t.toml:2: guest[0].name: ", "invalid guest name"},
+    {"duplicate guest names",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[[guest]]\nname = \"vm1\"\nendpoint = "
+     "\"vsock:4\"\n",
+     "t.toml:5: guest[1].name: ", "duplicate guest name \"vm1\" (also at line 2)"},
+    {"unknown endpoint scheme",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3:1024\"\n[[guest]]\nname = \"vm2\"\nendpoint "
+     "= \"vsok:3:1024\"\n",
+     "t.toml:6: guest[1].endpoint: ", "unknown scheme \"vsok\""},
+    {"typo in a guest key",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\nrequest_timout = \"30s\"\n",
+     "t.toml:4: guest[0].request_timout: ", "did you mean request_timeout?"},
+    {"guest override out of range",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\nconnect_timeout = \"10m\"\n",
+     "t.toml:4: guest[0].connect_timeout: ", "between 10ms and 5m"},
+    {"provision not a table", "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\nprovision = 1\n",
+     "t.toml:4: guest[0].provision: ", "expected a table"},
+    {"unknown provision key",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig = \"x\"\n",
+     "t.toml:5: guest[0].provision.config: ", "unknown key"},
+    {"config_file missing",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig_file = "
+     "\"@DIR@/nope.toml\"\n",
+     "t.toml:5: guest[0].provision.config_file: ", "No such file or directory"},
+    {"config_file relative",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig_file = "
+     "\"jcard.toml\"\n",
+     "t.toml:5: guest[0].provision.config_file: ", "must be an absolute path"},
+    {"config_file a directory",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig_file = "
+     "\"@DIR@/sub\"\n",
+     "t.toml:5: guest[0].provision.config_file: ", "is not a regular file"},
+    {"ssh key without a key",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user "
+     "= \"admin\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0]: ", "set exactly one of public_key or"},
+    {"ssh key with both",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [\n  { "
+     "user = \"admin\", public_key = \"ssh-ed25519 AAAA\", public_key_file = \"@DIR@/key.pub\" "
+     "},\n]\n",
+     "t.toml:6: guest[0].provision.ssh_keys[0]: ", "not both"},
+    {"ssh key empty",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user "
+     "= \"admin\", public_key = \"  \" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key: ", "is empty"},
+    {"ssh key file missing",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user "
+     "= \"admin\", public_key_file = \"@DIR@/gone.pub\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key_file: ", "cannot open"},
+    {"ssh key file empty",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user "
+     "= \"admin\", public_key_file = \"@DIR@/empty.pub\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key_file: ", "is empty"},
+    {"ssh key without user",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { "
+     "public_key = \"ssh-ed25519 AAAA\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].user: ", "missing"},
+    {"ssh key bad user",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user "
+     "= \"ad min\", public_key = \"ssh-ed25519 AAAA\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].user: ", "invalid user name"},
+    {"ssh keys element not a table",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ "
+     "\"ssh-ed25519 AAAA\" ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0]: ", "expected a table, got a string"},
+    {"secret with inline value",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [\n  { name "
+     "= \"K\", file = \"@DIR@/secret\" },\n  { name = \"K2\", value = \"sk-do-not-print\" },\n]\n",
+     "t.toml:7: guest[0].provision.secrets[1].value: ",
+     "secret values may not be written inline; use file or credential"},
+    {"secret with file and credential",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\", file = \"@DIR@/secret\", credential = \"k\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0]: ", "set exactly one of file or credential"},
+    {"secret with neither",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0]: ", "set exactly one of file or credential"},
+    {"secret name with a slash",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"../etc/passwd\", file = \"@DIR@/secret\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].name: ", "a simple file name"},
+    {"secret name dot-dot",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"..\", file = \"@DIR@/secret\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].name: ", "a simple file name"},
+    {"duplicate secret names",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [\n  { name "
+     "= \"K\", file = \"@DIR@/secret\" },\n  { name = \"K\", file = \"@DIR@/secret\" },\n]\n",
+     "t.toml:7: guest[0].provision.secrets[1].name: ",
+     "duplicate secret name \"K\" (also at line 6)"},
+    {"secret mode too large",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\", file = \"@DIR@/secret\", mode = 0o10000 } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].mode: ", "between 0 and 0o7777, got 0o10000"},
+    {"secret mode negative",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\", file = \"@DIR@/secret\", mode = -1 } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].mode: ", "between 0 and 0o7777"},
+    {"secret mode as a string",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\", file = \"@DIR@/secret\", mode = \"0600\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].mode: ", "expected an integer, got a string"},
+    {"secret file missing",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"K\", file = \"@DIR@/gone\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].file: ", "cannot open"},
+    {"mount with unknown fs_type",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/w\", fs_type = \"ext4\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].fs_type: ", "expected 9p or virtiofs"},
+    {"mount with relative guest_path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"w\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "must be an absolute path"},
+    {"mount without tag",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { "
+     "guest_path = \"/w\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].tag: ", "missing"},
+    {"mount with bad tag",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"a b\", guest_path = \"/w\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].tag: ", "invalid mount tag"},
+    {"mount read_only not a boolean",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/w\", fs_type = \"9p\", read_only = \"yes\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].read_only: ", "expected a boolean"},
+    {"two mounts on one path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [\n  { tag = "
+     "\"s0\", guest_path = \"/w\", fs_type = \"9p\" },\n  { tag = \"s1\", guest_path = \"/w\", "
+     "fs_type = \"virtiofs\" },\n]\n",
+     "t.toml:7: guest[0].provision.mounts[1].guest_path: ", "duplicate mount point \"/w\""},
+};
+
+BOOST_AUTO_TEST_CASE(each_error_names_the_file_line_and_key) {
+    temp_dir dir;
+    dir.write("key.pub", "ssh-ed25519 AAAA admin\n");
+    dir.write("empty.pub", "");
+    dir.write("secret", "s3cr3t");
+    dir.write("jcard.toml", "mixtape = \"base\"\n");
+    fs::create_directories(dir.path() / "sub");
+    for (const auto& row : error_cases) {
+        BOOST_TEST_CONTEXT(row.what) {
+            std::string text = row.text;
+            replace_all(text, "@DIR@", dir.path().string());
+            const auto errors = errors_of(text);
+            BOOST_TEST_REQUIRE(errors.size() == 1u, "got " << errors.size() << " errors: "
+                                                           << (errors.empty() ? "" : errors[0]));
+            BOOST_TEST(errors[0].starts_with(row.prefix), errors[0]);
+            BOOST_TEST(errors[0].find(row.fragment) != std::string::npos, errors[0]);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(all_errors_are_reported_in_line_order) {
+    const auto errors = errors_of(R"([[guest]]
+name = "vm1"
+endpoint = "vsok:3"
+request_timout = "1s"
+
+[daemon]
+log_level = "loud"
+health_interval = "0s"
+)");
+    BOOST_TEST_REQUIRE(errors.size() == 4u);
+    BOOST_TEST(errors[0].starts_with("t.toml:3: guest[0].endpoint: "));
+    BOOST_TEST(errors[1].starts_with("t.toml:4: guest[0].request_timout: "));
+    BOOST_TEST(errors[2].starts_with("t.toml:7: daemon.log_level: "));
+    BOOST_TEST(errors[3].starts_with("t.toml:8: daemon.health_interval: "));
+}
+
+BOOST_AUTO_TEST_CASE(syntax_errors_carry_line_and_column) {
+    const auto errors = errors_of("[daemon]\nlog_level = = \"info\"\n");
+    BOOST_TEST_REQUIRE(errors.size() == 1u);
+    BOOST_TEST(errors[0].starts_with("t.toml:2:13: "), errors[0]);
+}
+
+BOOST_AUTO_TEST_CASE(secret_values_never_appear_in_messages) {
+    temp_dir dir;
+    const auto secret = dir.write("secret", "the-secret-content");
+    const std::string text =
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n"
+        "[guest.provision]\nsecrets = [\n"
+        "  { name = \"A\", value = \"sk-inline-value\" },\n"
+        "  { name = \"B\", file = \"" +
+        secret.string() +
+        "\", valeu = \"sk-typo-value\" },\n"
+        "  { name = \"C\", file = \"" +
+        secret.string() + "\", mode = \"sk-wrong-type\" },\n]\n";
+    const auto errors = errors_of(text);
+    BOOST_TEST(errors.size() == 3u);
+    for (const auto& message : errors) {
+        BOOST_TEST(message.find("sk-") == std::string::npos, message);
+        BOOST_TEST(message.find("the-secret-content") == std::string::npos, message);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(an_unreadable_provisioning_file_is_reported) {
+    if (::geteuid() == 0) {
+        BOOST_TEST_MESSAGE("running as root: every file is readable, nothing to check");
+        return;
+    }
+    temp_dir dir;
+    const auto file = dir.write("jcard.toml", "x");
+    fs::permissions(file, fs::perms::none);
+    const auto errors = errors_of(
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n"
+        "[guest.provision]\nconfig_file = \"" +
+        file.string() + "\"\n");
+    BOOST_TEST_REQUIRE(errors.size() == 1u);
+    BOOST_TEST(errors[0].find("Permission denied") != std::string::npos, errors[0]);
+}
+
+BOOST_AUTO_TEST_CASE(provisioning_is_loaded_with_paths_only) {
+    temp_dir dir;
+    const auto jcard = dir.write("jcard.toml", "mixtape = \"base\"\n");
+    const auto key = dir.write("admin.pub", "ssh-ed25519 BBBB admin@host\n");
+    const auto gh = dir.write("gh", "ghp_token");
+    dir.write("creds/anthropic", "sk-ant");
+    scoped_env credentials("CREDENTIALS_DIRECTORY", (dir.path() / "creds").c_str());
+
+    const config c = load_ok(R"([[guest]]
+name = "vm1"
+endpoint = "vsock:3:1024"
+
+[guest.provision]
+config_file = ")" + jcard.string() +
+                             R"("
+ssh_keys = [
+  { user = "admin", public_key = " ssh-ed25519 AAAA admin@host " },
+  { user = "admin", public_key_file = ")" +
+                             key.string() + R"(" },
+]
+secrets = [
+  { name = "ANTHROPIC_API_KEY", credential = "anthropic" },
+  { name = "GH", file = ")" + gh.string() +
+                             R"(", mode = 0o600 },
+]
+mounts = [
+  { tag = "share0", guest_path = "/home/admin/workspace", fs_type = "9p", read_only = false },
+  { tag = "data", guest_path = "/data", fs_type = "virtiofs", read_only = true },
+]
+)");
+    BOOST_TEST_REQUIRE(c.guests.size() == 1u);
+    const provision_config& p = c.guests[0].provision;
+    BOOST_TEST(p.config_file == jcard);
+    BOOST_TEST_REQUIRE(p.ssh_keys.size() == 2u);
+    BOOST_TEST(p.ssh_keys[0].user == "admin");
+    BOOST_TEST(p.ssh_keys[0].public_key == "ssh-ed25519 AAAA admin@host");
+    BOOST_TEST(p.ssh_keys[0].public_key_file.empty());
+    BOOST_TEST(p.ssh_keys[1].public_key.empty());
+    BOOST_TEST(p.ssh_keys[1].public_key_file == key);
+    BOOST_TEST_REQUIRE(p.secrets.size() == 2u);
+    BOOST_TEST(p.secrets[0].name == "ANTHROPIC_API_KEY");
+    BOOST_TEST(p.secrets[0].credential == "anthropic");
+    BOOST_TEST(p.secrets[0].file == dir.path() / "creds" / "anthropic");
+    BOOST_TEST(p.secrets[0].mode == 0u);
+    BOOST_TEST(p.secrets[1].name == "GH");
+    BOOST_TEST(p.secrets[1].file == gh);
+    BOOST_TEST(p.secrets[1].credential.empty());
+    BOOST_TEST(p.secrets[1].mode == 0600u);
+    BOOST_TEST_REQUIRE(p.mounts.size() == 2u);
+    BOOST_TEST((p.mounts[0] ==
+                stereos::protocol::mount_payload{"share0", "/home/admin/workspace", "9p", false}));
+    BOOST_TEST(
+        (p.mounts[1] == stereos::protocol::mount_payload{"data", "/data", "virtiofs", true}));
+}
+
+BOOST_AUTO_TEST_CASE(a_credential_needs_credentials_directory) {
+    const std::string text =
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n"
+        "[guest.provision]\nsecrets = [ { name = \"K\", credential = "
+        "\"anthropic\" } ]\n";
+    {
+        scoped_env unset("CREDENTIALS_DIRECTORY", nullptr);
+        const auto errors = errors_of(text);
+        BOOST_TEST_REQUIRE(errors.size() == 1u);
+        BOOST_TEST(errors[0].starts_with("t.toml:5: guest[0].provision.secrets[0].credential: "));
+        BOOST_TEST(errors[0].find("$CREDENTIALS_DIRECTORY is not set") != std::string::npos);
+    }
+    {
+        temp_dir dir;  // set, but the credential is not there
+        scoped_env set("CREDENTIALS_DIRECTORY", dir.path().c_str());
+        const auto errors = errors_of(text);
+        BOOST_TEST_REQUIRE(errors.size() == 1u);
+        BOOST_TEST(errors[0].starts_with("t.toml:5: guest[0].provision.secrets[0].credential: "));
+        BOOST_TEST(errors[0].find((dir.path() / "anthropic").string()) != std::string::npos);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(the_example_file_loads_with_the_defaults) {
+    const auto result = load_config_file(example_file);
+    BOOST_TEST_REQUIRE(result.has_value(), (result ? "" : to_string(result.error())));
+    const config& c = *result;
+    BOOST_TEST((c.daemon == daemon_settings{}));
+    BOOST_TEST_REQUIRE(c.guests.size() == 1u);
+    BOOST_TEST(c.guests[0].name == "vm1");
+    BOOST_TEST(c.guests[0].endpoint_text == "vsock:3:1024");
+    BOOST_TEST((c.guests[0].timeouts == link_timeouts{}));
+}
+
+// The example's commented provisioning block, uncommented and pointed at files made here.
+BOOST_AUTO_TEST_CASE(the_example_provisioning_block_loads_when_uncommented) {
+    temp_dir dir;
+    std::string text = read_text(example_file);
+    const auto block = text.find("# [guest.provision]");
+    BOOST_TEST_REQUIRE(block != std::string::npos);
+    std::string head = text.substr(0, block);
+    std::istringstream lines(text.substr(block));
+    std::string line;
+    std::string uncommented;
+    while (std::getline(lines, line)) {
+        if (line.starts_with("# ")) {
+            line.erase(0, 2);
+        } else if (line == "#") {
+            line.clear();
+        }
+        uncommented += line + "\n";
+    }
+    text = head + uncommented;
+    replace_all(text, "/etc/stereos-hostd/vm1/jcard.toml",
+                dir.write("jcard.toml", "mixtape = \"base\"\n").string());
+    replace_all(text, "/etc/stereos-hostd/vm1/admin.pub",
+                dir.write("admin.pub", "ssh-ed25519 AAAA\n").string());
+    replace_all(text, "/etc/stereos-hostd/vm1/gh-token", dir.write("gh-token", "x").string());
+    dir.write("creds/anthropic", "x");
+    scoped_env credentials("CREDENTIALS_DIRECTORY", (dir.path() / "creds").c_str());
+
+    const auto result = load_config_text(text, "example");
+    BOOST_TEST_REQUIRE(result.has_value(), (result ? "" : to_string(result.error())));
+    const provision_config& p = result->guests.at(0).provision;
+    BOOST_TEST(p.config_file == dir.path() / "jcard.toml");
+    BOOST_TEST(p.ssh_keys.size() == 2u);
+    BOOST_TEST(p.secrets.size() == 2u);
+    BOOST_TEST(p.secrets[1].mode == 0600u);
+    BOOST_TEST(p.mounts.size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_file_on_disk_names_itself_in_messages) {
+    temp_dir dir;
+    const auto file = dir.write("config.toml", "[daemon]\nlog_level = \"chatty\"\n");
+    const auto result = load_config_file(file);
+    BOOST_TEST_REQUIRE(result.has_error());
+    BOOST_TEST(result.error().messages.at(0).starts_with(file.string() + ":2: daemon.log_level: "));
+
+    const auto missing = load_config_file(dir.path() / "absent.toml");
+    BOOST_TEST_REQUIRE(missing.has_error());
+    BOOST_TEST(missing.error().messages.at(0).starts_with((dir.path() / "absent.toml").string()));
+    BOOST_TEST(missing.error().messages.at(0).find("No such file") != std::string::npos);
+    BOOST_CHECK_THROW(missing.value(), std::runtime_error);
+}
+
+BOOST_AUTO_TEST_CASE(the_config_path_comes_from_the_flag_then_the_environment) {
+    {
+        scoped_env env("CONFIGURATION_DIRECTORY", "/etc/from-systemd");
+        BOOST_TEST(choose_config_path("/tmp/explicit.toml") == fs::path("/tmp/explicit.toml"));
+        BOOST_TEST(choose_config_path(std::nullopt) == fs::path("/etc/from-systemd/config.toml"));
+    }
+    {
+        scoped_env env("CONFIGURATION_DIRECTORY", "/etc/first:/etc/second");
+        BOOST_TEST(choose_config_path(std::nullopt) == fs::path("/etc/first/config.toml"));
+    }
+    {
+        scoped_env env("CONFIGURATION_DIRECTORY", nullptr);
+        BOOST_TEST(choose_config_path(std::nullopt) == fs::path("/etc/stereos-hostd/config.toml"));
+    }
+    {
+        scoped_env env("CONFIGURATION_DIRECTORY", "");
+        BOOST_TEST(choose_config_path(std::nullopt) == fs::path(default_config_path));
+    }
+}
+
+BOOST_AUTO_TEST_CASE(durations_parse_and_format_back) {
+    BOOST_TEST(parse_duration("250ms").value().count() == 250);
+    BOOST_TEST(parse_duration("10s").value().count() == 10'000);
+    BOOST_TEST(parse_duration("5m").value().count() == 300'000);
+    BOOST_TEST(parse_duration("1h").value().count() == 3'600'000);
+    BOOST_TEST(parse_duration("1h2m3s4ms").value().count() == 3'723'004);
+    for (const char* bad : {"", "s", "10", "1.5s", "10 s", " 10s", "10S", "-5s", "5d"}) {
+        BOOST_TEST(parse_duration(bad).has_error(), bad);
+    }
+    for (const char* text : {"250ms", "10s", "5m", "1h", "1m30s", "1h2m3s4ms"}) {
+        BOOST_TEST(format_duration(parse_duration(text).value()) == text);
+    }
+    BOOST_TEST(parse_timeout("request_timeout", "2h").has_error());
+    BOOST_TEST(parse_timeout("request_timeout", "1h").value().count() == 3'600'000);
+    BOOST_TEST(check_guest_name("vm-1.test_2").has_value());
+    BOOST_TEST(check_guest_name("").has_error());
+    BOOST_TEST(check_guest_name("vm/1").has_error());
+}
+
+BOOST_AUTO_TEST_CASE(reload_diff_sorts_guests_by_what_changed) {
+    temp_dir dir;
+    const auto jcard = dir.write("jcard.toml", "x");
+    const config before = load_ok(R"(
+[[guest]]
+name = "same"
+endpoint = "vsock:3"
+[[guest]]
+name = "respelled"
+endpoint = "vsock:4"
+[[guest]]
+name = "moved"
+endpoint = "vsock:5"
+[[guest]]
+name = "retimed"
+endpoint = "vsock:6"
+[[guest]]
+name = "provisioned"
+endpoint = "vsock:8"
+[[guest]]
+name = "gone"
+endpoint = "vsock:9"
+)");
+    const config after = load_ok(R"(
+[[guest]]
+name = "new"
+endpoint = "vsock:10"
+[[guest]]
+name = "same"
+endpoint = "vsock:3"
+[[guest]]
+name = "respelled"
+endpoint = "vsock:4:1024"
+[[guest]]
+name = "moved"
+endpoint = "vsock:15"
+[[guest]]
+name = "retimed"
+endpoint = "vsock:6"
+keepalive_interval = "30s"
+[[guest]]
+name = "provisioned"
+endpoint = "vsock:8"
+[guest.provision]
+config_file = ")" + jcard.string() +
+                                 R"("
+)");
+    const guest_diff diff = diff_guests(before, after);
+    using names = std::vector<std::string>;
+    BOOST_TEST(diff.added == (names{"new"}), boost::test_tools::per_element());
+    BOOST_TEST(diff.removed == (names{"gone"}), boost::test_tools::per_element());
+    BOOST_TEST(diff.changed == (names{"moved", "retimed", "provisioned"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(diff.unchanged == (names{"same", "respelled"}), boost::test_tools::per_element());
+
+    const guest_diff nothing = diff_guests(after, after);
+    BOOST_TEST(nothing.added.empty());
+    BOOST_TEST(nothing.removed.empty());
+    BOOST_TEST(nothing.changed.empty());
+    BOOST_TEST(nothing.unchanged.size() == after.guests.size());
+}
+
+// Effective timeouts count: a new daemon default changes the guests that inherit it.
+BOOST_AUTO_TEST_CASE(reload_diff_sees_a_changed_daemon_default_through_inheriting_guests) {
+    const std::string guests = R"(
+[[guest]]
+name = "inherits"
+endpoint = "vsock:3"
+[[guest]]
+name = "pinned"
+endpoint = "vsock:4"
+request_timeout = "20s"
+)";
+    const config before = load_ok("[daemon]\nrequest_timeout = \"10s\"\n" + guests);
+    const config after = load_ok("[daemon]\nrequest_timeout = \"20s\"\n" + guests);
+    const guest_diff diff = diff_guests(before, after);
+    using names = std::vector<std::string>;
+    BOOST_TEST(diff.changed == (names{"inherits"}), boost::test_tools::per_element());
+    BOOST_TEST(diff.unchanged == (names{"pinned"}), boost::test_tools::per_element());
+    BOOST_TEST(diff.added.empty());
+    BOOST_TEST(diff.removed.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
