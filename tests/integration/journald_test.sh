@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The journald sink against a real systemd-journald in a private mount namespace: GUEST=
+# filters one guest's records, transitions carry MESSAGE_ID and GUEST_STATE, priorities map
+# from severity, and a provisioned secret's value appears nowhere in the journal.
+#   journald_test.sh HOSTD_BINARY FAKEGUEST_BINARY
+set -euo pipefail
+hostd=$1 fakeguest=$2
+skip=77
+
+if [ "${1:-}" != --inside ] && [ "${STEREOS_JOURNALD_INSIDE:-}" != 1 ]; then
+    if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root to run a private journald"; exit $skip; fi
+    command -v unshare >/dev/null || { echo "SKIP: unshare not installed"; exit $skip; }
+    [ -x /lib/systemd/systemd-journald ] || { echo "SKIP: systemd-journald not installed"; exit $skip; }
+    STEREOS_JOURNALD_INSIDE=1 exec unshare --mount --fork bash "$0" "$@"
+fi
+
+work=$(mktemp -d /tmp/stereos-journal.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run/log
+/lib/systemd/systemd-journald &
+pids+=($!)
+for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+[ -S /run/systemd/journal/socket ] || fail "journald did not start"
+journal=/run/log/journal
+
+secret="s3cr3t-journal-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+printf '%s' "$secret" > "$work/secret"
+printf 'mixtape = "base"\ntoken = "%s-in-config"\n' "$secret" > "$work/jcard.toml"
+
+"$fakeguest" --listen "tcp:127.0.0.1:0" --health-state healthy > "$work/guest.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do grep -q '^listening ' "$work/guest.out" && break; sleep 0.05; done
+endpoint=$(sed -n 's/^listening //p' "$work/guest.out" | head -1)
+[ -n "$endpoint" ] || fail "fake guest did not start: $(cat "$work/guest.out")"
+
+cat > "$work/config.toml" <<TOML
+[daemon]
+api_socket = "$work/api.sock"
+api_group = ""
+state_dir = "$work/state"
+log_level = "debug"
+
+[[guest]]
+name = "vm1"
+endpoint = "$endpoint"
+[guest.provision]
+config_file = "$work/jcard.toml"
+secrets = [ { name = "API_KEY", file = "$work/secret" } ]
+
+[[guest]]
+name = "vm2"
+endpoint = "unix:$work/nobody-listens.sock"
+TOML
+
+"$hostd" --config "$work/config.toml" --log journal > "$work/hostd.out" 2>&1 &
+hostd_pid=$!
+pids+=($hostd_pid)
+
+# Wait until vm1 is provisioned and healthy, as the journal tells it.
+for _ in $(seq 300); do
+    if journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q '^provisioned' &&
+       journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q -- '-> healthy'; then
+        break
+    fi
+    sleep 0.05
+done
+kill -TERM $hostd_pid
+wait $hostd_pid || fail "daemon exited with $?"
+
+vm1=$(journalctl -D "$journal" GUEST=vm1 -o json)
+[ -n "$vm1" ] || fail "no records with GUEST=vm1"
+lines=$(printf '%s\n' "$vm1" | wc -l)
+[ "$(printf '%s\n' "$vm1" | grep -c '"GUEST":"vm1"')" = "$lines" ] || fail "GUEST=vm1 let other records through"
+printf '%s\n' "$vm1" | grep -q '"MESSAGE":"provisioned"' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
+printf '%s\n' "$vm1" | grep -q '"SYSLOG_IDENTIFIER":"stereos-hostd"' || fail "no SYSLOG_IDENTIFIER"
+printf '%s\n' "$vm1" | grep -q '"CODE_FILE":"[^"]*managed_guest.cpp"' || fail "no CODE_FILE"
+printf '%s\n' "$vm1" | grep -q '"CODE_LINE":"[0-9]*"' || fail "no CODE_LINE"
+
+transitions=$(journalctl -D "$journal" MESSAGE_ID=7d9a3c4e1b2f4a6c8e0d5f1a2b3c4d5e -o json)
+[ "$(printf '%s\n' "$transitions" | grep -c '"GUEST_STATE":')" -ge 3 ] || fail "transitions lack GUEST_STATE"
+printf '%s\n' "$transitions" | grep '"GUEST":"vm1"' | grep -q '"GUEST_STATE":"healthy"' || fail "no healthy transition for vm1"
+printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | grep -q '"GUEST_STATE":"disconnected"' || fail "no disconnected transition for vm2"
+
+# Priorities: info for "link up", warning (4) for vm2's connect failures.
+printf '%s\n' "$vm1" | grep '"MESSAGE":"link up"' | grep -q '"PRIORITY":"6"' || fail "link up is not info"
+journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"cannot connect' | grep -q '"PRIORITY":"4"' || fail "connect failure is not a warning"
+
+# The secret and the config's values never reach the journal, in any field.
+if journalctl -D "$journal" -o export | grep -a -q "$secret"; then fail "the secret value is in the journal"; fi
+if grep -a -q "$secret" "$work/hostd.out"; then fail "the secret value is in the daemon's output"; fi
+echo "journald sink: OK ($lines records for vm1)"

@@ -1,0 +1,139 @@
+// stereos-hostd's sd_notify protocol, read from a real NOTIFY_SOCKET datagram socket:
+// READY=1 once serving, STATUS=, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 with
+// MONOTONIC_USEC then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <boost/test/unit_test.hpp>
+
+#include "tests/support/child_process.hpp"
+
+using namespace std::chrono_literals;
+using stereos::testing::child_process;
+using stereos::testing::temp_directory;
+using stereos::testing::write_text_file;
+
+namespace {
+
+class notify_listener {
+public:
+    explicit notify_listener(const std::filesystem::path& path) : path_(path) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+        BOOST_TEST_REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        timeval tv{0, 100'000};
+        ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    ~notify_listener() { ::close(fd_); }
+
+    // Collects datagrams until `done` says so or `limit` passes.
+    template <class Predicate>
+    bool collect_until(Predicate done, std::chrono::milliseconds limit) {
+        const auto end = std::chrono::steady_clock::now() + limit;
+        while (!done(messages)) {
+            if (std::chrono::steady_clock::now() > end) return false;
+            char buffer[4096];
+            const auto n = ::recv(fd_, buffer, sizeof buffer, 0);
+            if (n > 0) messages.emplace_back(buffer, static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
+    std::vector<std::string> messages;
+
+private:
+    std::filesystem::path path_;
+    int fd_ = -1;
+};
+
+std::size_t count_with(const std::vector<std::string>& messages, std::string_view prefix,
+                       std::size_t from = 0) {
+    std::size_t n = 0;
+    for (std::size_t i = from; i < messages.size(); ++i) n += messages[i].starts_with(prefix);
+    return n;
+}
+
+std::optional<std::size_t> index_of(const std::vector<std::string>& messages,
+                                    std::string_view prefix, std::size_t from = 0) {
+    for (std::size_t i = from; i < messages.size(); ++i) {
+        if (messages[i].starts_with(prefix)) return i;
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(systemd_notify)
+
+BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stopping) {
+    temp_directory dir("stereos-notify");
+    write_text_file(dir / "config.toml",
+                    "[daemon]\n"
+                    "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
+                    "api_group = \"\"\n"
+                    "state_dir = \"" + (dir / "state").string() + "\"\n"
+                    "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:" + (dir / "nobody.sock").string() +
+                    "\"\n");
+    notify_listener listener(dir / "notify.sock");
+    child_process daemon({STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(),
+                          "--log", "stderr"},
+                         dir.path(), "hostd",
+                         {{"NOTIFY_SOCKET", (dir / "notify.sock").string()},
+                          {"WATCHDOG_USEC", "400000"}});
+
+    // Ready, a status line, then watchdog pings every ~200 ms.
+    BOOST_TEST_REQUIRE(listener.collect_until(
+        [](const auto& m) { return count_with(m, "WATCHDOG=1") >= 3; }, 20s),
+        daemon.stderr_text());
+    BOOST_TEST(listener.messages.front() == "READY=1");
+    const auto status = index_of(listener.messages, "STATUS=");
+    BOOST_TEST_REQUIRE(status.has_value());
+    BOOST_TEST(listener.messages[*status].starts_with("STATUS=1 guests: 1 "));
+
+    // SIGHUP: RELOADING=1 with the monotonic time, then READY=1 again.
+    const auto before_reload = listener.messages.size();
+    daemon.send_signal(SIGHUP);
+    BOOST_TEST_REQUIRE(listener.collect_until(
+        [&](const auto& m) {
+            auto reloading = index_of(m, "RELOADING=1", before_reload);
+            return reloading && index_of(m, "READY=1", *reloading + 1);
+        },
+        20s));
+    const auto& reloading = listener.messages[*index_of(listener.messages, "RELOADING=1", before_reload)];
+    BOOST_TEST(reloading.find("\nMONOTONIC_USEC=") != std::string::npos);
+
+    // SIGTERM: STOPPING=1 and a clean exit.
+    const auto before_stop = listener.messages.size();
+    daemon.send_signal(SIGTERM);
+    BOOST_TEST(listener.collect_until(
+        [&](const auto& m) { return index_of(m, "STOPPING=1", before_stop).has_value(); }, 20s));
+    BOOST_TEST(daemon.wait_exit(20s).value_or(-1) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(without_a_watchdog_no_watchdog_pings_are_sent) {
+    temp_directory dir("stereos-notify");
+    write_text_file(dir / "config.toml",
+                    "[daemon]\n"
+                    "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
+                    "api_group = \"\"\n"
+                    "state_dir = \"" + (dir / "state").string() + "\"\n");
+    notify_listener listener(dir / "notify.sock");
+    child_process daemon({STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string()},
+                         dir.path(), "hostd", {{"NOTIFY_SOCKET", (dir / "notify.sock").string()}});
+    BOOST_TEST_REQUIRE(listener.collect_until(
+        [](const auto& m) { return index_of(m, "READY=1").has_value(); }, 20s));
+    listener.collect_until([](const auto&) { return false; }, 1500ms);
+    BOOST_TEST(count_with(listener.messages, "WATCHDOG=1") == 0u);
+    daemon.send_signal(SIGTERM);
+    BOOST_TEST(daemon.wait_exit(20s).value_or(-1) == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,222 @@
+#include "tests/support/child_process.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+extern char** environ;
+
+namespace stereos::testing {
+
+namespace {
+std::vector<std::string> environment_with(const std::map<std::string, std::string>& extra) {
+    std::map<std::string, std::string> merged;
+    for (char** e = environ; *e; ++e) {
+        std::string_view entry(*e);
+        auto eq = entry.find('=');
+        if (eq != std::string_view::npos)
+            merged[std::string(entry.substr(0, eq))] = std::string(entry.substr(eq + 1));
+    }
+    for (const auto& [k, v] : extra) merged[k] = v;
+    std::vector<std::string> out;
+    for (const auto& [k, v] : merged) out.push_back(k + "=" + v);
+    return out;
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+    std::vector<char*> out;
+    for (auto& s : strings) out.push_back(s.data());
+    out.push_back(nullptr);
+    return out;
+}
+
+int decode_status(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return -1;
+}
+
+pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::string>& extra_env,
+            const std::filesystem::path& out, const std::filesystem::path& err, int stdin_fd) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (stdin_fd >= 0) {
+        posix_spawn_file_actions_adddup2(&actions, stdin_fd, STDIN_FILENO);
+    } else {
+        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    }
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawnattr_t attributes;
+    posix_spawnattr_init(&attributes);
+    // A clean signal state: the test runner may block or ignore some.
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attributes, &none);
+    posix_spawnattr_setsigdefault(&attributes, &all);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    auto env = environment_with(extra_env);
+    auto c_argv = c_strings(argv);
+    auto c_env = c_strings(env);
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, c_argv[0], &actions, &attributes, c_argv.data(), c_env.data());
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attributes);
+    if (rc != 0) {
+        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
+    }
+    return pid;
+}
+}  // namespace
+
+std::string read_text_file(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+void write_text_file(const std::filesystem::path& path, std::string_view text) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+}
+
+child_process::child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
+                             std::string label, const std::map<std::string, std::string>& extra_env)
+    : out_file_(output_dir / (label + ".out")), err_file_(output_dir / (label + ".err")) {
+    pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1);
+}
+
+child_process::~child_process() {
+    if (running()) {
+        ::kill(pid_, SIGKILL);
+        wait_exit(std::chrono::seconds(10));
+    }
+}
+
+void child_process::send_signal(int signal) const { ::kill(pid_, signal); }
+
+bool child_process::running() {
+    if (exit_status_) return false;
+    int status = 0;
+    const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+        exit_status_ = decode_status(status);
+        return false;
+    }
+    return r == 0;
+}
+
+std::optional<int> child_process::wait_exit(std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (running()) {
+        if (std::chrono::steady_clock::now() > end) return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return exit_status_;
+}
+
+std::string child_process::stdout_text() const { return read_text_file(out_file_); }
+std::string child_process::stderr_text() const { return read_text_file(err_file_); }
+
+std::optional<std::size_t> child_process::wait_for_output(std::string_view needle,
+                                                          std::chrono::milliseconds limit,
+                                                          bool in_stderr, std::size_t from) const {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (true) {
+        const auto text = in_stderr ? stderr_text() : stdout_text();
+        if (from <= text.size()) {
+            if (auto pos = text.find(needle, from); pos != std::string::npos)
+                return pos + needle.size();
+        }
+        if (std::chrono::steady_clock::now() > end) return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+std::vector<std::string> child_process::stdout_lines_with(std::string_view prefix) const {
+    std::vector<std::string> lines;
+    std::istringstream in(stdout_text());
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with(prefix)) lines.push_back(line.substr(prefix.size()));
+    }
+    return lines;
+}
+
+command_result run_command(const std::vector<std::string>& argv, std::chrono::milliseconds limit,
+                           const std::string& stdin_text,
+                           const std::map<std::string, std::string>& extra_env) {
+    temp_directory dir("stereos-cmd");
+    const auto in_path = dir / "stdin";
+    write_text_file(in_path, stdin_text);
+    const int in_fd = ::open(in_path.c_str(), O_RDONLY | O_CLOEXEC);
+    const auto out = dir / "out", err = dir / "err";
+    const pid_t pid = spawn(argv, extra_env, out, err, in_fd);
+    ::close(in_fd);
+    const auto end = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    command_result result;
+    while (true) {
+        const pid_t r = ::waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            result.status = decode_status(status);
+            break;
+        }
+        if (std::chrono::steady_clock::now() > end) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &status, 0);
+            result.status = -1;
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    result.out = read_text_file(out);
+    result.err = read_text_file(err);
+    return result;
+}
+
+temp_directory::temp_directory(std::string_view prefix) {
+    std::string pattern = "/tmp/" + std::string(prefix) + "-XXXXXX";
+    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+    std::filesystem::permissions(path_, std::filesystem::perms::all);
+}
+
+temp_directory::~temp_directory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+}
+
+std::size_t resident_kib(pid_t pid) {
+    std::istringstream status(read_text_file("/proc/" + std::to_string(pid) + "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with("VmRSS:")) return std::strtoull(line.c_str() + 6, nullptr, 10);
+    }
+    return 0;
+}
+
+std::size_t open_fds(pid_t pid) {
+    std::error_code ec;
+    std::size_t n = 0;
+    for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+        ++n;
+    }
+    return n;
+}
+
+}  // namespace stereos::testing
