@@ -109,7 +109,9 @@ void guest_link::emit(link_event event) {
 }
 
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
-    return async_request(std::move(request), clock::now() + options_.request_timeout);
+    // A coroutine itself: g++ 12 destroys the by-value parameter of a coroutine twice when a
+    // plain function returns that coroutine's awaitable directly.
+    co_return co_await async_request(std::move(request), clock::now() + options_.request_timeout);
 }
 
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request,

@@ -111,6 +111,8 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
 
     // Sends one request and waits for its reply until the deadline (default: request_timeout
     // from now). Safe to call from any number of coroutines at once.
+    // Pass a named message, not a temporary with strings: g++ 12 destroys temporaries of a
+    // co_await full-expression twice (a double free with any non-trivial payload).
     boost::asio::awaitable<request_result> async_request(protocol::host_message request);
     boost::asio::awaitable<request_result> async_request(protocol::host_message request,
                                                          clock::time_point deadline);

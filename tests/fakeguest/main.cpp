@@ -1,0 +1,194 @@
+// stereos-fakeguest: fake stereosd guests as a real process, for integration tests, the demo and
+// benchmarks. Prints "listening <endpoint>" per guest, runs until SIGINT or SIGTERM (exit 0).
+#include <sys/resource.h>
+
+#include <csignal>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "tests/fakeguest/command_line.hpp"
+#include "tests/fakeguest/fake_guest.hpp"
+
+namespace asio = boost::asio;
+using namespace stereos::testing;
+
+namespace {
+
+struct program_options {
+    std::vector<std::string> listen;
+    std::size_t count = 1;
+    std::string health_state = "ready";
+    std::string reply_delay = "0ms";
+    bool never_reply = false;
+    bool accept_and_hang = false;
+    bool garbage = false;
+    bool wrong_reply_kind = false;
+    std::size_t close_after = 0;
+    bool drop_mid_reply = false;
+    bool out_of_order = false;
+    bool overlong_reply = false;
+    unsigned lifecycle_flood = 0;
+    std::string lifecycle_script;
+    std::string record;
+    int mount_exit_status = 0;
+};
+
+std::string listen_on(fake_guest& guest, const listen_spec& spec) {
+    switch (spec.what) {
+        case listen_spec::kind::tcp:
+            return guest.listen_tcp(spec.host, spec.port);
+        case listen_spec::kind::unix_socket:
+            return guest.listen_unix(spec.path);
+        case listen_spec::kind::hybrid:
+            return guest.listen_hybrid(spec.path, spec.vsock_port);
+    }
+    throw std::logic_error("unknown listen kind");
+}
+
+// Pushes each event to every guest at its offset from start; push_lifecycle also sets the
+// health state, so get_health agrees with what was announced.
+asio::awaitable<void> play_lifecycle_script(std::vector<scheduled_lifecycle> events,
+                                            std::vector<std::unique_ptr<fake_guest>>& guests,
+                                            asio::steady_timer& timer) {
+    const auto start = std::chrono::steady_clock::now();
+    for (const auto& event : events) {
+        timer.expires_at(start + event.offset);
+        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec)
+            co_return;  // stopping
+        for (auto& guest : guests)
+            guest->push_lifecycle(event.state);
+    }
+}
+
+// Thousands of guests need two descriptors each and more: take the hard limit.
+void raise_descriptor_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    program_options opt;
+    CLI::App app{
+        "stereos-fakeguest: fake stereosd guests that answer like the real one, or misbehave on "
+        "request. Each --listen (times --count) is a separate guest."};
+    app.add_option("--listen", opt.listen,
+                   "tcp:HOST:PORT (0 = free port), unix:PATH or hybrid:PATH:VSOCK_PORT")
+        ->required();
+    app.add_option("--count", opt.count,
+                   "guests per --listen: consecutive TCP ports, or %d in the path = 0..N-1");
+    app.add_option("--health-state", opt.health_state,
+                   "state get_health reports: booting, ready, healthy, degraded, shutdown");
+    app.add_option("--reply-delay", opt.reply_delay, "delay of every reply, e.g. 5ms");
+    app.add_flag("--never-reply", opt.never_reply, "read and record requests, never answer");
+    app.add_flag("--accept-and-hang", opt.accept_and_hang, "accept, then never read nor write");
+    app.add_flag("--garbage", opt.garbage, "reply with a line that is not JSON");
+    app.add_flag("--wrong-reply-kind", opt.wrong_reply_kind,
+                 "reply pong to get_health and acked requests, ack to ping");
+    app.add_option("--close-after", opt.close_after,
+                   "close a connection when its Nth line arrives (unanswered)");
+    app.add_flag("--drop-mid-reply", opt.drop_mid_reply,
+                 "write half of each reply line, then close");
+    app.add_flag("--out-of-order", opt.out_of_order, "swap each pair of replies");
+    app.add_flag("--overlong-reply", opt.overlong_reply, "reply with a 2 MiB line");
+    app.add_option("--lifecycle-flood", opt.lifecycle_flood,
+                   "push N lifecycle events per second to every connection");
+    app.add_option("--lifecycle-script", opt.lifecycle_script,
+                   "push lifecycle events at offsets from start, e.g. 1s:booting,2s:ready");
+    app.add_option("--record", opt.record, "append every received line to FILE");
+    app.add_option("--mount-exit-status", opt.mount_exit_status,
+                   "make valid mounts fail with this exit status (0: they succeed)");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        const auto state = stereos::protocol::parse_lifecycle_state(opt.health_state);
+        if (!state)
+            throw std::invalid_argument("--health-state: unknown state " + opt.health_state);
+        const auto reply_delay = parse_duration(opt.reply_delay);
+        const auto lifecycle_events = parse_lifecycle_script(opt.lifecycle_script);
+        std::vector<listen_spec> specs;
+        for (const auto& text : opt.listen) {
+            for (auto& spec : expand_listen_spec(parse_listen_spec(text), opt.count))
+                specs.push_back(std::move(spec));
+        }
+
+        std::ofstream record;
+        if (!opt.record.empty()) {
+            record.open(opt.record, std::ios::app | std::ios::binary);
+            if (!record)
+                throw std::runtime_error("--record: cannot open " + opt.record);
+        }
+
+        std::signal(SIGPIPE, SIG_IGN);
+        raise_descriptor_limit();
+        asio::io_context io;
+        std::vector<std::unique_ptr<fake_guest>> guests;
+        guests.reserve(specs.size());
+        for (const auto& spec : specs) {
+            auto guest = std::make_unique<fake_guest>(io.get_executor());
+            guest->behaviour.health_state = *state;
+            guest->behaviour.mount_exit_status = opt.mount_exit_status;
+            guest->behaviour.keep_received_lines = false;  // thousands of guests, long runs
+            auto& faults = guest->faults;
+            faults.reply_delay = reply_delay;
+            faults.never_reply = opt.never_reply;
+            faults.accept_and_hang = opt.accept_and_hang;
+            faults.garbage_replies = opt.garbage;
+            faults.wrong_reply_kind = opt.wrong_reply_kind;
+            faults.close_after_lines = opt.close_after;
+            faults.drop_mid_reply = opt.drop_mid_reply;
+            faults.out_of_order_replies = opt.out_of_order;
+            faults.overlong_replies = opt.overlong_reply;
+            faults.lifecycle_flood_per_second = opt.lifecycle_flood;
+            if (record.is_open()) {
+                // Flushed per line: a test reads the file while the program runs.
+                guest->set_line_observer([&record](const received_line& line) {
+                    record << line.text << '\n';
+                    record.flush();
+                });
+            }
+            std::cout << "listening " << listen_on(*guest, spec) << std::endl;
+            guests.push_back(std::move(guest));
+        }
+
+        asio::steady_timer script_timer(io);
+        if (!lifecycle_events.empty()) {
+            asio::co_spawn(io, play_lifecycle_script(lifecycle_events, guests, script_timer),
+                           [](std::exception_ptr e) {
+                               if (e)
+                                   std::rethrow_exception(e);
+                           });
+        }
+
+        asio::signal_set signals(io, SIGINT, SIGTERM);
+        signals.async_wait([&](boost::system::error_code ec, int) {
+            if (ec)
+                return;
+            script_timer.cancel();
+            for (auto& guest : guests)
+                guest->stop();
+        });
+        io.run();
+        return 0;
+    } catch (const std::exception& e) {
+        std::cerr << "stereos-fakeguest: " << e.what() << std::endl;
+        return 1;
+    }
+}
