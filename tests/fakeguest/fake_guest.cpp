@@ -14,6 +14,8 @@
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -527,6 +529,12 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     }
 
     void on_accepted(socket_type socket, const listener& where) {
+        // Go's net package sets TCP_NODELAY on every TCP connection; so does the real guest.
+        if (where.address.protocol().family() == AF_INET ||
+            where.address.protocol().family() == AF_INET6) {
+            const int one = 1;
+            ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         auto conn = std::make_shared<connection>(std::move(socket), ++accepted);
         connections_.emplace(conn->id, conn);
         if (faults.accept_and_hang)
