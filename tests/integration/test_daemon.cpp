@@ -1,0 +1,243 @@
+// stereos-hostd as a real process with real fake-guest processes over TCP, a unix socket and
+// hybrid vsock: states, provisioning (the exact messages the guest received), guest restarts,
+// SIGHUP reloads and a clean stop. The daemon's stderr log is how the tests observe it.
+#include <signal.h>
+
+#include <chrono>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/test/unit_test.hpp>
+
+#include "protocol/codec.hpp"
+#include "tests/support/child_process.hpp"
+
+using namespace std::chrono_literals;
+using namespace stereos;
+using testing::child_process;
+using testing::read_text_file;
+using testing::temp_directory;
+using testing::write_text_file;
+
+namespace {
+
+constexpr auto patience = 30s;  // generous: the suite also runs under ASan on 2 busy cores
+
+// One fake guest process; its endpoint comes from its "listening" line.
+struct guest_process {
+    guest_process(const temp_directory& dir, const std::string& label, const std::string& listen,
+                  std::vector<std::string> extra = {})
+        : record(dir / (label + ".rec")) {
+        std::vector<std::string> argv{STEREOS_FAKEGUEST_BINARY, "--listen", listen, "--record",
+                                      record.string()};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        process = std::make_unique<child_process>(argv, dir.path(), label);
+        BOOST_TEST_REQUIRE(process->wait_for_output("listening ", patience, false).has_value(),
+                           label << " did not start: " << process->stderr_text());
+        endpoint = process->stdout_lines_with("listening ").at(0);
+    }
+    std::vector<std::string> received_lines() const {
+        std::vector<std::string> lines;
+        std::istringstream in(read_text_file(record));
+        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        return lines;
+    }
+    // What the guest received apart from polling (get_health) and keepalive (ping).
+    std::vector<std::string> received_commands() const {
+        std::vector<std::string> out;
+        for (auto& l : received_lines()) {
+            if (l != R"({"type":"get_health"})" && l != R"({"type":"ping"})") out.push_back(l);
+        }
+        return out;
+    }
+    std::filesystem::path record;
+    std::unique_ptr<child_process> process;
+    std::string endpoint;
+};
+
+std::string line_of(const protocol::host_message& m) {
+    auto line = protocol::encode(m);
+    line->pop_back();
+    return *line;
+}
+
+std::string daemon_section(const temp_directory& dir) {
+    return "[daemon]\n"
+           "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
+           "api_group = \"\"\n"
+           "state_dir = \"" + (dir / "state").string() + "\"\n"
+           "health_interval = \"200ms\"\n"
+           "log_level = \"debug\"\n";
+}
+
+std::string guest_section(const std::string& name, const std::string& endpoint) {
+    return "\n[[guest]]\nname = \"" + name + "\"\nendpoint = \"" + endpoint + "\"\n";
+}
+
+std::unique_ptr<child_process> start_daemon(const temp_directory& dir, const std::string& label = "hostd") {
+    return std::make_unique<child_process>(
+        std::vector<std::string>{STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(),
+                                 "--log", "stderr"},
+        dir.path(), label);
+}
+
+std::size_t occurrences(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+    return n;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(daemon_process)
+
+BOOST_AUTO_TEST_CASE(three_guests_over_tcp_unix_and_hybrid_come_up_and_get_provisioned) {
+    temp_directory dir("stereos-daemon");
+    guest_process tcp_guest(dir, "tcp-guest", "tcp:127.0.0.1:0", {"--health-state", "healthy"});
+    guest_process unix_guest(dir, "unix-guest", "unix:" + (dir / "unix-guest.sock").string());
+    guest_process hybrid_guest(dir, "hybrid-guest", "hybrid:" + (dir / "v.sock").string() + ":1024");
+
+    const std::string secret = "sk-provision-secret-4f1d";
+    const std::string jcard = "mixtape = \"base\"\n[secrets]\nTOKEN = \"jcard-secret-77aa\"\n";
+    write_text_file(dir / "secret", secret);
+    write_text_file(dir / "jcard.toml", jcard);
+    write_text_file(dir / "key.pub", "ssh-ed25519 AAAAfromfile admin@host\n");
+    write_text_file(dir / "config.toml",
+                    daemon_section(dir) + guest_section("vm-tcp", tcp_guest.endpoint) +
+                        "[guest.provision]\n"
+                        "config_file = \"" + (dir / "jcard.toml").string() + "\"\n"
+                        "ssh_keys = [ { user = \"admin\", public_key = \"ssh-ed25519 AAAAinline admin\" },\n"
+                        "             { user = \"root\", public_key_file = \"" + (dir / "key.pub").string() + "\" } ]\n"
+                        "secrets = [ { name = \"API_KEY\", file = \"" + (dir / "secret").string() + "\", mode = 0o600 } ]\n"
+                        "mounts = [ { tag = \"share0\", guest_path = \"/home/admin/workspace\", fs_type = \"9p\" },\n"
+                        "           { tag = \"share1\", guest_path = \"/data\", fs_type = \"virtiofs\", read_only = true } ]\n" +
+                        guest_section("vm-unix", unix_guest.endpoint) +
+                        guest_section("vm-hybrid", hybrid_guest.endpoint));
+    auto hostd = start_daemon(dir);
+
+    BOOST_TEST(hostd->wait_for_output("[vm-tcp] state booting -> healthy", patience).has_value(),
+               hostd->stderr_text());
+    BOOST_TEST(hostd->wait_for_output("[vm-unix] state booting -> ready", patience).has_value());
+    BOOST_TEST(hostd->wait_for_output("[vm-hybrid] state booting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm-tcp] provisioned", patience).has_value(),
+                       hostd->stderr_text());
+
+    // The exact sequence the reference host sends, byte for byte.
+    const std::vector<std::string> expected{
+        line_of(protocol::config_payload{jcard}),
+        line_of(protocol::ssh_key_payload{"admin", "ssh-ed25519 AAAAinline admin"}),
+        line_of(protocol::ssh_key_payload{"root", "ssh-ed25519 AAAAfromfile admin@host"}),
+        line_of(protocol::secret_payload{"API_KEY", secret, 0600}),
+        line_of(protocol::mount_payload{"share0", "/home/admin/workspace", "9p", false}),
+        line_of(protocol::mount_payload{"share1", "/data", "virtiofs", true}),
+    };
+    BOOST_TEST(tcp_guest.received_commands() == expected, boost::test_tools::per_element());
+    // Guests without a provision table get nothing but polling.
+    BOOST_TEST(unix_guest.received_commands().empty());
+    BOOST_TEST(hybrid_guest.received_commands().empty());
+
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+    const auto log = hostd->stderr_text();
+    BOOST_TEST(log.find(secret) == std::string::npos, "the secret reached the log");
+    BOOST_TEST(log.find("jcard-secret-77aa") == std::string::npos, "config content reached the log");
+    // Stopping the daemon never shuts a guest down.
+    for (const auto* g : {&tcp_guest, &unix_guest, &hybrid_guest}) {
+        for (const auto& l : g->received_lines()) BOOST_TEST(l.find("shutdown") == std::string::npos);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_restarted_guest_goes_disconnected_then_back_and_is_provisioned_again) {
+    temp_directory dir("stereos-daemon");
+    auto guest = std::make_unique<guest_process>(dir, "guest-1", "tcp:127.0.0.1:0");
+    const auto endpoint = guest->endpoint;
+    write_text_file(dir / "secret", "restart-secret");
+    write_text_file(dir / "config.toml",
+                    daemon_section(dir) + guest_section("vm1", endpoint) +
+                        "[guest.provision]\nsecrets = [ { name = \"K\", file = \"" +
+                        (dir / "secret").string() + "\" } ]\n");
+    auto hostd = start_daemon(dir);
+    auto first = hostd->wait_for_output("[vm1] provisioned", patience);
+    BOOST_TEST_REQUIRE(first.has_value(), hostd->stderr_text());
+    // Let the daemon see an uptime above zero, so the new boot's lower uptime shows the reboot.
+    std::this_thread::sleep_for(2500ms);
+
+    guest->process->send_signal(SIGKILL);
+    guest->process->wait_exit(patience);
+    BOOST_TEST(hostd->wait_for_output("[vm1] state ready -> disconnected", patience, true, *first)
+                   .has_value(),
+               hostd->stderr_text());
+
+    // Same address, new process: a rebooted guest.
+    guest = std::make_unique<guest_process>(dir, "guest-2", endpoint);
+    auto back = hostd->wait_for_output("[vm1] state booting -> ready", patience, true, *first);
+    BOOST_TEST_REQUIRE(back.has_value(), hostd->stderr_text());
+    BOOST_TEST(hostd->wait_for_output("[vm1] provisioned", patience, true, *back).has_value(),
+               hostd->stderr_text());
+    BOOST_TEST(guest->received_commands() ==
+                   std::vector<std::string>{line_of(protocol::secret_payload{"K", "restart-secret", 0})},
+               boost::test_tools::per_element());
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected) {
+    temp_directory dir("stereos-daemon");
+    guest_process g1(dir, "g1", "tcp:127.0.0.1:0");
+    guest_process g2(dir, "g2", "unix:" + (dir / "g2.sock").string());
+    guest_process g3(dir, "g3", "hybrid:" + (dir / "g3.vsock").string() + ":1024");
+    write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
+                                             guest_section("vm2", g2.endpoint));
+    auto hostd = start_daemon(dir);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm1] state booting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm2] state booting -> ready", patience).has_value());
+
+    // vm2 removed, vm3 added, vm1 untouched.
+    write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
+                                             guest_section("vm3", g3.endpoint));
+    hostd->send_signal(SIGHUP);
+    BOOST_TEST(hostd->wait_for_output("reload applied: 1 added, 1 removed, 0 changed, 1 unchanged",
+                                      patience)
+                   .has_value(),
+               hostd->stderr_text());
+    BOOST_TEST(hostd->wait_for_output("[vm3] state booting -> ready", patience).has_value());
+    BOOST_TEST(hostd->wait_for_output("[vm2] guest link stopped", patience).has_value());
+    const auto after_reload = hostd->stderr_text();
+    BOOST_TEST(occurrences(after_reload, "[vm1] link up") == 1u, "vm1's link was disturbed");
+
+    // A bad file is rejected, naming the key; the running guests stay.
+    write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
+                                             "request_timout = \"5s\"\n");
+    hostd->send_signal(SIGHUP);
+    BOOST_TEST(hostd->wait_for_output("reload rejected", patience, true, after_reload.size())
+                   .has_value());
+    const auto log = hostd->stderr_text();
+    BOOST_TEST(log.find("request_timout", after_reload.size()) != std::string::npos);
+    BOOST_TEST(log.find("[vm3] guest link stopped") == std::string::npos);
+    BOOST_TEST(occurrences(log, "[vm1] link up") == 1u);
+
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(an_invalid_config_stops_start_up_with_every_error_named) {
+    temp_directory dir("stereos-daemon");
+    write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("bad name!", "vsok:3") +
+                                             guest_section("vm2", "tcp:127.0.0.1:99999"));
+    auto check = testing::run_command(
+        {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--check-config"});
+    BOOST_TEST(check.status == 1);
+    BOOST_TEST(check.err.find("guest[0].name") != std::string::npos, check.err);
+    BOOST_TEST(check.err.find("guest[0].endpoint") != std::string::npos, check.err);
+    BOOST_TEST(check.err.find("guest[1].endpoint") != std::string::npos, check.err);
+    BOOST_TEST(check.err.find((dir / "config.toml").string() + ":") != std::string::npos);
+
+    write_text_file(dir / "config.toml", daemon_section(dir));
+    auto ok = testing::run_command(
+        {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--check-config"});
+    BOOST_TEST(ok.status == 0, ok.err);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
