@@ -356,8 +356,9 @@ asio::awaitable<void> guest_link::keepalive_loop() {
         if (clock::now() < last_received_ + options_.keepalive_interval)
             continue;
 
-        auto reply = co_await async_request(protocol::ping_request{},
-                                            clock::now() + options_.request_timeout);
+        const protocol::host_message ping = protocol::ping_request{};
+        const auto deadline = clock::now() + options_.request_timeout;
+        auto reply = co_await async_request(ping, deadline);
         state = co_await asio::this_coro::cancellation_state;
         if (state.cancelled() != asio::cancellation_type::none || !connected_)
             co_return;

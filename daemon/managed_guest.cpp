@@ -220,10 +220,11 @@ asio::awaitable<void> managed_guest::health_loop() {
     while (!stopping_) {
         if (link_->is_up()) {
             poll_now_ = false;
-            auto result = co_await link_->async_request(protocol::get_health_request{});
+            const protocol::host_message poll = protocol::get_health_request{};
+            auto result = co_await link_->async_request(poll);
             if (stopping_)
                 break;
-            note_reply(protocol::get_health_request{}, result);
+            note_reply(poll, result);
             if (poll_now_)
                 continue;
         }

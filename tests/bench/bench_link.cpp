@@ -47,17 +47,21 @@ int connect_raw(std::uint16_t port) {
 double raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds budget) {
     const int fd = connect_raw(port);
     std::string batch;
-    for (int i = 0; i < in_flight; ++i) batch += ping_line;
+    for (int i = 0; i < in_flight; ++i)
+        batch += ping_line;
     std::string buffer(64 * 1024, '\0');
     std::uint64_t round_trips = 0;
     const auto start = bench_clock::now();
     while (bench_clock::now() - start < budget) {
-        if (::write(fd, batch.data(), batch.size()) != static_cast<ssize_t>(batch.size())) break;
+        if (::write(fd, batch.data(), batch.size()) != static_cast<ssize_t>(batch.size()))
+            break;
         int pongs = 0;
         while (pongs < in_flight) {
             const auto n = ::read(fd, buffer.data(), buffer.size());
-            if (n <= 0) std::exit(1);
-            for (ssize_t i = 0; i < n; ++i) pongs += buffer[static_cast<std::size_t>(i)] == '\n';
+            if (n <= 0)
+                std::exit(1);
+            for (ssize_t i = 0; i < n; ++i)
+                pongs += buffer[static_cast<std::size_t>(i)] == '\n';
         }
         round_trips += static_cast<std::uint64_t>(in_flight);
     }
@@ -92,21 +96,25 @@ double link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
                             auto r = co_await link->async_request(protocol::ping_request{});
                             (r ? round_trips : failures)++;
                         }
-                        if (--running == 0) all_done.cancel();
+                        if (--running == 0)
+                            all_done.cancel();
                     },
                     [](std::exception_ptr e) {
-                        if (e) std::rethrow_exception(e);
+                        if (e)
+                            std::rethrow_exception(e);
                     });
             }
             co_await all_done.async_wait(asio::as_tuple(asio::use_awaitable));
             co_await link->async_stop();
         },
         [](std::exception_ptr e) {
-            if (e) std::rethrow_exception(e);
+            if (e)
+                std::rethrow_exception(e);
         });
     io.run();
     const double seconds = std::chrono::duration<double>(bench_clock::now() - start).count();
-    if (failures) std::printf("  (%llu failed requests)\n", static_cast<unsigned long long>(failures));
+    if (failures)
+        std::printf("  (%llu failed requests)\n", static_cast<unsigned long long>(failures));
     return static_cast<double>(round_trips) / seconds;
 }
 
@@ -121,7 +129,8 @@ int main(int argc, char** argv) {
     testing::fake_guest guest(guest_io.get_executor());
     guest.behaviour.keep_received_lines = false;
     const auto endpoint = guest.listen_tcp();
-    const auto port = static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+    const auto port =
+        static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
     auto guard = asio::make_work_guard(guest_io);
     std::thread guest_thread([&] { guest_io.run(); });
 

@@ -41,14 +41,16 @@ struct guest_process {
     std::vector<std::string> received_lines() const {
         std::vector<std::string> lines;
         std::istringstream in(read_text_file(record));
-        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        for (std::string line; std::getline(in, line);)
+            lines.push_back(line);
         return lines;
     }
     // What the guest received apart from polling (get_health) and keepalive (ping).
     std::vector<std::string> received_commands() const {
         std::vector<std::string> out;
         for (auto& l : received_lines()) {
-            if (l != R"({"type":"get_health"})" && l != R"({"type":"ping"})") out.push_back(l);
+            if (l != R"({"type":"get_health"})" && l != R"({"type":"ping"})")
+                out.push_back(l);
         }
         return out;
     }
@@ -65,9 +67,13 @@ std::string line_of(const protocol::host_message& m) {
 
 std::string daemon_section(const temp_directory& dir) {
     return "[daemon]\n"
-           "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
+           "api_socket = \"" +
+           (dir / "api.sock").string() +
+           "\"\n"
            "api_group = \"\"\n"
-           "state_dir = \"" + (dir / "state").string() + "\"\n"
+           "state_dir = \"" +
+           (dir / "state").string() +
+           "\"\n"
            "health_interval = \"200ms\"\n"
            "log_level = \"debug\"\n";
 }
@@ -76,7 +82,8 @@ std::string guest_section(const std::string& name, const std::string& endpoint) 
     return "\n[[guest]]\nname = \"" + name + "\"\nendpoint = \"" + endpoint + "\"\n";
 }
 
-std::unique_ptr<child_process> start_daemon(const temp_directory& dir, const std::string& label = "hostd") {
+std::unique_ptr<child_process> start_daemon(const temp_directory& dir,
+                                            const std::string& label = "hostd") {
     return std::make_unique<child_process>(
         std::vector<std::string>{STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(),
                                  "--log", "stderr"},
@@ -85,7 +92,8 @@ std::unique_ptr<child_process> start_daemon(const temp_directory& dir, const std
 
 std::size_t occurrences(const std::string& text, const std::string& needle) {
     std::size_t n = 0;
-    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1))
+        ++n;
     return n;
 }
 
@@ -97,24 +105,34 @@ BOOST_AUTO_TEST_CASE(three_guests_over_tcp_unix_and_hybrid_come_up_and_get_provi
     temp_directory dir("stereos-daemon");
     guest_process tcp_guest(dir, "tcp-guest", "tcp:127.0.0.1:0", {"--health-state", "healthy"});
     guest_process unix_guest(dir, "unix-guest", "unix:" + (dir / "unix-guest.sock").string());
-    guest_process hybrid_guest(dir, "hybrid-guest", "hybrid:" + (dir / "v.sock").string() + ":1024");
+    guest_process hybrid_guest(dir, "hybrid-guest",
+                               "hybrid:" + (dir / "v.sock").string() + ":1024");
 
     const std::string secret = "sk-provision-secret-4f1d";
     const std::string jcard = "mixtape = \"base\"\n[secrets]\nTOKEN = \"jcard-secret-77aa\"\n";
     write_text_file(dir / "secret", secret);
     write_text_file(dir / "jcard.toml", jcard);
     write_text_file(dir / "key.pub", "ssh-ed25519 AAAAfromfile admin@host\n");
-    write_text_file(dir / "config.toml",
-                    daemon_section(dir) + guest_section("vm-tcp", tcp_guest.endpoint) +
-                        "[guest.provision]\n"
-                        "config_file = \"" + (dir / "jcard.toml").string() + "\"\n"
-                        "ssh_keys = [ { user = \"admin\", public_key = \"ssh-ed25519 AAAAinline admin\" },\n"
-                        "             { user = \"root\", public_key_file = \"" + (dir / "key.pub").string() + "\" } ]\n"
-                        "secrets = [ { name = \"API_KEY\", file = \"" + (dir / "secret").string() + "\", mode = 0o600 } ]\n"
-                        "mounts = [ { tag = \"share0\", guest_path = \"/home/admin/workspace\", fs_type = \"9p\" },\n"
-                        "           { tag = \"share1\", guest_path = \"/data\", fs_type = \"virtiofs\", read_only = true } ]\n" +
-                        guest_section("vm-unix", unix_guest.endpoint) +
-                        guest_section("vm-hybrid", hybrid_guest.endpoint));
+    write_text_file(
+        dir / "config.toml",
+        daemon_section(dir) + guest_section("vm-tcp", tcp_guest.endpoint) +
+            "[guest.provision]\n"
+            "config_file = \"" +
+            (dir / "jcard.toml").string() +
+            "\"\n"
+            "ssh_keys = [ { user = \"admin\", public_key = \"ssh-ed25519 AAAAinline admin\" },\n"
+            "             { user = \"root\", public_key_file = \"" +
+            (dir / "key.pub").string() +
+            "\" } ]\n"
+            "secrets = [ { name = \"API_KEY\", file = \"" +
+            (dir / "secret").string() +
+            "\", mode = 0o600 } ]\n"
+            "mounts = [ { tag = \"share0\", guest_path = \"/home/admin/workspace\", fs_type = "
+            "\"9p\" },\n"
+            "           { tag = \"share1\", guest_path = \"/data\", fs_type = \"virtiofs\", "
+            "read_only = true } ]\n" +
+            guest_section("vm-unix", unix_guest.endpoint) +
+            guest_section("vm-hybrid", hybrid_guest.endpoint));
     auto hostd = start_daemon(dir);
 
     BOOST_TEST(hostd->wait_for_output("[vm-tcp] state booting -> healthy", patience).has_value(),
@@ -142,10 +160,12 @@ BOOST_AUTO_TEST_CASE(three_guests_over_tcp_unix_and_hybrid_come_up_and_get_provi
     BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
     const auto log = hostd->stderr_text();
     BOOST_TEST(log.find(secret) == std::string::npos, "the secret reached the log");
-    BOOST_TEST(log.find("jcard-secret-77aa") == std::string::npos, "config content reached the log");
+    BOOST_TEST(log.find("jcard-secret-77aa") == std::string::npos,
+               "config content reached the log");
     // Stopping the daemon never shuts a guest down.
     for (const auto* g : {&tcp_guest, &unix_guest, &hybrid_guest}) {
-        for (const auto& l : g->received_lines()) BOOST_TEST(l.find("shutdown") == std::string::npos);
+        for (const auto& l : g->received_lines())
+            BOOST_TEST(l.find("shutdown") == std::string::npos);
     }
 }
 
@@ -176,9 +196,10 @@ BOOST_AUTO_TEST_CASE(a_restarted_guest_goes_disconnected_then_back_and_is_provis
     BOOST_TEST_REQUIRE(back.has_value(), hostd->stderr_text());
     BOOST_TEST(hostd->wait_for_output("[vm1] provisioned", patience, true, *back).has_value(),
                hostd->stderr_text());
-    BOOST_TEST(guest->received_commands() ==
-                   std::vector<std::string>{line_of(protocol::secret_payload{"K", "restart-secret", 0})},
-               boost::test_tools::per_element());
+    BOOST_TEST(
+        guest->received_commands() ==
+            std::vector<std::string>{line_of(protocol::secret_payload{"K", "restart-secret", 0})},
+        boost::test_tools::per_element());
     hostd->send_signal(SIGTERM);
     BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
 }
@@ -191,15 +212,18 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
                                              guest_section("vm2", g2.endpoint));
     auto hostd = start_daemon(dir);
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm1] state booting -> ready", patience).has_value());
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm2] state booting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("[vm1] state booting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("[vm2] state booting -> ready", patience).has_value());
 
     // vm2 removed, vm3 added, vm1 untouched.
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
                                              guest_section("vm3", g3.endpoint));
     hostd->send_signal(SIGHUP);
-    BOOST_TEST(hostd->wait_for_output("reload applied: 1 added, 1 removed, 0 changed, 1 unchanged",
-                                      patience)
+    BOOST_TEST(hostd
+                   ->wait_for_output("reload applied: 1 added, 1 removed, 0 changed, 1 unchanged",
+                                     patience)
                    .has_value(),
                hostd->stderr_text());
     BOOST_TEST(hostd->wait_for_output("[vm3] state booting -> ready", patience).has_value());
@@ -211,8 +235,8 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
                                              "request_timout = \"5s\"\n");
     hostd->send_signal(SIGHUP);
-    BOOST_TEST(hostd->wait_for_output("reload rejected", patience, true, after_reload.size())
-                   .has_value());
+    BOOST_TEST(
+        hostd->wait_for_output("reload rejected", patience, true, after_reload.size()).has_value());
     const auto log = hostd->stderr_text();
     BOOST_TEST(log.find("request_timout", after_reload.size()) != std::string::npos);
     BOOST_TEST(log.find("[vm3] guest link stopped") == std::string::npos);
@@ -224,7 +248,8 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
 
 BOOST_AUTO_TEST_CASE(an_invalid_config_stops_start_up_with_every_error_named) {
     temp_directory dir("stereos-daemon");
-    write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("bad name!", "vsok:3") +
+    write_text_file(dir / "config.toml", daemon_section(dir) +
+                                             guest_section("bad name!", "vsok:3") +
                                              guest_section("vm2", "tcp:127.0.0.1:99999"));
     auto check = testing::run_command(
         {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--check-config"});

@@ -22,7 +22,7 @@ using stereos::testing::write_text_file;
 namespace {
 
 class notify_listener {
-public:
+  public:
     explicit notify_listener(const std::filesystem::path& path) : path_(path) {
         fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         sockaddr_un addr{};
@@ -39,17 +39,19 @@ public:
     bool collect_until(Predicate done, std::chrono::milliseconds limit) {
         const auto end = std::chrono::steady_clock::now() + limit;
         while (!done(messages)) {
-            if (std::chrono::steady_clock::now() > end) return false;
+            if (std::chrono::steady_clock::now() > end)
+                return false;
             char buffer[4096];
             const auto n = ::recv(fd_, buffer, sizeof buffer, 0);
-            if (n > 0) messages.emplace_back(buffer, static_cast<std::size_t>(n));
+            if (n > 0)
+                messages.emplace_back(buffer, static_cast<std::size_t>(n));
         }
         return true;
     }
 
     std::vector<std::string> messages;
 
-private:
+  private:
     std::filesystem::path path_;
     int fd_ = -1;
 };
@@ -57,14 +59,16 @@ private:
 std::size_t count_with(const std::vector<std::string>& messages, std::string_view prefix,
                        std::size_t from = 0) {
     std::size_t n = 0;
-    for (std::size_t i = from; i < messages.size(); ++i) n += messages[i].starts_with(prefix);
+    for (std::size_t i = from; i < messages.size(); ++i)
+        n += messages[i].starts_with(prefix);
     return n;
 }
 
 std::optional<std::size_t> index_of(const std::vector<std::string>& messages,
                                     std::string_view prefix, std::size_t from = 0) {
     for (std::size_t i = from; i < messages.size(); ++i) {
-        if (messages[i].starts_with(prefix)) return i;
+        if (messages[i].starts_with(prefix))
+            return i;
     }
     return std::nullopt;
 }
@@ -77,21 +81,24 @@ BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stoppin
     temp_directory dir("stereos-notify");
     write_text_file(dir / "config.toml",
                     "[daemon]\n"
-                    "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
-                    "api_group = \"\"\n"
-                    "state_dir = \"" + (dir / "state").string() + "\"\n"
-                    "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:" + (dir / "nobody.sock").string() +
-                    "\"\n");
+                    "api_socket = \"" +
+                        (dir / "api.sock").string() +
+                        "\"\n"
+                        "api_group = \"\"\n"
+                        "state_dir = \"" +
+                        (dir / "state").string() +
+                        "\"\n"
+                        "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:" +
+                        (dir / "nobody.sock").string() + "\"\n");
     notify_listener listener(dir / "notify.sock");
-    child_process daemon({STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(),
-                          "--log", "stderr"},
-                         dir.path(), "hostd",
-                         {{"NOTIFY_SOCKET", (dir / "notify.sock").string()},
-                          {"WATCHDOG_USEC", "400000"}});
+    child_process daemon(
+        {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
+        dir.path(), "hostd",
+        {{"NOTIFY_SOCKET", (dir / "notify.sock").string()}, {"WATCHDOG_USEC", "400000"}});
 
     // Ready, a status line, then watchdog pings every ~200 ms.
-    BOOST_TEST_REQUIRE(listener.collect_until(
-        [](const auto& m) { return count_with(m, "WATCHDOG=1") >= 3; }, 20s),
+    BOOST_TEST_REQUIRE(
+        listener.collect_until([](const auto& m) { return count_with(m, "WATCHDOG=1") >= 3; }, 20s),
         daemon.stderr_text());
     BOOST_TEST(listener.messages.front() == "READY=1");
     const auto status = index_of(listener.messages, "STATUS=");
@@ -107,7 +114,8 @@ BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stoppin
             return reloading && index_of(m, "READY=1", *reloading + 1);
         },
         20s));
-    const auto& reloading = listener.messages[*index_of(listener.messages, "RELOADING=1", before_reload)];
+    const auto& reloading =
+        listener.messages[*index_of(listener.messages, "RELOADING=1", before_reload)];
     BOOST_TEST(reloading.find("\nMONOTONIC_USEC=") != std::string::npos);
 
     // SIGTERM: STOPPING=1 and a clean exit.
@@ -122,9 +130,12 @@ BOOST_AUTO_TEST_CASE(without_a_watchdog_no_watchdog_pings_are_sent) {
     temp_directory dir("stereos-notify");
     write_text_file(dir / "config.toml",
                     "[daemon]\n"
-                    "api_socket = \"" + (dir / "api.sock").string() + "\"\n"
-                    "api_group = \"\"\n"
-                    "state_dir = \"" + (dir / "state").string() + "\"\n");
+                    "api_socket = \"" +
+                        (dir / "api.sock").string() +
+                        "\"\n"
+                        "api_group = \"\"\n"
+                        "state_dir = \"" +
+                        (dir / "state").string() + "\"\n");
     notify_listener listener(dir / "notify.sock");
     child_process daemon({STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string()},
                          dir.path(), "hostd", {{"NOTIFY_SOCKET", (dir / "notify.sock").string()}});

@@ -26,22 +26,27 @@ std::vector<std::string> environment_with(const std::map<std::string, std::strin
         if (eq != std::string_view::npos)
             merged[std::string(entry.substr(0, eq))] = std::string(entry.substr(eq + 1));
     }
-    for (const auto& [k, v] : extra) merged[k] = v;
+    for (const auto& [k, v] : extra)
+        merged[k] = v;
     std::vector<std::string> out;
-    for (const auto& [k, v] : merged) out.push_back(k + "=" + v);
+    for (const auto& [k, v] : merged)
+        out.push_back(k + "=" + v);
     return out;
 }
 
 std::vector<char*> c_strings(std::vector<std::string>& strings) {
     std::vector<char*> out;
-    for (auto& s : strings) out.push_back(s.data());
+    for (auto& s : strings)
+        out.push_back(s.data());
     out.push_back(nullptr);
     return out;
 }
 
 int decode_status(int status) {
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
     return -1;
 }
 
@@ -106,10 +111,13 @@ child_process::~child_process() {
     }
 }
 
-void child_process::send_signal(int signal) const { ::kill(pid_, signal); }
+void child_process::send_signal(int signal) const {
+    ::kill(pid_, signal);
+}
 
 bool child_process::running() {
-    if (exit_status_) return false;
+    if (exit_status_)
+        return false;
     int status = 0;
     const pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
@@ -122,14 +130,19 @@ bool child_process::running() {
 std::optional<int> child_process::wait_exit(std::chrono::milliseconds limit) {
     const auto end = std::chrono::steady_clock::now() + limit;
     while (running()) {
-        if (std::chrono::steady_clock::now() > end) return std::nullopt;
+        if (std::chrono::steady_clock::now() > end)
+            return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     return exit_status_;
 }
 
-std::string child_process::stdout_text() const { return read_text_file(out_file_); }
-std::string child_process::stderr_text() const { return read_text_file(err_file_); }
+std::string child_process::stdout_text() const {
+    return read_text_file(out_file_);
+}
+std::string child_process::stderr_text() const {
+    return read_text_file(err_file_);
+}
 
 std::optional<std::size_t> child_process::wait_for_output(std::string_view needle,
                                                           std::chrono::milliseconds limit,
@@ -141,7 +154,8 @@ std::optional<std::size_t> child_process::wait_for_output(std::string_view needl
             if (auto pos = text.find(needle, from); pos != std::string::npos)
                 return pos + needle.size();
         }
-        if (std::chrono::steady_clock::now() > end) return std::nullopt;
+        if (std::chrono::steady_clock::now() > end)
+            return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
 }
@@ -151,7 +165,8 @@ std::vector<std::string> child_process::stdout_lines_with(std::string_view prefi
     std::istringstream in(stdout_text());
     std::string line;
     while (std::getline(in, line)) {
-        if (line.starts_with(prefix)) lines.push_back(line.substr(prefix.size()));
+        if (line.starts_with(prefix))
+            lines.push_back(line.substr(prefix.size()));
     }
     return lines;
 }
@@ -190,7 +205,8 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
 
 temp_directory::temp_directory(std::string_view prefix) {
     std::string pattern = "/tmp/" + std::string(prefix) + "-XXXXXX";
-    if (!::mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed");
+    if (!::mkdtemp(pattern.data()))
+        throw std::runtime_error("mkdtemp failed");
     path_ = pattern;
     std::filesystem::permissions(path_, std::filesystem::perms::all);
 }
@@ -204,7 +220,8 @@ std::size_t resident_kib(pid_t pid) {
     std::istringstream status(read_text_file("/proc/" + std::to_string(pid) + "/status"));
     std::string line;
     while (std::getline(status, line)) {
-        if (line.starts_with("VmRSS:")) return std::strtoull(line.c_str() + 6, nullptr, 10);
+        if (line.starts_with("VmRSS:"))
+            return std::strtoull(line.c_str() + 6, nullptr, 10);
     }
     return 0;
 }

@@ -15,7 +15,7 @@
 namespace stereos::testing {
 
 class child_process {
-public:
+  public:
     // Starts argv[0] (a path) with the environment plus `extra_env`; output goes to
     // <output_dir>/<label>.out and .err.
     child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
@@ -39,7 +39,7 @@ public:
     // Lines of stdout starting with `prefix` (prefix removed).
     std::vector<std::string> stdout_lines_with(std::string_view prefix) const;
 
-private:
+  private:
     pid_t pid_ = -1;
     std::optional<int> exit_status_;
     std::filesystem::path out_file_;
@@ -59,13 +59,13 @@ command_result run_command(const std::vector<std::string>& argv,
 
 // A private temporary directory, removed with everything in it at the end.
 class temp_directory {
-public:
+  public:
     explicit temp_directory(std::string_view prefix = "stereos-test");
     ~temp_directory();
     const std::filesystem::path& path() const noexcept { return path_; }
     std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 

@@ -1,0 +1,361 @@
+#include "tests/integration/api/api_test_support.hpp"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/json/parse.hpp>
+
+extern char** environ;
+
+namespace stereos::api_test {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+namespace json = boost::json;
+using socket_type = asio::local::stream_protocol::socket;
+
+temp_dir::temp_dir() {
+    std::string pattern = "/tmp/stereos-api-XXXXXX";
+    path = ::mkdtemp(pattern.data());
+    ::chmod(path.c_str(), 0755);
+}
+
+temp_dir::~temp_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+}
+
+std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+void write_text(const std::string& path, const std::string& text) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+}
+
+namespace {
+
+pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
+            const std::string& out_file, const std::string& err_file,
+            const std::map<std::string, std::string>& extra_env) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, in_file.empty() ? "/dev/null" : in_file.c_str(),
+                                     O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1,
+                                     out_file.empty() ? "/dev/null" : out_file.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2,
+                                     err_file.empty() ? "/dev/null" : err_file.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    std::vector<char*> args;
+    for (const auto& a : argv)
+        args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    std::vector<std::string> env_text;
+    for (char** e = environ; *e; ++e) {
+        std::string entry = *e;
+        const auto key = entry.substr(0, entry.find('='));
+        if (!extra_env.contains(key))
+            env_text.push_back(entry);
+    }
+    for (const auto& [key, value] : extra_env)
+        env_text.push_back(key + "=" + value);
+    std::vector<char*> env;
+    for (auto& e : env_text)
+        env.push_back(e.data());
+    env.push_back(nullptr);
+    pid_t pid = -1;
+    const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), env.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0)
+        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
+    return pid;
+}
+
+std::optional<int> wait_for(pid_t pid, std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (true) {
+        int status = 0;
+        const pid_t done = ::waitpid(pid, &status, WNOHANG);
+        if (done == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        if (done < 0)
+            return -1;
+        if (std::chrono::steady_clock::now() > end)
+            return std::nullopt;
+        std::this_thread::sleep_for(5ms);
+    }
+}
+
+}  // namespace
+
+child_process::child_process(std::vector<std::string> argv, const std::string& stdout_file,
+                             const std::string& stderr_file)
+    : pid_(spawn(argv, "", stdout_file, stderr_file, {})) {}
+
+child_process::~child_process() {
+    stop(10s);
+}
+
+bool child_process::running() {
+    if (status_)
+        return false;
+    if (auto s = wait_for(pid_, 0ms)) {
+        status_ = s;
+        return false;
+    }
+    return true;
+}
+
+int child_process::stop(std::chrono::milliseconds limit) {
+    if (status_)
+        return *status_;
+    ::kill(pid_, SIGTERM);
+    auto status = wait_for(pid_, limit);
+    if (!status) {
+        ::kill(pid_, SIGKILL);
+        status = wait_for(pid_, 10s);
+        status_ = -1;
+        return -1;
+    }
+    status_ = status;
+    return *status_;
+}
+
+command_result run_command(const std::vector<std::string>& argv, const std::string& input,
+                           std::chrono::milliseconds limit,
+                           const std::map<std::string, std::string>& extra_env) {
+    temp_dir dir;
+    const auto in = dir.file("stdin"), out = dir.file("stdout"), err = dir.file("stderr");
+    write_text(in, input);
+    const pid_t pid = spawn(argv, in, out, err, extra_env);
+    command_result result;
+    auto status = wait_for(pid, limit);
+    if (!status) {
+        ::kill(pid, SIGKILL);
+        wait_for(pid, 10s);
+        status = -1;
+    }
+    result.exit_code = *status;
+    result.out = read_text(out);
+    result.err = read_text(err);
+    return result;
+}
+
+fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_t count,
+                         std::vector<std::string> flags) {
+    record_ = dir.file(tag + ".record");
+    const auto out = dir.file(tag + ".out");
+    std::vector<std::string> argv{program_fakeguest(),  "--listen", "tcp:127.0.0.1:0",
+                                  "--count",            std::to_string(count),
+                                  "--record",           record_};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    process_ = std::make_unique<child_process>(argv, out, dir.file(tag + ".err"));
+    const bool ready = eventually([&] {
+        std::istringstream lines(read_text(out));
+        std::vector<std::string> found;
+        std::string line;
+        while (std::getline(lines, line)) {
+            if (line.starts_with("listening "))
+                found.push_back(line.substr(10));
+        }
+        if (found.size() < count)
+            return false;
+        endpoints_ = std::move(found);
+        return true;
+    });
+    if (!ready) {
+        throw std::runtime_error("stereos-fakeguest did not start: " +
+                                 read_text(dir.file(tag + ".err")));
+    }
+}
+
+hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
+                             std::string log_level, std::string daemon_extra,
+                             std::string api_group) {
+    socket_ = dir.file("api.sock");
+    log_ = dir.file("hostd.log");
+    state_dir_ = dir.file("state");
+    std::string config = "[daemon]\napi_socket = \"" + socket_ + "\"\napi_group = \"" + api_group +
+                         "\"\nstate_dir = \"" + state_dir_ + "\"\n" + daemon_extra + "\n";
+    for (const auto& g : guests) {
+        config += "[[guest]]\nname = \"" + g.name + "\"\nendpoint = \"" + g.endpoint + "\"\n" +
+                  g.extra + "\n";
+    }
+    const auto config_file = dir.file("config.toml");
+    write_text(config_file, config);
+    process_ = std::make_unique<child_process>(
+        std::vector<std::string>{program_hostd(), "--config", config_file, "--log", "stderr",
+                                 "--log-level", log_level},
+        "", log_);
+    const bool up = eventually(
+        [&] {
+            if (!process_->running())
+                return true;
+            asio::io_context io;
+            socket_type s(io);
+            boost::system::error_code ec;
+            s.connect(asio::local::stream_protocol::endpoint(socket_), ec);
+            return !ec;
+        },
+        30s);
+    if (!up || !process_->running())
+        throw std::runtime_error("stereos-hostd did not start:\n" + log());
+}
+
+long hostd_process::rss_kib() const {
+    std::ifstream status("/proc/" + std::to_string(pid()) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with("VmRSS:"))
+            return std::stol(line.substr(6));
+    }
+    return -1;
+}
+
+json::value http_answer::json() const {
+    return json::parse(body);
+}
+
+std::string http_answer::error_code() const {
+    boost::system::error_code ec;
+    auto v = json::parse(body, ec);
+    if (ec || !v.is_object())
+        return {};
+    const auto* e = v.get_object().if_contains("error");
+    if (!e || !e->is_object() || !e->get_object().contains("code"))
+        return {};
+    return std::string(e->get_object().at("code").as_string());
+}
+
+std::string http_answer::error_message() const {
+    boost::system::error_code ec;
+    auto v = json::parse(body, ec);
+    if (ec || !v.is_object())
+        return {};
+    const auto* e = v.get_object().if_contains("error");
+    if (!e || !e->is_object() || !e->get_object().contains("message"))
+        return {};
+    return std::string(e->get_object().at("message").as_string());
+}
+
+http_answer http(const std::string& socket, const std::string& method, const std::string& target,
+                 const std::string& body, const std::string& content_type) {
+    asio::io_context io;
+    socket_type s(io);
+    s.connect(asio::local::stream_protocol::endpoint(socket));
+    bhttp::request<bhttp::string_body> request{bhttp::string_to_verb(method), target, 11};
+    request.method_string(method);
+    request.set(bhttp::field::host, "localhost");
+    request.keep_alive(false);
+    if (!body.empty() || method == "POST" || method == "PUT") {
+        request.set(bhttp::field::content_type, content_type);
+        request.body() = body;
+    }
+    request.prepare_payload();
+    bhttp::write(s, request);
+    beast::flat_buffer buffer;
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.body_limit(64 * 1024 * 1024);
+    bhttp::read(s, buffer, parser);
+    http_answer answer;
+    answer.status = parser.get().result_int();
+    answer.body = parser.get().body();
+    for (const auto& field : parser.get()) {
+        std::string name(field.name_string());
+        for (auto& c : name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        answer.headers[name] = std::string(field.value());
+    }
+    return answer;
+}
+
+std::string raw_exchange(const std::string& socket, const std::string& bytes,
+                         std::chrono::milliseconds limit) {
+    asio::io_context io;
+    socket_type s(io);
+    s.connect(asio::local::stream_protocol::endpoint(socket));
+    timeval tv{static_cast<time_t>(limit.count() / 1000),
+               static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    boost::system::error_code ec;
+    asio::write(s, asio::buffer(bytes), ec);
+    std::string out;
+    char chunk[4096];
+    while (true) {
+        const auto n = ::recv(s.native_handle(), chunk, sizeof chunk, 0);
+        if (n <= 0)
+            break;
+        out.append(chunk, static_cast<std::size_t>(n));
+    }
+    return out;
+}
+
+double metric(const std::string& exposition, const std::string& series) {
+    std::istringstream lines(exposition);
+    std::string line;
+    while (std::getline(lines, line)) {
+        if (line.starts_with(series + " "))
+            return std::stod(line.substr(series.size() + 1));
+    }
+    return -1;
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!condition()) {
+        if (std::chrono::steady_clock::now() > end)
+            return false;
+        std::this_thread::sleep_for(20ms);
+    }
+    return true;
+}
+
+int closed_tcp_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    socklen_t size = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+std::string program_hostd() {
+    return STEREOS_HOSTD_PROGRAM;
+}
+std::string program_ctl() {
+    return STEREOS_CTL_PROGRAM;
+}
+std::string program_fakeguest() {
+    return STEREOS_FAKEGUEST_PROGRAM;
+}
+
+}  // namespace stereos::api_test

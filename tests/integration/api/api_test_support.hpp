@@ -1,0 +1,150 @@
+// Helpers for the API tests: temp directories, child processes (stereos-hostd, fake guests,
+// curl, stereosctl), and a small synchronous Beast client for the daemon's unix socket.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+namespace stereos::api_test {
+
+using namespace std::chrono_literals;
+
+// A private directory, removed at the end. Mode 0755 so another uid can reach a socket in it.
+struct temp_dir {
+    temp_dir();
+    ~temp_dir();
+    temp_dir(const temp_dir&) = delete;
+    std::string file(const std::string& name) const { return (path / name).string(); }
+    std::filesystem::path path;
+};
+
+std::string read_text(const std::string& path);
+void write_text(const std::string& path, const std::string& text);
+
+// A child process; stopped with SIGTERM (then SIGKILL) when destroyed.
+class child_process {
+  public:
+    // stdout/stderr go to the given files ("" = /dev/null); stdin is /dev/null.
+    child_process(std::vector<std::string> argv, const std::string& stdout_file,
+                  const std::string& stderr_file);
+    ~child_process();
+    child_process(const child_process&) = delete;
+
+    pid_t pid() const noexcept { return pid_; }
+    // SIGTERM, then waits up to `limit` for the exit; returns the exit status (-1: killed).
+    int stop(std::chrono::milliseconds limit = 20s);
+    bool running();
+
+  private:
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+};
+
+struct command_result {
+    int exit_code = -1;  // -1: killed after the time limit
+    std::string out;
+    std::string err;
+};
+
+// Runs a program to completion with `input` on stdin; kills it after `limit`.
+command_result run_command(const std::vector<std::string>& argv, const std::string& input = {},
+                           std::chrono::milliseconds limit = 60s,
+                           const std::map<std::string, std::string>& extra_env = {});
+
+// A stereos-fakeguest process serving `count` guests on TCP; endpoints() are theirs.
+class fake_guests {
+  public:
+    fake_guests(const temp_dir& dir, const std::string& tag, std::size_t count,
+                std::vector<std::string> flags = {});
+    const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
+    const std::string& endpoint() const { return endpoints_.at(0); }
+    std::string record_file() const { return record_; }
+    child_process& process() { return *process_; }
+
+  private:
+    std::string record_;
+    std::unique_ptr<child_process> process_;
+    std::vector<std::string> endpoints_;
+};
+
+// One [[guest]] of the daemon's config; `extra` lines go into its table as they are.
+struct guest_entry {
+    guest_entry(std::string name_, std::string endpoint_, std::string extra_ = {})
+        : name(std::move(name_)), endpoint(std::move(endpoint_)), extra(std::move(extra_)) {}
+    std::string name;
+    std::string endpoint;
+    std::string extra;
+};
+
+// A stereos-hostd process with a temp config; stderr (its log) goes to log_file().
+class hostd_process {
+  public:
+    hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
+                  std::string log_level = "info", std::string daemon_extra = {},
+                  std::string api_group = "");
+    const std::string& socket() const noexcept { return socket_; }
+    std::string log_file() const { return log_; }
+    std::string log() const { return read_text(log_); }
+    const std::string& state_dir() const noexcept { return state_dir_; }
+    child_process& process() { return *process_; }
+    pid_t pid() const { return process_->pid(); }
+    // VmRSS in KiB.
+    long rss_kib() const;
+
+  private:
+    std::string socket_, log_, state_dir_;
+    std::unique_ptr<child_process> process_;
+};
+
+// ---- HTTP over the unix socket ---------------------------------------------------------------
+
+struct http_answer {
+    unsigned status = 0;
+    std::string body;
+    std::map<std::string, std::string> headers;  // lower-case names
+    boost::json::value json() const;
+    // error.code of an error body, "" if none.
+    std::string error_code() const;
+    std::string error_message() const;
+};
+
+// One request on a new connection (Connection: close). Throws on a socket failure.
+http_answer http(const std::string& socket, const std::string& method, const std::string& target,
+                 const std::string& body = {}, const std::string& content_type = "application/json");
+inline http_answer get(const std::string& socket, const std::string& target) {
+    return http(socket, "GET", target);
+}
+inline http_answer post(const std::string& socket, const std::string& target,
+                        const std::string& body = {}) {
+    return http(socket, "POST", target, body);
+}
+
+// Writes raw bytes, reads until the server closes (or `limit`), returns what came back.
+std::string raw_exchange(const std::string& socket, const std::string& bytes,
+                         std::chrono::milliseconds limit = 10s);
+
+// A metric's value from the exposition, e.g. metric(text, "stereos_events_dropped_total") or
+// metric(text, "stereos_guest_link_up{guest=\"vm1\"}"); -1 if absent.
+double metric(const std::string& exposition, const std::string& series);
+
+// Polls `condition` every 20 ms until it holds or `limit` passes.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 20s);
+
+// A TCP port on 127.0.0.1 where nothing listens (bound and released).
+int closed_tcp_port();
+
+std::string program_hostd();
+std::string program_ctl();
+std::string program_fakeguest();
+
+}  // namespace stereos::api_test

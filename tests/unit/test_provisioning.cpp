@@ -1,0 +1,120 @@
+// Provisioning steps, secret scrubbing and the per-guest log throttle: pure helpers of the
+// daemon core.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <boost/test/unit_test.hpp>
+
+#include "daemon/log_throttle.hpp"
+#include "daemon/provisioning.hpp"
+
+using namespace stereos;
+using namespace std::chrono_literals;
+
+namespace {
+struct temp_file {
+    explicit temp_file(const std::string& content) {
+        std::string pattern = "/tmp/stereos-prov-XXXXXX";
+        const int fd = ::mkstemp(pattern.data());
+        ::close(fd);
+        path = pattern;
+        std::ofstream(path) << content;
+    }
+    ~temp_file() { std::filesystem::remove(path); }
+    std::filesystem::path path;
+};
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(provisioning_sequence)
+
+BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
+    temp_file jcard("mixtape = \"base\"\n");
+    temp_file key("ssh-ed25519 AAAAkey user@host\n");
+    temp_file secret("hunter2");
+    config::provision_config p;
+    p.config_file = jcard.path;
+    p.ssh_keys = {{"admin", "ssh-ed25519 AAAAinline", {}}, {"root", "", key.path}};
+    p.secrets = {{"API_KEY", secret.path, "", 0600}};
+    p.mounts = {{"share0", "/w", "9p", false}};
+    auto steps = daemon::provisioning_steps(p);
+    std::vector<std::string> names;
+    for (const auto& s : steps)
+        names.push_back(s.name);
+    BOOST_TEST(names == (std::vector<std::string>{"set_config", "inject_ssh_key admin",
+                                                  "inject_ssh_key root", "inject_secret API_KEY",
+                                                  "mount share0"}),
+               boost::test_tools::per_element());
+
+    auto config = steps[0].build();
+    BOOST_TEST_REQUIRE(config.has_value());
+    BOOST_TEST(std::get<protocol::config_payload>(*config).content == "mixtape = \"base\"\n");
+    // A key file's trailing newline is not part of the key.
+    auto from_file = steps[2].build();
+    BOOST_TEST(std::get<protocol::ssh_key_payload>(*from_file).public_key ==
+               "ssh-ed25519 AAAAkey user@host");
+    auto s = steps[3].build();
+    BOOST_TEST((std::get<protocol::secret_payload>(*s) ==
+                protocol::secret_payload{"API_KEY", "hunter2", 0600}));
+}
+
+BOOST_AUTO_TEST_CASE(a_missing_file_fails_its_step_naming_the_file_only) {
+    config::provision_config p;
+    p.secrets = {{"K", "/nonexistent/secret-file", "", 0}};
+    auto steps = daemon::provisioning_steps(p);
+    auto built = steps.at(0).build();
+    BOOST_TEST_REQUIRE(built.has_error());
+    BOOST_TEST(built.error() == "cannot read /nonexistent/secret-file: No such file or directory");
+}
+
+BOOST_AUTO_TEST_CASE(guest_errors_are_scrubbed_of_what_we_sent) {
+    const protocol::host_message secret = protocol::secret_payload{"K", "topsecret-value", 0};
+    BOOST_TEST(daemon::scrub_guest_error("bad value topsecret-value here", secret) ==
+               "bad value <redacted 15 bytes> here");
+    const protocol::host_message config = protocol::config_payload{
+        "[agent]\nprompt = \"do the thing\"\n[secrets]\nKEY = \"sk-123456\"\n"};
+    BOOST_TEST(daemon::scrub_guest_error("toml: line 4: bad KEY = \"sk-123456\"", config) ==
+               "toml: line 4: bad KEY = \"<redacted>\"");
+    const protocol::host_message mount = protocol::mount_payload{"t", "/p", "9p", false};
+    BOOST_TEST(daemon::scrub_guest_error("mount t at /p: exit status 32", mount) ==
+               "mount t at /p: exit status 32");
+}
+
+BOOST_AUTO_TEST_CASE(sent_secrets_are_wiped) {
+    protocol::host_message secret = protocol::secret_payload{"K", "value", 0};
+    daemon::wipe_secrets(secret);
+    BOOST_TEST(std::get<protocol::secret_payload>(secret).value.empty());
+    protocol::host_message config = protocol::config_payload{"content"};
+    daemon::wipe_secrets(config);
+    BOOST_TEST(std::get<protocol::config_payload>(config).content.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(log_throttling)
+
+BOOST_AUTO_TEST_CASE(repeats_within_the_window_are_counted_not_logged) {
+    daemon::log_throttle throttle(30s);
+    const daemon::log_throttle::clock::time_point t0{};
+    BOOST_TEST(throttle.admit("cannot connect: refused", t0 + 1s).value_or("") ==
+               "cannot connect: refused");
+    for (int i = 1; i <= 49; ++i) {
+        BOOST_TEST(!throttle.admit("cannot connect: refused", t0 + 1s + i * 100ms).has_value());
+    }
+    BOOST_TEST(throttle.admit("cannot connect: refused", t0 + 32s).value_or("") ==
+               "cannot connect: refused (repeated 49 times in the last 30s)");
+}
+
+BOOST_AUTO_TEST_CASE(a_different_message_is_logged_at_once) {
+    daemon::log_throttle throttle(30s);
+    const daemon::log_throttle::clock::time_point t0{};
+    BOOST_TEST(throttle.admit("a", t0).has_value());
+    BOOST_TEST(!throttle.admit("a", t0 + 1s).has_value());
+    BOOST_TEST(throttle.admit("b", t0 + 2s).value_or("") == "b");
+    throttle.reset();
+    BOOST_TEST(throttle.admit("b", t0 + 3s).has_value());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
