@@ -11,7 +11,17 @@ if [ "${1:-}" != --inside ] && [ "${STEREOS_JOURNALD_INSIDE:-}" != 1 ]; then
     if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root to run a private journald"; exit $skip; fi
     command -v unshare >/dev/null || { echo "SKIP: unshare not installed"; exit $skip; }
     [ -x /lib/systemd/systemd-journald ] || { echo "SKIP: systemd-journald not installed"; exit $skip; }
-    STEREOS_JOURNALD_INSIDE=1 exec unshare --mount --fork bash "$0" "$@"
+    if unshare --mount --fork true 2>/dev/null; then
+        STEREOS_JOURNALD_INSIDE=1 exec unshare --mount --fork bash "$0" "$@"
+    fi
+    # In a chroot "/" is not a mount point and unshare cannot make it private: keep the
+    # propagation and make /run private inside instead.
+    STEREOS_JOURNALD_INSIDE=1 STEREOS_JOURNALD_PRIVATE_RUN=1 \
+        exec unshare --mount --propagation unchanged --fork bash "$0" "$@"
+fi
+if [ "${STEREOS_JOURNALD_PRIVATE_RUN:-}" = 1 ]; then
+    mount --make-rprivate /run 2>/dev/null ||
+        { echo "SKIP: cannot make /run a private mount here"; exit $skip; }
 fi
 
 work=$(mktemp -d /tmp/stereos-journal.XXXXXX)

@@ -321,8 +321,19 @@ BOOST_AUTO_TEST_CASE(connects_to_a_real_listener_with_nodelay_set) {
     const auto port = acceptor.local_endpoint().port();
     std::string received;
     loop.run([&]() -> asio::awaitable<void> {
-        // "localhost" goes through the resolver; the numeric form skips name lookup.
-        for (const std::string host : {"127.0.0.1", "localhost"}) {
+        // "localhost" goes through the resolver; the numeric form skips name lookup. A bare
+        // root (no /etc/hosts) cannot resolve it: that part is skipped there, with a note.
+        std::vector<std::string> hosts{"127.0.0.1"};
+        boost::system::error_code resolve_error;
+        asio::ip::tcp::resolver resolver(loop.context);
+        resolver.resolve("localhost", "1", resolve_error);
+        if (resolve_error) {
+            BOOST_TEST_MESSAGE("skipping the \"localhost\" connect: it does not resolve here ("
+                               << resolve_error.message() << ")");
+        } else {
+            hosts.push_back("localhost");
+        }
+        for (const std::string& host : hosts) {
             const auto target = parse_ok("tcp:" + host + ":" + std::to_string(port));
             auto result = co_await async_connect(target, 5s);
             BOOST_TEST_REQUIRE(result.has_value(), (result ? "" : result.error().describe(target)));
