@@ -319,18 +319,22 @@ class loader {
                 out.api_socket = path;
             }
         }
-        if (const toml::node* node = reader.get("api_group", toml::node_type::string)) {
+        auto read_group = [&](const char* key, std::string& into) {
+            const toml::node* node = reader.get(key, toml::node_type::string);
+            if (!node)
+                return;
             const std::string& group = node->as_string()->get();
             if (!group.empty() &&
                 (group.size() > 32 || !only_name_chars(group) || group.front() == '-')) {
-                error(
-                    *node, "daemon.api_group",
-                    "invalid group name " + in_quotes(group) +
-                        " (1 to 32 of A-Z a-z 0-9 . _ -, not starting with -; \"\" = owner only)");
+                error(*node, std::string("daemon.") + key,
+                      "invalid group name " + in_quotes(group) +
+                          " (1 to 32 of A-Z a-z 0-9 . _ -, not starting with -; \"\" = none)");
             } else {
-                out.api_group = group;
+                into = group;
             }
-        }
+        };
+        read_group("api_group", out.api_group);
+        read_group("api_read_group", out.api_read_group);
         if (const toml::node* node = reader.get("state_dir", toml::node_type::string)) {
             const std::string& path = node->as_string()->get();
             if (path.empty() || path.front() != '/') {

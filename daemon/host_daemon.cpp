@@ -82,11 +82,17 @@ void host_daemon::start() {
                      std::to_string(registry_.size()) +
                      " guests: raise LimitNOFILE= or some links will fail with EMFILE");
     }
+    // Listening before READY=1, so clients started after us find the socket.
+    api_ = std::make_unique<api_server>(io_.get_executor(), api_options_from(config_.daemon),
+                                        registry_, bus_);
+    api_->listen();
+    api_->start();
     asio::co_spawn(io_, handle_signals(), rethrow_if);
     asio::co_spawn(io_, status_loop(), rethrow_if);
     std::uint64_t watchdog_usec = 0;
     if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
-        asio::co_spawn(io_, watchdog_loop(std::chrono::microseconds(watchdog_usec / 2)), rethrow_if);
+        asio::co_spawn(io_, watchdog_loop(std::chrono::microseconds(watchdog_usec / 2)),
+                       rethrow_if);
     }
     sd_notify(0, "READY=1");
     notify_status();
@@ -151,6 +157,8 @@ asio::awaitable<void> host_daemon::async_stop() {
         co_return;
     stopping_ = true;
     sd_notify(0, "STOPPING=1");
+    if (api_)
+        api_->stop();  // first: no new work while the links stop
     co_await registry_.async_stop_all();
     log::info("stopped");
 }

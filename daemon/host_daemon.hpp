@@ -12,6 +12,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "config/config.hpp"
+#include "daemon/api_server.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest_registry.hpp"
 #include "daemon/state_store.hpp"
@@ -39,6 +40,8 @@ class host_daemon {
     guest_registry& registry() noexcept { return registry_; }
     event_bus& bus() noexcept { return bus_; }
     const config::config& current_config() const noexcept { return config_; }
+    // The local API; null before start().
+    api_server* api() noexcept { return api_.get(); }
 
     // "5 guests: 3 healthy, 1 booting, 1 disconnected"
     std::string status_line() const;
@@ -56,6 +59,7 @@ class host_daemon {
     event_bus bus_;
     state_store store_;
     guest_registry registry_;
+    std::unique_ptr<api_server> api_;  // after registry_ and bus_: destroyed before them
     bool stopping_ = false;
     std::string last_status_;
 };

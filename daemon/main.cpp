@@ -55,7 +55,12 @@ int main(int argc, char** argv) {
 
     boost::asio::io_context io(1);
     daemon::host_daemon hostd(io, {path, log_level}, std::move(*loaded));
-    hostd.start();
+    try {
+        hostd.start();
+    } catch (const std::exception& e) {
+        log::error(std::string("cannot start: ") + e.what());
+        return 1;
+    }
     io.run();
     return 0;
 }

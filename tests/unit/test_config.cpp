@@ -127,6 +127,7 @@ BOOST_AUTO_TEST_CASE(daemon_keys_are_read) {
 [daemon]
 api_socket = "/tmp/x/api.sock"
 api_group = ""
+api_read_group = "adm"
 state_dir = "/srv/stereos"
 log_level = "debug"
 request_timeout = "1m30s"
@@ -137,6 +138,7 @@ reconnect_max = "30s"
 )");
     BOOST_TEST(c.daemon.api_socket == fs::path("/tmp/x/api.sock"));
     BOOST_TEST(c.daemon.api_group.empty());
+    BOOST_TEST(c.daemon.api_read_group == "adm");
     BOOST_TEST(c.daemon.state_dir == fs::path("/srv/stereos"));
     BOOST_TEST((c.daemon.level == log_level::debug));
     BOOST_TEST(c.daemon.timeouts.request_timeout.count() == 90'000);
@@ -213,6 +215,8 @@ const error_case error_cases[] = {
      "t.toml:2: daemon.state_dir: ", "absolute path"},
     {"bad api_group", "[daemon]\napi_group = \"-wheel\"\n",
      "t.toml:2: daemon.api_group: ", "invalid group name"},
+    {"bad api_read_group", "[daemon]\napi_read_group = \"a b\"\n",
+     "t.toml:2: daemon.api_read_group: ", "invalid group name"},
     {"unknown log level", "[daemon]\nlog_level = \"verbose\"\n",
      "t.toml:2: daemon.log_level: ", "unknown log level \"verbose\""},
     {"duration without unit", "[daemon]\nrequest_timeout = \"10\"\n",

@@ -23,6 +23,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/json/parse.hpp>
+#include <boost/test/unit_test.hpp>
 
 extern char** environ;
 
@@ -66,11 +67,9 @@ pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, in_file.empty() ? "/dev/null" : in_file.c_str(),
                                      O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1,
-                                     out_file.empty() ? "/dev/null" : out_file.c_str(),
+    posix_spawn_file_actions_addopen(&actions, 1, out_file.empty() ? "/dev/null" : out_file.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2,
-                                     err_file.empty() ? "/dev/null" : err_file.c_str(),
+    posix_spawn_file_actions_addopen(&actions, 2, err_file.empty() ? "/dev/null" : err_file.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     std::vector<char*> args;
     for (const auto& a : argv)
@@ -115,8 +114,9 @@ std::optional<int> wait_for(pid_t pid, std::chrono::milliseconds limit) {
 }  // namespace
 
 child_process::child_process(std::vector<std::string> argv, const std::string& stdout_file,
-                             const std::string& stderr_file)
-    : pid_(spawn(argv, "", stdout_file, stderr_file, {})) {}
+                             const std::string& stderr_file,
+                             const std::map<std::string, std::string>& extra_env)
+    : pid_(spawn(argv, "", stdout_file, stderr_file, extra_env)) {}
 
 child_process::~child_process() {
     stop(10s);
@@ -171,9 +171,9 @@ fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_
                          std::vector<std::string> flags) {
     record_ = dir.file(tag + ".record");
     const auto out = dir.file(tag + ".out");
-    std::vector<std::string> argv{program_fakeguest(),  "--listen", "tcp:127.0.0.1:0",
-                                  "--count",            std::to_string(count),
-                                  "--record",           record_};
+    std::vector<std::string> argv{
+        program_fakeguest(), "--listen", "tcp:127.0.0.1:0", "--count", std::to_string(count),
+        "--record",          record_};
     argv.insert(argv.end(), flags.begin(), flags.end());
     process_ = std::make_unique<child_process>(argv, out, dir.file(tag + ".err"));
     const bool ready = eventually([&] {
@@ -196,8 +196,8 @@ fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_
 }
 
 hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
-                             std::string log_level, std::string daemon_extra,
-                             std::string api_group) {
+                             std::string log_level, std::string daemon_extra, std::string api_group,
+                             const std::map<std::string, std::string>& extra_env) {
     socket_ = dir.file("api.sock");
     log_ = dir.file("hostd.log");
     state_dir_ = dir.file("state");
@@ -212,7 +212,7 @@ hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>
     process_ = std::make_unique<child_process>(
         std::vector<std::string>{program_hostd(), "--config", config_file, "--log", "stderr",
                                  "--log-level", log_level},
-        "", log_);
+        "", log_, extra_env);
     const bool up = eventually(
         [&] {
             if (!process_->running())
@@ -226,6 +226,14 @@ hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>
         30s);
     if (!up || !process_->running())
         throw std::runtime_error("stereos-hostd did not start:\n" + log());
+}
+
+hostd_process::~hostd_process() {
+    const int status = process_->stop();
+    const auto text = log();
+    BOOST_TEST(status == 0, "stereos-hostd did not exit cleanly:\n" << text);
+    BOOST_TEST(text.find("Sanitizer") == std::string::npos, text);
+    BOOST_TEST(text.find("runtime error:") == std::string::npos, text);
 }
 
 long hostd_process::rss_kib() const {

@@ -7,8 +7,8 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
-#include <memory>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,7 +36,8 @@ class child_process {
   public:
     // stdout/stderr go to the given files ("" = /dev/null); stdin is /dev/null.
     child_process(std::vector<std::string> argv, const std::string& stdout_file,
-                  const std::string& stderr_file);
+                  const std::string& stderr_file,
+                  const std::map<std::string, std::string>& extra_env = {});
     ~child_process();
     child_process(const child_process&) = delete;
 
@@ -86,12 +87,16 @@ struct guest_entry {
     std::string extra;
 };
 
-// A stereos-hostd process with a temp config; stderr (its log) goes to log_file().
+// A stereos-hostd process with a temp config; stderr (its log) goes to log_file(). Destroying it
+// stops the daemon and checks, as part of the running test, that it exited 0 with no sanitizer
+// report in its log.
 class hostd_process {
   public:
+    ~hostd_process();
     hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
                   std::string log_level = "info", std::string daemon_extra = {},
-                  std::string api_group = "");
+                  std::string api_group = "",
+                  const std::map<std::string, std::string>& extra_env = {});
     const std::string& socket() const noexcept { return socket_; }
     std::string log_file() const { return log_; }
     std::string log() const { return read_text(log_); }
@@ -120,7 +125,8 @@ struct http_answer {
 
 // One request on a new connection (Connection: close). Throws on a socket failure.
 http_answer http(const std::string& socket, const std::string& method, const std::string& target,
-                 const std::string& body = {}, const std::string& content_type = "application/json");
+                 const std::string& body = {},
+                 const std::string& content_type = "application/json");
 inline http_answer get(const std::string& socket, const std::string& target) {
     return http(socket, "GET", target);
 }

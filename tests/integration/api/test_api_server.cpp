@@ -79,9 +79,11 @@ asio::awaitable<socket_type> connect_to(const std::string& path) {
     co_return s;
 }
 
+// Plain or reference parameters only: GCC 12 destroys class-type temporaries created in a
+// co_await expression twice.
 asio::awaitable<bhttp::response<bhttp::string_body>> get_on(socket_type& s,
                                                             beast::flat_buffer& buffer,
-                                                            const std::string& target) {
+                                                            std::string_view target) {
     bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
     request.set(bhttp::field::host, "localhost");
     co_await bhttp::async_write(s, request, asio::use_awaitable);
@@ -103,8 +105,8 @@ asio::awaitable<std::optional<steady::duration>> time_until_closed(
     co_return std::nullopt;
 }
 
-asio::awaitable<bool> eventually(std::function<bool()> condition,
-                                 std::chrono::milliseconds limit = 10s) {
+template <class Condition>
+asio::awaitable<bool> eventually(Condition condition, std::chrono::milliseconds limit = 10s) {
     const auto end = steady::now() + limit;
     while (!condition()) {
         if (steady::now() > end)
@@ -249,8 +251,9 @@ BOOST_AUTO_TEST_CASE(connections_over_the_limit_get_503_and_the_others_are_serve
         auto fourth = co_await connect_to(f.socket());
         beast::flat_buffer fourth_buffer;
         BOOST_TEST((co_await get_on(fourth, fourth_buffer, "/v1/ping")).result_int() == 200u);
-        BOOST_TEST(f.server->metrics().render(f.registry, f.bus).find(
-                       "stereos_api_connections_rejected_total 1\n") != std::string::npos);
+        BOOST_TEST(f.server->metrics()
+                       .render(f.registry, f.bus)
+                       .find("stereos_api_connections_rejected_total 1\n") != std::string::npos);
     });
 }
 
@@ -272,8 +275,8 @@ BOOST_AUTO_TEST_CASE(the_accept_loop_survives_emfile_and_then_serves_the_waiting
 
         co_await client.async_connect(asio::local::stream_protocol::endpoint(f.socket()),
                                       asio::use_awaitable);
-        const bool failed = co_await eventually(
-            [&] { return f.server->metrics().accept_errors() >= 1; }, 10s);
+        const bool failed =
+            co_await eventually([&] { return f.server->metrics().accept_errors() >= 1; }, 10s);
         for (int fd : fillers)
             ::close(fd);
         ::setrlimit(RLIMIT_NOFILE, &original);

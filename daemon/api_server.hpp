@@ -1,0 +1,128 @@
+// The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. An accept loop and one
+// session coroutine per connection, with limits (headers, bodies, connections, idle and read
+// timeouts), the SO_PEERCRED permission check and the event stream. The routes themselves are
+// in api_routes.hpp. Runs on the daemon's one io_context; no threads, no mutexes.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_set>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "config/config.hpp"
+#include "daemon/api_routes.hpp"
+#include "daemon/event_bus.hpp"
+#include "daemon/guest_registry.hpp"
+#include "daemon/log_throttle.hpp"
+#include "daemon/metrics.hpp"
+
+namespace stereos::daemon {
+
+struct api_server_options {
+    std::filesystem::path socket_path = "/run/stereos-hostd/api.sock";
+    // Members may use every route; "" = only root and the daemon's user. A group that does not
+    // exist is logged and treated as "".
+    std::string group;
+    // Members may also use GET routes; "" = GET routes follow the rule above.
+    std::string read_group;
+    // Connections beyond this are answered 503 server_busy and closed (a few dozen more are
+    // accepted to say so; past that, accepting pauses until one closes).
+    std::size_t max_connections = 256;
+    std::chrono::milliseconds idle_timeout{60'000};   // keep-alive connection with no request
+    std::chrono::milliseconds read_timeout{10'000};   // from a request's first byte to its end
+    std::chrono::milliseconds write_timeout{10'000};  // one response (or event batch) written
+    std::size_t event_queue_capacity = 1024;          // events queued per /v1/events subscriber
+};
+
+// The options the config gives (socket, groups); the rest keep their defaults. Reads
+// `api_read_group` when the config model has it.
+api_server_options api_options_from(const config::daemon_settings& settings);
+
+// What SO_PEERCRED says about a connected peer.
+struct peer_credentials {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+};
+std::optional<peer_credentials> peer_credentials_of(int socket_fd);
+// Whether the peer is in `group`: its primary group, else its supplementary groups from
+// /proc/PID/status, else (no such process visible) the groups of its user.
+bool peer_in_group(const peer_credentials& peer, gid_t group);
+
+class api_server {
+  public:
+    api_server(boost::asio::any_io_executor executor, api_server_options options,
+               guest_registry& registry, event_bus& bus);
+    ~api_server();
+    api_server(const api_server&) = delete;
+    api_server& operator=(const api_server&) = delete;
+
+    // Creates the socket: a stale socket file is replaced (but not one a live process still
+    // serves, nor a file that is not a socket), mode 0660 with the group, or 0600 without one.
+    // Throws std::runtime_error on failure (a start-up failure).
+    void listen();
+    // Takes over an already-listening socket (systemd socket activation); its file is not
+    // ours, so stop() leaves it.
+    void adopt(int listening_fd);
+    // Starts accepting. listen() or adopt() first.
+    void start();
+    // Stops accepting, then ends every connection (requests in flight finish on their own);
+    // removes the socket file listen() created. Idempotent.
+    void stop();
+
+    const std::filesystem::path& socket_path() const noexcept { return options_.socket_path; }
+    const api_server_options& options() const noexcept { return options_; }
+    api_metrics& metrics() noexcept { return metrics_; }
+    std::size_t open_connections() const noexcept { return connections_.size(); }
+
+  private:
+    struct connection;
+    using socket_type = boost::asio::local::stream_protocol::socket;
+
+    boost::asio::awaitable<void> accept_loop();
+    void start_session(socket_type socket);
+    boost::asio::awaitable<void> run_session(std::shared_ptr<connection> conn);
+    boost::asio::awaitable<void> watchdog(std::shared_ptr<connection> conn);
+    // References, not values: GCC 12 destroys class-type temporaries in co_await expressions twice.
+    boost::asio::awaitable<bool> send(connection& conn, api::http_response& response);
+    boost::asio::awaitable<void> serve_events(std::shared_ptr<connection> conn,
+                                              const std::string& guest_filter, unsigned version);
+    boost::asio::awaitable<void> stream_events(connection& conn, event_subscription& subscription,
+                                               const std::string& guest_filter,
+                                               boost::asio::steady_timer& wake,
+                                               std::string& pending, bool chunked);
+    boost::asio::awaitable<void> watch_for_hangup(connection& conn);
+    boost::asio::awaitable<void> linger_close(connection& conn);
+    void arm(connection& conn, std::chrono::milliseconds timeout);
+    void disarm(connection& conn);
+    api::peer_access access_of(int socket_fd) const;
+
+    boost::asio::any_io_executor executor_;
+    api_server_options options_;
+    guest_registry& registry_;
+    event_bus& bus_;
+    api_metrics metrics_;
+    api::api_context context_;
+    boost::asio::local::stream_protocol::acceptor acceptor_;
+    boost::asio::steady_timer slot_freed_;  // the paused accept loop waits on it
+    std::optional<gid_t> group_;
+    std::optional<gid_t> read_group_;
+    std::unordered_set<std::shared_ptr<connection>> connections_;
+    log_throttle accept_errors_;
+    bool own_socket_file_ = false;
+    ino_t socket_inode_ = 0;
+    bool started_ = false;
+    bool stopping_ = false;
+};
+
+}  // namespace stereos::daemon

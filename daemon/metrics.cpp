@@ -1,0 +1,227 @@
+#include "daemon/metrics.hpp"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <boost/json/parse.hpp>
+
+#include "daemon/guest_registry.hpp"
+#include "daemon/guest_state_machine.hpp"
+
+namespace stereos::daemon {
+
+namespace json = boost::json;
+
+namespace {
+
+// Label values: guest names are [A-Za-z0-9._-], but escape anyway so a future name can never
+// break the exposition.
+std::string label_value(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (char c : text) {
+        if (c == '\\' || c == '"') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+std::string number(double value) {
+    char text[40];
+    std::snprintf(text, sizeof text, "%.9g", value);
+    return text;
+}
+
+void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+    out += "# HELP ";
+    out += name;
+    out += ' ';
+    out += help;
+    out += "\n# TYPE ";
+    out += name;
+    out += ' ';
+    out += type;
+    out += '\n';
+}
+
+constexpr guest_state all_states[] = {
+    guest_state::unknown,      guest_state::connecting,   guest_state::booting,
+    guest_state::ready,        guest_state::healthy,      guest_state::degraded,
+    guest_state::unresponsive, guest_state::disconnected, guest_state::shutting_down,
+    guest_state::shutdown,
+};
+
+}  // namespace
+
+api_metrics::api_metrics(event_bus& bus) : observer_(bus.subscribe("", 16)) {
+    // Drained synchronously from publish(), so the queue never fills.
+    observer_->set_notify([this] {
+        while (auto line = observer_->next())
+            on_event(**line);
+    });
+}
+
+api_metrics::~api_metrics() {
+    observer_->close();
+}
+
+void api_metrics::on_event(const std::string& line) {
+    // Cheap filter first: most events are state and lifecycle changes.
+    if (line.find("\"kind\":\"provision\"") == std::string::npos ||
+        line.find("\"failed\"") == std::string::npos)
+        return;
+    boost::system::error_code ec;
+    auto event = json::parse(line, ec);
+    if (ec || !event.is_object())
+        return;
+    const auto& object = event.get_object();
+    const auto* state = object.if_contains("state");
+    const auto* guest = object.if_contains("guest");
+    if (!state || !guest || !state->is_string() || !guest->is_string() ||
+        state->get_string() != "failed")
+        return;
+    ++guests_[std::string(guest->get_string())].provisioning_failures;
+}
+
+void api_metrics::record_request(std::string_view guest, std::string_view type,
+                                 std::string_view outcome,
+                                 std::chrono::steady_clock::duration latency) {
+    auto it = guests_.find(guest);
+    if (it == guests_.end())
+        it = guests_.emplace(std::string(guest), guest_figures{}).first;
+    auto& figures = it->second;
+    ++figures.requests[{std::string(type), std::string(outcome)}];
+    const double seconds = std::chrono::duration<double>(latency).count();
+    auto& h = figures.latency;
+    ++h.count;
+    h.sum += seconds;
+    for (std::size_t i = 0; i < latency_buckets.size(); ++i) {
+        if (seconds <= latency_buckets[i]) {
+            ++h.buckets[i];
+            break;
+        }
+    }
+}
+
+void api_metrics::response_sent(unsigned status) {
+    ++responses_[status];
+}
+
+std::string api_metrics::render(const guest_registry& registry, const event_bus& bus) {
+    const auto guests = registry.all();
+    std::erase_if(guests_, [&](const auto& entry) { return !registry.find(entry.first); });
+
+    std::string out;
+    out.reserve(1024 + guests.size() * 2048);
+
+    header(out, "stereos_guest_state", "gauge", "1 for the guest's current state, else 0.");
+    for (const auto& g : guests) {
+        const auto current = g->machine().state();
+        const auto name = label_value(g->name());
+        for (auto state : all_states) {
+            out += "stereos_guest_state{guest=\"" + name + "\",state=\"" +
+                   std::string(to_string(state)) + "\"} " + (state == current ? "1\n" : "0\n");
+        }
+    }
+
+    auto per_guest = [&](std::string_view metric, std::string_view type, std::string_view help,
+                         auto value_of) {
+        header(out, metric, type, help);
+        for (const auto& g : guests) {
+            out += metric;
+            out +=
+                "{guest=\"" + label_value(g->name()) + "\"} " + std::to_string(value_of(*g)) + "\n";
+        }
+    };
+    per_guest("stereos_guest_link_up", "gauge", "1 while the guest's link is connected.",
+              [](const managed_guest& g) { return g.link().is_up() ? 1 : 0; });
+    per_guest("stereos_guest_link_connects_total", "counter",
+              "Connections established to the guest (the first one and every reconnect).",
+              [](const managed_guest& g) { return g.link().stats().connects; });
+    per_guest("stereos_guest_link_reconnects_total", "counter",
+              "Connections established after the first one.", [](const managed_guest& g) {
+                  const auto connects = g.link().stats().connects;
+                  return connects > 0 ? connects - 1 : 0;
+              });
+    per_guest("stereos_guest_link_connect_failures_total", "counter", "Failed connect attempts.",
+              [](const managed_guest& g) { return g.link().stats().connect_failures; });
+    per_guest("stereos_guest_link_disconnects_total", "counter", "Established connections lost.",
+              [](const managed_guest& g) { return g.link().stats().disconnects; });
+    per_guest("stereos_guest_protocol_errors_total", "counter",
+              "Protocol errors (wrong reply kind, bad line); each resets the connection.",
+              [](const managed_guest& g) { return g.link().stats().protocol_errors; });
+    per_guest("stereos_guest_link_requests_total", "counter",
+              "Requests sent on the link, including health polls and keepalives.",
+              [](const managed_guest& g) { return g.link().stats().requests; });
+    per_guest("stereos_guest_link_timeouts_total", "counter",
+              "Requests on the link that timed out, including health polls.",
+              [](const managed_guest& g) { return g.link().stats().timeouts; });
+    per_guest("stereos_guest_provisioning_failures_total", "counter",
+              "Provisioning runs that failed (automatic or requested).",
+              [&](const managed_guest& g) {
+                  auto it = guests_.find(g.name());
+                  return it == guests_.end() ? std::uint64_t{0} : it->second.provisioning_failures;
+              });
+
+    header(out, "stereos_guest_requests_total", "counter",
+           "Requests made to the guest on behalf of API clients, by wire type and outcome.");
+    for (const auto& [guest, figures] : guests_) {
+        for (const auto& [key, count] : figures.requests) {
+            out += "stereos_guest_requests_total{guest=\"" + label_value(guest) + "\",type=\"" +
+                   label_value(key.first) + "\",outcome=\"" + label_value(key.second) + "\"} " +
+                   std::to_string(count) + "\n";
+        }
+    }
+
+    header(out, "stereos_guest_request_duration_seconds", "histogram",
+           "Latency of requests made to the guest on behalf of API clients.");
+    for (const auto& [guest, figures] : guests_) {
+        const auto& h = figures.latency;
+        if (h.count == 0)
+            continue;
+        const auto label = "guest=\"" + label_value(guest) + "\"";
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < latency_buckets.size(); ++i) {
+            cumulative += h.buckets[i];
+            out += "stereos_guest_request_duration_seconds_bucket{" + label + ",le=\"" +
+                   number(latency_buckets[i]) + "\"} " + std::to_string(cumulative) + "\n";
+        }
+        out += "stereos_guest_request_duration_seconds_bucket{" + label + ",le=\"+Inf\"} " +
+               std::to_string(h.count) + "\n";
+        out += "stereos_guest_request_duration_seconds_sum{" + label + "} " + number(h.sum) + "\n";
+        out += "stereos_guest_request_duration_seconds_count{" + label + "} " +
+               std::to_string(h.count) + "\n";
+    }
+
+    header(out, "stereos_guests", "gauge", "Guests managed by the daemon.");
+    out += "stereos_guests " + std::to_string(guests.size()) + "\n";
+    header(out, "stereos_event_subscribers", "gauge", "Open /v1/events streams.");
+    out += "stereos_event_subscribers " + std::to_string(event_streams_) + "\n";
+    header(out, "stereos_events_published_total", "counter", "Events published.");
+    out += "stereos_events_published_total " + std::to_string(bus.last_seq()) + "\n";
+    header(out, "stereos_events_dropped_total", "counter",
+           "Subscribers cut off because they fell behind (their queue overflowed).");
+    out += "stereos_events_dropped_total " + std::to_string(bus.events_dropped()) + "\n";
+    header(out, "stereos_api_connections", "gauge", "Open API connections.");
+    out += "stereos_api_connections " + std::to_string(connections_open_) + "\n";
+    header(out, "stereos_api_connections_rejected_total", "counter",
+           "API connections answered 503 because the connection limit was reached.");
+    out += "stereos_api_connections_rejected_total " + std::to_string(connections_rejected_) + "\n";
+    header(out, "stereos_api_accept_errors_total", "counter",
+           "Failed accepts on the API socket (e.g. EMFILE), each retried after a pause.");
+    out += "stereos_api_accept_errors_total " + std::to_string(accept_errors_) + "\n";
+    header(out, "stereos_api_responses_total", "counter", "API responses by HTTP status.");
+    for (const auto& [status, count] : responses_) {
+        out += "stereos_api_responses_total{status=\"" + std::to_string(status) + "\"} " +
+               std::to_string(count) + "\n";
+    }
+    return out;
+}
+
+}  // namespace stereos::daemon

@@ -1,0 +1,77 @@
+// Prometheus text exposition of the daemon (GET /metrics): per-guest state, link and request
+// figures, and the API's own counters. Requests made through the API are counted here, by guest,
+// wire type and outcome; link figures come from each guest's link stats at render time.
+// Single-threaded, on the daemon's executor.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "daemon/event_bus.hpp"
+
+namespace stereos::daemon {
+
+class guest_registry;
+
+class api_metrics {
+  public:
+    // Upper bounds (seconds) of the request latency histogram's buckets; +Inf is implied.
+    static constexpr std::array<double, 10> latency_buckets{0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                            0.025,  0.1,   0.5,    2.5,   10};
+
+    // Watches `bus` for provisioning failures (every one, including automatic runs).
+    explicit api_metrics(event_bus& bus);
+    ~api_metrics();
+    api_metrics(const api_metrics&) = delete;
+    api_metrics& operator=(const api_metrics&) = delete;
+
+    // One request to a guest made on behalf of an API client. `outcome` is "ok" or an error
+    // code (guest_error, guest_timeout, ...).
+    void record_request(std::string_view guest, std::string_view type, std::string_view outcome,
+                        std::chrono::steady_clock::duration latency);
+
+    void connection_opened() noexcept { ++connections_open_; }
+    void connection_closed() noexcept { --connections_open_; }
+    void connection_rejected() noexcept { ++connections_rejected_; }
+    void accept_failed() noexcept { ++accept_errors_; }
+    void event_stream_opened() noexcept { ++event_streams_; }
+    void event_stream_closed() noexcept { --event_streams_; }
+    void response_sent(unsigned status);
+
+    std::uint64_t connections_open() const noexcept { return connections_open_; }
+    std::uint64_t event_streams() const noexcept { return event_streams_; }
+    std::uint64_t accept_errors() const noexcept { return accept_errors_; }
+
+    // The exposition (text format 0.0.4). Figures of guests no longer in `registry` are
+    // forgotten here.
+    std::string render(const guest_registry& registry, const event_bus& bus);
+
+  private:
+    struct histogram {
+        std::array<std::uint64_t, latency_buckets.size()> buckets{};  // non-cumulative
+        std::uint64_t count = 0;
+        double sum = 0;
+    };
+    struct guest_figures {
+        // (type, outcome) -> count
+        std::map<std::pair<std::string, std::string>, std::uint64_t> requests;
+        histogram latency;
+        std::uint64_t provisioning_failures = 0;
+    };
+    void on_event(const std::string& line);
+
+    std::map<std::string, guest_figures, std::less<>> guests_;
+    std::map<unsigned, std::uint64_t> responses_;  // by HTTP status
+    std::shared_ptr<event_subscription> observer_;
+    std::uint64_t connections_open_ = 0;
+    std::uint64_t connections_rejected_ = 0;
+    std::uint64_t accept_errors_ = 0;
+    std::uint64_t event_streams_ = 0;
+};
+
+}  // namespace stereos::daemon
