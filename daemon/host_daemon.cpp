@@ -3,7 +3,9 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include <cstdlib>
 #include <map>
+#include <string_view>
 
 #include <systemd/sd-daemon.h>
 #include <boost/asio/as_tuple.hpp>
@@ -32,6 +34,27 @@ std::uint64_t monotonic_usec() {
            static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
 }
 }  // namespace
+
+std::optional<int> activated_api_socket() {
+    char** names = nullptr;
+    const int count = sd_listen_fds_with_names(1, &names);
+    std::optional<int> api;
+    for (int i = 0; i < count; ++i) {
+        const int fd = SD_LISTEN_FDS_START + i;
+        // An unnamed single fd (systemd-socket-activate without --fdname) is the API too.
+        const bool is_api = names && (std::string_view(names[i]) == "api" ||
+                                      (count == 1 && std::string_view(names[i]) == "unknown"));
+        if (is_api && !api && sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) > 0) {
+            api = fd;
+        }
+    }
+    if (names) {
+        for (int i = 0; i < count; ++i)
+            std::free(names[i]);
+        std::free(names);
+    }
+    return api;
+}
 
 std::uint64_t raise_file_limit() {
     rlimit limit{};
@@ -85,7 +108,13 @@ void host_daemon::start() {
     // Listening before READY=1, so clients started after us find the socket.
     api_ = std::make_unique<api_server>(io_.get_executor(), api_options_from(config_.daemon),
                                         registry_, bus_);
-    api_->listen();
+    if (auto fd = activated_api_socket()) {
+        api_->adopt(*fd);
+        log::info("serving the API on the socket passed by systemd (" +
+                  config_.daemon.api_socket.string() + " is ignored)");
+    } else {
+        api_->listen();
+    }
     api_->start();
     asio::co_spawn(io_, handle_signals(), rethrow_if);
     asio::co_spawn(io_, status_loop(), rethrow_if);

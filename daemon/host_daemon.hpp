@@ -64,6 +64,9 @@ class host_daemon {
     std::string last_status_;
 };
 
+// The listening API socket passed by systemd socket activation (FileDescriptorName=api), if any.
+std::optional<int> activated_api_socket();
+
 // Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit now in force.
 std::uint64_t raise_file_limit();
 

@@ -246,6 +246,50 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
     BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
 }
 
+BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
+    temp_directory dir("stereos-daemon");
+    guest_process g1(dir, "g1", "tcp:127.0.0.1:0");
+    guest_process g2(dir, "g2", "unix:" + (dir / "g2.sock").string());
+    write_text_file(dir / "config.toml", daemon_section(dir));
+    auto hostd = start_daemon(dir);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("starting stereos-hostd", patience).has_value());
+    const auto api = [&](const std::vector<std::string>& args) {
+        std::vector<std::string> argv{"/usr/bin/curl", "-sS",
+                                      "--max-time",    "20",
+                                      "--unix-socket", (dir / "api.sock").string()};
+        argv.insert(argv.end(), args.begin(), args.end());
+        return testing::run_command(argv);
+    };
+    for (const auto& [name, endpoint] :
+         {std::pair{"rt1", g1.endpoint}, std::pair{"rt2", g2.endpoint}}) {
+        auto added =
+            api({"-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d",
+                 "{\"name\":\"" + std::string(name) + "\",\"endpoint\":\"" + endpoint + "\"}",
+                 "http://localhost/v1/guests"});
+        BOOST_TEST(added.out == "201", added.err);
+    }
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("[rt2] state booting -> ready", patience).has_value());
+
+    // No clean stop: the state file must already hold both guests, and nothing half-written.
+    hostd->send_signal(SIGKILL);
+    hostd->wait_exit(patience);
+    std::vector<std::string> state_files;
+    for (const auto& e : std::filesystem::directory_iterator(dir / "state"))
+        state_files.push_back(e.path().filename().string());
+    BOOST_TEST(state_files == std::vector<std::string>{"guests.json"},
+               boost::test_tools::per_element());
+
+    auto restarted = start_daemon(dir, "hostd-2");
+    BOOST_TEST(restarted->wait_for_output("[rt1] state booting -> ready", patience).has_value(),
+               restarted->stderr_text());
+    BOOST_TEST(restarted->wait_for_output("[rt2] state booting -> ready", patience).has_value());
+    auto status = api({"http://localhost/v1/guests/rt1"});
+    BOOST_TEST(status.out.find("\"source\":\"runtime\"") != std::string::npos, status.out);
+    restarted->send_signal(SIGTERM);
+    BOOST_TEST(restarted->wait_exit(patience).value_or(-1) == 0);
+}
+
 BOOST_AUTO_TEST_CASE(an_invalid_config_stops_start_up_with_every_error_named) {
     temp_directory dir("stereos-daemon");
     write_text_file(dir / "config.toml", daemon_section(dir) +

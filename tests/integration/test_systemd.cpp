@@ -1,4 +1,5 @@
-// stereos-hostd's sd_notify protocol, read from a real NOTIFY_SOCKET datagram socket:
+// stereos-hostd under systemd: socket activation, and the sd_notify protocol read from a real
+// NOTIFY_SOCKET datagram socket:
 // READY=1 once serving, STATUS=, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 with
 // MONOTONIC_USEC then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
 #include <signal.h>
@@ -145,6 +146,43 @@ BOOST_AUTO_TEST_CASE(without_a_watchdog_no_watchdog_pings_are_sent) {
     BOOST_TEST(count_with(listener.messages, "WATCHDOG=1") == 0u);
     daemon.send_signal(SIGTERM);
     BOOST_TEST(daemon.wait_exit(20s).value_or(-1) == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(socket_activation)
+
+BOOST_AUTO_TEST_CASE(the_daemon_serves_the_api_on_the_socket_systemd_passes) {
+    temp_directory dir("stereos-activate");
+    const auto activated = dir / "activated.sock";
+    const auto configured = dir / "configured.sock";
+    write_text_file(dir / "config.toml",
+                    "[daemon]\n"
+                    "api_socket = \"" +
+                        configured.string() +
+                        "\"\n"
+                        "api_group = \"\"\n"
+                        "state_dir = \"" +
+                        (dir / "state").string() + "\"\n");
+    // systemd-socket-activate listens, and starts the daemon on the first connection with the
+    // listening socket as fd 3 named "api", as stereos-hostd.socket does.
+    child_process activator(
+        {"/usr/bin/systemd-socket-activate", "--listen", activated.string(), "--fdname=api",
+         STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
+        dir.path(), "activate");
+    BOOST_TEST_REQUIRE(activator.wait_for_output("Listening on", 20s).has_value(),
+                       activator.stderr_text());
+    auto ping =
+        stereos::testing::run_command({"/usr/bin/curl", "-sS", "--max-time", "20", "--unix-socket",
+                                       activated.string(), "http://localhost/v1/ping"});
+    BOOST_TEST(ping.status == 0, ping.err);
+    BOOST_TEST(ping.out.find("\"status\":\"ok\"") != std::string::npos, ping.out);
+    BOOST_TEST(activator.wait_for_output("socket passed by systemd", 20s).has_value(),
+               activator.stderr_text());
+    // The configured path is not used when a socket is passed.
+    BOOST_TEST(!std::filesystem::exists(configured));
+    activator.send_signal(SIGTERM);
+    BOOST_TEST(activator.wait_exit(20s).value_or(-1) == 0, activator.stderr_text());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
