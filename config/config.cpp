@@ -354,6 +354,15 @@ class loader {
                           " (expected trace, debug, info, notice, warning or error)");
             }
         }
+        if (const toml::node* node = reader.get("api_max_connections", toml::node_type::integer)) {
+            const std::int64_t value = node->as_integer()->get();
+            if (value < 1 || value > 65536) {
+                error(*node, "daemon.api_max_connections",
+                      "must be between 1 and 65536, got " + std::to_string(value));
+            } else {
+                out.api_max_connections = static_cast<std::size_t>(value);
+            }
+        }
         for (const auto& range : duration_ranges) {
             if (auto value = read_duration(reader, range.key)) {
                 out.timeouts.*range.field = *value;

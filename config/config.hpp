@@ -54,8 +54,9 @@ struct link_timeout_overrides {
 
 struct daemon_settings {
     std::filesystem::path api_socket = "/run/stereos-hostd/api.sock";
-    std::string api_group = "stereos";  // group allowed to use the API; empty = owner only
-    std::string api_read_group;         // may also use GET routes; empty = api_group's rule
+    std::string api_group = "stereos";      // group allowed to use the API; empty = owner only
+    std::string api_read_group;             // may also use GET routes; empty = api_group's rule
+    std::size_t api_max_connections = 256;  // open API connections; more get 503 server_busy
     std::filesystem::path state_dir = "/var/lib/stereos-hostd";
     log_level level = log_level::info;
     link_timeouts timeouts;

@@ -140,6 +140,7 @@ api_server_options api_options_from(const config::daemon_settings& settings) {
     options.socket_path = settings.api_socket;
     options.group = settings.api_group;
     options.read_group = settings.api_read_group;
+    options.max_connections = settings.api_max_connections;
     return options;
 }
 

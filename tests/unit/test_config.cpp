@@ -128,6 +128,7 @@ BOOST_AUTO_TEST_CASE(daemon_keys_are_read) {
 api_socket = "/tmp/x/api.sock"
 api_group = ""
 api_read_group = "adm"
+api_max_connections = 32
 state_dir = "/srv/stereos"
 log_level = "debug"
 request_timeout = "1m30s"
@@ -139,6 +140,7 @@ reconnect_max = "30s"
     BOOST_TEST(c.daemon.api_socket == fs::path("/tmp/x/api.sock"));
     BOOST_TEST(c.daemon.api_group.empty());
     BOOST_TEST(c.daemon.api_read_group == "adm");
+    BOOST_TEST(c.daemon.api_max_connections == 32u);
     BOOST_TEST(c.daemon.state_dir == fs::path("/srv/stereos"));
     BOOST_TEST((c.daemon.level == log_level::debug));
     BOOST_TEST(c.daemon.timeouts.request_timeout.count() == 90'000);
@@ -215,6 +217,8 @@ const error_case error_cases[] = {
      "t.toml:2: daemon.state_dir: ", "absolute path"},
     {"bad api_group", "[daemon]\napi_group = \"-wheel\"\n",
      "t.toml:2: daemon.api_group: ", "invalid group name"},
+    {"api_max_connections out of range", "[daemon]\napi_max_connections = 0\n",
+     "t.toml:2: daemon.api_max_connections: ", "must be between 1 and 65536"},
     {"bad api_read_group", "[daemon]\napi_read_group = \"a b\"\n",
      "t.toml:2: daemon.api_read_group: ", "invalid group name"},
     {"unknown log level", "[daemon]\nlog_level = \"verbose\"\n",
