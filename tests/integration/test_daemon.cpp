@@ -66,16 +66,8 @@ std::string line_of(const protocol::host_message& m) {
 }
 
 std::string daemon_section(const temp_directory& dir) {
-    return "[daemon]\n"
-           "api_socket = \"" +
-           (dir / "api.sock").string() +
-           "\"\n"
-           "api_group = \"\"\n"
-           "state_dir = \"" +
-           (dir / "state").string() +
-           "\"\n"
-           "health_interval = \"200ms\"\n"
-           "log_level = \"debug\"\n";
+    return testing::test_daemon_section(dir,
+                                        "health_interval = \"200ms\"\nlog_level = \"debug\"\n");
 }
 
 std::string guest_section(const std::string& name, const std::string& endpoint) {

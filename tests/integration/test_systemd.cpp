@@ -80,17 +80,9 @@ BOOST_AUTO_TEST_SUITE(systemd_notify)
 
 BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stopping) {
     temp_directory dir("stereos-notify");
-    write_text_file(dir / "config.toml",
-                    "[daemon]\n"
-                    "api_socket = \"" +
-                        (dir / "api.sock").string() +
-                        "\"\n"
-                        "api_group = \"\"\n"
-                        "state_dir = \"" +
-                        (dir / "state").string() +
-                        "\"\n"
-                        "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:" +
-                        (dir / "nobody.sock").string() + "\"\n");
+    write_text_file(dir / "config.toml", stereos::testing::test_daemon_section(dir) +
+                                             "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:" +
+                                             (dir / "nobody.sock").string() + "\"\n");
     notify_listener listener(dir / "notify.sock");
     child_process daemon(
         {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
@@ -129,14 +121,7 @@ BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stoppin
 
 BOOST_AUTO_TEST_CASE(without_a_watchdog_no_watchdog_pings_are_sent) {
     temp_directory dir("stereos-notify");
-    write_text_file(dir / "config.toml",
-                    "[daemon]\n"
-                    "api_socket = \"" +
-                        (dir / "api.sock").string() +
-                        "\"\n"
-                        "api_group = \"\"\n"
-                        "state_dir = \"" +
-                        (dir / "state").string() + "\"\n");
+    write_text_file(dir / "config.toml", stereos::testing::test_daemon_section(dir));
     notify_listener listener(dir / "notify.sock");
     child_process daemon({STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string()},
                          dir.path(), "hostd", {{"NOTIFY_SOCKET", (dir / "notify.sock").string()}});
@@ -157,13 +142,7 @@ BOOST_AUTO_TEST_CASE(the_daemon_serves_the_api_on_the_socket_systemd_passes) {
     const auto activated = dir / "activated.sock";
     const auto configured = dir / "configured.sock";
     write_text_file(dir / "config.toml",
-                    "[daemon]\n"
-                    "api_socket = \"" +
-                        configured.string() +
-                        "\"\n"
-                        "api_group = \"\"\n"
-                        "state_dir = \"" +
-                        (dir / "state").string() + "\"\n");
+                    stereos::testing::test_daemon_section(dir, {}, "configured.sock"));
     // systemd-socket-activate listens, and starts the daemon on the first connection with the
     // listening socket as fd 3 named "api", as stereos-hostd.socket does.
     child_process activator(

@@ -86,6 +86,13 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
 }
 }  // namespace
 
+std::string test_daemon_section(const temp_directory& dir, std::string_view extra,
+                                std::string_view socket_name) {
+    return "[daemon]\napi_socket = \"" + (dir / socket_name).string() +
+           "\"\napi_group = \"\"\nstate_dir = \"" + (dir / "state").string() + "\"\n" +
+           std::string(extra);
+}
+
 std::string read_text_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     std::stringstream text;

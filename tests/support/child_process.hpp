@@ -69,6 +69,11 @@ class temp_directory {
     std::filesystem::path path_;
 };
 
+// The [daemon] section of a test daemon's config: its API socket (`socket_name`) and state
+// directory inside `dir`, an owner-only API, and any `extra` lines of the section.
+std::string test_daemon_section(const temp_directory& dir, std::string_view extra = {},
+                                std::string_view socket_name = "api.sock");
+
 std::string read_text_file(const std::filesystem::path& path);
 void write_text_file(const std::filesystem::path& path, std::string_view text);
 
