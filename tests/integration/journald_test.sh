@@ -11,6 +11,8 @@ if [ "${1:-}" != --inside ] && [ "${STEREOS_JOURNALD_INSIDE:-}" != 1 ]; then
     if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root to run a private journald"; exit $skip; fi
     command -v unshare >/dev/null || { echo "SKIP: unshare not installed"; exit $skip; }
     [ -x /lib/systemd/systemd-journald ] || { echo "SKIP: systemd-journald not installed"; exit $skip; }
+    # journald names its journal directory after the machine id; a bare root may have none.
+    [ -s /etc/machine-id ] || { echo "SKIP: /etc/machine-id is missing, journald cannot open a journal"; exit $skip; }
     if unshare --mount --fork true 2>/dev/null; then
         STEREOS_JOURNALD_INSIDE=1 exec unshare --mount --fork bash "$0" "$@"
     fi
