@@ -180,7 +180,7 @@ bool can_switch_users() {
     // Some bare roots (a chroot whose "/" is mode 0700) let uid 65534 run nothing at all.
     const auto probe = run_command(
         {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "--version"});
-    if (probe.status != 0) {
+    if (probe.exit_code != 0) {
         BOOST_TEST_MESSAGE("uid 65534 cannot run curl here: " << probe.err);
         return false;
     }
