@@ -39,7 +39,7 @@ for _ in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05;
 journal=/run/log/journal
 # A bare root (no usable machine id) leaves journald without a journal to write: that is the
 # environment, not our sink, so skip with the reason.
-echo "stereos journald probe" | systemd-cat -t stereos-probe
+echo "stereos journald probe" | systemd-cat -t stereos-probe 2>/dev/null || true
 for _ in $(seq 100); do [ -d "$journal" ] && break; sleep 0.05; done
 if [ ! -d "$journal" ]; then
     echo "SKIP: journald opened no runtime journal here (machine id: $(cat /etc/machine-id 2>/dev/null || echo none))"
