@@ -38,15 +38,31 @@ std::string describe_ms(std::chrono::milliseconds d) {
     return std::to_string(d.count()) + "ms";
 }
 
-// One caller's wait for its reply. The timer is both its deadline and its wake-up signal.
-struct request_waiter {
-    explicit request_waiter(const asio::any_io_executor& executor) : timer(executor) {}
+// Removes a map entry when the scope ends.
+template <class Map>
+struct erase_on_exit {
+    erase_on_exit(Map& map_, typename Map::iterator entry_) : map(map_), entry(entry_) {}
+    erase_on_exit(const erase_on_exit&) = delete;
+    erase_on_exit& operator=(const erase_on_exit&) = delete;
+    ~erase_on_exit() { map.erase(entry); }
+    Map& map;
+    typename Map::iterator entry;
+};
+}  // namespace
+
+// One caller's wait for its reply. The timer never expires by itself: it is only a wake-up
+// signal, so the kernel's timer is not reprogrammed per request. The link's single
+// deadline_timer_ marks it timed_out.
+struct guest_link::request_waiter {
+    explicit request_waiter(const asio::any_io_executor& executor) : timer(executor) {
+        timer.expires_at(clock::time_point::max());
+    }
     asio::steady_timer timer;
     bool done = false;
+    bool timed_out = false;
     error_code error;
     protocol::guest_message reply;
 };
-}  // namespace
 
 std::shared_ptr<guest_link> guest_link::create(asio::any_io_executor executor,
                                                transport::endpoint target,
@@ -64,7 +80,10 @@ guest_link::guest_link(asio::any_io_executor executor, transport::endpoint targe
       socket_(executor_),
       backoff_(options.reconnect_initial, options.reconnect_max, link_seed()),
       write_signal_(executor_),
-      finished_signal_(executor_) {}
+      deadline_timer_(executor_),
+      finished_signal_(executor_) {
+    deadline_timer_.expires_at(clock::time_point::max());
+}
 
 void guest_link::start() {
     if (started_)
@@ -128,7 +147,12 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
     }
 
     auto waiter = std::make_shared<request_waiter>(executor_);
-    waiter->timer.expires_at(deadline);
+    const auto deadline_entry = deadlines_.emplace(deadline, waiter.get());
+    // Erased however this coroutine ends, even if its frame is destroyed while suspended.
+    const erase_on_exit deadline_registration{deadlines_, deadline_entry};
+    // The deadline loop only needs waking when this deadline is the new earliest one.
+    if (deadline < deadline_timer_.expiry())
+        deadline_timer_.expires_at(deadline);
     const auto id = pending_.add(request, std::move(line),
                                  [waiter](error_code ec, protocol::guest_message reply) {
                                      waiter->done = true;
@@ -139,7 +163,7 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
     ++stats_.requests;
     write_signal_.cancel();
 
-    auto [wait_error] = co_await waiter->timer.async_wait(use_tuple);
+    co_await waiter->timer.async_wait(use_tuple);
     if (waiter->done) {
         if (waiter->error)
             co_return waiter->error;
@@ -149,8 +173,8 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
     // The deadline passed, or our caller was cancelled: withdraw the request. A written one
     // stays queued as abandoned so its late reply is consumed, not given to the next request.
     const auto withdrawn = pending_.cancel(id);
-    if (wait_error == asio::error::operation_aborted) {
-        co_return error_code(asio::error::operation_aborted);
+    if (!waiter->timed_out) {
+        co_return error_code(asio::error::operation_aborted);  // our caller was cancelled
     }
     if (withdrawn == pending_requests::cancel_outcome::removed_unwritten) {
         co_return error_code(link_error::guest_unavailable);
@@ -168,6 +192,44 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
 asio::awaitable<void> guest_link::run() {
     auto self = shared_from_this();
     // Stop requests are checked by hand after every wait, so cancellation must not throw.
+    co_await asio::this_coro::throw_if_cancelled(false);
+    co_await (connection_loop() || deadline_loop());
+
+    error_code ignored;
+    socket_.close(ignored);
+    connected_ = false;
+    pending_.fail_all(link_error::link_stopped);
+}
+
+asio::awaitable<void> guest_link::deadline_loop() {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    while (true) {
+        // The earliest deadline of a request still waiting; timed-out ones wake up soon.
+        auto next = clock::time_point::max();
+        for (const auto& [deadline, waiter] : deadlines_) {
+            if (!waiter->timed_out) {
+                next = deadline;
+                break;
+            }
+        }
+        deadline_timer_.expires_at(next);
+        co_await deadline_timer_.async_wait(use_tuple);
+        auto state = co_await asio::this_coro::cancellation_state;
+        if (state.cancelled() != asio::cancellation_type::none)
+            co_return;
+        const auto now = clock::now();
+        for (const auto& [deadline, waiter] : deadlines_) {
+            if (deadline > now)
+                break;
+            if (!waiter->timed_out && !waiter->done) {
+                waiter->timed_out = true;
+                waiter->timer.cancel();
+            }
+        }
+    }
+}
+
+asio::awaitable<void> guest_link::connection_loop() {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::uint64_t attempt = 0;
     asio::steady_timer backoff_timer(executor_);
@@ -199,11 +261,6 @@ asio::awaitable<void> guest_link::run() {
         backoff_timer.expires_after(retry_in);
         co_await backoff_timer.async_wait(use_tuple);
     }
-
-    error_code ignored;
-    socket_.close(ignored);
-    connected_ = false;
-    pending_.fail_all(link_error::link_stopped);
 }
 
 asio::awaitable<void> guest_link::serve_connection() {
@@ -304,25 +361,25 @@ bool guest_link::handle_line(std::string_view line) {
         return true;
     }
 
-    const std::string expected = pending_.describe_oldest_written();
-    const std::string got = protocol::redacted(*decoded);
-    switch (pending_.on_reply(std::move(*decoded))) {
+    // Described only when it is an error: the common path builds no strings.
+    switch (pending_.match_reply(*decoded)) {
         case pending_requests::reply_outcome::completed:
-            consecutive_timeouts_ = 0;
-            return true;
+            break;
         case pending_requests::reply_outcome::dropped_abandoned:
-            // A slow guest is still a live guest.
-            consecutive_timeouts_ = 0;
             ++stats_.late_replies_dropped;
-            return true;
+            break;
         case pending_requests::reply_outcome::nothing_outstanding:
             return violation("guest sent a reply with no request outstanding: " +
-                             protocol::printable_excerpt(got));
+                             protocol::printable_excerpt(protocol::redacted(*decoded)));
         case pending_requests::reply_outcome::unexpected_kind:
         case pending_requests::reply_outcome::mismatched_reply_to:
-            return violation("guest reply out of step: expected " + expected + ", got " +
-                             protocol::printable_excerpt(got));
+            return violation("guest reply out of step: expected " +
+                             pending_.describe_oldest_written() + ", got " +
+                             protocol::printable_excerpt(protocol::redacted(*decoded)));
     }
+    // A slow guest is still a live guest: a late (abandoned) reply also counts.
+    consecutive_timeouts_ = 0;
+    pending_.on_reply(std::move(*decoded));
     return true;
 }
 

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -128,7 +129,12 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
                guest_link_options options, event_handler on_event);
 
   private:
+    struct request_waiter;
+
     boost::asio::awaitable<void> run();
+    boost::asio::awaitable<void> connection_loop();
+    // Times out waiting requests from one timer for the whole link (see request_waiter).
+    boost::asio::awaitable<void> deadline_loop();
     boost::asio::awaitable<void> serve_connection();
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
@@ -151,6 +157,8 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     reconnect_backoff backoff_;
     std::string write_buffer_;
     boost::asio::steady_timer write_signal_;     // the writer waits on it; cancel() wakes it
+    boost::asio::steady_timer deadline_timer_;   // at the earliest waiting deadline
+    std::multimap<clock::time_point, request_waiter*> deadlines_;
     boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
     boost::asio::cancellation_signal stop_signal_;
 

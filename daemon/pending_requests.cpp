@@ -43,10 +43,11 @@ std::size_t pending_requests::take_unwritten(std::string& out) {
     return taken;
 }
 
-pending_requests::reply_outcome pending_requests::on_reply(protocol::guest_message reply) {
+pending_requests::reply_outcome pending_requests::match_reply(
+    const protocol::guest_message& reply) const {
     if (written_count_ == 0)
         return reply_outcome::nothing_outstanding;
-    auto& front = entries_.front();
+    const auto& front = entries_.front();
     const auto* ack = std::get_if<protocol::ack_payload>(&reply);
     const bool kind_matches = (front.expects == protocol::reply_kind::pong &&
                                std::holds_alternative<protocol::pong_reply>(reply)) ||
@@ -57,15 +58,20 @@ pending_requests::reply_outcome pending_requests::on_reply(protocol::guest_messa
         return reply_outcome::unexpected_kind;
     if (ack && ack->reply_to != front.type)
         return reply_outcome::mismatched_reply_to;
+    return front.state == entry_state::abandoned ? reply_outcome::dropped_abandoned
+                                                 : reply_outcome::completed;
+}
 
-    auto done = std::move(front.done);
-    const bool abandoned = front.state == entry_state::abandoned;
+pending_requests::reply_outcome pending_requests::on_reply(protocol::guest_message reply) {
+    const auto outcome = match_reply(reply);
+    if (outcome != reply_outcome::completed && outcome != reply_outcome::dropped_abandoned)
+        return outcome;
+    auto done = std::move(entries_.front().done);
     entries_.pop_front();
     --written_count_;
-    if (abandoned)
-        return reply_outcome::dropped_abandoned;
-    done({}, std::move(reply));
-    return reply_outcome::completed;
+    if (outcome == reply_outcome::completed)
+        done({}, std::move(reply));
+    return outcome;
 }
 
 pending_requests::cancel_outcome pending_requests::cancel(std::uint64_t id) {

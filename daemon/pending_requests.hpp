@@ -40,6 +40,9 @@ class pending_requests {
 
     // Matches a reply (never a lifecycle or unknown message) to the oldest written request.
     reply_outcome on_reply(protocol::guest_message reply);
+    // What on_reply would do with `reply`, changing nothing: lets the caller describe a
+    // protocol error before the reply is consumed, and only then.
+    reply_outcome match_reply(const protocol::guest_message& reply) const;
 
     // Withdraws a request whose caller stopped waiting. An unwritten one is removed; a written
     // one stays as abandoned. The completion is not called.
