@@ -156,8 +156,8 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     pending_requests pending_;
     reconnect_backoff backoff_;
     std::string write_buffer_;
-    boost::asio::steady_timer write_signal_;     // the writer waits on it; cancel() wakes it
-    boost::asio::steady_timer deadline_timer_;   // at the earliest waiting deadline
+    boost::asio::steady_timer write_signal_;    // the writer waits on it; cancel() wakes it
+    boost::asio::steady_timer deadline_timer_;  // at the earliest waiting deadline
     std::multimap<clock::time_point, request_waiter*> deadlines_;
     boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
     boost::asio::cancellation_signal stop_signal_;
