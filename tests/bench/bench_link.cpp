@@ -1,10 +1,12 @@
 // Guest link round trips per second on loopback TCP against the fake guest (running on its own
 // thread and io_context, like a separate guest), next to a raw baseline: the same bytes over a
-// plain blocking socket with no daemon code, measured in the same run.
+// plain blocking socket with no daemon code, measured in the same run. Next to each rate, the
+// client thread's CPU time per round trip: unlike the rate, it barely moves on a busy machine.
 // Usage: bench_link [seconds per figure]
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -26,6 +28,18 @@ namespace {
 
 constexpr std::string_view ping_line = "{\"type\":\"ping\"}\n";
 
+double thread_cpu_seconds() {
+    timespec now{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) / 1e9;
+}
+
+// Round trips per second, and the client thread's CPU microseconds per round trip.
+struct figure {
+    double rate = 0;
+    double cpu_us = 0;
+};
+
 // Connects a blocking TCP socket with TCP_NODELAY, as the link's sockets are.
 int connect_raw(std::uint16_t port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -44,7 +58,7 @@ int connect_raw(std::uint16_t port) {
 
 // Round trips per second with `in_flight` pings outstanding, over a plain socket: write that
 // many pings, read that many pong lines, repeat.
-double raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds budget) {
+figure raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds budget) {
     const int fd = connect_raw(port);
     std::string batch;
     for (int i = 0; i < in_flight; ++i)
@@ -52,6 +66,7 @@ double raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds bud
     std::string buffer(64 * 1024, '\0');
     std::uint64_t round_trips = 0;
     const auto start = bench_clock::now();
+    const double cpu_start = thread_cpu_seconds();
     while (bench_clock::now() - start < budget) {
         if (::write(fd, batch.data(), batch.size()) != static_cast<ssize_t>(batch.size()))
             break;
@@ -66,18 +81,21 @@ double raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds bud
         round_trips += static_cast<std::uint64_t>(in_flight);
     }
     const double seconds = std::chrono::duration<double>(bench_clock::now() - start).count();
+    const double cpu = thread_cpu_seconds() - cpu_start;
     ::close(fd);
-    return static_cast<double>(round_trips) / seconds;
+    const auto n = static_cast<double>(round_trips);
+    return {n / seconds, cpu * 1e6 / n};
 }
 
 // Round trips per second through guest_link with `in_flight` coroutines each sending pings.
-double link_rate(const std::string& endpoint, int in_flight, std::chrono::milliseconds budget) {
+figure link_rate(const std::string& endpoint, int in_flight, std::chrono::milliseconds budget) {
     asio::io_context io(1);
     auto link = daemon::guest_link::create(io.get_executor(), *transport::parse_endpoint(endpoint),
                                            {}, nullptr);
     link->start();
     std::uint64_t round_trips = 0, failures = 0;
     bench_clock::time_point start;
+    double cpu_start = 0;
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
@@ -86,6 +104,7 @@ double link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
                 co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
             }
             start = bench_clock::now();
+            cpu_start = thread_cpu_seconds();
             int running = in_flight;
             asio::steady_timer all_done(io, asio::steady_timer::time_point::max());
             for (int i = 0; i < in_flight; ++i) {
@@ -113,9 +132,11 @@ double link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
         });
     io.run();
     const double seconds = std::chrono::duration<double>(bench_clock::now() - start).count();
+    const double cpu = thread_cpu_seconds() - cpu_start;
     if (failures)
         std::printf("  (%llu failed requests)\n", static_cast<unsigned long long>(failures));
-    return static_cast<double>(round_trips) / seconds;
+    const auto n = static_cast<double>(round_trips);
+    return {n / seconds, cpu * 1e6 / n};
 }
 
 }  // namespace
@@ -136,18 +157,23 @@ int main(int argc, char** argv) {
 
     std::printf("guest link round trips on loopback TCP (%u hardware threads, %.1f s per figure)\n",
                 std::thread::hardware_concurrency(), seconds);
-    std::printf("%-28s %14s %14s %10s\n", "", "link rt/s", "raw rt/s", "link/raw");
-    const double lockstep_raw = raw_rate(port, 1, budget);
-    const double lockstep_link = link_rate(endpoint, 1, budget);
-    std::printf("%-28s %14.0f %14.0f %9.2fx\n", "lock-step (1 in flight)", lockstep_link,
-                lockstep_raw, lockstep_link / lockstep_raw);
+    std::printf("%-26s %10s %10s %9s %12s %12s\n", "", "link rt/s", "raw rt/s", "link/raw",
+                "link CPU/rt", "raw CPU/rt");
+    auto print = [](const char* label, figure link, figure raw) {
+        std::printf("%-26s %10.0f %10.0f %8.2fx %10.2fus %10.2fus", label, link.rate, raw.rate,
+                    link.rate / raw.rate, link.cpu_us, raw.cpu_us);
+    };
+    const auto lockstep_raw = raw_rate(port, 1, budget);
+    const auto lockstep_link = link_rate(endpoint, 1, budget);
+    print("lock-step (1 in flight)", lockstep_link, lockstep_raw);
+    std::printf("\n");
     for (int in_flight : {16, 256}) {
-        const double raw = raw_rate(port, in_flight, budget);
-        const double link = link_rate(endpoint, in_flight, budget);
+        const auto raw = raw_rate(port, in_flight, budget);
+        const auto link = link_rate(endpoint, in_flight, budget);
         char label[64];
         std::snprintf(label, sizeof label, "pipelined (%d in flight)", in_flight);
-        std::printf("%-28s %14.0f %14.0f %9.2fx   %.1fx lock-step\n", label, link, raw, link / raw,
-                    link / lockstep_link);
+        print(label, link, raw);
+        std::printf("   %.1fx lock-step\n", link.rate / lockstep_link.rate);
     }
 
     asio::post(guest_io, [&] { guest.stop(); });
