@@ -4,9 +4,10 @@
 
 set(STEREOS_BOOST_TEST_DISCOVER "${CMAKE_CURRENT_LIST_DIR}/boost_test_discover.cmake")
 
-# stereos_add_boost_test(TARGET <name> SOURCES <files...> [LIBRARIES <libs...>] [LABELS <l...>])
+# stereos_add_boost_test(TARGET <name> SOURCES <files...> [LIBRARIES <libs...>] [LABELS <l...>]
+#                        [TIMEOUT <seconds per case>])
 function(stereos_add_boost_test)
-    cmake_parse_arguments(arg "" "TARGET" "SOURCES;LIBRARIES;LABELS" ${ARGN})
+    cmake_parse_arguments(arg "" "TARGET;TIMEOUT" "SOURCES;LIBRARIES;LABELS" ${ARGN})
     add_executable(${arg_TARGET} ${arg_SOURCES})
     target_link_libraries(${arg_TARGET} PRIVATE
         ${arg_LIBRARIES} Boost::unit_test_framework stereos_build_flags)
@@ -29,6 +30,7 @@ function(stereos_add_boost_test)
             -D "OUTPUT=${cases_file}"
             -D "PREFIX=${arg_TARGET}"
             -D "LABELS=${arg_LABELS}"
+            -D "TIMEOUT=${arg_TIMEOUT}"
             -D "WORKDIR=${CMAKE_CURRENT_BINARY_DIR}"
             -P "${STEREOS_BOOST_TEST_DISCOVER}"
         BYPRODUCTS "${cases_file}"

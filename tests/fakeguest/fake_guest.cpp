@@ -10,12 +10,12 @@
 #include <map>
 #include <utility>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -355,15 +355,20 @@ struct outgoing {
     clock_type::time_point ready_at;
     bool cut_in_half = false;
     std::vector<script_step::after_action> actions;
+    bool stall_after_half = false;  // half a line, then silence on this connection
 };
 
 struct connection {
     connection(socket_type s, std::size_t number)
-        : id(number), socket(std::move(s)), wake(socket.get_executor()) {}
+        : id(number),
+          socket(std::move(s)),
+          wake(socket.get_executor()),
+          lifetime(socket.get_executor()) {}
 
     std::size_t id;
     socket_type socket;
-    asio::steady_timer wake;  // the writer's condition variable
+    asio::steady_timer wake;      // the writer's condition variable
+    asio::steady_timer lifetime;  // closes the connection when `connection_lifetime` is set
     protocol::line_framer framer;
     std::deque<outgoing> replies;
     std::string pushes;            // unsolicited bytes; they go ahead of delayed replies
@@ -374,6 +379,7 @@ struct connection {
     bool serving = false;     // past the hybrid handshake, reader and writer running
     bool input_done = false;  // EOF or an over-long line: close once replies are out
     bool reset_when_flushed = false;
+    bool stalled = false;  // wrote half a line and went silent
 };
 
 class guest_core : public std::enable_shared_from_this<guest_core> {
@@ -424,7 +430,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
 
     void push_raw(const std::string& bytes) {
         for (auto& [id, conn] : connections_) {
-            if (!conn->serving || !conn->open)
+            if (!conn->serving || !conn->open || conn->stalled)
                 continue;
             conn->pushes += bytes;
             conn->wake.cancel();
@@ -537,6 +543,13 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         }
         auto conn = std::make_shared<connection>(std::move(socket), ++accepted);
         connections_.emplace(conn->id, conn);
+        if (faults.connection_lifetime.count() > 0) {
+            conn->lifetime.expires_after(faults.connection_lifetime);
+            conn->lifetime.async_wait([self = shared_from_this(), conn](error_code ec) {
+                if (!ec)
+                    self->close_connection(conn, false);
+            });
+        }
         if (faults.accept_and_hang)
             return;  // held open by connections_, never read nor written
         if (where.hybrid) {
@@ -667,6 +680,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             close_connection(conn, false);
             return false;
         }
+        if (conn->stalled)
+            return true;  // read and recorded, never answered
 
         auto answered = answer_line(line, behaviour, uptime().count());
         const script_step* step = nullptr;
@@ -729,7 +744,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         // is due.
         const auto ready_at = std::max(clock_type::now(), conn->last_reply_at) + delay;
         conn->last_reply_at = ready_at;
-        outgoing item{std::move(bytes), ready_at, faults.drop_mid_reply, std::move(actions)};
+        outgoing item{std::move(bytes), ready_at, faults.drop_mid_reply, std::move(actions),
+                      faults.stall_mid_reply};
         if (faults.out_of_order_replies && !conn->held) {
             conn->held = std::move(item);
             return true;
@@ -763,8 +779,13 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
 
     asio::awaitable<void> write_replies(std::shared_ptr<guest_core> self,
                                         std::shared_ptr<connection> conn) {
+        // After a batch of pushes a due reply goes next, so a flood cannot starve replies
+        // (the real guest interleaves them too).
+        bool pushed_last = false;
         while (conn->open) {
-            if (!conn->pushes.empty()) {
+            const bool reply_due =
+                !conn->replies.empty() && conn->replies.front().ready_at <= clock_type::now();
+            if (!conn->pushes.empty() && !(pushed_last && reply_due)) {
                 const std::string bytes = std::exchange(conn->pushes, {});
                 auto [ec, n] =
                     co_await asio::async_write(conn->socket, asio::buffer(bytes), use_tuple);
@@ -772,17 +793,24 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
                     self->close_connection(conn, false);
                     co_return;
                 }
+                pushed_last = true;
                 continue;
             }
-            if (!conn->replies.empty() && conn->replies.front().ready_at <= clock_type::now()) {
+            pushed_last = false;
+            if (reply_due) {
                 outgoing item = std::move(conn->replies.front());
                 conn->replies.pop_front();
-                const auto size = item.cut_in_half ? std::max<std::size_t>(item.bytes.size() / 2, 1)
-                                                   : item.bytes.size();
+                const bool halved = item.cut_in_half || item.stall_after_half;
+                const auto size =
+                    halved ? std::max<std::size_t>(item.bytes.size() / 2, 1) : item.bytes.size();
                 auto [ec, n] = co_await asio::async_write(
                     conn->socket, asio::buffer(item.bytes.data(), size), use_tuple);
                 if (ec || item.cut_in_half) {
                     self->close_connection(conn, false);
+                    co_return;
+                }
+                if (item.stall_after_half) {
+                    co_await self->stay_silent(conn);
                     co_return;
                 }
                 if (conn->open)
@@ -799,6 +827,20 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         }
     }
 
+    // After half a line: write nothing more, but keep the connection open until the peer
+    // closes it (or the guest stops).
+    asio::awaitable<void> stay_silent(std::shared_ptr<connection> conn) {
+        conn->stalled = true;
+        conn->replies.clear();
+        conn->pushes.clear();
+        conn->held.reset();
+        while (conn->open && !conn->input_done) {
+            conn->wake.expires_at(clock_type::time_point::max());
+            co_await conn->wake.async_wait(use_tuple);
+        }
+        close_connection(conn, false);
+    }
+
     void close_connection(std::shared_ptr<connection> conn, bool reset) {
         if (!conn->open)
             return;
@@ -808,6 +850,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             conn->socket.set_option(asio::socket_base::linger(true, 0), ignored);
         conn->socket.close(ignored);
         conn->wake.cancel();
+        conn->lifetime.cancel();
         connections_.erase(conn->id);
     }
 
@@ -832,21 +875,42 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     // Runs while any connection is open; idles at a slow poll while the flood is off, since
     // the switch is a plain field a test may set at any moment.
     asio::awaitable<void> flood_lifecycle(std::shared_ptr<guest_core> self) {
-        auto next = clock_type::now();
+        // At high rates one timer wake per event is slower than the rate asked for: wake at
+        // most every millisecond and send every event due by then in one write.
+        auto last = clock_type::now();
+        double owed = 0;
         while (!self->stopped_ && !self->connections_.empty()) {
             const unsigned rate = self->faults.lifecycle_flood_per_second;
-            if (rate == 0) {
-                next = clock_type::now() + flood_idle_poll;
-            } else {
-                next = std::max(next, clock_type::now() - std::chrono::seconds(1)) +
-                       std::chrono::microseconds(1'000'000 / rate);
-            }
-            self->flood_timer_.expires_at(next);
+            const clock_type::duration wait =
+                rate == 0
+                    ? clock_type::duration(flood_idle_poll)
+                    : std::max<clock_type::duration>(std::chrono::microseconds(1'000'000 / rate),
+                                                     std::chrono::milliseconds(1));
+            self->flood_timer_.expires_after(wait);
             co_await self->flood_timer_.async_wait(use_tuple);
             if (self->stopped_)
                 break;
-            if (rate != 0 && self->faults.lifecycle_flood_per_second != 0)
-                self->push_lifecycle(self->behaviour.health_state, "flood", false);
+            const auto now = clock_type::now();
+            const unsigned rate_now = self->faults.lifecycle_flood_per_second;
+            owed += std::chrono::duration<double>(now - last).count() * rate_now;
+            last = now;
+            if (rate == 0 || rate_now == 0) {
+                owed = 0;
+                continue;
+            }
+            // A stalled loop does not burst more than a second's worth.
+            owed = std::min(owed, static_cast<double>(rate_now));
+            const auto count = static_cast<std::size_t>(owed);
+            owed -= static_cast<double>(count);
+            if (count == 0)
+                continue;
+            const auto line =
+                encode_line(protocol::lifecycle_payload{self->behaviour.health_state, "flood"});
+            std::string lines;
+            lines.reserve(line.size() * count);
+            for (std::size_t i = 0; i < count; ++i)
+                lines += line;
+            self->push_raw(lines);
         }
         self->flood_running_ = false;
     }

@@ -55,6 +55,12 @@ struct fault_switches {
     std::size_t close_after_lines = 0;
     // Write the first half of a reply line, then close the connection.
     bool drop_mid_reply = false;
+    // Write the first half of a reply line, then nothing more on that connection: it stays
+    // open, and requests are still read and recorded, but never answered.
+    bool stall_mid_reply = false;
+    // Non-zero: every connection is closed (FIN) this long after it was accepted, whatever it
+    // is doing; with a client that reconnects, the guest flaps.
+    milliseconds connection_lifetime{0};
     // Reply with a line that is not JSON.
     bool garbage_replies = false;
     // Reply with a 2 MiB line (over the 1 MiB limit).

@@ -37,6 +37,8 @@ struct program_options {
     bool wrong_reply_kind = false;
     std::size_t close_after = 0;
     bool drop_mid_reply = false;
+    bool stall_mid_reply = false;
+    std::string connection_lifetime = "0ms";
     bool out_of_order = false;
     bool overlong_reply = false;
     unsigned lifecycle_flood = 0;
@@ -106,6 +108,10 @@ int main(int argc, char** argv) {
                    "close a connection when its Nth line arrives (unanswered)");
     app.add_flag("--drop-mid-reply", opt.drop_mid_reply,
                  "write half of each reply line, then close");
+    app.add_flag("--stall-mid-reply", opt.stall_mid_reply,
+                 "write half of a reply line, then nothing more on that connection (kept open)");
+    app.add_option("--connection-lifetime", opt.connection_lifetime,
+                   "close every connection this long after accepting it, e.g. 50ms (0ms: never)");
     app.add_flag("--out-of-order", opt.out_of_order, "swap each pair of replies");
     app.add_flag("--overlong-reply", opt.overlong_reply, "reply with a 2 MiB line");
     app.add_option("--lifecycle-flood", opt.lifecycle_flood,
@@ -122,6 +128,7 @@ int main(int argc, char** argv) {
         if (!state)
             throw std::invalid_argument("--health-state: unknown state " + opt.health_state);
         const auto reply_delay = parse_duration(opt.reply_delay);
+        const auto connection_lifetime = parse_duration(opt.connection_lifetime);
         const auto lifecycle_events = parse_lifecycle_script(opt.lifecycle_script);
         std::vector<listen_spec> specs;
         for (const auto& text : opt.listen) {
@@ -154,6 +161,8 @@ int main(int argc, char** argv) {
             faults.wrong_reply_kind = opt.wrong_reply_kind;
             faults.close_after_lines = opt.close_after;
             faults.drop_mid_reply = opt.drop_mid_reply;
+            faults.stall_mid_reply = opt.stall_mid_reply;
+            faults.connection_lifetime = connection_lifetime;
             faults.out_of_order_replies = opt.out_of_order;
             faults.overlong_replies = opt.overlong_reply;
             faults.lifecycle_flood_per_second = opt.lifecycle_flood;

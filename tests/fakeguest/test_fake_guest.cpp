@@ -869,6 +869,63 @@ BOOST_AUTO_TEST_CASE(drop_mid_reply_writes_half_a_line_then_closes) {
     });
 }
 
+BOOST_AUTO_TEST_CASE(stall_mid_reply_writes_half_a_line_then_stays_open_and_silent) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    guest.faults.stall_mid_reply = true;
+    guest.faults.lifecycle_flood_per_second = 50;  // pushes must not reach a stalled connection
+    const auto endpoint = guest.listen_tcp();
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        co_await client.send(ping_line);
+        // Lifecycle pushes may come before the reply; the half line is what follows the last
+        // full line, and nothing comes after it.
+        BOOST_TEST(co_await client.read_until_closed(1500ms) == asio::error::timed_out);
+        const std::string first = client.buffered();
+        const auto half = first.substr(first.rfind('\n') + 1);
+        const auto full = protocol::encode(protocol::guest_message{protocol::pong_reply{}}).value();
+        BOOST_TEST_REQUIRE(!half.empty());
+        BOOST_TEST(half.size() < full.size());
+        BOOST_TEST(full.starts_with(half));
+        // Still open, still reading and recording, never answering.
+        co_await client.send(get_health_line);
+        BOOST_TEST(co_await client.read_until_closed(1500ms) == asio::error::timed_out);
+        BOOST_TEST(client.buffered() == first);
+        BOOST_TEST(guest.received().size() == 2u);
+        BOOST_TEST(guest.open_connections() == 1u);
+        // When the peer closes, so does the guest.
+        client.stream().shutdown(generic_stream::socket::shutdown_send);
+        BOOST_TEST(co_await client.read_until_closed(5s) == asio::error::eof);
+        for (int i = 0; i < 100 && guest.open_connections() != 0; ++i)
+            co_await sleep_for(10ms);
+        BOOST_TEST(guest.open_connections() == 0u);
+    });
+}
+
+BOOST_AUTO_TEST_CASE(connection_lifetime_closes_every_connection_that_long_after_accepting_it) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    guest.faults.connection_lifetime = 300ms;
+    const auto endpoint = guest.listen_tcp();
+    run_io(io, [&]() -> asio::awaitable<void> {
+        for (int round = 1; round <= 2; ++round) {
+            const auto start = clock_type::now();
+            auto client = co_await connect(endpoint);
+            co_await client.send(ping_line);
+            expect_reply<protocol::pong_reply>(co_await client.expect_line());
+            BOOST_TEST(co_await client.read_until_closed(10s) == asio::error::eof);
+            BOOST_TEST((clock_type::now() - start >= 300ms));
+            BOOST_TEST(guest.connections_accepted() == static_cast<std::size_t>(round));
+        }
+        // The switch is read on accept: off again, connections stay.
+        guest.faults.connection_lifetime = 0ms;
+        auto client = co_await connect(endpoint);
+        BOOST_TEST(co_await client.quiet_for(800ms));
+        co_await client.send(ping_line);
+        expect_reply<protocol::pong_reply>(co_await client.expect_line());
+    });
+}
+
 BOOST_AUTO_TEST_CASE(garbage_replies_are_not_json) {
     asio::io_context io;
     fake_guest guest(io.get_executor());
@@ -1247,6 +1304,30 @@ BOOST_AUTO_TEST_CASE(a_lifecycle_script_pushes_events_and_get_health_agrees) {
                    lifecycle_state::healthy);
     });
     BOOST_TEST(process.terminate_and_wait(20s) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(stall_and_lifetime_flags_reach_every_guest) {
+    asio::io_context io;
+    fakeguest_process stalling(io, {"--listen", "tcp:127.0.0.1:0", "--stall-mid-reply"});
+    fakeguest_process flapping(
+        io, {"--listen", "tcp:127.0.0.1:0", "--count", "2", "--connection-lifetime", "200ms"});
+    run_io(io, [&]() -> asio::awaitable<void> {
+        const auto stall_endpoint = (co_await read_listening_lines(stalling, 1)).at(0);
+        auto stalled = co_await connect(stall_endpoint);
+        co_await stalled.send(ping_line);
+        BOOST_TEST(co_await stalled.read_until_closed(1s) == asio::error::timed_out);
+        BOOST_TEST(!stalled.buffered().empty());
+        BOOST_TEST(stalled.buffered().find('\n') == std::string::npos);
+
+        for (const auto& endpoint : co_await read_listening_lines(flapping, 2)) {
+            auto client = co_await connect(endpoint);
+            co_await client.send(ping_line);
+            expect_reply<protocol::pong_reply>(co_await client.expect_line());
+            BOOST_TEST(co_await client.read_until_closed(10s) == asio::error::eof);
+        }
+    });
+    BOOST_TEST(stalling.terminate_and_wait(20s) == 0);
+    BOOST_TEST(flapping.terminate_and_wait(20s) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(a_bad_argument_exits_non_zero) {

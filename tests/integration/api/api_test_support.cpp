@@ -132,6 +132,14 @@ bool child_process::running() {
     return true;
 }
 
+void child_process::kill_now() {
+    if (status_)
+        return;
+    ::kill(pid_, SIGKILL);
+    wait_for(pid_, 10s);
+    status_ = -1;
+}
+
 int child_process::stop(std::chrono::milliseconds limit) {
     if (status_)
         return *status_;
@@ -164,6 +172,8 @@ command_result run_command(const std::vector<std::string>& argv, const std::stri
     result.exit_code = *status;
     result.out = read_text(out);
     result.err = read_text(err);
+    // The programs under test (stereosctl, stereos-hostd) run sanitized: a report fails the test.
+    BOOST_TEST(result.err.find("Sanitizer") == std::string::npos, result.err);
     return result;
 }
 
@@ -175,7 +185,8 @@ fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_
         program_fakeguest(), "--listen", "tcp:127.0.0.1:0", "--count", std::to_string(count),
         "--record",          record_};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    process_ = std::make_unique<child_process>(argv, out, dir.file(tag + ".err"));
+    err_ = dir.file(tag + ".err");
+    process_ = std::make_unique<child_process>(argv, out, err_);
     const bool ready = eventually([&] {
         std::istringstream lines(read_text(out));
         std::vector<std::string> found;
@@ -195,22 +206,25 @@ fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_
     }
 }
 
+fake_guests::~fake_guests() {
+    process_->stop();  // SIGTERM: a clean exit, so LeakSanitizer runs
+    const auto text = read_text(err_);
+    BOOST_TEST(text.find("Sanitizer") == std::string::npos, text);
+    BOOST_TEST(text.find("runtime error:") == std::string::npos, text);
+}
+
 hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
                              std::string log_level, std::string daemon_extra, std::string api_group,
                              const std::map<std::string, std::string>& extra_env) {
     socket_ = dir.file("api.sock");
     log_ = dir.file("hostd.log");
     state_dir_ = dir.file("state");
-    std::string config = "[daemon]\napi_socket = \"" + socket_ + "\"\napi_group = \"" + api_group +
-                         "\"\nstate_dir = \"" + state_dir_ + "\"\n" + daemon_extra + "\n";
-    for (const auto& g : guests) {
-        config += "[[guest]]\nname = \"" + g.name + "\"\nendpoint = \"" + g.endpoint + "\"\n" +
-                  g.extra + "\n";
-    }
-    const auto config_file = dir.file("config.toml");
-    write_text(config_file, config);
+    daemon_section_ = "[daemon]\napi_socket = \"" + socket_ + "\"\napi_group = \"" + api_group +
+                      "\"\nstate_dir = \"" + state_dir_ + "\"\n" + daemon_extra + "\n";
+    config_file_ = dir.file("config.toml");
+    rewrite_config(guests);
     process_ = std::make_unique<child_process>(
-        std::vector<std::string>{program_hostd(), "--config", config_file, "--log", "stderr",
+        std::vector<std::string>{program_hostd(), "--config", config_file_, "--log", "stderr",
                                  "--log-level", log_level},
         "", log_, extra_env);
     const bool up = eventually(
@@ -231,9 +245,36 @@ hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>
 hostd_process::~hostd_process() {
     const int status = process_->stop();
     const auto text = log();
-    BOOST_TEST(status == 0, "stereos-hostd did not exit cleanly:\n" << text);
+    if (!killed_)
+        BOOST_TEST(status == 0, "stereos-hostd did not exit cleanly:\n" << text);
     BOOST_TEST(text.find("Sanitizer") == std::string::npos, text);
     BOOST_TEST(text.find("runtime error:") == std::string::npos, text);
+}
+
+void hostd_process::rewrite_config(const std::vector<guest_entry>& guests) const {
+    std::string config = daemon_section_;
+    for (const auto& g : guests) {
+        config += "[[guest]]\nname = \"" + g.name + "\"\nendpoint = \"" + g.endpoint + "\"\n" +
+                  g.extra + "\n";
+    }
+    // Written aside and renamed, so a reload never reads a half-written file.
+    const auto temp = config_file_ + ".new";
+    write_text(temp, config);
+    std::filesystem::rename(temp, config_file_);
+}
+
+void hostd_process::kill_now() {
+    killed_ = true;
+    process_->kill_now();
+}
+
+std::size_t hostd_process::fd_count() const {
+    std::error_code ec;
+    std::size_t count = 0;
+    for (std::filesystem::directory_iterator it("/proc/" + std::to_string(pid()) + "/fd", ec), end;
+         !ec && it != end; it.increment(ec))
+        ++count;
+    return count;
 }
 
 long hostd_process::rss_kib() const {

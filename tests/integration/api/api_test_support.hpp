@@ -44,6 +44,8 @@ class child_process {
     pid_t pid() const noexcept { return pid_; }
     // SIGTERM, then waits up to `limit` for the exit; returns the exit status (-1: killed).
     int stop(std::chrono::milliseconds limit = 20s);
+    // SIGKILL, then waits for the exit; stop() afterwards returns -1.
+    void kill_now();
     bool running();
 
   private:
@@ -67,13 +69,16 @@ class fake_guests {
   public:
     fake_guests(const temp_dir& dir, const std::string& tag, std::size_t count,
                 std::vector<std::string> flags = {});
+    // Stops the program and checks, as part of the running test, that it wrote no sanitizer
+    // report (a leak at its exit, a race).
+    ~fake_guests();
     const std::vector<std::string>& endpoints() const noexcept { return endpoints_; }
     const std::string& endpoint() const { return endpoints_.at(0); }
     std::string record_file() const { return record_; }
     child_process& process() { return *process_; }
 
   private:
-    std::string record_;
+    std::string record_, err_;
     std::unique_ptr<child_process> process_;
     std::vector<std::string> endpoints_;
 };
@@ -101,14 +106,23 @@ class hostd_process {
     std::string log_file() const { return log_; }
     std::string log() const { return read_text(log_); }
     const std::string& state_dir() const noexcept { return state_dir_; }
+    const std::string& config_file() const noexcept { return config_file_; }
     child_process& process() { return *process_; }
     pid_t pid() const { return process_->pid(); }
     // VmRSS in KiB.
     long rss_kib() const;
+    // Open file descriptors (entries of /proc/PID/fd).
+    std::size_t fd_count() const;
+    // Rewrites the config file with these guests and the same [daemon] section, e.g. before a
+    // SIGHUP.
+    void rewrite_config(const std::vector<guest_entry>& guests) const;
+    // SIGKILL now, as a crash would; destruction then checks only for a sanitizer report.
+    void kill_now();
 
   private:
-    std::string socket_, log_, state_dir_;
+    std::string socket_, log_, state_dir_, config_file_, daemon_section_;
     std::unique_ptr<child_process> process_;
+    bool killed_ = false;
 };
 
 // ---- HTTP over the unix socket ---------------------------------------------------------------
