@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -59,7 +60,7 @@ struct duration_range {
     std::optional<milliseconds> link_timeout_overrides::*override_field;
 };
 
-constexpr duration_range duration_ranges[] = {
+constexpr std::array<duration_range, 5> duration_ranges{{
     {"request_timeout", 10ms, 1h, &link_timeouts::request_timeout,
      &link_timeout_overrides::request_timeout},
     {"connect_timeout", 10ms, 5min, &link_timeouts::connect_timeout,
@@ -70,7 +71,7 @@ constexpr duration_range duration_ranges[] = {
      &link_timeout_overrides::health_interval},
     {"reconnect_max", 10ms, 1h, &link_timeouts::reconnect_max,
      &link_timeout_overrides::reconnect_max},
-};
+}};
 
 const duration_range* find_duration_range(std::string_view key) {
     for (const auto& range : duration_ranges) {
@@ -807,8 +808,8 @@ std::string format_duration(milliseconds duration) {
         return std::to_string(ms) + "ms";
     }
     std::string out;
-    const std::pair<std::int64_t, std::string_view> units[] = {
-        {3600 * 1000, "h"}, {60 * 1000, "m"}, {1000, "s"}, {1, "ms"}};
+    constexpr std::array<std::pair<std::int64_t, std::string_view>, 4> units{
+        {{3600 * 1000, "h"}, {60 * 1000, "m"}, {1000, "s"}, {1, "ms"}}};
     for (const auto& [size, suffix] : units) {
         if (ms >= size) {
             out += std::to_string(ms / size);

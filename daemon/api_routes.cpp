@@ -7,10 +7,8 @@
 #include <sstream>
 #include <vector>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -23,6 +21,8 @@
 #include "daemon/link_error.hpp"
 #include "daemon/provisioning.hpp"
 #include "protocol/codec.hpp"
+#include "protocol/redact.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon::api {
 
@@ -34,7 +34,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using transport::use_tuple;
 constexpr std::string_view server_name = "stereos-hostd/" STEREOS_VERSION;
 
 http_response json_response(http::status status, const json::value& body, unsigned version) {
@@ -286,7 +286,7 @@ class body_fields {
         }
         if (mode < 0 || mode > 07777) {
             fail("field \"" + std::string(key) +
-                 "\" must be a file mode: a number up to 4095 or an octal string such as \"0600\"");
+                 R"(" must be a file mode: a number up to 4095 or an octal string such as "0600")");
             return 0;
         }
         return static_cast<std::uint32_t>(mode);
@@ -391,13 +391,6 @@ asio::awaitable<http_response> acked_request(api_context& context,
 
 // ---- wait -----------------------------------------------------------------------------------
 
-constexpr guest_state every_state[] = {
-    guest_state::unknown,      guest_state::connecting,   guest_state::booting,
-    guest_state::ready,        guest_state::healthy,      guest_state::degraded,
-    guest_state::unresponsive, guest_state::disconnected, guest_state::shutting_down,
-    guest_state::shutdown,
-};
-
 // "That state or a better one": booting < ready < healthy along the way up. Degraded is not
 // ready (an agent is failing); it and the other states only satisfy themselves.
 bool state_satisfies(guest_state current, guest_state wanted) {
@@ -426,7 +419,7 @@ asio::awaitable<http_response> wait_for_state(api_context& context,
         co_return error_response(400, "bad_request", "missing query parameter \"state\"", version);
     std::optional<guest_state> wanted;
     std::string names;
-    for (auto s : every_state) {
+    for (auto s : all_guest_states) {
         if (to_string(s) == state_it->second)
             wanted = s;
         names += (names.empty() ? "" : ", ") + std::string(to_string(s));
@@ -654,7 +647,7 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
             mount.fs_type = body.required_string("fs_type");
             mount.read_only = body.optional_bool("read_only");
             if (body.ok() && mount.fs_type != "9p" && mount.fs_type != "virtiofs")
-                body.fail("field \"fs_type\" must be \"9p\" or \"virtiofs\"");
+                body.fail(R"(field "fs_type" must be "9p" or "virtiofs")");
             if (body.ok() && !mount.guest_path.starts_with('/'))
                 body.fail("field \"guest_path\" must be an absolute path");
             if (!body.ok())
@@ -705,9 +698,14 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
 
 http_response error_response(unsigned status, std::string_view code, std::string_view message,
                              unsigned version) {
-    return json_response(
-        static_cast<http::status>(status),
-        json::object{{"error", json::object{{"code", code}, {"message", message}}}}, version);
+    // Messages quote what the client (or guest) sent, which may not be UTF-8: Boost.JSON would
+    // copy such bytes into the body unchecked, and clients could not parse it.
+    return json_response(static_cast<http::status>(status),
+                         json::object{{"error",
+                                       json::object{{"code", code},
+                                                    {"message", protocol::printable_excerpt(
+                                                                    message, max_header_bytes)}}}},
+                         version);
 }
 
 asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,

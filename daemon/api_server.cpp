@@ -7,17 +7,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/string.hpp>
@@ -27,6 +26,7 @@
 #include <boost/beast/http/write.hpp>
 
 #include "daemon/logging.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 
@@ -39,7 +39,8 @@ using steady = std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using transport::rethrow_if_failed;
+using transport::use_tuple;
 // Connections over the limit still get a 503 (rather than a hang in the backlog), up to this
 // many at once; beyond that the accept loop pauses.
 constexpr std::size_t over_limit_allowance = 64;
@@ -73,12 +74,12 @@ bool client_gone(boost::system::error_code ec) {
 }
 
 std::string hex(std::size_t n) {
-    char text[24];
-    std::snprintf(text, sizeof text, "%zx", n);
-    return text;
+    std::array<char, 24> text{};
+    std::snprintf(text.data(), text.size(), "%zx", n);
+    return text.data();
 }
 
-void log_session_failure(std::exception_ptr e) {
+void log_session_failure(const std::exception_ptr& e) {
     if (!e)
         return;
     try {
@@ -165,7 +166,7 @@ struct api_server::connection {
     }
 };
 
-api_server::api_server(asio::any_io_executor executor, api_server_options options,
+api_server::api_server(const asio::any_io_executor& executor, api_server_options options,
                        guest_registry& registry, event_bus& bus)
     : executor_(executor),
       options_(std::move(options)),
@@ -180,7 +181,13 @@ api_server::api_server(asio::any_io_executor executor, api_server_options option
 }
 
 api_server::~api_server() {
-    stop();
+    // stop() throws only if a timer operation fails, which would be a bug: worth a log line,
+    // not a terminate() from a destructor.
+    try {
+        stop();
+    } catch (const std::exception& e) {
+        log::error(std::string("API server stop failed: ") + e.what());
+    }
 }
 
 void api_server::listen() {
@@ -248,10 +255,7 @@ void api_server::start() {
     if (started_)
         return;
     started_ = true;
-    asio::co_spawn(executor_, accept_loop(), [](std::exception_ptr e) {
-        if (e)
-            std::rethrow_exception(e);
-    });
+    asio::co_spawn(executor_, accept_loop(), rethrow_if_failed);
 }
 
 void api_server::stop() {
@@ -322,12 +326,18 @@ void api_server::start_session(socket_type socket) {
     auto conn = std::make_shared<connection>(std::move(socket));
     conn->access = access_of(conn->socket.native_handle());
     conn->over_limit = connections_.size() >= options_.max_connections;
-    if (conn->over_limit)
+    if (conn->over_limit) {
         metrics_.connection_rejected();
+        if (auto text = over_limit_.admit("API connection limit reached (" +
+                                              std::to_string(options_.max_connections) +
+                                              "): new connections get 503 server_busy",
+                                          steady::now()))
+            log::warning(*text);
+    }
     connections_.insert(conn);
     metrics_.connection_opened();
     asio::co_spawn(executor_, watchdog(conn), log_session_failure);
-    asio::co_spawn(executor_, run_session(conn), [this, conn](std::exception_ptr e) {
+    asio::co_spawn(executor_, run_session(conn), [this, conn](const std::exception_ptr& e) {
         log_session_failure(e);
         conn->finished = true;
         conn->deadline_timer.cancel();
@@ -369,6 +379,8 @@ asio::awaitable<bool> api_server::send(connection& conn, api::http_response& res
     arm(conn, options_.write_timeout);
     auto [ec, n] = co_await http::async_write(conn.socket, response, use_tuple);
     disarm(conn);
+    if (ec && !conn.timed_out && client_gone(ec))
+        log::debug("API client hung up before its answer (" + ec.message() + ")");
     co_return !ec;
 }
 
@@ -498,8 +510,11 @@ asio::awaitable<void> api_server::serve_events(std::shared_ptr<connection> conn,
     auto [ec, n] = co_await http::async_write_header(conn->socket, serializer, use_tuple);
     disarm(*conn);
     if (!ec) {
-        co_await (stream_events(*conn, *subscription, guest_filter, wake, snapshot, chunked) ||
-                  watch_for_hangup(*conn));
+        auto ended =
+            co_await (stream_events(*conn, *subscription, guest_filter, wake, snapshot, chunked) ||
+                      watch_for_hangup(*conn));
+        if (ended.index() == 1)
+            log::debug("API client hung up on its event stream");
     }
     conn->event_wake = nullptr;
     subscription->close();

@@ -61,7 +61,7 @@ bool peer_in_group(const peer_credentials& peer, gid_t group);
 
 class api_server {
   public:
-    api_server(boost::asio::any_io_executor executor, api_server_options options,
+    api_server(const boost::asio::any_io_executor& executor, api_server_options options,
                guest_registry& registry, event_bus& bus);
     ~api_server();
     api_server(const api_server&) = delete;
@@ -119,6 +119,7 @@ class api_server {
     std::optional<gid_t> read_group_;
     std::unordered_set<std::shared_ptr<connection>> connections_;
     log_throttle accept_errors_;
+    log_throttle over_limit_;
     bool own_socket_file_ = false;
     ino_t socket_inode_ = 0;
     bool started_ = false;

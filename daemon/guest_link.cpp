@@ -307,30 +307,10 @@ void guest_link::drop_connection(error_code reason, std::string detail) {
 }
 
 asio::awaitable<void> guest_link::read_loop() {
-    // A read that leaves room in the buffer has drained the socket, so the next one waits for
-    // readiness first instead of trying (and failing with EAGAIN) once per reply. After a full
-    // buffer, an ordinary async read yields to other guests before it reads on.
-    error_code ec;
-    socket_.non_blocking(true, ec);
-    bool drained = false;
     while (true) {
         auto space = framer_.prepare(read_chunk);
-        const auto buffer = asio::buffer(space.data(), space.size());
-        std::size_t n = 0;
-        if (drained) {
-            auto [wait_error] =
-                co_await socket_.async_wait(asio::socket_base::wait_read, use_tuple);
-            ec = wait_error;
-            if (!ec) {
-                n = socket_.read_some(buffer, ec);
-                if (ec == asio::error::would_block || ec == asio::error::try_again)
-                    continue;
-            }
-        } else {
-            auto [read_error, read_bytes] = co_await socket_.async_read_some(buffer, use_tuple);
-            ec = read_error;
-            n = read_bytes;
-        }
+        auto [ec, n] =
+            co_await socket_.async_read_some(asio::buffer(space.data(), space.size()), use_tuple);
         if (ec) {
             if (ec == asio::error::eof) {
                 drop_connection(link_error::connection_closed, "the guest closed the connection");
@@ -339,7 +319,6 @@ asio::awaitable<void> guest_link::read_loop() {
             }
             co_return;
         }
-        drained = n < space.size();
         framer_.commit(n);
         last_received_ = clock::now();
         while (true) {

@@ -4,9 +4,13 @@
 #include <type_traits>
 #include <utility>
 
+#include "protocol/overloaded.hpp"
+
 namespace stereos::daemon {
 
 namespace {
+
+using protocol::overloaded;
 
 guest_state host_state_for(protocol::lifecycle_state reported) noexcept {
     switch (reported) {
@@ -36,13 +40,6 @@ bool is_up(guest_state state) noexcept {
     return state == guest_state::ready || state == guest_state::healthy ||
            state == guest_state::degraded;
 }
-
-template <class... Ts>
-struct overloaded : Ts... {
-    using Ts::operator()...;
-};
-template <class... Ts>
-overloaded(Ts...) -> overloaded<Ts...>;
 
 }  // namespace
 
@@ -88,7 +85,7 @@ std::string_view to_string(provisioning_status status) noexcept {
     return "invalid";
 }
 
-std::string_view event_name(const guest_event& event) noexcept {
+std::string_view event_name(const guest_event& event) {
     return std::visit(
         overloaded{
             [](const guest_events::link_connecting&) {

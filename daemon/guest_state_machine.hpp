@@ -2,6 +2,7 @@
 // with link and protocol events, each stamped with the time it happened. Single-threaded.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +34,13 @@ enum class guest_state {
     shutdown,       // guest powered off (said so, or closed the link after acking shutdown)
 };
 std::string_view to_string(guest_state state) noexcept;
+// Every state, in declaration order (the API's `wait` names them; /metrics lists them all).
+inline constexpr std::array all_guest_states{
+    guest_state::unknown,      guest_state::connecting,   guest_state::booting,
+    guest_state::ready,        guest_state::healthy,      guest_state::degraded,
+    guest_state::unresponsive, guest_state::disconnected, guest_state::shutting_down,
+    guest_state::shutdown,
+};
 
 // The events, one struct each. The link layer reports the link_* ones, the line sorter the guest's
 // messages, the request machinery timeouts and replies.
@@ -72,7 +80,7 @@ using guest_event =
                  guest_events::shutdown_acked, guest_events::shutdown_failed>;
 
 // A short name of the event kind for logs and test messages, e.g. "link_lost".
-std::string_view event_name(const guest_event& event) noexcept;
+std::string_view event_name(const guest_event& event);
 
 struct guest_transition {
     guest_state from = guest_state::unknown;

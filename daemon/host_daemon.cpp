@@ -1,31 +1,28 @@
 #include "daemon/host_daemon.hpp"
 
 #include <sys/resource.h>
-#include <time.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <string_view>
 
 #include <systemd/sd-daemon.h>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include "daemon/logging.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 
 namespace asio = boost::asio;
 
 namespace {
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-
-void rethrow_if(std::exception_ptr e) {
-    if (e)
-        std::rethrow_exception(e);
-}
+using transport::rethrow_if_failed;
+using transport::use_tuple;
 
 std::uint64_t monotonic_usec() {
     timespec now{};
@@ -116,12 +113,12 @@ void host_daemon::start() {
         api_->listen();
     }
     api_->start();
-    asio::co_spawn(io_, handle_signals(), rethrow_if);
-    asio::co_spawn(io_, status_loop(), rethrow_if);
+    asio::co_spawn(io_, handle_signals(), rethrow_if_failed);
+    asio::co_spawn(io_, status_loop(), rethrow_if_failed);
     std::uint64_t watchdog_usec = 0;
     if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
         asio::co_spawn(io_, watchdog_loop(std::chrono::microseconds(watchdog_usec / 2)),
-                       rethrow_if);
+                       rethrow_if_failed);
     }
     sd_notify(0, "READY=1");
     notify_status();
@@ -133,8 +130,13 @@ asio::awaitable<void> host_daemon::status_loop() {
     while (!stopping_) {
         timer.expires_after(std::chrono::seconds(1));
         co_await timer.async_wait(use_tuple);
-        if (!stopping_)
+        // Every state change publishes an event: no event and the same guests, no work.
+        if (!stopping_ &&
+            (bus_.last_seq() != status_seq_ || registry_.size() != status_guest_count_)) {
+            status_seq_ = bus_.last_seq();
+            status_guest_count_ = registry_.size();
             notify_status();
+        }
     }
 }
 
@@ -193,13 +195,24 @@ asio::awaitable<void> host_daemon::async_stop() {
 }
 
 std::string host_daemon::status_line() const {
-    std::map<std::string, int> counts;
-    for (const auto& g : registry_.all())
-        ++counts[std::string(to_string(g->machine().state()))];
+    // Runs every second: count into an array indexed by state, no per-guest allocation.
+    constexpr auto state_count = static_cast<std::size_t>(guest_state::shutdown) + 1;
+    std::array<std::size_t, state_count> counts{};
+    registry_.for_each(
+        [&](const managed_guest& g) { ++counts[static_cast<std::size_t>(g.machine().state())]; });
+    std::vector<std::pair<std::string_view, std::size_t>> present;
+    for (std::size_t i = 0; i < state_count; ++i) {
+        if (counts[i] != 0)
+            present.emplace_back(to_string(static_cast<guest_state>(i)), counts[i]);
+    }
+    std::sort(present.begin(), present.end());  // by state name, as before
     std::string line = std::to_string(registry_.size()) + " guests";
-    std::string sep = ": ";
-    for (const auto& [state, n] : counts) {
-        line += sep + std::to_string(n) + " " + state;
+    std::string_view sep = ": ";
+    for (const auto& [state, n] : present) {
+        line += sep;
+        line += std::to_string(n);
+        line += ' ';
+        line += state;
         sep = ", ";
     }
     return line;

@@ -62,6 +62,9 @@ class host_daemon {
     std::unique_ptr<api_server> api_;  // after registry_ and bus_: destroyed before them
     bool stopping_ = false;
     std::string last_status_;
+    // The bus's last_seq() and the guest count when STATUS= was last worked out.
+    std::uint64_t status_seq_ = 0;
+    std::size_t status_guest_count_ = 0;
 };
 
 // The listening API socket passed by systemd socket activation (FileDescriptorName=api), if any.

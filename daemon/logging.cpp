@@ -121,10 +121,10 @@ class text_backend : public sinks::basic_sink_backend<sinks::synchronized_feedin
         clock_gettime(CLOCK_REALTIME, &now);
         tm parts{};
         gmtime_r(&now.tv_sec, &parts);
-        char text[40];
-        const auto n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &parts);
-        std::snprintf(text + n, sizeof text - n, ".%03ldZ", now.tv_nsec / 1000000);
-        return text;
+        std::array<char, 40> text{};
+        const auto n = std::strftime(text.data(), text.size(), "%Y-%m-%dT%H:%M:%S", &parts);
+        std::snprintf(text.data() + n, text.size() - n, ".%03ldZ", now.tv_nsec / 1000000);
+        return text.data();
     }
 
     bool under_systemd_;

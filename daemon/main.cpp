@@ -11,7 +11,9 @@
 
 using namespace stereos;
 
-int main(int argc, char** argv) {
+namespace {
+
+int run_hostd(int argc, char** argv) {
     CLI::App app{
         "stereos-hostd: keeps a persistent connection to every StereOS guest, tracks "
         "their state, provisions them and serves a local API."};
@@ -63,4 +65,19 @@ int main(int argc, char** argv) {
     }
     io.run();
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run_hostd(argc, argv);
+    } catch (const std::exception& e) {
+        // A bug escaped the event loop (background tasks rethrow theirs): say what it was, and
+        // exit non-zero so systemd restarts the daemon (Restart=on-failure).
+        std::fprintf(stderr, "stereos-hostd: stopped by an unexpected error: %s\n", e.what());
+    } catch (...) {
+        std::fprintf(stderr, "stereos-hostd: stopped by an unexpected error\n");
+    }
+    return 1;
 }

@@ -1,13 +1,13 @@
 #include "daemon/managed_guest.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/value_from.hpp>
 
 #include "daemon/logging.hpp"
 #include "daemon/provisioning.hpp"
 #include "protocol/codec.hpp"
+#include "protocol/overloaded.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 
@@ -15,7 +15,9 @@ namespace asio = boost::asio;
 namespace json = boost::json;
 
 namespace {
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using protocol::overloaded;
+using transport::rethrow_if_failed;
+using transport::use_tuple;
 
 guest_link_options link_options_for(const config::link_timeouts& t) {
     guest_link_options o;
@@ -26,25 +28,13 @@ guest_link_options link_options_for(const config::link_timeouts& t) {
     return o;
 }
 
-template <class... Ts>
-struct overloaded : Ts... {
-    using Ts::operator()...;
-};
-template <class... Ts>
-overloaded(Ts...) -> overloaded<Ts...>;
-
-// Rethrows a bug out of a background task instead of losing it.
-void rethrow_if(std::exception_ptr e) {
-    if (e)
-        std::rethrow_exception(e);
-}
 }  // namespace
 
 std::string_view to_string(guest_source source) noexcept {
     return source == guest_source::config ? "config" : "runtime";
 }
 
-std::shared_ptr<managed_guest> managed_guest::create(asio::any_io_executor executor,
+std::shared_ptr<managed_guest> managed_guest::create(const asio::any_io_executor& executor,
                                                      config::guest_config definition,
                                                      guest_source source, event_bus& bus) {
     auto guest = std::make_shared<managed_guest>(executor, std::move(definition), source, bus);
@@ -75,11 +65,12 @@ void managed_guest::start() {
               {.guest = name(), .endpoint = definition_.endpoint_text});
     link_->start();
     ++background_tasks_;
-    asio::co_spawn(executor_, health_loop(), [self = shared_from_this()](std::exception_ptr e) {
-        --self->background_tasks_;
-        self->tasks_done_.cancel();
-        rethrow_if(e);
-    });
+    asio::co_spawn(executor_, health_loop(),
+                   [self = shared_from_this()](const std::exception_ptr& e) {
+                       --self->background_tasks_;
+                       self->tasks_done_.cancel();
+                       rethrow_if_failed(e);
+                   });
 }
 
 void managed_guest::begin_stop() {
@@ -159,9 +150,12 @@ void managed_guest::on_link_event(const link_event& event) {
             },
             [&](const link_events::lifecycle& e) {
                 const auto state = std::string(protocol::to_string(e.payload.state));
-                log::info("lifecycle: " + state +
-                              (e.payload.message.empty() ? "" : " (" + e.payload.message + ")"),
-                          {.guest = name(), .message_type = "lifecycle"});
+                if (auto text = lifecycle_lines_.admit(
+                        "lifecycle: " + state +
+                            (e.payload.message.empty() ? "" : " (" + e.payload.message + ")"),
+                        now)) {
+                    log::info(*text, {.guest = name(), .message_type = "lifecycle"});
+                }
                 json::object fields{{"state", state}};
                 if (!e.payload.message.empty())
                     fields["message"] = e.payload.message;
@@ -246,11 +240,11 @@ void managed_guest::maybe_start_provisioning() {
     provisioning_running_ = true;
     ++background_tasks_;
     asio::co_spawn(executor_, run_provisioning(ticket),
-                   [self = shared_from_this()](std::exception_ptr e, bool) {
+                   [self = shared_from_this()](const std::exception_ptr& e, bool) {
                        self->provisioning_running_ = false;
                        --self->background_tasks_;
                        self->tasks_done_.cancel();
-                       rethrow_if(e);
+                       rethrow_if_failed(e);
                        // It may have become due again meanwhile (a reboot during the run).
                        self->maybe_start_provisioning();
                    });

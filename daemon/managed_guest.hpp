@@ -32,7 +32,7 @@ struct provisioning_report {
 
 class managed_guest : public std::enable_shared_from_this<managed_guest> {
   public:
-    static std::shared_ptr<managed_guest> create(boost::asio::any_io_executor executor,
+    static std::shared_ptr<managed_guest> create(const boost::asio::any_io_executor& executor,
                                                  config::guest_config definition,
                                                  guest_source source, event_bus& bus);
 
@@ -88,6 +88,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     boost::asio::steady_timer tasks_done_;
     log_throttle connect_errors_;
     log_throttle unknown_messages_;
+    log_throttle lifecycle_lines_;  // a guest repeating one event must not flood the journal
 };
 
 }  // namespace stereos::daemon

@@ -33,9 +33,9 @@ std::string label_value(std::string_view text) {
 }
 
 std::string number(double value) {
-    char text[40];
-    std::snprintf(text, sizeof text, "%.9g", value);
-    return text;
+    std::array<char, 40> text{};
+    std::snprintf(text.data(), text.size(), "%.9g", value);
+    return text.data();
 }
 
 void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
@@ -49,13 +49,6 @@ void header(std::string& out, std::string_view name, std::string_view type, std:
     out += type;
     out += '\n';
 }
-
-constexpr guest_state all_states[] = {
-    guest_state::unknown,      guest_state::connecting,   guest_state::booting,
-    guest_state::ready,        guest_state::healthy,      guest_state::degraded,
-    guest_state::unresponsive, guest_state::disconnected, guest_state::shutting_down,
-    guest_state::shutdown,
-};
 
 }  // namespace
 
@@ -73,8 +66,8 @@ api_metrics::~api_metrics() {
 
 void api_metrics::on_event(const std::string& line) {
     // Cheap filter first: most events are state and lifecycle changes.
-    if (line.find("\"kind\":\"provision\"") == std::string::npos ||
-        line.find("\"failed\"") == std::string::npos)
+    if (line.find(R"("kind":"provision")") == std::string::npos ||
+        line.find(R"("failed")") == std::string::npos)
         return;
     boost::system::error_code ec;
     auto event = json::parse(line, ec);
@@ -124,7 +117,7 @@ std::string api_metrics::render(const guest_registry& registry, const event_bus&
     for (const auto& g : guests) {
         const auto current = g->machine().state();
         const auto name = label_value(g->name());
-        for (auto state : all_states) {
+        for (auto state : all_guest_states) {
             out += "stereos_guest_state{guest=\"" + name + "\",state=\"" +
                    std::string(to_string(state)) + "\"} " + (state == current ? "1\n" : "0\n");
         }

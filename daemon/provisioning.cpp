@@ -1,9 +1,7 @@
 #include "daemon/provisioning.hpp"
 
-#include <string.h>
-
 #include <cerrno>
-#include <cstring>
+#include <cstring>  // also explicit_bzero (glibc)
 #include <fstream>
 #include <sstream>
 

@@ -3,6 +3,8 @@
 #include <array>
 #include <utility>
 
+#include "protocol/overloaded.hpp"
+
 namespace stereos::protocol {
 
 namespace {
@@ -13,11 +15,6 @@ constexpr std::array<std::pair<lifecycle_state, std::string_view>, 5> state_name
     {lifecycle_state::degraded, "degraded"},
     {lifecycle_state::shutdown, "shutdown"},
 }};
-
-template <class... Ts>
-struct overloaded : Ts... {
-    using Ts::operator()...;
-};
 }  // namespace
 
 std::string_view to_string(lifecycle_state state) noexcept {
@@ -36,7 +33,7 @@ std::optional<lifecycle_state> parse_lifecycle_state(std::string_view text) noex
     return std::nullopt;
 }
 
-std::string_view type_name(const host_message& message) noexcept {
+std::string_view type_name(const host_message& message) {
     return std::visit(overloaded{
                           [](const ping_request&) { return std::string_view("ping"); },
                           [](const get_health_request&) { return std::string_view("get_health"); },
@@ -49,7 +46,7 @@ std::string_view type_name(const host_message& message) noexcept {
                       message);
 }
 
-std::string_view type_name(const guest_message& message) noexcept {
+std::string_view type_name(const guest_message& message) {
     return std::visit(overloaded{
                           [](const pong_reply&) { return std::string_view("pong"); },
                           [](const health_payload&) { return std::string_view("health"); },

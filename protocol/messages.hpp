@@ -96,8 +96,8 @@ using guest_message =
     std::variant<pong_reply, health_payload, ack_payload, lifecycle_payload, unknown_message>;
 
 // The wire `type` string of a message.
-std::string_view type_name(const host_message& message) noexcept;
-std::string_view type_name(const guest_message& message) noexcept;
+std::string_view type_name(const host_message& message);
+std::string_view type_name(const guest_message& message);
 
 // The reply kind the guest answers a request with (FIFO rule of DESIGN.md).
 enum class reply_kind { pong, health, ack };

@@ -1,5 +1,6 @@
 #include "protocol/redact.hpp"
 
+#include <array>
 #include <cstdio>
 
 #include "protocol/codec.hpp"
@@ -34,9 +35,9 @@ std::string printable_excerpt(std::string_view bytes, std::size_t max_bytes) {
         if (c >= 0x20 && c < 0x7f && c != '\\') {
             out += static_cast<char>(c);
         } else {
-            char hex[8];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c);
-            out += hex;
+            std::array<char, 8> hex{};
+            std::snprintf(hex.data(), hex.size(), "\\x%02x", c);
+            out += hex.data();
         }
     }
     if (bytes.size() > shown.size()) {

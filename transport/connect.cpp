@@ -10,19 +10,18 @@
 #include <optional>
 #include <string_view>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/system/system_error.hpp>
 #include <boost/throw_exception.hpp>
 
 #include "protocol/redact.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::transport {
 
@@ -49,8 +48,6 @@ class category final : public boost::system::error_category {
         return "unknown transport error";
     }
 };
-
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 // Firecracker answers "OK <host port>\n"; a longer line is not that answer.
 constexpr std::size_t max_handshake_reply_bytes = 64;
@@ -251,7 +248,7 @@ asio::awaitable<attempt_outcome> connect_hybrid(const hybrid_vsock_endpoint& tar
         if (byte == '\n') {
             if (!is_ok_reply(reply)) {
                 co_return failed(error::hybrid_handshake_failed,
-                                 "expected \"OK <port>\", the proxy answered \"" +
+                                 R"(expected "OK <port>", the proxy answered ")" +
                                      protocol::printable_excerpt(reply + '\n') + "\"");
             }
             co_return std::move(connected);

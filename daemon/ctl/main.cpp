@@ -2,6 +2,7 @@
 // Exit codes: 0 ok, 1 request failed, 2 usage, 3 daemon unreachable, 4 timeout.
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -40,7 +41,7 @@ struct global_options {
 };
 
 std::string percent_encode(std::string_view text) {
-    static constexpr char digits[] = "0123456789ABCDEF";
+    static constexpr std::string_view digits = "0123456789ABCDEF";
     std::string out;
     for (unsigned char c : text) {
         if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
@@ -215,9 +216,7 @@ void print_guest_table(const json::value& value) {
     std::cout << format_table(rows);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_stereosctl(int argc, char** argv) {
     CLI::App app{"stereosctl: talk to stereos-hostd, the StereOS host daemon"};
     app.require_subcommand(1);
     global_options options;
@@ -324,9 +323,9 @@ int main(int argc, char** argv) {
             return run.print(run.call(http::verb::post, guest_path + "/ping"),
                              [&](const json::value& v) {
                                  const auto us = v.at("rtt_us").to_number<double>();
-                                 char text[64];
-                                 std::snprintf(text, sizeof text, "%.3f ms", us / 1000.0);
-                                 std::cout << "pong from " << name << " in " << text << "\n";
+                                 std::array<char, 64> text{};
+                                 std::snprintf(text.data(), text.size(), "%.3f ms", us / 1000.0);
+                                 std::cout << "pong from " << name << " in " << text.data() << "\n";
                              });
         }
         if (add->parsed()) {
@@ -451,4 +450,18 @@ int main(int argc, char** argv) {
         return exit_failed;
     }
     return exit_usage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // Building the command line can throw too (allocation, CLI11 construction errors).
+    try {
+        return run_stereosctl(argc, argv);
+    } catch (const std::exception& e) {
+        std::cerr << "stereosctl: " << e.what() << "\n";
+    } catch (...) {
+        std::cerr << "stereosctl: unexpected failure\n";
+    }
+    return exit_failed;
 }

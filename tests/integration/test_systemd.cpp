@@ -2,12 +2,13 @@
 // NOTIFY_SOCKET datagram socket:
 // READY=1 once serving, STATUS=, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 with
 // MONOTONIC_USEC then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -42,10 +43,10 @@ class notify_listener {
         while (!done(messages)) {
             if (std::chrono::steady_clock::now() > end)
                 return false;
-            char buffer[4096];
-            const auto n = ::recv(fd_, buffer, sizeof buffer, 0);
+            std::array<char, 4096> buffer{};
+            const auto n = ::recv(fd_, buffer.data(), buffer.size(), 0);
             if (n > 0)
-                messages.emplace_back(buffer, static_cast<std::size_t>(n));
+                messages.emplace_back(buffer.data(), static_cast<std::size_t>(n));
         }
         return true;
     }

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -15,7 +16,6 @@
 #include <string>
 #include <vector>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -29,6 +29,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include "transport/completion_tokens.hpp"
 #include "transport/connect.hpp"
 #include "transport/endpoint.hpp"
 
@@ -41,8 +42,6 @@ using connect_result = boost::system::result<stream_socket, connect_error>;
 using unix_protocol = asio::local::stream_protocol;
 
 namespace {
-
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 // ---- parsing helpers -----------------------------------------------------------------------
 
@@ -70,7 +69,7 @@ struct test_loop {
     std::exception_ptr failure;
 
     void spawn(asio::awaitable<void> task) {
-        asio::co_spawn(context, std::move(task), [this](std::exception_ptr e) {
+        asio::co_spawn(context, std::move(task), [this](const std::exception_ptr& e) {
             if (e && !failure) {
                 failure = e;
             }
@@ -78,7 +77,7 @@ struct test_loop {
     }
 
     void run(asio::awaitable<void> body) {
-        asio::co_spawn(context, std::move(body), [this](std::exception_ptr e) {
+        asio::co_spawn(context, std::move(body), [this](const std::exception_ptr& e) {
             if (e && !failure) {
                 failure = e;
             }
@@ -135,7 +134,7 @@ asio::awaitable<void> fake_hybrid_proxy(unix_protocol::acceptor acceptor, std::s
     if (close_after_answer) {
         co_return;
     }
-    char sink[64];
+    std::array<char, 64> sink{};
     for (;;) {
         auto [ec, n] = co_await socket.async_read_some(asio::buffer(sink), use_tuple);
         if (ec) {
@@ -147,7 +146,7 @@ asio::awaitable<void> fake_hybrid_proxy(unix_protocol::acceptor acceptor, std::s
 // A unix listener that accepts and then never says anything.
 asio::awaitable<void> silent_listener(unix_protocol::acceptor acceptor) {
     auto socket = co_await acceptor.async_accept(asio::use_awaitable);
-    char sink[64];
+    std::array<char, 64> sink{};
     for (;;) {
         auto [ec, n] = co_await socket.async_read_some(asio::buffer(sink), use_tuple);
         if (ec) {
@@ -331,7 +330,7 @@ BOOST_AUTO_TEST_CASE(connects_to_a_real_listener_with_nodelay_set) {
             BOOST_TEST_MESSAGE("skipping the \"localhost\" connect: it does not resolve here ("
                                << resolve_error.message() << ")");
         } else {
-            hosts.push_back("localhost");
+            hosts.emplace_back("localhost");
         }
         for (const std::string& host : hosts) {
             const auto target = parse_ok("tcp:" + host + ":" + std::to_string(port));
@@ -653,13 +652,14 @@ BOOST_AUTO_TEST_CASE(cancelling_the_awaiting_coroutine_stops_an_attempt_promptly
         std::optional<connect_result> result;
         asio::cancellation_signal cancel;
         asio::steady_timer finished(executor, asio::steady_timer::time_point::max());
-        asio::co_spawn(executor, connect_into(target, result),
-                       asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e) {
-                           if (e && !loop.failure) {
-                               loop.failure = e;
-                           }
-                           finished.cancel();
-                       }));
+        asio::co_spawn(
+            executor, connect_into(target, result),
+            asio::bind_cancellation_slot(cancel.slot(), [&](const std::exception_ptr& e) {
+                if (e && !loop.failure) {
+                    loop.failure = e;
+                }
+                finished.cancel();
+            }));
 
         asio::steady_timer pause(executor, 100ms);
         co_await pause.async_wait(asio::use_awaitable);

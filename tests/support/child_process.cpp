@@ -1,11 +1,11 @@
 #include "tests/support/child_process.hpp"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -29,13 +29,19 @@ std::vector<std::string> environment_with(const std::map<std::string, std::strin
     for (const auto& [k, v] : extra)
         merged[k] = v;
     std::vector<std::string> out;
-    for (const auto& [k, v] : merged)
-        out.push_back(k + "=" + v);
+    out.reserve(merged.size());
+    for (const auto& [k, v] : merged) {
+        std::string entry = k;
+        entry += '=';
+        entry += v;
+        out.push_back(std::move(entry));
+    }
     return out;
 }
 
 std::vector<char*> c_strings(std::vector<std::string>& strings) {
     std::vector<char*> out;
+    out.reserve(strings.size() + 1);
     for (auto& s : strings)
         out.push_back(s.data());
     out.push_back(nullptr);
@@ -106,7 +112,8 @@ void write_text_file(const std::filesystem::path& path, std::string_view text) {
 }
 
 child_process::child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
-                             std::string label, const std::map<std::string, std::string>& extra_env)
+                             const std::string& label,
+                             const std::map<std::string, std::string>& extra_env)
     : out_file_(output_dir / (label + ".out")), err_file_(output_dir / (label + ".err")) {
     pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1);
 }

@@ -19,7 +19,8 @@ class child_process {
     // Starts argv[0] (a path) with the environment plus `extra_env`; output goes to
     // <output_dir>/<label>.out and .err.
     child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
-                  std::string label, const std::map<std::string, std::string>& extra_env = {});
+                  const std::string& label,
+                  const std::map<std::string, std::string>& extra_env = {});
     ~child_process();  // SIGKILLs it if still running
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;

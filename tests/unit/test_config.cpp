@@ -2,6 +2,7 @@
 // the example file, path choice and credentials from the environment, and the reload diff.
 #include <unistd.h>
 
+#include <array>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -36,7 +37,7 @@ class temp_dir {
     const fs::path& path() const { return path_; }
 
     fs::path write(const std::string& name, const std::string& content) const {
-        const fs::path file = path_ / name;
+        fs::path file = path_ / name;
         fs::create_directories(file.parent_path());
         std::ofstream(file, std::ios::binary) << content;
         return file;
@@ -197,7 +198,7 @@ struct error_case {
     const char* fragment;
 };
 
-const error_case error_cases[] = {
+const auto error_cases = std::to_array<error_case>({
     {"toml syntax", "[daemon]\nlog_level = \"info\n", "t.toml:2:", ""},
     {"unknown top-level key", "\n[demon]\nx = 1\n", "t.toml:2: demon: ", "unknown key"},
     {"typo in a daemon key", "[daemon]\n\nrequest_timout = \"10s\"\n",
@@ -383,7 +384,7 @@ const error_case error_cases[] = {
      "\"s0\", guest_path = \"/w\", fs_type = \"9p\" },\n  { tag = \"s1\", guest_path = \"/w\", "
      "fs_type = \"virtiofs\" },\n]\n",
      "t.toml:7: guest[0].provision.mounts[1].guest_path: ", "duplicate mount point \"/w\""},
-};
+});
 
 BOOST_AUTO_TEST_CASE(each_error_names_the_file_line_and_key) {
     temp_dir dir;

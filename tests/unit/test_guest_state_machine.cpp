@@ -1,5 +1,6 @@
 // The per-guest state machine, driven synchronously with injected timestamps: every transition
 // (a table from each state), odd event orders, reboot detection and provisioning bookkeeping.
+#include <array>
 #include <set>
 #include <string>
 #include <vector>
@@ -43,7 +44,7 @@ struct driver {
 // The shortest way to each state from a fresh machine. The guest last reported healthy with
 // uptime 100 in the states reached through healthy.
 std::vector<guest_event> path_to(guest_state state) {
-    const std::vector<guest_event> to_booting{ev::link_connecting{}, ev::link_up{}};
+    std::vector<guest_event> to_booting{ev::link_connecting{}, ev::link_up{}};
     auto extend = [](std::vector<guest_event> base, std::initializer_list<guest_event> more) {
         base.insert(base.end(), more);
         return base;
@@ -78,7 +79,7 @@ std::vector<guest_event> path_to(guest_state state) {
     return {};
 }
 
-const guest_state all_states[] = {
+const std::array all_states{
     guest_state::unknown,      guest_state::connecting,   guest_state::booting,
     guest_state::ready,        guest_state::healthy,      guest_state::degraded,
     guest_state::unresponsive, guest_state::disconnected, guest_state::shutting_down,

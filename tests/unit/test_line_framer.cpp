@@ -17,7 +17,7 @@ std::vector<std::string> drain(line_framer& framer) {
     while (true) {
         auto next = framer.next_line();
         if (next.has_error()) {
-            lines.push_back("<error>");
+            lines.emplace_back("<error>");
             return lines;
         }
         if (!*next)

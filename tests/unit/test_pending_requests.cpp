@@ -199,7 +199,7 @@ BOOST_AUTO_TEST_CASE(a_completion_may_queue_a_new_request) {
     pending_requests q;
     outcome follow_up;
     bool queued = false;
-    q.add(ping, "P\n", [&](boost::system::error_code, guest_message) {
+    q.add(ping, "P\n", [&](boost::system::error_code, const guest_message&) {
         q.add(health, "H\n", record(follow_up));
         queued = true;
     });

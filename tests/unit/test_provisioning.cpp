@@ -41,6 +41,7 @@ BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
     p.mounts = {{"share0", "/w", "9p", false}};
     auto steps = daemon::provisioning_steps(p);
     std::vector<std::string> names;
+    names.reserve(steps.size());
     for (const auto& s : steps)
         names.push_back(s.name);
     BOOST_TEST(names == (std::vector<std::string>{"set_config", "inject_ssh_key admin",

@@ -69,7 +69,7 @@ BOOST_AUTO_TEST_CASE(saved_guests_load_back_identically) {
 
 BOOST_AUTO_TEST_CASE(a_corrupt_file_is_set_aside_and_reported) {
     temp_dir dir;
-    write_file(dir.path / "guests.json", "{\"version\":1,\"guests\":[{\"name\":\"vm1\"");
+    write_file(dir.path / "guests.json", R"({"version":1,"guests":[{"name":"vm1")");
     auto loaded = state_store(dir.path).load();
     BOOST_TEST(loaded.guests.empty());
     BOOST_TEST_REQUIRE(loaded.problem.has_value());
@@ -106,7 +106,7 @@ BOOST_AUTO_TEST_CASE(leftovers_of_an_interrupted_write_are_removed_and_the_old_f
     temp_dir dir;
     state_store store(dir.path);
     BOOST_TEST(!store.save({{"vm1", "tcp:127.0.0.1:1", {}}}).has_value());
-    write_file(dir.path / "guests.json.tmp-12345", "{\"version\":1,\"gue");
+    write_file(dir.path / "guests.json.tmp-12345", R"({"version":1,"gue)");
     auto loaded = state_store(dir.path).load();
     BOOST_TEST(loaded.guests.size() == 1u);
     BOOST_TEST(names_in(dir.path) == std::vector<std::string>{"guests.json"},
