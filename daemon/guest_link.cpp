@@ -2,7 +2,6 @@
 
 #include <random>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -12,16 +11,16 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/redact.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
 using boost::system::error_code;
+using transport::use_tuple;
 
 namespace {
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-
 // Read size per syscall: small, because thousands of mostly idle links keep their buffers.
 constexpr std::size_t read_chunk = 4096;
 // A writer buffer grown by a large request is given back rather than kept per guest.
@@ -89,17 +88,17 @@ void guest_link::start() {
     if (started_)
         return;
     started_ = true;
-    asio::co_spawn(executor_, run(),
-                   asio::bind_cancellation_slot(stop_signal_.slot(),
-                                                [self = shared_from_this()](std::exception_ptr e) {
-                                                    self->finished_ = true;
-                                                    self->connected_ = false;
-                                                    self->finished_signal_.cancel();
-                                                    // A throw out of the loop is a bug: fail loudly
-                                                    // rather than run on with a dead link.
-                                                    if (e)
-                                                        std::rethrow_exception(e);
-                                                }));
+    asio::co_spawn(
+        executor_, run(),
+        asio::bind_cancellation_slot(stop_signal_.slot(),
+                                     [self = shared_from_this()](const std::exception_ptr& e) {
+                                         self->finished_ = true;
+                                         self->connected_ = false;
+                                         self->finished_signal_.cancel();
+                                         // A throw out of the loop is a bug: fail loudly
+                                         // rather than run on with a dead link.
+                                         transport::rethrow_if_failed(e);
+                                     }));
 }
 
 void guest_link::stop() {
@@ -122,7 +121,7 @@ asio::awaitable<void> guest_link::async_stop() {
     }
 }
 
-void guest_link::emit(link_event event) {
+void guest_link::emit(const link_event& event) {
     if (on_event_)
         on_event_(event);
 }

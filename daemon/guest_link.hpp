@@ -144,7 +144,7 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     bool handle_line(std::string_view line);
     // Ends the current connection, keeping the first reason given.
     void drop_connection(boost::system::error_code reason, std::string detail);
-    void emit(link_event event);
+    void emit(const link_event& event);
 
     boost::asio::any_io_executor executor_;
     transport::endpoint target_;

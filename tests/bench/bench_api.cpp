@@ -7,13 +7,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -24,6 +25,7 @@
 #include <boost/beast/http/write.hpp>
 
 #include "tests/bench/bench_support.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -33,7 +35,7 @@ using namespace stereos::bench;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using stereos::transport::use_tuple;
 
 struct load_figures {
     double per_second = 0;
@@ -95,10 +97,7 @@ load_figures api_load(const std::string& api_socket, int clients, http::verb met
     for (int i = 0; i < clients; ++i) {
         asio::co_spawn(
             io, run_client(api_socket, method, target, measure_from, end, latencies_us, failures),
-            [](std::exception_ptr e) {
-                if (e)
-                    std::rethrow_exception(e);
-            });
+            stereos::transport::rethrow_if_failed);
     }
     io.run();
     load_figures figures;
@@ -121,7 +120,7 @@ load_figures raw_guest_load(const std::string& guest_socket, std::chrono::millis
     }
     constexpr std::string_view ping_line = "{\"type\":\"ping\"}\n";
     std::vector<double> latencies_us;
-    char buffer[4096];
+    std::array<char, 4096> buffer{};
     const auto end = bench_clock::now() + budget;
     while (bench_clock::now() < end) {
         const auto started = bench_clock::now();
@@ -130,12 +129,13 @@ load_figures raw_guest_load(const std::string& guest_socket, std::chrono::millis
             break;
         bool line_complete = false;
         while (!line_complete) {
-            const auto n = ::read(fd, buffer, sizeof buffer);
+            const auto n = ::read(fd, buffer.data(), buffer.size());
             if (n <= 0) {
                 std::fprintf(stderr, "the fake guest closed the connection\n");
                 std::exit(1);
             }
-            line_complete = std::memchr(buffer, '\n', static_cast<std::size_t>(n)) != nullptr;
+            line_complete =
+                std::memchr(buffer.data(), '\n', static_cast<std::size_t>(n)) != nullptr;
         }
         latencies_us.push_back(milliseconds_between(started, bench_clock::now()) * 1000.0);
     }
@@ -156,9 +156,7 @@ void print_row(const std::string& label, const load_figures& f, double baseline)
     std::fflush(stdout);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
     const double seconds = argc > 1 ? std::atof(argv[1]) : 3.0;
     const auto budget = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
     print_header(
@@ -203,4 +201,16 @@ int main(int argc, char** argv) {
         return 1;
     }
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A failure to set up or to measure ends the run with its message, not with terminate().
+    try {
+        return run_bench(argc, argv);
+    } catch (const std::exception& failure) {
+        std::fprintf(stderr, "bench_api: %s\n", failure.what());
+        return 1;
+    }
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -105,9 +106,7 @@ void bench_guest_message(std::string_view name, const guest_message& message,
                       [&] { return decode_guest_line(without_newline(line))->index() + 1; }));
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
     std::chrono::milliseconds budget{500};
     if (argc > 1) {
         budget = std::chrono::milliseconds(std::strtol(argv[1], nullptr, 10));
@@ -139,4 +138,16 @@ int main(int argc, char** argv) {
 
     std::printf("checksum %llu\n", static_cast<unsigned long long>(checksum));
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A failure to set up or to measure ends the run with its message, not with terminate().
+    try {
+        return run_bench(argc, argv);
+    } catch (const std::exception& failure) {
+        std::fprintf(stderr, "bench_codec: %s\n", failure.what());
+        return 1;
+    }
 }

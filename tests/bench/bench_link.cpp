@@ -6,12 +6,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <exception>
 #include <string>
 #include <thread>
 
@@ -19,6 +21,7 @@
 
 #include "daemon/guest_link.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace stereos;
@@ -101,7 +104,7 @@ figure link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
         [&]() -> asio::awaitable<void> {
             while (!link->is_up()) {
                 asio::steady_timer t(io, std::chrono::milliseconds(1));
-                co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+                co_await t.async_wait(transport::use_tuple);
             }
             start = bench_clock::now();
             cpu_start = thread_cpu_seconds();
@@ -118,18 +121,12 @@ figure link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
                         if (--running == 0)
                             all_done.cancel();
                     },
-                    [](std::exception_ptr e) {
-                        if (e)
-                            std::rethrow_exception(e);
-                    });
+                    transport::rethrow_if_failed);
             }
-            co_await all_done.async_wait(asio::as_tuple(asio::use_awaitable));
+            co_await all_done.async_wait(transport::use_tuple);
             co_await link->async_stop();
         },
-        [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+        transport::rethrow_if_failed);
     io.run();
     const double seconds = std::chrono::duration<double>(bench_clock::now() - start).count();
     const double cpu = thread_cpu_seconds() - cpu_start;
@@ -139,9 +136,7 @@ figure link_rate(const std::string& endpoint, int in_flight, std::chrono::millis
     return {n / seconds, cpu * 1e6 / n};
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
     const double seconds = argc > 1 ? std::atof(argv[1]) : 2.0;
     const auto budget = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
 
@@ -170,9 +165,9 @@ int main(int argc, char** argv) {
     for (int in_flight : {16, 256}) {
         const auto raw = raw_rate(port, in_flight, budget);
         const auto link = link_rate(endpoint, in_flight, budget);
-        char label[64];
-        std::snprintf(label, sizeof label, "pipelined (%d in flight)", in_flight);
-        print(label, link, raw);
+        std::array<char, 64> label{};
+        std::snprintf(label.data(), label.size(), "pipelined (%d in flight)", in_flight);
+        print(label.data(), link, raw);
         std::printf("   %.1fx lock-step\n", link.rate / lockstep_link.rate);
     }
 
@@ -180,4 +175,16 @@ int main(int argc, char** argv) {
     guard.reset();
     guest_thread.join();
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A failure to set up or to measure ends the run with its message, not with terminate().
+    try {
+        return run_bench(argc, argv);
+    } catch (const std::exception& failure) {
+        std::fprintf(stderr, "bench_link: %s\n", failure.what());
+        return 1;
+    }
 }

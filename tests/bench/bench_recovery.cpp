@@ -8,8 +8,10 @@
 // connect attempt" (listen -> first request received) and "connect to ready" (first request ->
 // ready event read).
 // Usage: bench_recovery [--off 0,250,1000,3000] [--samples 5]
+#include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <future>
 #include <mutex>
 #include <sstream>
@@ -38,9 +40,20 @@ class restartable_guest {
         thread_ = std::thread([this] { io_.run(); });
     }
     ~restartable_guest() {
-        stop();
+        // Nothing may escape a destructor: a failed stop is reported and the loop stopped outright.
+        try {
+            stop();
+        } catch (const std::exception& failure) {
+            std::fprintf(stderr, "bench_recovery: stopping the guest failed: %s\n", failure.what());
+            io_.stop();
+        }
         work_.reset();
-        thread_.join();
+        try {
+            thread_.join();
+        } catch (const std::exception& failure) {
+            std::fprintf(stderr, "bench_recovery: joining the guest thread failed: %s\n",
+                         failure.what());
+        }
     }
 
     // Listens on the path with a fresh guest (uptime 0, as after a reboot); returns the moment
@@ -119,9 +132,7 @@ std::vector<int> parse_list(const std::string& text) {
     return values;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
     std::vector<int> off_times{0, 250, 1000, 3000};
     int samples = 5;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -195,11 +206,11 @@ int main(int argc, char** argv) {
         }
         const auto total = summarize(totals), wait = summarize(waits),
                    connect = summarize(connects);
-        char label[32];
-        std::snprintf(label, sizeof label, "%d ms", off);
+        std::array<char, 32> label{};
+        std::snprintf(label.data(), label.size(), "%d ms", off);
         std::printf("  %-10s %9.1f / %-12.1f %9.1f / %-12.1f %9.2f / %-12.2f (%zu samples)\n",
-                    label, total.p50, total.max, wait.p50, wait.max, connect.p50, connect.max,
-                    total.count);
+                    label.data(), total.p50, total.max, wait.p50, wait.max, connect.p50,
+                    connect.max, total.count);
         std::fflush(stdout);
     }
     std::printf(
@@ -210,4 +221,16 @@ int main(int argc, char** argv) {
         return 1;
     }
     return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A failure to set up or to measure ends the run with its message, not with terminate().
+    try {
+        return run_bench(argc, argv);
+    } catch (const std::exception& failure) {
+        std::fprintf(stderr, "bench_recovery: %s\n", failure.what());
+        return 1;
+    }
 }

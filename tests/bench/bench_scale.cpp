@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <future>
 #include <map>
 #include <sstream>
@@ -71,9 +72,20 @@ class probe_guest {
         thread_ = std::thread([this] { io_.run(); });
     }
     ~probe_guest() {
-        asio::post(io_, [this] { guest_.stop(); });
+        // Nothing may escape a destructor: a failed stop is reported and the loop stopped outright.
+        try {
+            asio::post(io_, [this] { guest_.stop(); });
+        } catch (const std::exception& failure) {
+            std::fprintf(stderr, "bench_scale: stopping the probe failed: %s\n", failure.what());
+            io_.stop();
+        }
         work_.reset();
-        thread_.join();
+        try {
+            thread_.join();
+        } catch (const std::exception& failure) {
+            std::fprintf(stderr, "bench_scale: joining the probe thread failed: %s\n",
+                         failure.what());
+        }
     }
     const std::string& endpoint() const noexcept { return endpoint_; }
 
@@ -199,7 +211,7 @@ scenario_figures run_scenario(std::size_t guests, const options& opt, probe_gues
         return figures;
     }
     figures.all_healthy_ms = milliseconds_between(daemon.started_at(), *healthy_at);
-    const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    const auto ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
     figures.startup_cpu_s = static_cast<double>(cpu_ticks(daemon.pid())) / ticks;
     for (const auto& f : fakes)
         figures.startup_fakeguests_cpu_s += static_cast<double>(cpu_ticks(f->pid())) / ticks;
@@ -288,9 +300,7 @@ void print_scenario(std::size_t guests, const scenario_figures& f, const scenari
     std::fflush(stdout);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
     const auto opt = parse_options(argc, argv);
     print_header("bench_scale: one stereos-hostd, N guests on unix sockets (" +
                  std::to_string(opt.per_process) +
@@ -328,4 +338,16 @@ int main(int argc, char** argv) {
             status = 1;
     }
     return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A failure to set up or to measure ends the run with its message, not with terminate().
+    try {
+        return run_bench(argc, argv);
+    } catch (const std::exception& failure) {
+        std::fprintf(stderr, "bench_scale: %s\n", failure.what());
+        return 1;
+    }
 }

@@ -1,12 +1,13 @@
 // Process, /proc and event-stream helpers of the process-level benchmarks.
 #include "tests/bench/bench_support.hpp"
 
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -33,8 +34,8 @@ unsigned cpu_count() {
 }
 
 void print_header(const std::string& title) {
-    double load[3] = {0, 0, 0};
-    ::getloadavg(load, 3);
+    std::array<double, 3> load{};
+    ::getloadavg(load.data(), static_cast<int>(load.size()));
     std::printf("%s\n  machine: nproc=%u, load average %.2f %.2f %.2f at start\n", title.c_str(),
                 cpu_count(), load[0], load[1], load[2]);
     std::fflush(stdout);
@@ -90,7 +91,7 @@ double cpu_percent_over(pid_t pid, std::chrono::milliseconds window) {
     const double seconds = std::chrono::duration<double>(bench_clock::now() - start).count();
     if (before < 0 || after < 0)
         return -1;
-    const double ticks_per_second = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    const auto ticks_per_second = static_cast<double>(::sysconf(_SC_CLK_TCK));
     return static_cast<double>(after - before) / ticks_per_second / seconds * 100.0;
 }
 
@@ -220,13 +221,13 @@ event_stream::~event_stream() {
 void event_stream::read_loop() {
     std::string buffer;
     bool in_body = false;
-    char chunk[64 * 1024];
+    std::array<char, 64 * 1024> chunk;  // filled by recv before use
     while (true) {
-        const auto n = ::recv(fd_, chunk, sizeof chunk, 0);
+        const auto n = ::recv(fd_, chunk.data(), chunk.size(), 0);
         if (n <= 0)
             break;
         const auto now = bench_clock::now();
-        buffer.append(chunk, static_cast<std::size_t>(n));
+        buffer.append(chunk.data(), static_cast<std::size_t>(n));
         if (!in_body) {
             const auto end = buffer.find("\r\n\r\n");
             if (end == std::string::npos)
@@ -302,12 +303,12 @@ std::pair<unsigned, std::string> http_exchange(const std::string& api_socket,
                       " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                       "Content-Length: 0\r\n\r\n");
     std::string answer;
-    char chunk[64 * 1024];
+    std::array<char, 64 * 1024> chunk;  // filled by recv before use
     while (true) {
-        const auto n = ::recv(fd, chunk, sizeof chunk, 0);
+        const auto n = ::recv(fd, chunk.data(), chunk.size(), 0);
         if (n <= 0)
             break;
-        answer.append(chunk, static_cast<std::size_t>(n));
+        answer.append(chunk.data(), static_cast<std::size_t>(n));
     }
     ::close(fd);
     unsigned status = 0;

@@ -5,14 +5,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <deque>
+#include <iostream>
 #include <map>
 #include <utility>
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
@@ -27,6 +28,7 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/line_framer.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace stereos::testing {
 
@@ -40,7 +42,9 @@ using acceptor_type = asio::basic_socket_acceptor<generic_stream>;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using transport::rethrow_if_failed;
+using transport::use_tuple;
+
 // Small reads keep thousands of idle connections small; a long line in progress reads bigger.
 constexpr std::size_t small_read = 4 * 1024;
 constexpr std::size_t large_read = 64 * 1024;
@@ -50,12 +54,6 @@ std::size_t next_read_size(const protocol::line_framer& framer) {
 }
 constexpr std::size_t max_handshake_bytes = 256;
 constexpr auto flood_idle_poll = std::chrono::seconds(1);
-
-// Bugs in the fake guest must surface in the test that runs it, not vanish.
-void rethrow_if_failed(std::exception_ptr e) {
-    if (e)
-        std::rethrow_exception(e);
-}
 
 // ---- the real guest's answers --------------------------------------------------------------
 
@@ -154,28 +152,25 @@ std::string_view payload_noun(std::string_view type) {
 }
 
 bool is_known_request(std::string_view type) {
-    static constexpr std::string_view known[] = {
-        "ping", "get_health", "set_config", "inject_secret", "mount", "shutdown", "inject_ssh_key"};
+    static constexpr auto known =
+        std::to_array<std::string_view>({"ping", "get_health", "set_config", "inject_secret",
+                                         "mount", "shutdown", "inject_ssh_key"});
     return std::find(std::begin(known), std::end(known), type) != std::end(known);
 }
 
 bool is_recognized_ssh_key(std::string_view key) {
-    static constexpr std::string_view key_types[] = {"ssh-ed25519 ",
-                                                     "ssh-rsa ",
-                                                     "ssh-dss ",
-                                                     "ecdsa-sha2-nistp256 ",
-                                                     "ecdsa-sha2-nistp384 ",
-                                                     "ecdsa-sha2-nistp521 ",
-                                                     "sk-ssh-ed25519@openssh.com ",
-                                                     "sk-ecdsa-sha2-nistp256@openssh.com "};
+    static constexpr auto key_types = std::to_array<std::string_view>(
+        {"ssh-ed25519 ", "ssh-rsa ", "ssh-dss ", "ecdsa-sha2-nistp256 ", "ecdsa-sha2-nistp384 ",
+         "ecdsa-sha2-nistp521 ", "sk-ssh-ed25519@openssh.com ",
+         "sk-ecdsa-sha2-nistp256@openssh.com "});
     return std::any_of(std::begin(key_types), std::end(key_types),
                        [&](std::string_view prefix) { return key.starts_with(prefix); });
 }
 
 bool is_system_directory(std::string_view path) {
-    static constexpr std::string_view system_dirs[] = {"/bin",   "/boot", "/dev",  "/etc", "/lib",
-                                                       "/lib64", "/nix",  "/proc", "/run", "/sbin",
-                                                       "/sys",   "/usr",  "/var"};
+    static constexpr auto system_dirs =
+        std::to_array<std::string_view>({"/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/nix",
+                                         "/proc", "/run", "/sbin", "/sys", "/usr", "/var"});
     if (path == "/")
         return true;
     return std::any_of(std::begin(system_dirs), std::end(system_dirs), [&](std::string_view dir) {
@@ -342,6 +337,9 @@ script_step& script_step::then_close() {
 namespace detail {
 
 struct listener {
+    // Made from its address: asio's "noexcept" default endpoint calls code that can throw.
+    explicit listener(generic_stream::endpoint bind_to) : address(std::move(bind_to)) {}
+
     bool hybrid = false;
     generic_stream::endpoint address;  // as bound: a TCP port 0 is replaced by the real one
     std::string unix_path;             // empty for TCP
@@ -407,7 +405,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         return std::chrono::duration_cast<std::chrono::seconds>(clock_type::now() - booted_at_);
     }
 
-    std::string add_listener(std::shared_ptr<listener> where) {
+    std::string add_listener(const std::shared_ptr<listener>& where) {
         if (stopped_)
             throw std::logic_error("fake guest: listen after stop()");
         open_listener(where);
@@ -841,7 +839,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         close_connection(conn, false);
     }
 
-    void close_connection(std::shared_ptr<connection> conn, bool reset) {
+    // `conn` may be a reference into connections_: keep the id, erase last.
+    void close_connection(const std::shared_ptr<connection>& conn, bool reset) {
         if (!conn->open)
             return;
         conn->open = false;
@@ -851,7 +850,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         conn->socket.close(ignored);
         conn->wake.cancel();
         conn->lifetime.cancel();
-        connections_.erase(conn->id);
+        const std::size_t id = conn->id;
+        connections_.erase(id);
     }
 
     // ---- shutdown and the lifecycle flood
@@ -944,34 +944,39 @@ fake_guest::fake_guest(std::shared_ptr<detail::guest_core> core)
     : behaviour(core->behaviour), faults(core->faults), core_(std::move(core)) {}
 
 fake_guest::~fake_guest() {
-    core_->stop();
+    // stop() only throws if memory runs out; a destructor must not throw, so report it.
+    try {
+        core_->stop();
+    } catch (const std::exception& failure) {
+        std::cerr << "fake guest: stop failed: " << failure.what() << "\n";
+    }
 }
 
-std::string fake_guest::listen_tcp(std::string host, std::uint16_t port) {
-    auto where = std::make_shared<detail::listener>();
+std::string fake_guest::listen_tcp(const std::string& host, std::uint16_t port) {
     const auto address = asio::ip::make_address(host);
-    where->address = generic_stream::endpoint(asio::ip::tcp::endpoint(address, port));
+    auto where = std::make_shared<detail::listener>(
+        generic_stream::endpoint(asio::ip::tcp::endpoint(address, port)));
     const std::string shown = address.is_v6() ? "[" + address.to_string() + "]" : host;
     where->endpoint_text = "tcp:" + shown + ":" + std::to_string(port);
-    return core_->add_listener(std::move(where));
+    return core_->add_listener(where);
 }
 
 std::string fake_guest::listen_unix(const std::string& path) {
-    auto where = std::make_shared<detail::listener>();
-    where->address = generic_stream::endpoint(asio::local::stream_protocol::endpoint(path));
+    auto where = std::make_shared<detail::listener>(
+        generic_stream::endpoint(asio::local::stream_protocol::endpoint(path)));
     where->unix_path = path;
     where->endpoint_text = "unix:" + path;
-    return core_->add_listener(std::move(where));
+    return core_->add_listener(where);
 }
 
 std::string fake_guest::listen_hybrid(const std::string& path, std::uint32_t vsock_port) {
-    auto where = std::make_shared<detail::listener>();
+    auto where = std::make_shared<detail::listener>(
+        generic_stream::endpoint(asio::local::stream_protocol::endpoint(path)));
     where->hybrid = true;
-    where->address = generic_stream::endpoint(asio::local::stream_protocol::endpoint(path));
     where->unix_path = path;
     where->vsock_port = vsock_port;
     where->endpoint_text = "hybrid:" + path + ":" + std::to_string(vsock_port);
-    return core_->add_listener(std::move(where));
+    return core_->add_listener(where);
 }
 
 script_step& fake_guest::expect(std::string type) {
@@ -990,7 +995,7 @@ const std::vector<std::string>& fake_guest::script_violations() const noexcept {
 void fake_guest::push_lifecycle(lifecycle_state state, std::string message) {
     core_->push_lifecycle(state, std::move(message));
 }
-void fake_guest::push_raw(std::string bytes) {
+void fake_guest::push_raw(const std::string& bytes) {
     core_->push_raw(bytes);
 }
 void fake_guest::close_connections() {

@@ -151,7 +151,7 @@ class fake_guest {
     // ---- listeners: each returns the endpoint string a client connects to. Throw
     // boost::system::system_error when the address cannot be bound.
     // "tcp:HOST:PORT" with the real port when `port` is 0; `host` is an IP address.
-    std::string listen_tcp(std::string host = "127.0.0.1", std::uint16_t port = 0);
+    std::string listen_tcp(const std::string& host = "127.0.0.1", std::uint16_t port = 0);
     // "unix:PATH". A stale socket file at `path` is replaced; stop() removes the file.
     std::string listen_unix(const std::string& path);
     // "hybrid:PATH:PORT": a Firecracker-style vsock proxy. Each connection must first send
@@ -177,7 +177,7 @@ class fake_guest {
     // get_health report `state` from now on.
     void push_lifecycle(lifecycle_state state, std::string message = {});
     // Writes raw bytes to every open connection now.
-    void push_raw(std::string bytes);
+    void push_raw(const std::string& bytes);
     // Closes every connection (FIN); listening goes on and uptime is kept.
     void close_connections();
     // Closes the listeners so new connections are refused (ECONNREFUSED), and re-opens them on

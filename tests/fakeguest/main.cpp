@@ -11,7 +11,6 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -20,9 +19,11 @@
 
 #include "tests/fakeguest/command_line.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace stereos::testing;
+using stereos::transport::use_tuple;
 
 namespace {
 
@@ -67,7 +68,7 @@ asio::awaitable<void> play_lifecycle_script(std::vector<scheduled_lifecycle> eve
     const auto start = std::chrono::steady_clock::now();
     for (const auto& event : events) {
         timer.expires_at(start + event.offset);
-        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        auto [ec] = co_await timer.async_wait(use_tuple);
         if (ec)
             co_return;  // stopping
         for (auto& guest : guests)
@@ -87,43 +88,47 @@ void raise_descriptor_limit() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    program_options opt;
-    CLI::App app{
-        "stereos-fakeguest: fake stereosd guests that answer like the real one, or misbehave on "
-        "request. Each --listen (times --count) is a separate guest."};
-    app.add_option("--listen", opt.listen,
-                   "tcp:HOST:PORT (0 = free port), unix:PATH or hybrid:PATH:VSOCK_PORT")
-        ->required();
-    app.add_option("--count", opt.count,
-                   "guests per --listen: consecutive TCP ports, or %d in the path = 0..N-1");
-    app.add_option("--health-state", opt.health_state,
-                   "state get_health reports: booting, ready, healthy, degraded, shutdown");
-    app.add_option("--reply-delay", opt.reply_delay, "delay of every reply, e.g. 5ms");
-    app.add_flag("--never-reply", opt.never_reply, "read and record requests, never answer");
-    app.add_flag("--accept-and-hang", opt.accept_and_hang, "accept, then never read nor write");
-    app.add_flag("--garbage", opt.garbage, "reply with a line that is not JSON");
-    app.add_flag("--wrong-reply-kind", opt.wrong_reply_kind,
-                 "reply pong to get_health and acked requests, ack to ping");
-    app.add_option("--close-after", opt.close_after,
-                   "close a connection when its Nth line arrives (unanswered)");
-    app.add_flag("--drop-mid-reply", opt.drop_mid_reply,
-                 "write half of each reply line, then close");
-    app.add_flag("--stall-mid-reply", opt.stall_mid_reply,
-                 "write half of a reply line, then nothing more on that connection (kept open)");
-    app.add_option("--connection-lifetime", opt.connection_lifetime,
-                   "close every connection this long after accepting it, e.g. 50ms (0ms: never)");
-    app.add_flag("--out-of-order", opt.out_of_order, "swap each pair of replies");
-    app.add_flag("--overlong-reply", opt.overlong_reply, "reply with a 2 MiB line");
-    app.add_option("--lifecycle-flood", opt.lifecycle_flood,
-                   "push N lifecycle events per second to every connection");
-    app.add_option("--lifecycle-script", opt.lifecycle_script,
-                   "push lifecycle events at offsets from start, e.g. 1s:booting,2s:ready");
-    app.add_option("--record", opt.record, "append every received line to FILE");
-    app.add_option("--mount-exit-status", opt.mount_exit_status,
-                   "make valid mounts fail with this exit status (0: they succeed)");
-    CLI11_PARSE(app, argc, argv);
-
+    // Option setup can throw too; every failure is reported the same way.
     try {
+        program_options opt;
+        CLI::App app{
+            "stereos-fakeguest: fake stereosd guests that answer like the real one, or misbehave "
+            "on "
+            "request. Each --listen (times --count) is a separate guest."};
+        app.add_option("--listen", opt.listen,
+                       "tcp:HOST:PORT (0 = free port), unix:PATH or hybrid:PATH:VSOCK_PORT")
+            ->required();
+        app.add_option("--count", opt.count,
+                       "guests per --listen: consecutive TCP ports, or %d in the path = 0..N-1");
+        app.add_option("--health-state", opt.health_state,
+                       "state get_health reports: booting, ready, healthy, degraded, shutdown");
+        app.add_option("--reply-delay", opt.reply_delay, "delay of every reply, e.g. 5ms");
+        app.add_flag("--never-reply", opt.never_reply, "read and record requests, never answer");
+        app.add_flag("--accept-and-hang", opt.accept_and_hang, "accept, then never read nor write");
+        app.add_flag("--garbage", opt.garbage, "reply with a line that is not JSON");
+        app.add_flag("--wrong-reply-kind", opt.wrong_reply_kind,
+                     "reply pong to get_health and acked requests, ack to ping");
+        app.add_option("--close-after", opt.close_after,
+                       "close a connection when its Nth line arrives (unanswered)");
+        app.add_flag("--drop-mid-reply", opt.drop_mid_reply,
+                     "write half of each reply line, then close");
+        app.add_flag(
+            "--stall-mid-reply", opt.stall_mid_reply,
+            "write half of a reply line, then nothing more on that connection (kept open)");
+        app.add_option(
+            "--connection-lifetime", opt.connection_lifetime,
+            "close every connection this long after accepting it, e.g. 50ms (0ms: never)");
+        app.add_flag("--out-of-order", opt.out_of_order, "swap each pair of replies");
+        app.add_flag("--overlong-reply", opt.overlong_reply, "reply with a 2 MiB line");
+        app.add_option("--lifecycle-flood", opt.lifecycle_flood,
+                       "push N lifecycle events per second to every connection");
+        app.add_option("--lifecycle-script", opt.lifecycle_script,
+                       "push lifecycle events at offsets from start, e.g. 1s:booting,2s:ready");
+        app.add_option("--record", opt.record, "append every received line to FILE");
+        app.add_option("--mount-exit-status", opt.mount_exit_status,
+                       "make valid mounts fail with this exit status (0: they succeed)");
+        CLI11_PARSE(app, argc, argv);
+
         const auto state = stereos::protocol::parse_lifecycle_state(opt.health_state);
         if (!state)
             throw std::invalid_argument("--health-state: unknown state " + opt.health_state);
@@ -180,10 +185,7 @@ int main(int argc, char** argv) {
         asio::steady_timer script_timer(io);
         if (!lifecycle_events.empty()) {
             asio::co_spawn(io, play_lifecycle_script(lifecycle_events, guests, script_timer),
-                           [](std::exception_ptr e) {
-                               if (e)
-                                   std::rethrow_exception(e);
-                           });
+                           stereos::transport::rethrow_if_failed);
         }
 
         asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -3,17 +3,17 @@
 // stereos-fakeguest program as a real process.
 #define BOOST_TEST_MODULE stereos_fakeguest_tests
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
@@ -31,6 +31,7 @@
 #include "protocol/codec.hpp"
 #include "tests/fakeguest/command_line.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
+#include "transport/completion_tokens.hpp"
 
 // Printers for Boost.Test messages.
 namespace stereos::protocol {
@@ -55,7 +56,7 @@ namespace protocol = stereos::protocol;
 
 namespace {
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using stereos::transport::use_tuple;
 using generic_stream = asio::generic::stream_protocol;
 using clock_type = std::chrono::steady_clock;
 
@@ -65,7 +66,7 @@ template <class Body>
 void run_io(asio::io_context& io, Body body, std::chrono::seconds limit = 60s) {
     bool done = false;
     std::exception_ptr failure;
-    asio::co_spawn(io, body(), [&](std::exception_ptr e) {
+    asio::co_spawn(io, body(), [&](const std::exception_ptr& e) {
         failure = e;
         done = true;
         io.stop();
@@ -296,10 +297,7 @@ std::shared_ptr<std::optional<error_code>> send_on_the_side(test_client& client,
         [&client, outcome, bytes = std::move(bytes)]() -> asio::awaitable<void> {
             *outcome = co_await client.send(bytes);
         },
-        [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+        stereos::transport::rethrow_if_failed);
     return outcome;
 }
 
@@ -650,10 +648,7 @@ BOOST_AUTO_TEST_CASE(stop_lets_the_io_context_run_out_of_work_and_removes_socket
             BOOST_TEST(co_await kept->read_until_closed(5s) == asio::error::eof);
             kept.reset();
         },
-        [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+        stereos::transport::rethrow_if_failed);
     const auto ran = io.run_for(30s);
     BOOST_TEST(io.stopped(), "the io_context still had work after stop() (" << ran << " handlers)");
     BOOST_TEST(!std::filesystem::exists(path));
@@ -693,9 +688,9 @@ BOOST_AUTO_TEST_CASE(many_guests_in_one_process_keep_their_own_state) {
                 (health.state == (i == 7 ? lifecycle_state::degraded : lifecycle_state::ready)),
                 "guest " << i);
         }
-        for (std::size_t i = 0; i < guests.size(); ++i) {
-            BOOST_TEST(guests[i]->received().size() == 1u);
-            BOOST_TEST(guests[i]->connections_accepted() == 1u);
+        for (const auto& guest : guests) {
+            BOOST_TEST(guest->received().size() == 1u);
+            BOOST_TEST(guest->connections_accepted() == 1u);
         }
     });
 }
@@ -1162,10 +1157,11 @@ namespace {
 class fakeguest_process {
   public:
     fakeguest_process(asio::io_context& io, std::vector<std::string> args) {
-        int fds[2];
-        BOOST_TEST_REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+        std::array<int, 2> fds{};
+        BOOST_TEST_REQUIRE(::pipe2(fds.data(), O_CLOEXEC) == 0);
         args.insert(args.begin(), STEREOS_FAKEGUEST_PROGRAM);
         std::vector<char*> argv;
+        argv.reserve(args.size() + 1);
         for (auto& arg : args)
             argv.push_back(arg.data());
         argv.push_back(nullptr);

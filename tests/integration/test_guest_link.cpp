@@ -2,7 +2,6 @@
 // Each test runs the link and the fake guest on one single-threaded io_context, as the daemon
 // does; deadlines are generous because the suite also runs under ASan on a busy machine.
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -15,6 +14,8 @@
 
 #include "daemon/guest_link.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
+#include "tests/support/child_process.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
@@ -25,25 +26,10 @@ using daemon::link_event;
 using daemon::request_result;
 using protocol::lifecycle_state;
 using testing::fake_guest;
+using transport::use_tuple;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-
-// A private directory for unix sockets, removed at the end.
-struct temp_dir {
-    temp_dir() {
-        std::string pattern = "/tmp/stereos-link-XXXXXX";
-        path = ::mkdtemp(pattern.data());
-    }
-    ~temp_dir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::filesystem::path path;
-};
 
 asio::awaitable<void> sleep_for(std::chrono::milliseconds d) {
     asio::steady_timer t(co_await asio::this_coro::executor, d);
@@ -67,7 +53,7 @@ struct link_fixture {
     fake_guest guest{io.get_executor()};
     std::vector<link_event> events;
     std::shared_ptr<guest_link> link;
-    temp_dir dir;
+    testing::temp_directory dir{"stereos-link"};  // private directory for unix sockets
 
     daemon::guest_link_options quick_options() {
         daemon::guest_link_options o;
@@ -109,7 +95,7 @@ struct link_fixture {
         std::exception_ptr failure;
         asio::co_spawn(io, std::move(body), [&](std::exception_ptr e) {
             finished = true;
-            failure = e;
+            failure = std::move(e);
             io.stop();  // the link keeps the io_context busy; the body is what we waited for
         });
         io.run_for(limit);
@@ -128,7 +114,7 @@ struct link_fixture {
                     co_await link->async_stop();
                 guest.stop();
             },
-            [](std::exception_ptr e) {
+            [](const std::exception_ptr& e) {
                 if (e)
                     std::rethrow_exception(e);
             });
@@ -186,7 +172,7 @@ BOOST_AUTO_TEST_CASE(a_thousand_concurrent_requests_from_50_coroutines_complete_
                     }
                     ++finished_workers;
                 },
-                [](std::exception_ptr e) {
+                [](const std::exception_ptr& e) {
                     if (e)
                         std::rethrow_exception(e);
                 });
@@ -202,7 +188,7 @@ BOOST_AUTO_TEST_CASE(a_thousand_concurrent_requests_from_50_coroutines_complete_
 
 BOOST_AUTO_TEST_CASE(pipelined_requests_over_a_unix_socket_keep_their_order) {
     link_fixture f;
-    f.link = f.make_link(f.guest.listen_unix(f.dir.file("guest.sock")));
+    f.link = f.make_link(f.guest.listen_unix((f.dir / "guest.sock").string()));
     std::vector<std::string> completion_order;
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
@@ -218,7 +204,7 @@ BOOST_AUTO_TEST_CASE(pipelined_requests_over_a_unix_socket_keep_their_order) {
                     completion_order.push_back(std::to_string(i));
                     ++done;
                 },
-                [](std::exception_ptr e) {
+                [](const std::exception_ptr& e) {
                     if (e)
                         std::rethrow_exception(e);
                 });
@@ -257,7 +243,7 @@ BOOST_AUTO_TEST_CASE(lifecycle_pushes_interleaved_with_pipelined_replies_never_c
                     results[i] = co_await f.link->async_request(requests[i]);
                     ++done;
                 },
-                [](std::exception_ptr e) {
+                [](const std::exception_ptr& e) {
                     if (e)
                         std::rethrow_exception(e);
                 });
@@ -479,8 +465,8 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     options.unresponsive_after_timeouts = 3;
     f.link = f.make_link(f.guest.listen_tcp(), options);
     std::vector<link_event> other_events;
-    auto other =
-        f.make_link(healthy_guest.listen_unix(f.dir.file("healthy.sock")), {}, &other_events);
+    auto other = f.make_link(healthy_guest.listen_unix((f.dir / "healthy.sock").string()), {},
+                             &other_events);
     f.guest.faults.never_reply = true;
     std::vector<request_result> hung;
     int other_ok = 0;
@@ -497,7 +483,7 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
                 }
                 hung_done = true;
             },
-            [](std::exception_ptr e) {
+            [](const std::exception_ptr& e) {
                 if (e)
                     std::rethrow_exception(e);
             });
@@ -583,7 +569,7 @@ BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_the_deadline) {
 
 BOOST_AUTO_TEST_CASE(the_hybrid_vsock_handshake_carries_the_link) {
     link_fixture f;
-    f.link = f.make_link(f.guest.listen_hybrid(f.dir.file("v.sock"), 1024));
+    f.link = f.make_link(f.guest.listen_hybrid((f.dir / "v.sock").string(), 1024));
     request_result r;
     f.run([&]() -> asio::awaitable<void> {
         r = co_await f.link->async_request(protocol::get_health_request{});
@@ -595,7 +581,7 @@ BOOST_AUTO_TEST_CASE(the_hybrid_vsock_handshake_carries_the_link) {
 
 BOOST_AUTO_TEST_CASE(a_failed_hybrid_handshake_keeps_the_link_retrying) {
     link_fixture f;
-    const auto endpoint = f.guest.listen_hybrid(f.dir.file("v.sock"), 1024);
+    const auto endpoint = f.guest.listen_hybrid((f.dir / "v.sock").string(), 1024);
     // Ask for port 2048, which the proxy does not serve.
     f.link = f.make_link(endpoint.substr(0, endpoint.rfind(':')) + ":2048");
     request_result r;
@@ -629,7 +615,7 @@ BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
                     results.push_back(co_await f.link->async_request(protocol::ping_request{},
                                                                      clock_type::now() + 60s));
                 },
-                [](std::exception_ptr e) {
+                [](const std::exception_ptr& e) {
                     if (e)
                         std::rethrow_exception(e);
                 });
@@ -650,7 +636,7 @@ BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
 
 BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_requests) {
     link_fixture f;
-    f.link = f.make_link("unix:" + f.dir.file("nobody-listens.sock"));
+    f.link = f.make_link("unix:" + (f.dir / "nobody-listens.sock").string());
     request_result r;
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
@@ -660,7 +646,7 @@ BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_reques
                 co_await sleep_for(200ms);
                 co_await f.link->async_stop();
             },
-            [](std::exception_ptr e) {
+            [](const std::exception_ptr& e) {
                 if (e)
                     std::rethrow_exception(e);
             });
@@ -676,7 +662,7 @@ BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused_at_once) {
     auto options = f.quick_options();
     options.max_queued_requests = 4;
     f.guest.faults.never_reply = true;
-    f.link = f.make_link("unix:" + f.dir.file("nobody.sock"), options);
+    f.link = f.make_link("unix:" + (f.dir / "nobody.sock").string(), options);
     request_result too_large, full;
     f.run([&]() -> asio::awaitable<void> {
         const protocol::host_message huge =
@@ -686,7 +672,7 @@ BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused_at_once) {
         for (int i = 0; i < 4; ++i) {
             asio::co_spawn(ex,
                            f.link->async_request(protocol::ping_request{}, clock_type::now() + 1s),
-                           [](std::exception_ptr e, request_result) {
+                           [](const std::exception_ptr& e, const request_result&) {
                                if (e)
                                    std::rethrow_exception(e);
                            });

@@ -1,13 +1,14 @@
 #include "tests/integration/api/api_test_support.hpp"
 
 #include <netinet/in.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -72,6 +73,7 @@ pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
     posix_spawn_file_actions_addopen(&actions, 2, err_file.empty() ? "/dev/null" : err_file.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     std::vector<char*> args;
+    args.reserve(argv.size() + 1);
     for (const auto& a : argv)
         args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -82,9 +84,13 @@ pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
         if (!extra_env.contains(key))
             env_text.push_back(entry);
     }
-    for (const auto& [key, value] : extra_env)
-        env_text.push_back(key + "=" + value);
+    for (const auto& [key, value] : extra_env) {
+        std::string entry = key;
+        entry.append("=").append(value);
+        env_text.push_back(std::move(entry));
+    }
     std::vector<char*> env;
+    env.reserve(env_text.size() + 1);
     for (auto& e : env_text)
         env.push_back(e.data());
     env.push_back(nullptr);
@@ -113,7 +119,7 @@ std::optional<int> wait_for(pid_t pid, std::chrono::milliseconds limit) {
 
 }  // namespace
 
-child_process::child_process(std::vector<std::string> argv, const std::string& stdout_file,
+child_process::child_process(const std::vector<std::string>& argv, const std::string& stdout_file,
                              const std::string& stderr_file,
                              const std::map<std::string, std::string>& extra_env)
     : pid_(spawn(argv, "", stdout_file, stderr_file, extra_env)) {}
@@ -214,7 +220,8 @@ fake_guests::~fake_guests() {
 }
 
 hostd_process::hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
-                             std::string log_level, std::string daemon_extra, std::string api_group,
+                             const std::string& log_level, const std::string& daemon_extra,
+                             const std::string& api_group,
                              const std::map<std::string, std::string>& extra_env) {
     socket_ = dir.file("api.sock");
     log_ = dir.file("hostd.log");
@@ -355,12 +362,12 @@ std::string raw_exchange(const std::string& socket, const std::string& bytes,
     boost::system::error_code ec;
     asio::write(s, asio::buffer(bytes), ec);
     std::string out;
-    char chunk[4096];
+    std::array<char, 4096> chunk{};
     while (true) {
-        const auto n = ::recv(s.native_handle(), chunk, sizeof chunk, 0);
+        const auto n = ::recv(s.native_handle(), chunk.data(), chunk.size(), 0);
         if (n <= 0)
             break;
-        out.append(chunk, static_cast<std::size_t>(n));
+        out.append(chunk.data(), static_cast<std::size_t>(n));
     }
     return out;
 }
@@ -390,10 +397,15 @@ int closed_tcp_port() {
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
     socklen_t size = sizeof address;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
+    // Port 0: the kernel picks a free one, which is closed again once fd is.
+    const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+                       ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0;
+    const int error = errno;
     ::close(fd);
+    if (!bound)
+        throw std::runtime_error(std::string("cannot pick a free TCP port: ") +
+                                 std::strerror(error));
     return ntohs(address.sin_port);
 }
 

@@ -35,7 +35,7 @@ void write_text(const std::string& path, const std::string& text);
 class child_process {
   public:
     // stdout/stderr go to the given files ("" = /dev/null); stdin is /dev/null.
-    child_process(std::vector<std::string> argv, const std::string& stdout_file,
+    child_process(const std::vector<std::string>& argv, const std::string& stdout_file,
                   const std::string& stderr_file,
                   const std::map<std::string, std::string>& extra_env = {});
     ~child_process();
@@ -99,8 +99,8 @@ class hostd_process {
   public:
     ~hostd_process();
     hostd_process(const temp_dir& dir, const std::vector<guest_entry>& guests,
-                  std::string log_level = "info", std::string daemon_extra = {},
-                  std::string api_group = "",
+                  const std::string& log_level = "info", const std::string& daemon_extra = {},
+                  const std::string& api_group = "",
                   const std::map<std::string, std::string>& extra_env = {});
     const std::string& socket() const noexcept { return socket_; }
     std::string log_file() const { return log_; }

@@ -19,6 +19,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include "tests/integration/api/api_test_support.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -26,6 +27,7 @@ namespace bhttp = beast::http;
 namespace json = boost::json;
 using namespace stereos::api_test;
 using socket_type = asio::local::stream_protocol::socket;
+using stereos::transport::use_tuple;
 
 namespace {
 
@@ -601,7 +603,7 @@ BOOST_AUTO_TEST_CASE(a_subscriber_that_stops_reading_is_cut_off_with_an_overflow
             if (!line)
                 continue;
             ++fast_lines;
-            if (line->find("\"kind\":\"overflow\"") != std::string::npos)
+            if (line->find(R"("kind":"overflow")") != std::string::npos)
                 fast_overflowed = true;
         }
     });
@@ -924,7 +926,7 @@ BOOST_AUTO_TEST_CASE(two_hundred_clients_hammering_health_all_get_answers_and_me
     fake_guests guests(dir, "fg", 10);
     std::vector<guest_entry> entries;
     for (std::size_t i = 0; i < 10; ++i)
-        entries.push_back({"vm" + std::to_string(i), guests.endpoints()[i]});
+        entries.emplace_back("vm" + std::to_string(i), guests.endpoints()[i]);
     std::map<std::string, std::string> env;
 #ifdef __SANITIZE_ADDRESS__
     // ASan keeps freed memory in a 256 MiB quarantine by default, which alone would look like
@@ -948,9 +950,8 @@ BOOST_AUTO_TEST_CASE(two_hundred_clients_hammering_health_all_get_answers_and_me
                 io,
                 [&, client]() -> asio::awaitable<void> {
                     socket_type s(io);
-                    auto [cec] =
-                        co_await s.async_connect(asio::local::stream_protocol::endpoint(sock),
-                                                 asio::as_tuple(asio::use_awaitable));
+                    const asio::local::stream_protocol::endpoint endpoint(sock);
+                    auto [cec] = co_await s.async_connect(endpoint, use_tuple);
                     if (cec) {
                         ++t.broken;
                         co_return;
@@ -961,27 +962,22 @@ BOOST_AUTO_TEST_CASE(two_hundred_clients_hammering_health_all_get_answers_and_me
                         bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
                         request.set(bhttp::field::host, "localhost");
                         ++t.sent;
-                        auto [wec, wn] = co_await bhttp::async_write(
-                            s, request, asio::as_tuple(asio::use_awaitable));
+                        auto [wec, wn] = co_await bhttp::async_write(s, request, use_tuple);
                         bhttp::response<bhttp::string_body> response;
-                        auto [rec, rn] = co_await bhttp::async_read(
-                            s, buffer, response, asio::as_tuple(asio::use_awaitable));
+                        auto [rec, rn] = co_await bhttp::async_read(s, buffer, response, use_tuple);
                         if (wec || rec) {
                             ++t.broken;
                             co_return;
                         }
                         if (response.result_int() == 200 &&
-                            response.body().find("\"state\":\"ready\"") != std::string::npos) {
+                            response.body().find(R"("state":"ready")") != std::string::npos) {
                             ++t.ok;
                         } else {
                             ++t.failed;
                         }
                     }
                 },
-                [](std::exception_ptr e) {
-                    if (e)
-                        std::rethrow_exception(e);
-                });
+                stereos::transport::rethrow_if_failed);
         }
         io.run();
     };

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
+
 #include <boost/asio.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -17,6 +19,7 @@
 #include "daemon/api_server.hpp"
 #include "daemon/state_store.hpp"
 #include "tests/integration/api/api_test_support.hpp"
+#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -25,13 +28,12 @@ namespace json = boost::json;
 using namespace stereos;
 using namespace stereos::daemon;
 using stereos::api_test::temp_dir;
+using stereos::transport::use_tuple;
 using socket_type = asio::local::stream_protocol::socket;
 using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 namespace {
-
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 asio::awaitable<void> sleep_for(std::chrono::milliseconds d) {
     asio::steady_timer t(co_await asio::this_coro::executor, d);
@@ -50,9 +52,9 @@ struct server_fixture {
 
     // Runs `test` on the io_context; then stops the server and lets everything finish, which
     // also proves no session is left hanging.
-    void run(std::function<asio::awaitable<void>()> test) {
+    void run(const std::function<asio::awaitable<void>()>& test) {
         bool finished = false;
-        asio::co_spawn(io, test(), [&](std::exception_ptr e) {
+        asio::co_spawn(io, test(), [&](const std::exception_ptr& e) {
             finished = true;
             server->stop();
             if (e)
@@ -75,7 +77,8 @@ struct server_fixture {
 
 asio::awaitable<socket_type> connect_to(const std::string& path) {
     socket_type s(co_await asio::this_coro::executor);
-    co_await s.async_connect(asio::local::stream_protocol::endpoint(path), asio::use_awaitable);
+    const asio::local::stream_protocol::endpoint endpoint(path);
+    co_await s.async_connect(endpoint, asio::use_awaitable);
     co_return s;
 }
 
@@ -96,7 +99,7 @@ asio::awaitable<bhttp::response<bhttp::string_body>> get_on(socket_type& s,
 asio::awaitable<std::optional<steady::duration>> time_until_closed(
     socket_type& s, std::chrono::milliseconds limit = 10s) {
     const auto start = steady::now();
-    char scratch[1024];
+    std::array<char, 1024> scratch{};
     while (steady::now() - start < limit) {
         auto [ec, n] = co_await s.async_read_some(asio::buffer(scratch), use_tuple);
         if (ec)
@@ -148,7 +151,7 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
         BOOST_TEST_REQUIRE(request.has_value(), raw);
         std::optional<api::api_outcome> outcome;
         asio::co_spawn(io, api::dispatch(*request, access, context),
-                       [&](std::exception_ptr e, api::api_outcome o) {
+                       [&](const std::exception_ptr& e, api::api_outcome o) {
                            if (e)
                                std::rethrow_exception(e);
                            outcome = std::move(o);
@@ -366,10 +369,7 @@ BOOST_AUTO_TEST_CASE(an_adopted_listening_socket_is_served_and_its_file_left_alo
             status = (co_await get_on(s, buffer, "/v1/ping")).result_int();
             server.stop();
         },
-        [](std::exception_ptr e) {
-            if (e)
-                std::rethrow_exception(e);
-        });
+        transport::rethrow_if_failed);
     io.run_for(30s);
     BOOST_TEST(status.value_or(0) == 200u);
     BOOST_TEST(std::filesystem::exists(path));
