@@ -4,8 +4,11 @@
 // Single-threaded, on the daemon's executor.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -30,10 +33,22 @@ inline constexpr std::size_t max_body_bytes = 1024 * 1024;
 // Long-polls (`wait`) are bounded so an abandoned one cannot hold a connection for long.
 inline constexpr std::chrono::seconds max_wait_timeout{3600};
 
+// What SO_PEERCRED says about a connected peer.
+struct peer_credentials {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+};
+
 // What the peer may do, decided once per connection from SO_PEERCRED (see api_server.hpp).
 struct peer_access {
     bool may_read = false;   // GET routes
     bool may_write = false;  // POST, PUT, DELETE routes
+    // Root or the daemon's own user: may name host files and credentials for the daemon to
+    // read and send. Anyone else may only send values.
+    bool may_reference_host = false;
+    // Who the peer is, for the audit trail; empty when SO_PEERCRED failed.
+    std::optional<peer_credentials> peer;
 };
 
 // What the handlers act on. Owned by api_server; the references outlive it.

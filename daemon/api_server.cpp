@@ -293,7 +293,7 @@ api::peer_access api_server::access_of(int socket_fd) const {
     const bool owner = peer->uid == 0 || peer->uid == ::geteuid();
     const bool writer = owner || (group_ && peer_in_group(*peer, *group_));
     const bool reader = writer || (read_group_ && peer_in_group(*peer, *read_group_));
-    return {reader, writer};
+    return {reader, writer, owner, *peer};
 }
 
 asio::awaitable<void> api_server::accept_loop() {

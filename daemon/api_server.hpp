@@ -48,12 +48,7 @@ struct api_server_options {
 // `api_read_group` when the config model has it.
 api_server_options api_options_from(const config::daemon_settings& settings);
 
-// What SO_PEERCRED says about a connected peer.
-struct peer_credentials {
-    pid_t pid = 0;
-    uid_t uid = 0;
-    gid_t gid = 0;
-};
+using api::peer_credentials;
 std::optional<peer_credentials> peer_credentials_of(int socket_fd);
 // Whether the peer is in `group`: its primary group, else its supplementary groups from
 // /proc/PID/status, else (no such process visible) the groups of its user.
