@@ -42,6 +42,14 @@ struct peer_credentials {
 
 // What the peer may do, decided once per connection from SO_PEERCRED (see api_server.hpp).
 struct peer_access {
+    peer_access() = default;
+    peer_access(bool read, bool write, bool reference_host = false,
+                std::optional<peer_credentials> credentials = std::nullopt)
+        : may_read(read),
+          may_write(write),
+          may_reference_host(reference_host),
+          peer(credentials) {}
+
     bool may_read = false;   // GET routes
     bool may_write = false;  // POST, PUT, DELETE routes
     // Root or the daemon's own user: may name host files and credentials for the daemon to
