@@ -143,6 +143,7 @@ enum class route {
     guest_mount,
     guest_shutdown,
     guest_provision,
+    guest_reconnect,
     guest_wait,
     events,
     metrics,
@@ -154,7 +155,7 @@ struct route_entry {
     route id;
 };
 
-constexpr std::array<route_entry, 16> route_table{{
+constexpr std::array<route_entry, 17> route_table{{
     {"/v1/ping", http::verb::get, route::ping},
     {"/v1/guests", http::verb::get, route::list_guests},
     {"/v1/guests", http::verb::post, route::add_guest},
@@ -168,6 +169,7 @@ constexpr std::array<route_entry, 16> route_table{{
     {"/v1/guests/{name}/mounts", http::verb::post, route::guest_mount},
     {"/v1/guests/{name}/shutdown", http::verb::post, route::guest_shutdown},
     {"/v1/guests/{name}/provision", http::verb::post, route::guest_provision},
+    {"/v1/guests/{name}/reconnect", http::verb::post, route::guest_reconnect},
     {"/v1/guests/{name}/wait", http::verb::get, route::guest_wait},
     {"/v1/events", http::verb::get, route::events},
     {"/metrics", http::verb::get, route::metrics},
@@ -685,6 +687,13 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
                          version);
         }
 
+        case route::guest_reconnect: {
+            // Answered at once: the caller (a VM start hook) must not wait for the guest.
+            guest->reconnect();
+            co_return json_response(http::status::accepted,
+                                    json::object{{"guest", name}, {"reconnecting", true}}, version);
+        }
+
         case route::guest_wait:
             co_return co_await wait_for_state(context, guest, target, version);
 
@@ -700,12 +709,12 @@ http_response error_response(unsigned status, std::string_view code, std::string
                              unsigned version) {
     // Messages quote what the client (or guest) sent, which may not be UTF-8: Boost.JSON would
     // copy such bytes into the body unchecked, and clients could not parse it.
-    return json_response(static_cast<http::status>(status),
-                         json::object{{"error",
-                                       json::object{{"code", code},
-                                                    {"message", protocol::printable_excerpt(
-                                                                    message, max_header_bytes)}}}},
-                         version);
+    return json_response(
+        static_cast<http::status>(status),
+        json::object{{"error", json::object{{"code", code},
+                                            {"message", protocol::printable_excerpt(
+                                                            message, max_header_bytes)}}}},
+        version);
 }
 
 asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,

@@ -1,6 +1,12 @@
 #include "daemon/guest_link.hpp"
 
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
 #include <random>
+#include <utility>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -35,6 +41,22 @@ std::string describe_ms(std::chrono::milliseconds d) {
     if (d.count() % 1000 == 0)
         return std::to_string(d.count() / 1000) + "s";
     return std::to_string(d.count()) + "ms";
+}
+
+// Whether a batch of inotify events read from its descriptor names the file `name`.
+bool names_file(std::string_view events, std::string_view name) {
+    for (std::size_t at = 0; at + sizeof(inotify_event) <= events.size();) {
+        inotify_event header{};
+        std::memcpy(&header, events.data() + at, sizeof header);
+        const auto name_at = at + sizeof header;
+        if (header.len > 0 && name_at + header.len <= events.size()) {
+            const std::string_view padded(events.data() + name_at, header.len);
+            if (padded.substr(0, padded.find('\0')) == name)
+                return true;
+        }
+        at = name_at + header.len;
+    }
+    return false;
 }
 
 // Removes a map entry when the scope ends.
@@ -80,7 +102,8 @@ guest_link::guest_link(asio::any_io_executor executor, transport::endpoint targe
       backoff_(options.reconnect_initial, options.reconnect_max, link_seed()),
       write_signal_(executor_),
       deadline_timer_(executor_),
-      finished_signal_(executor_) {
+      finished_signal_(executor_),
+      retry_timer_(executor_) {
     deadline_timer_.expires_at(clock::time_point::max());
 }
 
@@ -180,10 +203,8 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
     }
     ++stats_.timeouts;
     if (connected_ && ++consecutive_timeouts_ >= options_.unresponsive_after_timeouts) {
-        const auto reason =
-            std::to_string(consecutive_timeouts_) + " consecutive requests timed out";
-        emit(link_events::unresponsive{reason});
-        drop_connection(link_error::guest_unresponsive, reason);
+        declare_unresponsive(link_error::guest_unresponsive, std::to_string(consecutive_timeouts_) +
+                                                                 " consecutive requests timed out");
     }
     co_return error_code(link_error::request_timeout);
 }
@@ -197,6 +218,7 @@ asio::awaitable<void> guest_link::run() {
     error_code ignored;
     socket_.close(ignored);
     connected_ = false;
+    socket_watch_.reset();
     pending_.fail_all(link_error::link_stopped);
 }
 
@@ -228,13 +250,101 @@ asio::awaitable<void> guest_link::deadline_loop() {
     }
 }
 
+void guest_link::reconnect_now() {
+    if (stopping_ || finished_)
+        return;
+    open_fast_retry_window();
+    retry_at_once_ = true;
+    if (connected_)
+        drop_connection(link_error::reconnect_requested, "reconnect requested");
+    else
+        retry_timer_.cancel();
+}
+
+void guest_link::open_fast_retry_window() {
+    fast_retry_until_ = clock::now() + options_.fast_retry_window;
+    backoff_.reset();
+}
+
+std::chrono::milliseconds guest_link::next_retry_delay() {
+    if (std::exchange(retry_at_once_, false))
+        return std::chrono::milliseconds{0};
+    if (clock::now() < fast_retry_until_) {
+        backoff_.reset();  // so the window's end starts the exponential steps from the bottom
+        return backoff_.next();
+    }
+    return backoff_.next();
+}
+
+asio::awaitable<void> guest_link::wait_before_retry(std::chrono::milliseconds delay) {
+    if (delay.count() <= 0)
+        co_return;
+    retry_timer_.expires_after(delay);
+    if (!watch_socket_file()) {
+        co_await retry_timer_.async_wait(use_tuple);  // reconnect_now() cancels it
+        co_return;
+    }
+    auto woken = co_await (retry_timer_.async_wait(use_tuple) || socket_file_created());
+    if (woken.index() == 1)
+        open_fast_retry_window();  // the VM is starting: its guest will listen soon
+}
+
+bool guest_link::watch_socket_file() {
+    if (socket_watch_)
+        return true;
+    const std::string* path = nullptr;
+    if (const auto* unix_target = std::get_if<transport::unix_endpoint>(&target_))
+        path = &unix_target->path;
+    else if (const auto* hybrid = std::get_if<transport::hybrid_vsock_endpoint>(&target_))
+        path = &hybrid->path;
+    if (!path || path->empty() || path->front() != '/')
+        return false;
+    const auto slash = path->rfind('/');
+    const std::string directory = slash == 0 ? "/" : path->substr(0, slash);
+    const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0)
+        return false;
+    // IN_ATTRIB too: a VMM may bind the socket and only then chown or chmod it.
+    if (::inotify_add_watch(fd, directory.c_str(), IN_CREATE | IN_MOVED_TO | IN_ATTRIB) < 0) {
+        ::close(fd);
+        return false;  // e.g. the directory does not exist yet: the timer alone decides
+    }
+    socket_file_name_ = path->substr(slash + 1);
+    socket_watch_.emplace(executor_, fd);
+    return true;
+}
+
+asio::awaitable<void> guest_link::socket_file_created() {
+    // Runs under operator||: cancellation must not throw here.
+    co_await asio::this_coro::throw_if_cancelled(false);
+    std::array<char, 4096> buffer{};
+    while (socket_watch_) {
+        auto [ec, n] = co_await socket_watch_->async_read_some(asio::buffer(buffer), use_tuple);
+        if (ec == asio::error::operation_aborted)
+            co_return;
+        if (ec) {
+            // The watch broke: the retry timer alone decides from now on.
+            error_code ignored;
+            socket_watch_->close(ignored);
+            socket_watch_.reset();
+            asio::steady_timer forever(executor_, clock::time_point::max());
+            co_await forever.async_wait(use_tuple);
+            co_return;
+        }
+        if (names_file(std::string_view(buffer.data(), n), socket_file_name_))
+            co_return;
+    }
+}
+
 asio::awaitable<void> guest_link::connection_loop() {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::uint64_t attempt = 0;
-    asio::steady_timer backoff_timer(executor_);
+    // A guest is usually added as its VM starts: look for it often while it boots.
+    open_fast_retry_window();
 
     while (!stopping_) {
         emit(link_events::connecting{++attempt});
+        const auto attempt_started = clock::now();
         auto connected = co_await transport::async_connect(target_, options_.connect_timeout);
         if (stopping_)
             break;
@@ -243,34 +353,127 @@ asio::awaitable<void> guest_link::connection_loop() {
         if (!connected) {
             ++stats_.connect_failures;
             stats_.last_error = connected.error().describe(target_);
+            retry_in = next_retry_delay();
             emit(link_events::connect_failed{connected.error().code, stats_.last_error});
-            retry_in = backoff_.next();
         } else {
             socket_ = std::move(*connected);
-            const auto up_since = clock::now();
-            co_await serve_connection();
+            auto greeting = co_await handshake(attempt_started + options_.connect_timeout);
             if (stopping_)
                 break;
-            if (clock::now() - up_since >= options_.stable_after)
-                backoff_.reset();
-            retry_in = backoff_.next();
-            emit(link_events::down{drop_reason_, drop_detail_, retry_in});
+            if (!greeting.health) {
+                error_code ignored;
+                socket_.close(ignored);
+                ++stats_.connect_failures;
+                stats_.last_error = transport::to_string(target_) + ": " + greeting.reason;
+                retry_in = next_retry_delay();
+                emit(link_events::connect_failed{greeting.error, stats_.last_error});
+            } else {
+                const auto up_since = clock::now();
+                co_await serve_connection(*greeting.health);
+                if (stopping_)
+                    break;
+                // A guest that stayed up and then went away is likely rebooting: look for it
+                // often. One that drops at once keeps backing off, so it is not hammered.
+                if (clock::now() - up_since >= options_.stable_after)
+                    open_fast_retry_window();
+                retry_in = next_retry_delay();
+                emit(link_events::down{drop_reason_, drop_detail_, retry_in});
+            }
         }
-
-        backoff_timer.expires_after(retry_in);
-        co_await backoff_timer.async_wait(use_tuple);
+        co_await wait_before_retry(retry_in);
     }
 }
 
-asio::awaitable<void> guest_link::serve_connection() {
+asio::awaitable<guest_link::handshake_outcome> guest_link::handshake(clock::time_point deadline) {
+    asio::steady_timer timer(executor_, deadline);
+    auto outcome = co_await (exchange_handshake() || timer.async_wait(use_tuple));
+    if (auto* finished = std::get_if<handshake_outcome>(&outcome))
+        co_return std::move(*finished);
+    co_return handshake_outcome{std::nullopt, link_error::handshake_timeout,
+                                "connected, but no answer to get_health within " +
+                                    describe_ms(options_.connect_timeout) + " of connecting"};
+}
+
+asio::awaitable<guest_link::handshake_outcome> guest_link::exchange_handshake() {
+    // Runs as its own coroutine thread (under operator||): cancellation must not throw here.
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto failed = [](error_code code, std::string reason) {
+        return handshake_outcome{std::nullopt, code, std::move(reason)};
+    };
+    framer_.reset();
+    early_pushes_.clear();
+    std::string request;
+    const protocol::host_message poll = protocol::get_health_request{};
+    protocol::encode_into(request, poll);
+    auto [write_error, written] =
+        co_await asio::async_write(socket_, asio::buffer(request), use_tuple);
+    if (write_error)
+        co_return failed(write_error, "connected, but the write failed: " + write_error.message());
+
+    while (true) {
+        auto space = framer_.prepare(read_chunk);
+        auto [ec, n] =
+            co_await socket_.async_read_some(asio::buffer(space.data(), space.size()), use_tuple);
+        if (ec == asio::error::eof) {
+            co_return failed(link_error::handshake_failed,
+                             "connected, but the connection closed before the guest answered");
+        }
+        if (ec)
+            co_return failed(ec, "connected, but the read failed: " + ec.message());
+        framer_.commit(n);
+        while (true) {
+            auto line = framer_.next_line();
+            if (!line) {
+                co_return failed(link_error::protocol_error,
+                                 "guest sent a line over the 1 MiB limit");
+            }
+            if (!*line)
+                break;
+            auto decoded = protocol::decode_guest_line(**line);
+            if (!decoded) {
+                co_return failed(link_error::protocol_error,
+                                 "undecodable line from guest (" + decoded.error().detail +
+                                     "): " + protocol::printable_excerpt(**line));
+            }
+            if (auto* health = std::get_if<protocol::health_payload>(&*decoded))
+                co_return handshake_outcome{std::move(*health), {}, {}};
+            if (auto* pushed = std::get_if<protocol::lifecycle_payload>(&*decoded)) {
+                early_pushes_.push_back(std::move(*pushed));
+                continue;
+            }
+            if (std::holds_alternative<protocol::unknown_message>(*decoded)) {
+                ++stats_.unknown_messages;
+                continue;
+            }
+            co_return failed(link_error::handshake_failed,
+                             "guest answered get_health with " +
+                                 protocol::printable_excerpt(protocol::redacted(*decoded)));
+        }
+    }
+}
+
+asio::awaitable<void> guest_link::serve_connection(const protocol::health_payload& greeting) {
     ++stats_.connects;
     connected_ = true;
+    if (socket_watch_) {
+        // Only needed while the guest is away.
+        error_code ignored;
+        socket_watch_->close(ignored);
+        socket_watch_.reset();
+    }
     consecutive_timeouts_ = 0;
+    declared_unresponsive_ = false;
     drop_reason_ = {};
     drop_detail_.clear();
-    framer_.reset();
     last_received_ = clock::now();
-    emit(link_events::up{});
+    emit(link_events::up{greeting, last_received_});
+    // Pushed before the handshake's answer: told after `up`, as they were received.
+    auto early = std::move(early_pushes_);
+    early_pushes_.clear();
+    for (auto& pushed : early) {
+        ++stats_.lifecycle_events;
+        emit(link_events::lifecycle{std::move(pushed)});
+    }
 
     co_await (read_loop() || write_loop() || keepalive_loop());
 
@@ -296,6 +499,14 @@ asio::awaitable<void> guest_link::serve_connection() {
         std::string().swap(write_buffer_);
 }
 
+void guest_link::declare_unresponsive(error_code cause, std::string reason) {
+    if (!connected_ || declared_unresponsive_)
+        return;
+    declared_unresponsive_ = true;
+    emit(link_events::unresponsive{cause, reason});
+    drop_connection(cause, std::move(reason));
+}
+
 void guest_link::drop_connection(error_code reason, std::string detail) {
     if (!drop_reason_) {
         drop_reason_ = reason;
@@ -306,20 +517,25 @@ void guest_link::drop_connection(error_code reason, std::string detail) {
 }
 
 asio::awaitable<void> guest_link::read_loop() {
+    // Lines that arrived with the handshake's answer are handled before the first read.
+    bool drain_first = true;
     while (true) {
-        auto space = framer_.prepare(read_chunk);
-        auto [ec, n] =
-            co_await socket_.async_read_some(asio::buffer(space.data(), space.size()), use_tuple);
-        if (ec) {
-            if (ec == asio::error::eof) {
-                drop_connection(link_error::connection_closed, "the guest closed the connection");
-            } else {
-                drop_connection(ec, "read failed: " + ec.message());
+        if (!std::exchange(drain_first, false)) {
+            auto space = framer_.prepare(read_chunk);
+            auto [ec, n] = co_await socket_.async_read_some(
+                asio::buffer(space.data(), space.size()), use_tuple);
+            if (ec) {
+                if (ec == asio::error::eof) {
+                    drop_connection(link_error::connection_closed,
+                                    "the guest closed the connection");
+                } else {
+                    drop_connection(ec, "read failed: " + ec.message());
+                }
+                co_return;
             }
-            co_return;
+            framer_.commit(n);
+            last_received_ = clock::now();
         }
-        framer_.commit(n);
-        last_received_ = clock::now();
         while (true) {
             auto line = framer_.next_line();
             if (!line) {
@@ -421,10 +637,10 @@ asio::awaitable<void> guest_link::keepalive_loop() {
         if (reply)
             continue;
         if (reply.error() == link_error::request_timeout) {
-            const auto reason =
-                "keepalive ping unanswered within " + describe_ms(options_.request_timeout);
-            emit(link_events::unresponsive{reason});
-            drop_connection(link_error::keepalive_timeout, reason);
+            // A no-op when this timeout was also the one that made the count.
+            declare_unresponsive(
+                link_error::keepalive_timeout,
+                "keepalive ping unanswered within " + describe_ms(options_.request_timeout));
             co_return;
         }
     }

@@ -1,7 +1,11 @@
 // One persistent, multiplexed connection to one guest's stereosd. Any number of coroutines may
 // call async_request concurrently; lines go out in call order through a single writer, replies
 // are matched FIFO (pending_requests), and unsolicited lifecycle pushes go to the event
-// callback. Runs forever (connect, serve, back off, reconnect) until stopped.
+// callback. Runs forever (connect, handshake, serve, back off, reconnect) until stopped.
+//
+// A connection counts as up only once the guest has answered its first request, a get_health:
+// under QEMU user-mode forwarding connect() succeeds while nothing listens in the guest, so only
+// a reply proves stereosd is there. The handshake's health report goes out with the `up` event.
 //
 // Threading: everything runs on the one executor given at construction; no mutexes.
 #pragma once
@@ -14,10 +18,12 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/system/result.hpp>
 
@@ -32,13 +38,17 @@
 namespace stereos::daemon {
 
 struct guest_link_options {
-    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds connect_timeout{2000};      // connect and handshake together
     std::chrono::milliseconds request_timeout{10000};     // the reference client's deadline
     std::chrono::milliseconds keepalive_interval{15000};  // idle time before our own ping
     std::chrono::milliseconds reconnect_initial{100};
     std::chrono::milliseconds reconnect_max{5000};
     std::chrono::milliseconds stable_after{1000};  // up this long: backoff starts over
-    unsigned unresponsive_after_timeouts = 3;      // consecutive written-request timeouts
+    // After losing a link that was stable, at start, and on reconnect_now(): retry every
+    // reconnect_initial for this long (a rebooting guest is back within seconds), then back
+    // off exponentially to reconnect_max.
+    std::chrono::milliseconds fast_retry_window{30000};
+    unsigned unresponsive_after_timeouts = 3;  // consecutive written-request timeouts
     std::size_t max_queued_requests = 4096;
     std::size_t max_queued_bytes = 8 * 1024 * 1024;
 };
@@ -52,13 +62,19 @@ struct connect_failed {
     boost::system::error_code error;
     std::string reason;
 };
-struct up {};
+struct up {
+    protocol::health_payload health;  // the guest's answer to the handshake
+    std::chrono::steady_clock::time_point answered_at;
+};
 struct down {
     boost::system::error_code error;
     std::string reason;
     std::chrono::milliseconds retry_in;
 };
+// Emitted once per connection, which is then dropped: `cause` is guest_unresponsive (that many
+// consecutive request timeouts) or keepalive_timeout.
 struct unresponsive {
+    boost::system::error_code cause;
     std::string reason;
 };
 struct protocol_violation {
@@ -118,6 +134,10 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     boost::asio::awaitable<request_result> async_request(protocol::host_message request,
                                                          clock::time_point deadline);
 
+    // "This guest just started": drops a connection that may be stale (a VM reset leaves the
+    // old one silent), cuts a backoff wait short, and retries fast for fast_retry_window.
+    void reconnect_now();
+
     bool is_up() const noexcept { return connected_; }
     bool is_stopped() const noexcept { return finished_; }
     const link_stats& stats() const noexcept { return stats_; }
@@ -130,12 +150,29 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
 
   private:
     struct request_waiter;
+    struct handshake_outcome {
+        std::optional<protocol::health_payload> health;
+        boost::system::error_code error;
+        std::string reason;  // why it failed, for operators
+    };
 
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<void> connection_loop();
     // Times out waiting requests from one timer for the whole link (see request_waiter).
     boost::asio::awaitable<void> deadline_loop();
-    boost::asio::awaitable<void> serve_connection();
+    // Sends get_health and waits for its answer until `deadline`.
+    boost::asio::awaitable<handshake_outcome> handshake(clock::time_point deadline);
+    boost::asio::awaitable<handshake_outcome> exchange_handshake();
+    // Waits out `delay`; cut short by reconnect_now(), or for unix and hybrid endpoints by the
+    // socket file appearing (the VMM creates it as the VM starts).
+    boost::asio::awaitable<void> wait_before_retry(std::chrono::milliseconds delay);
+    boost::asio::awaitable<void> socket_file_created();
+    // An inotify watch on the socket file's directory, while the link is down; false if the
+    // endpoint has no socket file or the watch cannot be made.
+    bool watch_socket_file();
+    std::chrono::milliseconds next_retry_delay();
+    void open_fast_retry_window();
+    boost::asio::awaitable<void> serve_connection(const protocol::health_payload& greeting);
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
     boost::asio::awaitable<void> keepalive_loop();
@@ -144,6 +181,8 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     bool handle_line(std::string_view line);
     // Ends the current connection, keeping the first reason given.
     void drop_connection(boost::system::error_code reason, std::string detail);
+    // The one place a connection is judged unresponsive: emits once, then drops it.
+    void declare_unresponsive(boost::system::error_code cause, std::string reason);
     void emit(const link_event& event);
 
     boost::asio::any_io_executor executor_;
@@ -160,6 +199,9 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     boost::asio::steady_timer deadline_timer_;  // at the earliest waiting deadline
     std::multimap<clock::time_point, request_waiter*> deadlines_;
     boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
+    boost::asio::steady_timer retry_timer_;      // the wait before reconnecting
+    std::optional<boost::asio::posix::stream_descriptor> socket_watch_;  // inotify, while down
+    std::string socket_file_name_;  // the watched file's name in its directory
     boost::asio::cancellation_signal stop_signal_;
 
     bool started_ = false;
@@ -168,6 +210,10 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     bool connected_ = false;
     clock::time_point last_received_{};
     unsigned consecutive_timeouts_ = 0;
+    bool declared_unresponsive_ = false;  // on this connection
+    clock::time_point fast_retry_until_{};
+    bool retry_at_once_ = false;                             // reconnect_now() during a wait
+    std::vector<protocol::lifecycle_payload> early_pushes_;  // pushed before the handshake reply
     boost::system::error_code drop_reason_;
     std::string drop_detail_;
     link_stats stats_;

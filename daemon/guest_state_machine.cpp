@@ -91,6 +91,7 @@ std::string_view event_name(const guest_event& event) {
             [](const guest_events::link_connecting&) {
                 return std::string_view("link_connecting");
             },
+            [](const guest_events::connect_failed&) { return std::string_view("connect_failed"); },
             [](const guest_events::link_up&) { return std::string_view("link_up"); },
             [](const guest_events::link_lost&) { return std::string_view("link_lost"); },
             [](const guest_events::lifecycle_pushed&) {
@@ -99,11 +100,8 @@ std::string_view event_name(const guest_event& event) {
             [](const guest_events::health_received&) {
                 return std::string_view("health_received");
             },
-            [](const guest_events::request_timed_out&) {
-                return std::string_view("request_timed_out");
-            },
-            [](const guest_events::keepalive_timed_out&) {
-                return std::string_view("keepalive_timed_out");
+            [](const guest_events::link_unresponsive&) {
+                return std::string_view("link_unresponsive");
             },
             [](const guest_events::reply_received&) { return std::string_view("reply_received"); },
             [](const guest_events::shutdown_sent&) { return std::string_view("shutdown_sent"); },
@@ -119,16 +117,12 @@ event_result guest_state_machine::handle(const guest_event& event, clock::time_p
     return std::visit(
         overloaded{
             [&](const guest_events::link_connecting&) { return on_link_connecting(now); },
-            [&](const guest_events::link_up&) { return on_link_up(now); },
+            [&](const guest_events::connect_failed& e) { return on_connect_failed(e); },
+            [&](const guest_events::link_up& e) { return on_link_up(e, now); },
             [&](const guest_events::link_lost& e) { return on_link_lost(e, now); },
             [&](const guest_events::lifecycle_pushed& e) { return on_lifecycle(e, now); },
             [&](const guest_events::health_received& e) { return on_health(e, now); },
-            [&](const guest_events::request_timed_out& e) {
-                return on_timeout("request timeout: " + e.request, now);
-            },
-            [&](const guest_events::keepalive_timed_out&) {
-                return on_timeout("keepalive timeout", now);
-            },
+            [&](const guest_events::link_unresponsive& e) { return on_unresponsive(e, now); },
             [&](const guest_events::reply_received&) { return on_reply(now); },
             [&](const guest_events::shutdown_sent& e) { return on_shutdown_sent(e, now); },
             [&](const guest_events::shutdown_acked&) { return on_shutdown_acked(); },
@@ -146,29 +140,58 @@ event_result guest_state_machine::on_link_connecting(clock::time_point now) {
     return result;
 }
 
-event_result guest_state_machine::on_link_up(clock::time_point now) {
+event_result guest_state_machine::on_connect_failed(const guest_events::connect_failed& e) {
+    last_link_error_ = e.reason;
+    return {};
+}
+
+event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
+                                             clock::time_point now) {
     event_result result;
     const bool after_shutdown = state_ == guest_state::shutdown;
     link_up_ = true;
     shutdown_acked_ = false;
-    reported_.reset();
     if (boot_ == 0) {
         start_new_boot(result, false);
-    } else if (after_shutdown) {
-        // It powered off, so this is a new boot whatever its uptime says.
+    } else if (after_shutdown || restarted_since_last_answer(e.health, e.answered_at)) {
+        // Powered off before, or stereosd started again: what was provisioned is gone.
         start_new_boot(result, true);
-    } else {
-        // Same guest or rebooted? The first health reply's uptime tells.
-        boot_known_ = false;
-        if (provisioning_ == provisioning_status::in_progress ||
-            provisioning_ == provisioning_status::failed) {
-            // The attempt died with the old link (or failed): try again once up.
-            provisioning_ = provisioning_status::not_due;
-            ++provisioning_attempt_;
-        }
+    } else if (provisioning_ == provisioning_status::in_progress ||
+               provisioning_ == provisioning_status::failed) {
+        // The same run of the guest: the attempt died with the old link (or failed): again.
+        provisioning_ = provisioning_status::not_due;
+        ++provisioning_attempt_;
     }
-    move_to(result, guest_state::booting, "link up", now);
+    record_health(e.health, e.answered_at, now);
+    reported_ = e.health.state;
+    move_to(result, host_state_for(e.health.state),
+            std::string(result.rebooted ? "link up, guest restarted: " : "link up: ") +
+                std::string(protocol::to_string(e.health.state)),
+            now);
+    update_provisioning(result);
     return result;
+}
+
+bool guest_state_machine::restarted_since_last_answer(const protocol::health_payload& health,
+                                                      guest_events::steady_time answered_at) const {
+    if (!started_at_)
+        return false;
+    const auto started = answered_at - std::chrono::seconds(health.uptime_seconds);
+    const auto shift = started > *started_at_ ? started - *started_at_ : *started_at_ - started;
+    if (shift > restart_tolerance)
+        return true;
+    // One run's uptime never decreases, however close together the answers are.
+    return uptime_seconds_ && health.uptime_seconds < *uptime_seconds_;
+}
+
+void guest_state_machine::record_health(const protocol::health_payload& health,
+                                        guest_events::steady_time answered_at,
+                                        clock::time_point now) {
+    uptime_seconds_ = health.uptime_seconds;
+    uptime_at_ = now;
+    // The latest reckoning, so slow drift between the clocks never adds up to a false restart.
+    started_at_ = answered_at - std::chrono::seconds(health.uptime_seconds);
+    agents_ = health.agents;
 }
 
 event_result guest_state_machine::on_link_lost(const guest_events::link_lost& e,
@@ -177,12 +200,14 @@ event_result guest_state_machine::on_link_lost(const guest_events::link_lost& e,
     last_link_error_ = e.reason;
     link_up_ = false;
     reported_.reset();
-    if (state_ == guest_state::shutdown || state_ == guest_state::disconnected) {
+    // Unresponsive already says why the link went: the drop that follows is its consequence.
+    if (state_ == guest_state::shutdown || state_ == guest_state::disconnected ||
+        state_ == guest_state::unresponsive) {
         return result;
     }
     if (state_ == guest_state::shutting_down && shutdown_acked_) {
         move_to(result, guest_state::shutdown, "link closed after shutdown: " + e.reason, now);
-    } else {
+    } else if (state_ != guest_state::unknown && state_ != guest_state::connecting) {
         move_to(result, guest_state::disconnected, "link lost: " + e.reason, now);
     }
     return result;
@@ -215,15 +240,10 @@ event_result guest_state_machine::on_health(const guest_events::health_received&
     if (!accepts_guest_messages()) {
         return result;
     }
-    const std::int64_t uptime = e.payload.uptime_seconds;
-    if (uptime_seconds_ && uptime < *uptime_seconds_) {
+    if (restarted_since_last_answer(e.payload, e.answered_at)) {
         start_new_boot(result, true);
-    } else {
-        boot_known_ = true;
     }
-    uptime_seconds_ = uptime;
-    uptime_at_ = now;
-    agents_ = e.payload.agents;
+    record_health(e.payload, e.answered_at, now);
     on_guest_report(result, e.payload.state,
                     "health: " + std::string(protocol::to_string(e.payload.state)), now);
     return result;
@@ -243,10 +263,11 @@ void guest_state_machine::on_guest_report(event_result& result, protocol::lifecy
     update_provisioning(result);
 }
 
-event_result guest_state_machine::on_timeout(std::string reason, clock::time_point now) {
+event_result guest_state_machine::on_unresponsive(const guest_events::link_unresponsive& e,
+                                                  clock::time_point now) {
     event_result result;
     if (link_up_ && is_live(state_)) {
-        move_to(result, guest_state::unresponsive, std::move(reason), now);
+        move_to(result, guest_state::unresponsive, "unresponsive: " + e.reason, now);
     }
     return result;
 }
@@ -311,17 +332,17 @@ void guest_state_machine::move_to(event_result& result, guest_state to, std::str
 
 void guest_state_machine::start_new_boot(event_result& result, bool seen_before) {
     ++boot_;
-    boot_known_ = true;
-    // The old boot's uptime must not make the new boot's first health look like another reboot.
+    // The old run's figures must not make the new one's first health look like another restart.
     uptime_seconds_.reset();
     uptime_at_.reset();
+    started_at_.reset();
     provisioning_ = provisioning_status::not_due;
     ++provisioning_attempt_;
     result.rebooted = result.rebooted || seen_before;
 }
 
 void guest_state_machine::update_provisioning(event_result& result) {
-    if (provisioning_ == provisioning_status::not_due && boot_known_ && link_up_ && is_up(state_)) {
+    if (provisioning_ == provisioning_status::not_due && link_up_ && is_up(state_)) {
         provisioning_ = provisioning_status::due;
         result.provisioning_due = true;
     }

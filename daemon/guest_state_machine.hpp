@@ -17,19 +17,19 @@
 
 namespace stereos::daemon {
 
-// unknown -> connecting -> booting -> ready -> healthy <-> degraded, and
-//   * -> disconnected (link lost; reconnecting)
-//   * -> unresponsive (link up but a request or the keepalive timed out)
+// unknown -> connecting -> booting|ready|healthy|degraded (what the guest reports), and
+//   * -> disconnected (a link that was up is lost; reconnecting)
+//   * -> unresponsive (an up link stopped answering; dropped and reconnecting)
 //   shutting_down (host sent shutdown) -> shutdown (guest said so, or link closed after the ack)
 enum class guest_state {
     unknown,        // no event yet
-    connecting,     // first connect attempts since the daemon started
-    booting,        // link up, guest not yet ready (also: until its first report on a new link)
+    connecting,     // no link up yet since the daemon started (failed attempts stay here)
+    booting,        // the guest says so
     ready,          // the guest says so
     healthy,        // the guest says so
     degraded,       // the guest says so (an agent is failing)
-    unresponsive,   // link up, but a request or the keepalive timed out
-    disconnected,   // link lost or connect failed; reconnecting
+    unresponsive,   // the link stopped answering (consecutive timeouts or the keepalive)
+    disconnected,   // a link that was up was lost; reconnecting
     shutting_down,  // host sent shutdown
     shutdown,       // guest powered off (said so, or closed the link after acking shutdown)
 };
@@ -44,9 +44,20 @@ inline constexpr std::array all_guest_states{
 
 // The events, one struct each. The link layer reports the link_* ones, the line sorter the guest's
 // messages, the request machinery timeouts and replies.
+// Health answers carry the monotonic time they arrived, from which the guest daemon's start time
+// (arrival - uptime_seconds) is reckoned without trusting the wall clock.
 namespace guest_events {
+using steady_time = std::chrono::steady_clock::time_point;
 struct link_connecting {};
-struct link_up {};
+// A connect attempt, or its handshake, failed: no link was up.
+struct connect_failed {
+    std::string reason;
+};
+// The guest answered the connection's first get_health.
+struct link_up {
+    protocol::health_payload health;
+    steady_time answered_at{};
+};
 struct link_lost {
     std::string reason;  // e.g. "connection reset by peer"
 };
@@ -55,11 +66,12 @@ struct lifecycle_pushed {
 };
 struct health_received {
     protocol::health_payload payload;
+    steady_time answered_at{};
 };
-struct request_timed_out {
-    std::string request;  // the wire type, e.g. "get_health"
+// The link's one verdict that an up connection stopped answering (it drops it next).
+struct link_unresponsive {
+    std::string reason;  // e.g. "3 consecutive requests timed out"
 };
-struct keepalive_timed_out {};
 // Any other successful reply (pong, ack): proof the guest is answering.
 struct reply_received {};
 struct shutdown_sent {
@@ -73,11 +85,15 @@ struct shutdown_failed {
 }  // namespace guest_events
 
 using guest_event =
-    std::variant<guest_events::link_connecting, guest_events::link_up, guest_events::link_lost,
-                 guest_events::lifecycle_pushed, guest_events::health_received,
-                 guest_events::request_timed_out, guest_events::keepalive_timed_out,
+    std::variant<guest_events::link_connecting, guest_events::connect_failed, guest_events::link_up,
+                 guest_events::link_lost, guest_events::lifecycle_pushed,
+                 guest_events::health_received, guest_events::link_unresponsive,
                  guest_events::reply_received, guest_events::shutdown_sent,
                  guest_events::shutdown_acked, guest_events::shutdown_failed>;
+
+// How far two reckonings of the guest daemon's start time may differ for the same run of it:
+// uptime_seconds is whole seconds, plus the round trip, with margin.
+inline constexpr std::chrono::seconds restart_tolerance{3};
 
 // A short name of the event kind for logs and test messages, e.g. "link_lost".
 std::string_view event_name(const guest_event& event);
@@ -116,25 +132,27 @@ struct provisioning_ticket {
 };
 
 // Rules:
-// - link_connecting: unknown -> connecting. Later attempts (from disconnected or shutdown) change
-//   nothing, so reconnect retries do not flood the history.
-// - link_lost: any state with a link (or connecting) -> disconnected, except shutting_down after
-//   the ack -> shutdown. In disconnected and shutdown it only records the error.
-// - link_up: -> booting (a new connection) from any state but booting; until the guest's first
-//   report on this link we only know it is there.
-// - lifecycle/health: the guest's state maps to the same host state (shutdown -> shutdown). They
-//   also end unresponsive. Messages while no link is up, or after shutdown, are stale: ignored.
-//   In shutting_down only a reported shutdown changes the state.
-// - request/keepalive timeout: booting|ready|healthy|degraded -> unresponsive. Any reply then
-//   recovers to the last state the guest reported on this link (booting if none).
+// - link_connecting: unknown -> connecting. Later attempts change nothing, so retries do not
+//   flood the history. connect_failed only records the error: a failed attempt (refused, silent,
+//   closed before answering) never moves the state.
+// - link_up (carries the guest's first health answer): -> the state it reports, at once.
+// - link_lost: a live state -> disconnected; shutting_down after the ack -> shutdown. In
+//   unresponsive, disconnected and shutdown it only records the error.
+// - lifecycle/health: the guest's state maps to the same host state (shutdown -> shutdown).
+//   Messages while no link is up, or after shutdown, are stale: ignored. In shutting_down only a
+//   reported shutdown changes the state.
+// - link_unresponsive (the link's single verdict: N consecutive timeouts or an unanswered
+//   keepalive; it drops the connection next): a live state -> unresponsive. A single request
+//   timeout changes nothing.
 // - shutdown_sent: any state with a link up -> shutting_down; shutdown_acked is recorded;
 //   shutdown_failed returns to the last reported state.
-// Boots: the first link ever and a link after shutdown start a new boot. On a reconnect, the first
-// health reply decides: uptime lower than the last seen means the guest rebooted (also within a
-// link). Until then the boot is undetermined and provisioning is not due. Limitation: a reboot is
-// missed if the new uptime already exceeds the last one seen (polls far apart).
-// Provisioning: due when the guest is up (ready, healthy or degraded) in a determined boot that
-// is not provisioned. A failed or interrupted attempt is due again after the next link up.
+// Boots: the first link ever and a link after shutdown start a new boot. Every health answer
+// (the handshake's first) gives the guest daemon's start time, arrival - uptime_seconds; a shift
+// beyond restart_tolerance from the last one, or an uptime lower than the last, means stereosd
+// started again (a reboot or a restart), whatever the order or spacing of the answers: a new
+// boot, provisioned again. The same start time after a reconnect is the same boot.
+// Provisioning: due when the guest is up (ready, healthy or degraded) in a boot that is not
+// provisioned. A failed or interrupted attempt is due again after the next link up.
 class guest_state_machine {
   public:
     using clock = std::chrono::system_clock;
@@ -152,6 +170,10 @@ class guest_state_machine {
     const std::string& last_link_error() const noexcept { return last_link_error_; }
     // From the last health reply (kept across links, for reboot detection).
     std::optional<std::int64_t> uptime_seconds() const noexcept { return uptime_seconds_; }
+    // When the guest daemon started, reckoned from the last health reply.
+    std::optional<guest_events::steady_time> guest_started_at() const noexcept {
+        return started_at_;
+    }
     std::optional<clock::time_point> uptime_at() const noexcept { return uptime_at_; }
     const std::vector<protocol::agent_status>& agents() const noexcept { return agents_; }
     const std::optional<protocol::lifecycle_payload>& last_lifecycle() const noexcept {
@@ -178,13 +200,19 @@ class guest_state_machine {
 
   private:
     event_result on_link_connecting(clock::time_point now);
-    event_result on_link_up(clock::time_point now);
+    event_result on_link_up(const guest_events::link_up& e, clock::time_point now);
+    event_result on_connect_failed(const guest_events::connect_failed& e);
     event_result on_link_lost(const guest_events::link_lost& e, clock::time_point now);
     void on_guest_report(event_result& result, protocol::lifecycle_state reported,
                          std::string reason, clock::time_point now);
     event_result on_lifecycle(const guest_events::lifecycle_pushed& e, clock::time_point now);
     event_result on_health(const guest_events::health_received& e, clock::time_point now);
-    event_result on_timeout(std::string reason, clock::time_point now);
+    event_result on_unresponsive(const guest_events::link_unresponsive& e, clock::time_point now);
+    // Whether this health answer shows stereosd started again since the last one.
+    bool restarted_since_last_answer(const protocol::health_payload& health,
+                                     guest_events::steady_time answered_at) const;
+    void record_health(const protocol::health_payload& health,
+                       guest_events::steady_time answered_at, clock::time_point now);
     event_result on_reply(clock::time_point now);
     event_result on_shutdown_sent(const guest_events::shutdown_sent& e, clock::time_point now);
     event_result on_shutdown_acked();
@@ -211,12 +239,12 @@ class guest_state_machine {
 
     std::optional<std::int64_t> uptime_seconds_;
     std::optional<clock::time_point> uptime_at_;
+    std::optional<guest_events::steady_time> started_at_;
     std::vector<protocol::agent_status> agents_;
     std::optional<protocol::lifecycle_payload> last_lifecycle_;
     std::optional<clock::time_point> last_lifecycle_at_;
 
     std::uint64_t boot_ = 0;
-    bool boot_known_ = false;  // whether this link's guest is known to be in boot_ (see rules)
     provisioning_status provisioning_ = provisioning_status::not_due;
     std::uint64_t provisioning_attempt_ = 0;
 };

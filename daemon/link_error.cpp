@@ -30,6 +30,12 @@ class category final : public boost::system::error_category {
                 return "request exceeds the guest's 1 MiB line limit";
             case link_error::connection_closed:
                 return "the guest closed the connection";
+            case link_error::handshake_failed:
+                return "the guest did not answer the connection's first request";
+            case link_error::handshake_timeout:
+                return "no answer to the connection's first request in time";
+            case link_error::reconnect_requested:
+                return "a fresh connection was requested";
         }
         return "unknown link error";
     }

@@ -17,6 +17,9 @@ enum class link_error {
     queue_full,           // too many requests or bytes waiting for this guest
     request_too_large,    // the encoded request is over the guest's 1 MiB line limit
     connection_closed,    // the guest closed the connection (EOF)
+    handshake_failed,     // connected, but the guest did not answer the first get_health
+    handshake_timeout,    // connected, but no answer to the first get_health in time
+    reconnect_requested,  // an operator asked for a fresh connection
 };
 
 const boost::system::error_category& link_category() noexcept;

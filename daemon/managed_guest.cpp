@@ -93,7 +93,8 @@ asio::awaitable<void> managed_guest::async_stop() {
 void managed_guest::feed(const guest_event& event) {
     const auto result = machine_.handle(event, std::chrono::system_clock::now());
     if (result.rebooted) {
-        log::notice("guest rebooted: provisioning will run again", {.guest = name()});
+        log::notice("guest restarted (stereosd has a new start time): provisioning will run again",
+                    {.guest = name()});
     }
     if (const auto& t = result.transition) {
         const auto to = std::string(to_string(t->to));
@@ -121,14 +122,18 @@ void managed_guest::on_link_event(const link_event& event) {
                     bus_.publish(name(), "link",
                                  {{"event", "connect_failed"}, {"reason", e.reason}});
                 }
-                feed(guest_events::link_lost{e.reason});
+                feed(guest_events::connect_failed{e.reason});
             },
-            [&](const link_events::up&) {
+            [&](const link_events::up& e) {
                 connect_errors_.reset();
-                log::info("link up", {.guest = name(), .endpoint = definition_.endpoint_text});
+                log::info("link up: guest reports " +
+                              std::string(protocol::to_string(e.health.state)) + ", stereosd up " +
+                              std::to_string(e.health.uptime_seconds) + " s",
+                          {.guest = name(), .endpoint = definition_.endpoint_text});
                 bus_.publish(name(), "link", {{"event", "up"}});
-                feed(guest_events::link_up{});
-                poll_now_ = true;
+                feed(guest_events::link_up{e.health, e.answered_at});
+                // The handshake was a health poll: the next one is due a full interval later.
+                handshake_polled_ = true;
                 health_timer_.cancel();
             },
             [&](const link_events::down& e) {
@@ -141,7 +146,7 @@ void managed_guest::on_link_event(const link_event& event) {
             [&](const link_events::unresponsive& e) {
                 log::warning("guest unresponsive: " + e.reason, {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "unresponsive"}, {"reason", e.reason}});
-                feed(guest_events::keepalive_timed_out{});
+                feed(guest_events::link_unresponsive{e.reason});
             },
             [&](const link_events::protocol_violation& e) {
                 log::error("protocol error, resetting the connection: " + e.detail,
@@ -175,15 +180,13 @@ void managed_guest::on_link_event(const link_event& event) {
 void managed_guest::note_reply(const protocol::host_message& sent, const request_result& result) {
     const bool is_shutdown = std::holds_alternative<protocol::shutdown_payload>(sent);
     if (!result) {
-        if (result.error() == link_error::request_timeout) {
-            feed(guest_events::request_timed_out{std::string(protocol::type_name(sent))});
-        }
+        // A timeout alone changes no state: the link judges unresponsiveness (guest_link.hpp).
         if (is_shutdown)
             feed(guest_events::shutdown_failed{result.error().message()});
         return;
     }
     if (const auto* health = std::get_if<protocol::health_payload>(&*result)) {
-        feed(guest_events::health_received{*health});
+        feed(guest_events::health_received{*health, std::chrono::steady_clock::now()});
         return;
     }
     feed(guest_events::reply_received{});
@@ -212,15 +215,14 @@ asio::awaitable<request_result> managed_guest::request(protocol::host_message me
 asio::awaitable<void> managed_guest::health_loop() {
     auto self = shared_from_this();
     while (!stopping_) {
-        if (link_->is_up()) {
-            poll_now_ = false;
+        if (link_->is_up() && !std::exchange(handshake_polled_, false)) {
             const protocol::host_message poll = protocol::get_health_request{};
             auto result = co_await link_->async_request(poll);
             if (stopping_)
                 break;
             note_reply(poll, result);
-            if (poll_now_)
-                continue;
+            if (std::exchange(handshake_polled_, false))
+                continue;  // a new link came up meanwhile: wait a full interval from now
         }
         health_timer_.expires_after(definition_.timeouts.health_interval);
         co_await health_timer_.async_wait(use_tuple);
@@ -309,6 +311,12 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
     }
     publish_provisioning();
     co_return failed_step.empty();
+}
+
+void managed_guest::reconnect() {
+    log::notice("reconnecting now on request", {.guest = name()});
+    bus_.publish(name(), "link", {{"event", "reconnect_requested"}});
+    link_->reconnect_now();
 }
 
 asio::awaitable<provisioning_report> managed_guest::provision_now() {

@@ -46,6 +46,9 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     // health replies, shutdown).
     boost::asio::awaitable<request_result> request(protocol::host_message message);
 
+    // "The VM just started": reconnect at once and retry fast (guest_link::reconnect_now).
+    void reconnect();
+
     // Runs the provisioning sequence now, whatever the boot; returns the report at the end.
     boost::asio::awaitable<provisioning_report> provision_now();
 
@@ -82,7 +85,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     provisioning_report report_;
     bool provisioning_running_ = false;
     bool stopping_ = false;
-    bool poll_now_ = false;
+    bool handshake_polled_ = false;  // a new link's handshake stood in for a health poll
     unsigned background_tasks_ = 0;  // health loop and provisioning runs still alive
     boost::asio::steady_timer health_timer_;
     boost::asio::steady_timer tasks_done_;

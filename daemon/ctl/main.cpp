@@ -269,6 +269,9 @@ int run_stereosctl(int argc, char** argv) {
     shutdown->add_option("--reason", reason);
     auto* provision = app.add_subcommand("provision", "run a guest's provisioning again now");
     provision->add_option("NAME", name)->required();
+    auto* reconnect = app.add_subcommand(
+        "reconnect", "reconnect to a guest now and retry fast (for a hook when its VM starts)");
+    reconnect->add_option("NAME", name)->required();
     auto* wait = app.add_subcommand("wait", "wait until a guest is in a state (or a better one)");
     wait->add_option("NAME", name)->required();
     wait->add_option("STATE", arg1, "e.g. ready (healthy counts as ready)")->required();
@@ -401,6 +404,10 @@ int run_stereosctl(int argc, char** argv) {
                                  std::cout << name << ": provisioning "
                                            << field(v.at("provision").as_object(), "state") << "\n";
                              });
+        }
+        if (reconnect->parsed()) {
+            return run.print(run.call(http::verb::post, guest_path + "/reconnect"),
+                             [&](const json::value&) { std::cout << name << ": reconnecting\n"; });
         }
         if (wait->parsed()) {
             const auto target = guest_path + "/wait?state=" + percent_encode(arg1) +

@@ -548,7 +548,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
                     self->close_connection(conn, false);
             });
         }
-        if (faults.accept_and_hang)
+        if (faults.accept_and_hang && faults.faults_after_lines == 0)
             return;  // held open by connections_, never read nor written
         if (where.hybrid) {
             asio::co_spawn(executor_, hybrid_handshake(shared_from_this(), conn, where.vsock_port),
@@ -623,6 +623,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
                 asio::buffer(space.data(), space.size()), use_tuple);
             if (!conn->open)
                 co_return;
+            if (self->faults.accept_and_hang && conn->lines >= self->faults.faults_after_lines)
+                co_return;  // hangs from now on: held open, never read again nor answered
             conn->framer.commit(n);
             if (ec) {
                 if (ec != asio::error::eof) {
@@ -694,9 +696,14 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             }
         }
 
+        // The first faults_after_lines lines of a connection are answered as a healthy guest
+        // would, so a link's handshake succeeds and the fault hits an established connection.
+        fault_switches active = faults;
+        if (conn->lines <= faults.faults_after_lines)
+            active = fault_switches{};
         std::string bytes;
-        bool replies = !faults.never_reply;
-        milliseconds delay = faults.reply_delay;
+        bool replies = !active.never_reply;
+        milliseconds delay = active.reply_delay;
         std::vector<script_step::after_action> actions;
         if (step) {
             switch (step->mode_) {
@@ -728,23 +735,23 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             run_actions(conn, actions);
             return conn->open;
         }
-        if (faults.wrong_reply_kind) {
+        if (active.wrong_reply_kind) {
             bytes = answered.request_type == "ping"
                         ? encode_line(protocol::ack_payload{"ping", true, {}})
                         : encode_line(protocol::pong_reply{});
         }
-        if (faults.garbage_replies)
+        if (active.garbage_replies)
             bytes = "this is not JSON: @#%!\n";
-        if (faults.overlong_replies)
+        if (active.overlong_replies)
             bytes = overlong_line();
 
         // One request at a time, as the real guest: a delay starts when the previous reply
         // is due.
         const auto ready_at = std::max(clock_type::now(), conn->last_reply_at) + delay;
         conn->last_reply_at = ready_at;
-        outgoing item{std::move(bytes), ready_at, faults.drop_mid_reply, std::move(actions),
-                      faults.stall_mid_reply};
-        if (faults.out_of_order_replies && !conn->held) {
+        outgoing item{std::move(bytes), ready_at, active.drop_mid_reply, std::move(actions),
+                      active.stall_mid_reply};
+        if (active.out_of_order_replies && !conn->held) {
             conn->held = std::move(item);
             return true;
         }

@@ -43,12 +43,17 @@ struct guest_behaviour {
 // Misbehaviour, all off by default. Each switch is read when it matters (on accept, when a
 // request is handled), so a test may flip it at any moment.
 struct fault_switches {
+    // The first this many lines of each connection are answered normally, whatever the other
+    // switches say (close_after_lines aside): a client's handshake succeeds, then the faults
+    // hit an established connection.
+    std::size_t faults_after_lines = 0;
     // Every reply waits this long. Requests are answered one at a time as the real guest does,
     // so pipelined requests get their replies `reply_delay` apart.
     milliseconds reply_delay{0};
     // Read and record requests, never answer them.
     bool never_reply = false;
-    // Connections accepted while set are never read nor written: the peer's writes back up.
+    // Connections accepted while set are never read nor written, and open ones stop being read
+    // (what arrives next is dropped unanswered): the peer's writes back up.
     bool accept_and_hang = false;
     // Non-zero: a connection is closed when its Nth line arrives; that line is recorded but not
     // answered.

@@ -37,6 +37,7 @@ struct program_options {
     bool garbage = false;
     bool wrong_reply_kind = false;
     std::size_t close_after = 0;
+    std::size_t faults_after = 0;
     bool drop_mid_reply = false;
     bool stall_mid_reply = false;
     std::string connection_lifetime = "0ms";
@@ -110,6 +111,9 @@ int main(int argc, char** argv) {
                      "reply pong to get_health and acked requests, ack to ping");
         app.add_option("--close-after", opt.close_after,
                        "close a connection when its Nth line arrives (unanswered)");
+        app.add_option("--faults-after", opt.faults_after,
+                       "answer the first N lines of each connection normally (a client's "
+                       "handshake), then misbehave");
         app.add_flag("--drop-mid-reply", opt.drop_mid_reply,
                      "write half of each reply line, then close");
         app.add_flag(
@@ -165,6 +169,7 @@ int main(int argc, char** argv) {
             faults.garbage_replies = opt.garbage;
             faults.wrong_reply_kind = opt.wrong_reply_kind;
             faults.close_after_lines = opt.close_after;
+            faults.faults_after_lines = opt.faults_after;
             faults.drop_mid_reply = opt.drop_mid_reply;
             faults.stall_mid_reply = opt.stall_mid_reply;
             faults.connection_lifetime = connection_lifetime;

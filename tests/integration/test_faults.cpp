@@ -326,7 +326,7 @@ BOOST_AUTO_TEST_SUITE(faults)
 
 BOOST_AUTO_TEST_CASE(a_guest_dropping_the_connection_mid_reply_is_reconnected_and_contained) {
     fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--drop-mid-reply"});
+    fake_guests bad(bench.dir, "bad", 1, {"--drop-mid-reply", "--faults-after", "1"});
     bench.add_guest("bad", bad.endpoint());
     // Every request fails cleanly: the guest may have acted on it, so nothing is retried.
     for (int i = 0; i < 10; ++i) {
@@ -342,7 +342,7 @@ BOOST_AUTO_TEST_CASE(a_guest_dropping_the_connection_mid_reply_is_reconnected_an
 
 BOOST_AUTO_TEST_CASE(a_guest_stalling_after_half_a_line_is_found_unresponsive_within_deadline) {
     fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--stall-mid-reply"});
+    fake_guests bad(bench.dir, "bad", 1, {"--stall-mid-reply", "--faults-after", "1"});
     bench.add_guest("bad", bad.endpoint());
     for (int i = 0; i < 4; ++i) {
         const auto result = timed_request(bench.socket(), "POST", "/v1/guests/bad/ping");
@@ -354,6 +354,32 @@ BOOST_AUTO_TEST_CASE(a_guest_stalling_after_half_a_line_is_found_unresponsive_wi
     bench.expect_logged("[bad] guest unresponsive:");
     bench.expect_logged("[bad] state ");
     BOOST_TEST(bench.hostd.log().find("-> unresponsive") != std::string::npos);
+    bench.expect_daemon_well();
+}
+
+BOOST_AUTO_TEST_CASE(a_guest_that_never_answers_stays_connecting_and_is_retried_quietly) {
+    // Like QEMU forwarding to a VM whose stereosd is not up: every connect succeeds, nothing
+    // answers. That is no link at all, not an unresponsive or lost one.
+    fault_bench bench;
+    fake_guests silent(bench.dir, "silent", 1, {"--never-reply"});
+    bench.add_guest("silent", silent.endpoint());
+    const bool retried = eventually(
+        [&] {
+            return bench.metric_now(
+                       "stereos_guest_link_connect_failures_total{guest=\"silent\"}") >= 3;
+        },
+        30s);
+    BOOST_TEST(retried, "the link stopped retrying");
+    const auto answer = timed_request(bench.socket(), "POST", "/v1/guests/silent/ping");
+    BOOST_TEST(answer.status == 503u, answer.status << " " << answer.code);
+    BOOST_TEST(answer.code == "guest_unavailable");
+    const auto status = get(bench.socket(), "/v1/guests/silent").json();
+    BOOST_TEST(status.at("state").as_string() == "connecting", status);
+    BOOST_TEST(bench.metric_now("stereos_guest_link_connects_total{guest=\"silent\"}") == 0);
+    bench.expect_logged("[silent] cannot connect:");
+    const auto log = bench.hostd.log();
+    BOOST_TEST(log.find("[silent] state connecting -> ") == std::string::npos, bench.tail_of_log());
+    BOOST_TEST(log.find("[silent] link up") == std::string::npos);
     bench.expect_daemon_well();
 }
 
@@ -395,7 +421,7 @@ BOOST_AUTO_TEST_CASE(a_lifecycle_flood_during_requests_does_not_disturb_replies_
 
 BOOST_AUTO_TEST_CASE(a_guest_sending_a_2_mib_line_is_reset_as_a_protocol_error) {
     fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--overlong-reply"});
+    fake_guests bad(bench.dir, "bad", 1, {"--overlong-reply", "--faults-after", "1"});
     bench.add_guest("bad", bad.endpoint());
     for (int i = 0; i < 10; ++i) {
         const auto answer = post(bench.socket(), "/v1/guests/bad/ping");
@@ -412,7 +438,7 @@ BOOST_AUTO_TEST_CASE(a_guest_sending_a_2_mib_line_is_reset_as_a_protocol_error) 
 
 BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_deadline_and_memory_stays_bounded) {
     fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--accept-and-hang"});
+    fake_guests bad(bench.dir, "bad", 1, {"--accept-and-hang", "--faults-after", "1"});
     bench.add_guest("bad", bad.endpoint());
     BOOST_TEST_REQUIRE(
         eventually([&] { return bench.metric_now("stereos_guest_link_up{guest=\"bad\"}") == 1; }));
@@ -455,7 +481,7 @@ BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_deadline_and_mem
 
 BOOST_AUTO_TEST_CASE(a_guest_replying_out_of_order_is_reset_and_no_reply_is_misdelivered) {
     fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--out-of-order"});
+    fake_guests bad(bench.dir, "bad", 1, {"--out-of-order", "--faults-after", "1"});
     bench.add_guest("bad", bad.endpoint());
     std::vector<outcome> outcomes;
     {
@@ -516,7 +542,9 @@ BOOST_AUTO_TEST_CASE(fifty_guests_flapping_every_50_ms_for_30_s_leak_nothing) {
 BOOST_AUTO_TEST_CASE(api_clients_hanging_up_mid_request_and_mid_event_stream_leave_nothing) {
     fault_bench bench(quick_reconnect, "debug");
     // Slow replies keep requests in flight; a modest flood keeps the event streams busy.
-    fake_guests slow(bench.dir, "slow", 1, {"--reply-delay", "1500ms", "--lifecycle-flood", "200"});
+    fake_guests slow(
+        bench.dir, "slow", 1,
+        {"--reply-delay", "1500ms", "--lifecycle-flood", "200", "--faults-after", "1"});
     bench.add_guest("slow", slow.endpoint());
     for (int round = 0; round < 5; ++round) {
         // Mid-request: the request is in the daemon, waiting for the guest, when we go.

@@ -181,7 +181,7 @@ BOOST_AUTO_TEST_CASE(a_thousand_concurrent_requests_from_50_coroutines_complete_
     });
     BOOST_TEST(correct == 1000);
     BOOST_TEST(wrong == 0);
-    BOOST_TEST(f.guest.received().size() == 1000u);
+    BOOST_TEST(f.guest.received().size() == 1001u);  // and the handshake's get_health
     BOOST_TEST(f.link->stats().connects == 1u);
     f.shut_down_and_expect_idle();
 }
@@ -219,7 +219,8 @@ BOOST_AUTO_TEST_CASE(pipelined_requests_over_a_unix_socket_keep_their_order) {
 BOOST_AUTO_TEST_CASE(lifecycle_pushes_interleaved_with_pipelined_replies_never_complete_requests) {
     link_fixture f;
     const auto endpoint = f.guest.listen_tcp();
-    // A push before any request, then one after each of the first replies.
+    // The handshake, a push before any request, then one after each of the first replies.
+    f.guest.expect("get_health");
     f.guest.expect("ping").then_push_lifecycle(lifecycle_state::booting, "starting");
     f.guest.expect("get_health").then_push_lifecycle(lifecycle_state::ready);
     f.guest.expect("ping").then_push_raw(
@@ -275,6 +276,7 @@ BOOST_AUTO_TEST_CASE(lifecycle_pushes_interleaved_with_pipelined_replies_never_c
 BOOST_AUTO_TEST_CASE(a_late_reply_after_timeout_is_dropped) {
     link_fixture f;
     const auto endpoint = f.guest.listen_tcp();
+    f.guest.expect("get_health");  // the handshake
     f.guest.expect("get_health")
         .reply(protocol::health_payload{lifecycle_state::booting, {}, 111})
         .after(600ms);
@@ -331,8 +333,9 @@ BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_res
     BOOST_TEST(f.link->stats().connects == 2u);
     BOOST_TEST(f.link->stats().connect_failures >= 1u);
     BOOST_TEST(f.count<daemon::link_events::down>() == 1u);
-    BOOST_TEST(f.guest.received_texts() == std::vector<std::string>{"{\"type\":\"get_health\"}"},
-               boost::test_tools::per_element());
+    // Each connection's handshake, then the queued request on the second.
+    const std::vector<std::string> expected(3, "{\"type\":\"get_health\"}");
+    BOOST_TEST(f.guest.received_texts() == expected, boost::test_tools::per_element());
     f.shut_down_and_expect_idle();
 }
 
@@ -341,6 +344,7 @@ BOOST_AUTO_TEST_CASE(a_written_request_fails_with_connection_lost_when_the_guest
     f.link = f.make_link(f.guest.listen_tcp());
     request_result dropped, after;
     f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
         f.guest.faults.close_after_lines = 1;
         const protocol::host_message mount = protocol::mount_payload{"t", "/p", "9p", false};
         dropped = co_await f.link->async_request(mount);
@@ -358,6 +362,7 @@ BOOST_AUTO_TEST_CASE(a_guest_dropping_mid_reply_fails_the_request_and_the_link_r
     f.link = f.make_link(f.guest.listen_tcp());
     request_result dropped, after;
     f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
         f.guest.faults.drop_mid_reply = true;
         dropped = co_await f.link->async_request(protocol::get_health_request{});
         f.guest.faults.drop_mid_reply = false;
@@ -401,11 +406,11 @@ BOOST_AUTO_TEST_CASE(every_protocol_error_fails_outstanding_requests_and_reconne
     for (const auto& c : cases) {
         BOOST_TEST_CONTEXT(c.name) {
             link_fixture f;
-            const auto endpoint = f.guest.listen_tcp();
-            c.misbehave(f.guest);
-            f.link = f.make_link(endpoint);
+            f.link = f.make_link(f.guest.listen_tcp());
             request_result failed, after;
             f.run([&]() -> asio::awaitable<void> {
+                BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+                c.misbehave(f.guest);
                 failed = co_await f.link->async_request(c.request);
                 c.behave(f.guest);
                 after = co_await f.link->async_request(protocol::ping_request{});
@@ -467,12 +472,13 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     std::vector<link_event> other_events;
     auto other = f.make_link(healthy_guest.listen_unix((f.dir / "healthy.sock").string()), {},
                              &other_events);
-    f.guest.faults.never_reply = true;
     std::vector<request_result> hung;
     int other_ok = 0;
     clock_type::duration slowest_other{};
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.never_reply = true;
         bool hung_done = false;
         asio::co_spawn(
             ex,
@@ -494,7 +500,7 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
             slowest_other = std::max(slowest_other, clock_type::now() - start);
         }
         BOOST_TEST(co_await eventually([&] { return hung_done; }));
-        BOOST_TEST(co_await eventually([&] { return f.link->stats().connects >= 2u; }));
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().connect_failures >= 1u; }));
         co_await other->async_stop();
         healthy_guest.stop();
     });
@@ -506,6 +512,8 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     BOOST_TEST(std::chrono::duration_cast<std::chrono::milliseconds>(slowest_other).count() < 250);
     BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
     BOOST_TEST(f.count<daemon::link_events::unresponsive>(other_events) == 0u);
+    // The reconnects that follow are attempts the silent guest never answers: not links.
+    BOOST_TEST(f.count<daemon::link_events::up>() == 1u);
     f.shut_down_and_expect_idle();
 }
 
@@ -517,8 +525,11 @@ BOOST_AUTO_TEST_CASE(an_idle_link_sends_keepalive_pings) {
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST(co_await eventually([&] { return f.guest.received().size() >= 3u; }));
     });
-    for (const auto& line : f.guest.received_texts())
-        BOOST_TEST(line == "{\"type\":\"ping\"}");
+    const auto lines = f.guest.received_texts();
+    BOOST_TEST_REQUIRE(!lines.empty());
+    BOOST_TEST(lines.front() == "{\"type\":\"get_health\"}");  // the handshake
+    for (std::size_t i = 1; i < lines.size(); ++i)
+        BOOST_TEST(lines[i] == "{\"type\":\"ping\"}");
     BOOST_TEST(f.link->stats().connects == 1u);
     f.shut_down_and_expect_idle();
 }
@@ -528,11 +539,13 @@ BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_marks_the_guest_unresponsive_and_re
     auto options = f.quick_options();
     options.keepalive_interval = 100ms;
     options.request_timeout = 300ms;
-    f.guest.faults.never_reply = true;
     f.link = f.make_link(f.guest.listen_tcp(), options);
     f.run([&]() -> asio::awaitable<void> {
-        BOOST_TEST(co_await eventually([&] { return f.link->stats().connects >= 2u; }));
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.never_reply = true;
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().connect_failures >= 1u; }));
     });
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
     const auto it = std::find_if(f.events.begin(), f.events.end(), [](const link_event& e) {
         return std::holds_alternative<daemon::link_events::unresponsive>(e);
     });
@@ -544,13 +557,14 @@ BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_marks_the_guest_unresponsive_and_re
 
 BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_the_deadline) {
     link_fixture f;
-    f.guest.faults.accept_and_hang = true;
     auto options = f.quick_options();
     options.unresponsive_after_timeouts = 2;
     f.link = f.make_link(f.guest.listen_tcp(), options);
     std::vector<request_result> results;
     f.run([&]() -> asio::awaitable<void> {
         co_await eventually([&] { return f.link->is_up(); });
+        // From here on the guest reads nothing on this connection.
+        f.guest.faults.accept_and_hang = true;
         // Big requests, so our writes back up in the socket buffers.
         const std::string big(512 * 1024, 'x');
         for (int i = 0; i < 2; ++i) {
@@ -601,13 +615,13 @@ BOOST_AUTO_TEST_CASE(a_failed_hybrid_handshake_keeps_the_link_retrying) {
 
 BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
     link_fixture f;
-    f.guest.faults.never_reply = true;
     f.link = f.make_link(f.guest.listen_tcp());
     std::vector<request_result> results;
     clock_type::duration stop_took{};
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         co_await eventually([&] { return f.link->is_up(); });
+        f.guest.faults.never_reply = true;
         for (int i = 0; i < 10; ++i) {
             asio::co_spawn(
                 ex,
@@ -620,7 +634,7 @@ BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
                         std::rethrow_exception(e);
                 });
         }
-        BOOST_TEST(co_await eventually([&] { return f.guest.received().size() == 10u; }));
+        BOOST_TEST(co_await eventually([&] { return f.guest.received().size() == 11u; }));
         const auto start = clock_type::now();
         co_await f.link->async_stop();
         stop_took = clock_type::now() - start;
@@ -682,6 +696,227 @@ BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused_at_once) {
     });
     BOOST_TEST((too_large.error() == link_error::request_too_large));
     BOOST_TEST((full.error() == link_error::queue_full));
+    f.shut_down_and_expect_idle();
+}
+
+// ---- the handshake: only an answer makes a link ---------------------------------------------
+
+template <class Event>
+const Event* first_of(const std::vector<link_event>& events) {
+    for (const auto& e : events) {
+        if (const auto* found = std::get_if<Event>(&e))
+            return found;
+    }
+    return nullptr;
+}
+
+BOOST_AUTO_TEST_CASE(a_silent_connection_is_a_failed_attempt_not_a_link) {
+    // QEMU user-mode forwarding while the VM boots: connect() succeeds, nothing answers.
+    link_fixture f;
+    f.guest.faults.accept_and_hang = true;
+    auto options = f.quick_options();
+    options.connect_timeout = 300ms;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually(
+            [&] { return f.count<daemon::link_events::connect_failed>() >= 2u; }));
+    });
+    BOOST_TEST(f.count<daemon::link_events::up>() == 0u);
+    BOOST_TEST(f.count<daemon::link_events::down>() == 0u);
+    BOOST_TEST(f.link->stats().connects == 0u);
+    const auto* failure = first_of<daemon::link_events::connect_failed>(f.events);
+    BOOST_TEST_REQUIRE(failure != nullptr);
+    BOOST_TEST((failure->error == link_error::handshake_timeout));
+    BOOST_TEST(failure->reason.find("no answer to get_health within 300ms") != std::string::npos,
+               failure->reason);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_connection_closed_before_answering_is_a_failed_attempt) {
+    // The guest's network is up but stereosd is not listening yet: EOF after the connect.
+    link_fixture f;
+    f.guest.faults.close_after_lines = 1;
+    f.link = f.make_link(f.guest.listen_tcp());
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually(
+            [&] { return f.count<daemon::link_events::connect_failed>() >= 2u; }));
+        f.guest.faults.close_after_lines = 0;  // stereosd is up now
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }));
+    });
+    BOOST_TEST(f.count<daemon::link_events::up>() == 1u);
+    BOOST_TEST(f.count<daemon::link_events::down>() == 0u);
+    const auto* failure = first_of<daemon::link_events::connect_failed>(f.events);
+    BOOST_TEST_REQUIRE(failure != nullptr);
+    BOOST_TEST((failure->error == link_error::handshake_failed));
+    BOOST_TEST(failure->reason.find("closed before the guest answered") != std::string::npos,
+               failure->reason);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(the_up_event_carries_the_handshake_health_and_earlier_pushes_follow_it) {
+    link_fixture f;
+    const auto endpoint = f.guest.listen_tcp();
+    f.guest.expect("get_health")
+        .reply_raw(
+            "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"booting\",\"message\":\"early\"}}\n"
+            "{\"type\":\"health\",\"payload\":{\"state\":\"booting\",\"uptime_seconds\":42}}\n"
+            "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\"}}\n");
+    f.link = f.make_link(endpoint);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(
+            co_await eventually([&] { return f.count<daemon::link_events::lifecycle>() == 2u; }));
+    });
+    // up, then the push that came before the answer, then the one that came with it.
+    std::vector<std::string> order;
+    for (const auto& e : f.events) {
+        if (const auto* up = std::get_if<daemon::link_events::up>(&e)) {
+            BOOST_TEST((up->health.state == lifecycle_state::booting));
+            BOOST_TEST(up->health.uptime_seconds == 42);
+            order.emplace_back("up");
+        } else if (const auto* pushed = std::get_if<daemon::link_events::lifecycle>(&e)) {
+            order.emplace_back(protocol::to_string(pushed->payload.state));
+        }
+    }
+    const std::vector<std::string> expected{"up", "booting", "ready"};
+    BOOST_TEST(order == expected, boost::test_tools::per_element());
+    BOOST_TEST(f.link->stats().protocol_errors == 0u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_keepalive_timeout_that_is_also_the_nth_timeout_is_one_verdict) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.keepalive_interval = 100ms;
+    options.request_timeout = 300ms;
+    options.unresponsive_after_timeouts = 1;  // the keepalive's own timeout makes the count
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.never_reply = true;
+        BOOST_TEST(co_await eventually([&] { return f.count<daemon::link_events::down>() >= 1u; }));
+        co_await sleep_for(200ms);
+    });
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
+    const auto* verdict = first_of<daemon::link_events::unresponsive>(f.events);
+    BOOST_TEST_REQUIRE(verdict != nullptr);
+    BOOST_TEST((verdict->cause == link_error::guest_unresponsive));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_single_request_timeout_is_not_a_verdict) {
+    link_fixture f;
+    const auto endpoint = f.guest.listen_tcp();
+    f.guest.expect("get_health");               // the handshake
+    f.guest.expect("ping").reply_after(600ms);  // late: after its 200 ms deadline
+    f.link = f.make_link(endpoint);
+    request_result timed_out, after;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        timed_out =
+            co_await f.link->async_request(protocol::ping_request{}, clock_type::now() + 200ms);
+        after = co_await f.link->async_request(protocol::ping_request{});
+    });
+    BOOST_TEST((timed_out.error() == link_error::request_timeout));
+    BOOST_TEST(is_pong(after));
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 0u);
+    BOOST_TEST(f.link->stats().connects == 1u);
+    f.shut_down_and_expect_idle();
+}
+
+// ---- reconnecting ---------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(reconnect_now_drops_an_up_link_and_reconnects_at_once) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 10s;  // only an immediate retry can pass this test
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    clock_type::duration took{};
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        const auto start = clock_type::now();
+        f.link->reconnect_now();
+        BOOST_TEST(co_await eventually([&] { return f.link->stats().connects == 2u; }, 4s));
+        took = clock_type::now() - start;
+    });
+    BOOST_TEST((took < 4s));
+    const auto* down = first_of<daemon::link_events::down>(f.events);
+    BOOST_TEST_REQUIRE(down != nullptr);
+    BOOST_TEST((down->error == link_error::reconnect_requested));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(reconnect_now_cuts_a_retry_wait_short) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 20s;
+    options.reconnect_max = 20s;
+    const auto address = f.guest.listen_tcp();
+    f.guest.refuse_connections_for(500ms);
+    f.link = f.make_link(address, options);
+    clock_type::duration took{};
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually(
+            [&] { return f.count<daemon::link_events::connect_failed>() == 1u; }));
+        co_await sleep_for(1s);  // the guest listens again; the link waits at least 10 s more
+        BOOST_TEST(!f.link->is_up());
+        const auto start = clock_type::now();
+        f.link->reconnect_now();
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }, 5s));
+        took = clock_type::now() - start;
+    });
+    BOOST_TEST((took < 5s));
+    BOOST_TEST(f.count<daemon::link_events::connect_failed>() == 1u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_unix_socket_file_appearing_ends_the_wait) {
+    // The VMM creates the socket as the VM starts; the link is waiting out a long delay.
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 20s;
+    options.reconnect_max = 20s;
+    const auto path = (f.dir / "vm.sock").string();
+    f.link = f.make_link("unix:" + path, options);
+    clock_type::duration took{};
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually(
+            [&] { return f.count<daemon::link_events::connect_failed>() == 1u; }));
+        co_await sleep_for(300ms);
+        const auto start = clock_type::now();
+        f.guest.listen_unix(path);
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }, 5s));
+        took = clock_type::now() - start;
+    });
+    BOOST_TEST((took < 5s));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 40ms;
+    options.reconnect_max = 5s;
+    options.stable_after = 200ms;
+    options.fast_retry_window = 1500ms;
+    const auto address = f.guest.listen_tcp();
+    f.link = f.make_link(address, options);
+    std::size_t in_window = 0, after_window = 0;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        co_await sleep_for(400ms);  // stable
+        f.guest.refuse_connections_for(60s);
+        f.guest.close_connections();
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return !f.link->is_up(); }));
+        const auto failures_at_loss = f.link->stats().connect_failures;
+        co_await sleep_for(1500ms);
+        in_window = f.link->stats().connect_failures - failures_at_loss;
+        const auto failures_at_window_end = f.link->stats().connect_failures;
+        co_await sleep_for(1500ms);
+        after_window = f.link->stats().connect_failures - failures_at_window_end;
+    });
+    // Every 20-40 ms in the window (about 50 attempts); doubling from 40 ms after it (about 5).
+    BOOST_TEST(in_window >= 15u);
+    BOOST_TEST(after_window <= 8u);
     f.shut_down_and_expect_idle();
 }
 

@@ -255,7 +255,7 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
         dir.file("plain-secret") + "\", mode = 0o600 } ]\n";
 
     fake_guests good(dir, "good", 1);
-    fake_guests silent_guest(dir, "silent", 1, {"--never-reply"});
+    fake_guests silent_guest(dir, "silent", 1, {"--never-reply", "--faults-after", "1"});
     echoing_guest hostile;
     {
         using stereos::protocol::ack_payload;

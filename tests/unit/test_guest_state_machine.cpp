@@ -1,6 +1,8 @@
 // The per-guest state machine, driven synchronously with injected timestamps: every transition
-// (a table from each state), odd event orders, reboot detection and provisioning bookkeeping.
+// (a table from each state), odd event orders, restart detection by the guest daemon's start
+// time, and provisioning bookkeeping.
 #include <array>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
@@ -17,21 +19,37 @@ using namespace std::chrono_literals;
 namespace {
 
 using clock_type = guest_state_machine::clock;
+using steady = std::chrono::steady_clock;
 
 guest_event health(lifecycle_state state, std::int64_t uptime) {
     return ev::health_received{{state, {}, uptime}};
 }
+guest_event up(lifecycle_state state, std::int64_t uptime) {
+    return ev::link_up{{state, {}, uptime}};
+}
 guest_event lifecycle(lifecycle_state state, std::string message = {}) {
     return ev::lifecycle_pushed{{state, std::move(message)}};
 }
+guest_event unresponsive() {
+    return ev::link_unresponsive{"3 consecutive requests timed out"};
+}
 
-// Feeds events one second apart from a fixed start, so each transition's time is predictable.
+// Feeds events one second apart from a fixed start, on both clocks, so each transition's time is
+// predictable and a health answer's uptime says when the guest daemon started. Health answers
+// without an arrival time are stamped with the time they are fed.
 struct driver {
     guest_state_machine machine;
     clock_type::time_point now = clock_type::time_point{} + 24h * 365 * 55;
+    steady::time_point steady_now = steady::time_point{} + 24h;
 
-    event_result feed(const guest_event& event) {
+    event_result feed(guest_event event) {
         now += 1s;
+        steady_now += 1s;
+        if (auto* h = std::get_if<ev::health_received>(&event);
+            h && h->answered_at == steady::time_point{})
+            h->answered_at = steady_now;
+        if (auto* u = std::get_if<ev::link_up>(&event); u && u->answered_at == steady::time_point{})
+            u->answered_at = steady_now;
         return machine.handle(event, now);
     }
     void feed_all(const std::vector<guest_event>& events) {
@@ -39,15 +57,20 @@ struct driver {
             feed(event);
         }
     }
+    // Lets time pass with no event.
+    void wait(std::chrono::seconds how_long) {
+        now += how_long;
+        steady_now += how_long;
+    }
 };
 
-// The shortest way to each state from a fresh machine. The guest last reported healthy with
-// uptime 100 in the states reached through healthy.
+// The shortest way to each state from a fresh machine. The link comes up on the second event with
+// the guest reporting uptime 100, so an answer fed k events later from the same run says 100 + k.
 std::vector<guest_event> path_to(guest_state state) {
-    std::vector<guest_event> to_booting{ev::link_connecting{}, ev::link_up{}};
-    auto extend = [](std::vector<guest_event> base, std::initializer_list<guest_event> more) {
-        base.insert(base.end(), more);
-        return base;
+    auto with = [](lifecycle_state reported, std::initializer_list<guest_event> more) {
+        std::vector<guest_event> events{ev::link_connecting{}, up(reported, 100)};
+        events.insert(events.end(), more);
+        return events;
     };
     switch (state) {
         case guest_state::unknown:
@@ -55,26 +78,23 @@ std::vector<guest_event> path_to(guest_state state) {
         case guest_state::connecting:
             return {ev::link_connecting{}};
         case guest_state::booting:
-            return to_booting;
+            return with(lifecycle_state::booting, {});
         case guest_state::ready:
-            return extend(to_booting, {health(lifecycle_state::ready, 100)});
+            return with(lifecycle_state::ready, {});
         case guest_state::healthy:
-            return extend(to_booting, {health(lifecycle_state::healthy, 100)});
+            return with(lifecycle_state::healthy, {});
         case guest_state::degraded:
-            return extend(to_booting, {health(lifecycle_state::degraded, 100)});
+            return with(lifecycle_state::degraded, {});
         case guest_state::unresponsive:
-            return extend(to_booting,
-                          {health(lifecycle_state::healthy, 100), ev::keepalive_timed_out{}});
+            return with(lifecycle_state::healthy, {unresponsive()});
         case guest_state::disconnected:
-            return extend(to_booting,
-                          {health(lifecycle_state::healthy, 100), ev::link_lost{"reset"}});
+            return with(lifecycle_state::healthy, {ev::link_lost{"reset"}});
         case guest_state::shutting_down:
-            return extend(to_booting,
-                          {health(lifecycle_state::healthy, 100), ev::shutdown_sent{"operator"}});
+            return with(lifecycle_state::healthy, {ev::shutdown_sent{"operator"}});
         case guest_state::shutdown:
-            return extend(to_booting,
-                          {health(lifecycle_state::healthy, 100), ev::shutdown_sent{"operator"},
-                           ev::shutdown_acked{}, ev::link_lost{"end of file"}});
+            return with(lifecycle_state::healthy,
+                        {ev::shutdown_sent{"operator"}, ev::shutdown_acked{},
+                         ev::link_lost{"end of file"}});
     }
     return {};
 }
@@ -101,30 +121,30 @@ const std::vector<transition_case>& transition_table() {
     static const std::vector<transition_case> table = {
         // unknown
         {S::unknown, ev::link_connecting{}, S::connecting, "connecting"},
-        {S::unknown, ev::link_up{}, S::booting, "link up"},
-        {S::unknown, ev::link_lost{"connection refused"}, S::disconnected,
-         "link lost: connection refused"},
+        {S::unknown, up(L::ready, 5), S::ready, "link up: ready"},
+        {S::unknown, ev::connect_failed{"connection refused"}, S::unknown, ""},
+        {S::unknown, ev::link_lost{"reset"}, S::unknown, ""},
         {S::unknown, health(L::healthy, 1), S::unknown, ""},
-        {S::unknown, ev::keepalive_timed_out{}, S::unknown, ""},
+        {S::unknown, unresponsive(), S::unknown, ""},
         {S::unknown, ev::shutdown_sent{}, S::unknown, ""},
-        // connecting
+        // connecting: failed attempts (refused, silent, closed before answering) change nothing
         {S::connecting, ev::link_connecting{}, S::connecting, ""},
-        {S::connecting, ev::link_up{}, S::booting, "link up"},
-        {S::connecting, ev::link_lost{"connection refused"}, S::disconnected,
-         "link lost: connection refused"},
+        {S::connecting, ev::connect_failed{"connection refused"}, S::connecting, ""},
+        {S::connecting, up(L::booting, 1), S::booting, "link up: booting"},
+        {S::connecting, up(L::healthy, 1), S::healthy, "link up: healthy"},
         {S::connecting, lifecycle(L::ready), S::connecting, ""},
-        {S::connecting, ev::request_timed_out{"ping"}, S::connecting, ""},
+        {S::connecting, unresponsive(), S::connecting, ""},
         // booting
-        {S::booting, ev::link_up{}, S::booting, ""},
-        {S::booting, health(L::booting, 1), S::booting, ""},
-        {S::booting, health(L::ready, 1), S::ready, "health: ready"},
-        {S::booting, health(L::healthy, 1), S::healthy, "health: healthy"},
-        {S::booting, health(L::degraded, 1), S::degraded, "health: degraded"},
-        {S::booting, health(L::shutdown, 1), S::shutdown, "health: shutdown"},
+        {S::booting, health(L::booting, 101), S::booting, ""},
+        {S::booting, health(L::ready, 101), S::ready, "health: ready"},
+        {S::booting, health(L::healthy, 101), S::healthy, "health: healthy"},
+        {S::booting, health(L::degraded, 101), S::degraded, "health: degraded"},
+        {S::booting, health(L::shutdown, 101), S::shutdown, "health: shutdown"},
         {S::booting, lifecycle(L::ready, "all subsystems started"), S::ready,
          "lifecycle: all subsystems started"},
         {S::booting, lifecycle(L::healthy), S::healthy, "lifecycle: healthy"},
-        {S::booting, ev::keepalive_timed_out{}, S::unresponsive, "keepalive timeout"},
+        {S::booting, unresponsive(), S::unresponsive,
+         "unresponsive: 3 consecutive requests timed out"},
         {S::booting, ev::link_lost{"reset"}, S::disconnected, "link lost: reset"},
         {S::booting, ev::reply_received{}, S::booting, ""},
         {S::booting, ev::shutdown_sent{}, S::shutting_down, "shutdown sent"},
@@ -134,8 +154,8 @@ const std::vector<transition_case>& transition_table() {
         {S::ready, health(L::degraded, 101), S::degraded, "health: degraded"},
         {S::ready, lifecycle(L::booting, "restarting agents"), S::booting,
          "lifecycle: restarting agents"},
-        {S::ready, ev::request_timed_out{"get_health"}, S::unresponsive,
-         "request timeout: get_health"},
+        {S::ready, ev::link_unresponsive{"keepalive ping unanswered within 10s"}, S::unresponsive,
+         "unresponsive: keepalive ping unanswered within 10s"},
         {S::ready, ev::link_lost{"reset"}, S::disconnected, "link lost: reset"},
         {S::ready, ev::shutdown_sent{"maintenance"}, S::shutting_down,
          "shutdown sent: maintenance"},
@@ -146,56 +166,70 @@ const std::vector<transition_case>& transition_table() {
          "lifecycle: agent claude exited"},
         {S::healthy, lifecycle(L::shutdown, "powering off"), S::shutdown,
          "lifecycle: powering off"},
-        {S::healthy, ev::keepalive_timed_out{}, S::unresponsive, "keepalive timeout"},
-        {S::healthy, ev::request_timed_out{"mount"}, S::unresponsive, "request timeout: mount"},
+        {S::healthy, unresponsive(), S::unresponsive,
+         "unresponsive: 3 consecutive requests timed out"},
         {S::healthy, ev::reply_received{}, S::healthy, ""},
         {S::healthy, ev::shutdown_acked{}, S::healthy, ""},
         {S::healthy, ev::shutdown_failed{"refused"}, S::healthy, ""},
         {S::healthy, ev::link_connecting{}, S::healthy, ""},
-        {S::healthy, ev::link_up{}, S::booting, "link up"},
+        {S::healthy, ev::connect_failed{"refused"}, S::healthy, ""},
+        {S::healthy, up(L::healthy, 101), S::healthy, ""},
+        {S::healthy, up(L::ready, 101), S::ready, "link up: ready"},
         {S::healthy, ev::link_lost{"reset"}, S::disconnected, "link lost: reset"},
         {S::healthy, ev::shutdown_sent{"operator"}, S::shutting_down, "shutdown sent: operator"},
         // degraded
         {S::degraded, health(L::healthy, 101), S::healthy, "health: healthy"},
         {S::degraded, health(L::degraded, 101), S::degraded, ""},
-        {S::degraded, ev::keepalive_timed_out{}, S::unresponsive, "keepalive timeout"},
+        {S::degraded, unresponsive(), S::unresponsive,
+         "unresponsive: 3 consecutive requests timed out"},
         {S::degraded, ev::link_lost{"reset"}, S::disconnected, "link lost: reset"},
         {S::degraded, ev::shutdown_sent{}, S::shutting_down, "shutdown sent"},
-        // unresponsive (the guest last reported healthy)
-        {S::unresponsive, ev::keepalive_timed_out{}, S::unresponsive, ""},
-        {S::unresponsive, ev::request_timed_out{"ping"}, S::unresponsive, ""},
+        // unresponsive (the guest last reported healthy); the drop that follows keeps it
+        {S::unresponsive, unresponsive(), S::unresponsive, ""},
         {S::unresponsive, ev::reply_received{}, S::healthy, "reply received: recovered"},
-        {S::unresponsive, health(L::degraded, 130), S::degraded, "health: degraded"},
+        {S::unresponsive, health(L::degraded, 102), S::degraded, "health: degraded"},
         {S::unresponsive, lifecycle(L::ready, "back"), S::ready, "lifecycle: back"},
-        {S::unresponsive, ev::link_lost{"timed out"}, S::disconnected, "link lost: timed out"},
+        {S::unresponsive, ev::link_lost{"keepalive timeout"}, S::unresponsive, ""},
         {S::unresponsive, ev::shutdown_sent{}, S::shutting_down, "shutdown sent"},
         // disconnected
         {S::disconnected, ev::link_connecting{}, S::disconnected, ""},
-        {S::disconnected, ev::link_lost{"connection refused"}, S::disconnected, ""},
-        {S::disconnected, ev::link_up{}, S::booting, "link up"},
-        {S::disconnected, health(L::healthy, 101), S::disconnected, ""},
+        {S::disconnected, ev::connect_failed{"connection refused"}, S::disconnected, ""},
+        {S::disconnected, ev::link_lost{"reset"}, S::disconnected, ""},
+        {S::disconnected, up(L::healthy, 102), S::healthy, "link up: healthy"},
+        {S::disconnected, health(L::healthy, 102), S::disconnected, ""},
         {S::disconnected, lifecycle(L::healthy), S::disconnected, ""},
-        {S::disconnected, ev::keepalive_timed_out{}, S::disconnected, ""},
+        {S::disconnected, unresponsive(), S::disconnected, ""},
         {S::disconnected, ev::reply_received{}, S::disconnected, ""},
         {S::disconnected, ev::shutdown_sent{}, S::disconnected, ""},
         // shutting_down (not yet acked)
         {S::shutting_down, ev::shutdown_acked{}, S::shutting_down, ""},
-        {S::shutting_down, health(L::healthy, 101), S::shutting_down, ""},
+        {S::shutting_down, health(L::healthy, 102), S::shutting_down, ""},
         {S::shutting_down, lifecycle(L::shutdown, "bye"), S::shutdown, "lifecycle: bye"},
-        {S::shutting_down, health(L::shutdown, 101), S::shutdown, "health: shutdown"},
-        {S::shutting_down, ev::keepalive_timed_out{}, S::shutting_down, ""},
+        {S::shutting_down, health(L::shutdown, 102), S::shutdown, "health: shutdown"},
+        {S::shutting_down, unresponsive(), S::shutting_down, ""},
         {S::shutting_down, ev::shutdown_sent{}, S::shutting_down, ""},
         {S::shutting_down, ev::shutdown_failed{"refused"}, S::healthy, "shutdown failed: refused"},
         {S::shutting_down, ev::link_lost{"reset"}, S::disconnected, "link lost: reset"},
         // shutdown
         {S::shutdown, ev::link_connecting{}, S::shutdown, ""},
-        {S::shutdown, ev::link_lost{"connection refused"}, S::shutdown, ""},
+        {S::shutdown, ev::connect_failed{"connection refused"}, S::shutdown, ""},
+        {S::shutdown, ev::link_lost{"reset"}, S::shutdown, ""},
         {S::shutdown, health(L::healthy, 1), S::shutdown, ""},
         {S::shutdown, ev::reply_received{}, S::shutdown, ""},
         {S::shutdown, ev::shutdown_sent{}, S::shutdown, ""},
-        {S::shutdown, ev::link_up{}, S::booting, "link up"},
+        {S::shutdown, up(L::booting, 2), S::booting, "link up, guest restarted: booting"},
     };
     return table;
+}
+
+// The states a sequence of events went through, first to last, as names.
+std::vector<std::string> states_through(driver& d, const std::vector<guest_event>& events) {
+    std::vector<std::string> seen;
+    for (const auto& event : events) {
+        if (auto result = d.feed(event); result.transition)
+            seen.emplace_back(to_string(result.transition->to));
+    }
+    return seen;
 }
 
 }  // namespace
@@ -273,15 +307,55 @@ BOOST_AUTO_TEST_CASE(link_loss_from_every_state) {
             const auto result = d.feed(ev::link_lost{"connection reset by peer"});
             BOOST_TEST(!d.machine.link_is_up());
             BOOST_TEST(d.machine.last_link_error() == "connection reset by peer");
-            if (state == guest_state::shutdown || state == guest_state::disconnected) {
+            const bool unchanged = state == S::shutdown || state == S::disconnected ||
+                                   state == S::unresponsive || state == S::unknown ||
+                                   state == S::connecting;
+            if (unchanged) {
                 BOOST_TEST(!result.transition.has_value());
                 BOOST_TEST((d.machine.state() == state));
             } else {
-                BOOST_TEST((d.machine.state() == guest_state::disconnected));
+                BOOST_TEST((d.machine.state() == S::disconnected));
                 BOOST_TEST(d.machine.reason() == "link lost: connection reset by peer");
             }
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(failed_connect_attempts_never_move_the_state) {
+    for (auto state : all_states) {
+        BOOST_TEST_CONTEXT(to_string(state)) {
+            driver d;
+            d.feed_all(path_to(state));
+            const auto history = d.machine.history().size();
+            for (int i = 0; i < 20; ++i) {
+                const bool moved = d.feed(ev::link_connecting{}).transition.has_value();
+                BOOST_TEST((!moved || state == S::unknown));
+                BOOST_TEST(
+                    !d.feed(ev::connect_failed{"closed before answering"}).transition.has_value());
+            }
+            BOOST_TEST(d.machine.last_link_error() == "closed before answering");
+            if (state != S::unknown)
+                BOOST_TEST(d.machine.history().size() == history);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_boot_behind_forwarding_reads_connecting_then_what_the_guest_says) {
+    // QEMU forwarding: connects succeed but stay silent or close until stereosd listens.
+    driver d;
+    const guest_event attempt = ev::link_connecting{};
+    const guest_event silent = ev::connect_failed{"no answer to get_health within 2s"};
+    const guest_event closed = ev::connect_failed{"closed before the guest answered"};
+    std::vector<guest_event> events{attempt};
+    for (int i = 0; i < 10; ++i)
+        events.insert(events.end(), {silent, attempt, closed, attempt});
+    events.push_back(up(L::ready, 0));
+    events.push_back(health(L::healthy, 1));
+    events.push_back(health(L::healthy, 2));
+    const std::vector<std::string> expected{"connecting", "ready", "healthy"};
+    BOOST_TEST(states_through(d, events) == expected, boost::test_tools::per_element());
+    BOOST_TEST(d.machine.boot_count() == 1u);
+    BOOST_TEST(d.machine.needs_provisioning());
 }
 
 BOOST_AUTO_TEST_CASE(link_closed_after_an_acked_shutdown_means_shutdown) {
@@ -294,9 +368,9 @@ BOOST_AUTO_TEST_CASE(link_closed_after_an_acked_shutdown_means_shutdown) {
     BOOST_TEST(result.transition->reason == "link closed after shutdown: end of file");
 }
 
-BOOST_AUTO_TEST_CASE(a_lifecycle_push_before_the_first_health_reply_is_honoured) {
+BOOST_AUTO_TEST_CASE(a_lifecycle_push_is_honoured_and_kept) {
     driver d;
-    d.feed_all({ev::link_connecting{}, ev::link_up{}});
+    d.feed_all({ev::link_connecting{}, up(L::booting, 0)});
     const auto pushed = d.feed(lifecycle(L::ready, "all subsystems started"));
     BOOST_TEST((d.machine.state() == guest_state::ready));
     BOOST_TEST(pushed.provisioning_due);  // first contact: boot 1 needs provisioning
@@ -304,12 +378,11 @@ BOOST_AUTO_TEST_CASE(a_lifecycle_push_before_the_first_health_reply_is_honoured)
     BOOST_TEST_REQUIRE(d.machine.last_lifecycle().has_value());
     BOOST_TEST(d.machine.last_lifecycle()->message == "all subsystems started");
     BOOST_TEST((d.machine.last_lifecycle_at() == d.now));
-    BOOST_TEST(!d.machine.uptime_seconds().has_value());
 
-    const auto polled = d.feed(health(L::healthy, 7));
+    const auto polled = d.feed(health(L::healthy, 2));
     BOOST_TEST(!polled.rebooted);
     BOOST_TEST((d.machine.state() == guest_state::healthy));
-    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 7);
+    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 2);
     BOOST_TEST(d.machine.boot_count() == 1u);
 }
 
@@ -317,12 +390,14 @@ BOOST_AUTO_TEST_CASE(health_replies_update_uptime_and_agents_without_a_transitio
     driver d;
     d.feed_all(path_to(guest_state::healthy));
     const auto history_size = d.machine.history().size();
-    stereos::protocol::health_payload payload{L::healthy, {{"claude", true, "s1", 2, ""}}, 160};
+    stereos::protocol::health_payload payload{L::healthy, {{"claude", true, "s1", 2, ""}}, 101};
     const auto result = d.feed(ev::health_received{payload});
     BOOST_TEST(!result.transition.has_value());
+    BOOST_TEST(!result.rebooted);
     BOOST_TEST(d.machine.history().size() == history_size);
-    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 160);
+    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 101);
     BOOST_TEST((d.machine.uptime_at() == d.now));
+    BOOST_TEST((d.machine.guest_started_at() == d.steady_now - 101s));
     BOOST_TEST_REQUIRE(d.machine.agents().size() == 1u);
     BOOST_TEST(d.machine.agents()[0].restarts == 2);
 }
@@ -332,29 +407,34 @@ BOOST_AUTO_TEST_CASE(duplicate_events_produce_no_transition) {
     d.feed_all(path_to(guest_state::healthy));
     const auto history_size = d.machine.history().size();
     const auto since = d.machine.since();
+    std::int64_t uptime = 100;
     for (int i = 0; i < 5; ++i) {
-        BOOST_TEST(!d.feed(health(L::healthy, 101 + i)).transition.has_value());
+        BOOST_TEST(!d.feed(health(L::healthy, ++uptime)).transition.has_value());
+        ++uptime;
         BOOST_TEST(!d.feed(lifecycle(L::healthy)).transition.has_value());
+        ++uptime;
         BOOST_TEST(!d.feed(ev::reply_received{}).transition.has_value());
     }
     BOOST_TEST(d.machine.history().size() == history_size);
     BOOST_TEST((d.machine.since() == since));
-    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 105);
+    BOOST_TEST(d.machine.boot_count() == 1u);
+    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 113);
 }
 
 BOOST_AUTO_TEST_CASE(degraded_and_healthy_flap_with_a_transition_each_way) {
     driver d;
     d.feed_all(path_to(guest_state::healthy));
+    std::int64_t uptime = 100;
     for (int i = 0; i < 3; ++i) {
-        auto down = d.feed(health(L::degraded, 200 + 2 * i));
+        auto down = d.feed(health(L::degraded, ++uptime));
         BOOST_TEST_REQUIRE(down.transition.has_value());
         BOOST_TEST((down.transition->from == guest_state::healthy));
         BOOST_TEST((down.transition->to == guest_state::degraded));
-        auto up = d.feed(health(L::healthy, 201 + 2 * i));
-        BOOST_TEST_REQUIRE(up.transition.has_value());
-        BOOST_TEST((up.transition->to == guest_state::healthy));
-        BOOST_TEST(up.transition->reason == "health: healthy");
-        BOOST_TEST(!up.rebooted);
+        auto back = d.feed(health(L::healthy, ++uptime));
+        BOOST_TEST_REQUIRE(back.transition.has_value());
+        BOOST_TEST((back.transition->to == guest_state::healthy));
+        BOOST_TEST(back.transition->reason == "health: healthy");
+        BOOST_TEST(!back.rebooted);
     }
 }
 
@@ -367,9 +447,9 @@ BOOST_AUTO_TEST_CASE(history_keeps_the_last_64_transitions) {
         }
     };
     record(d.feed(ev::link_connecting{}));
-    record(d.feed(ev::link_up{}));
+    record(d.feed(up(L::booting, 0)));
     for (int i = 0; i < 100; ++i) {
-        record(d.feed(health(i % 2 == 0 ? L::healthy : L::degraded, i)));
+        record(d.feed(health(i % 2 == 0 ? L::healthy : L::degraded, i + 1)));
     }
     BOOST_TEST_REQUIRE(all.size() == 102u);
     const auto& history = d.machine.history();
@@ -382,62 +462,114 @@ BOOST_AUTO_TEST_CASE(history_keeps_the_last_64_transitions) {
     }
 }
 
-BOOST_AUTO_TEST_CASE(unresponsive_recovers_to_the_last_reported_state) {
+BOOST_AUTO_TEST_CASE(unresponsive_is_the_links_verdict_and_survives_the_drop) {
     driver d;
     d.feed_all(path_to(guest_state::degraded));
-    d.feed(ev::request_timed_out{"get_health"});
+    const auto verdict = d.feed(unresponsive());
+    BOOST_TEST_REQUIRE(verdict.transition.has_value());
+    BOOST_TEST(verdict.transition->reason == "unresponsive: 3 consecutive requests timed out");
+    // The link drops the connection next: still unresponsive, only the error is recorded.
+    BOOST_TEST(!d.feed(ev::link_lost{"the guest stopped answering requests"}).transition);
     BOOST_TEST((d.machine.state() == guest_state::unresponsive));
+    BOOST_TEST(!d.machine.link_is_up());
+    // Reconnect attempts change nothing until the guest answers again.
+    BOOST_TEST(!d.feed(ev::connect_failed{"no answer"}).transition);
+    const auto back = d.feed(up(L::degraded, 105));
+    BOOST_TEST_REQUIRE(back.transition.has_value());
+    BOOST_TEST((back.transition->to == guest_state::degraded));
+    BOOST_TEST(!back.rebooted);
+}
+
+BOOST_AUTO_TEST_CASE(a_reply_before_the_drop_recovers_to_the_last_reported_state) {
+    driver d;
+    d.feed_all(path_to(guest_state::degraded));
+    d.feed(unresponsive());
     const auto recovered = d.feed(ev::reply_received{});
     BOOST_TEST_REQUIRE(recovered.transition.has_value());
     BOOST_TEST((recovered.transition->to == guest_state::degraded));
-
-    // Timed out before the guest ever reported: back to booting.
-    driver early;
-    early.feed_all({ev::link_connecting{}, ev::link_up{}, ev::keepalive_timed_out{}});
-    BOOST_TEST((early.machine.state() == guest_state::unresponsive));
-    early.feed(ev::reply_received{});
-    BOOST_TEST((early.machine.state() == guest_state::booting));
 }
 
-BOOST_AUTO_TEST_CASE(a_reconnect_without_reboot_keeps_the_provisioned_boot) {
+// ---- restarts of the guest daemon, by its start time ----------------------------------------
+
+BOOST_AUTO_TEST_CASE(a_reconnect_without_a_restart_keeps_the_provisioned_boot) {
     driver d;
-    d.feed_all(path_to(guest_state::healthy));
+    d.feed_all(path_to(guest_state::healthy));  // stereosd started 100 s before the link came up
     const auto ticket = d.machine.begin_provisioning();
     BOOST_TEST_REQUIRE(ticket.has_value());
     BOOST_TEST(d.machine.mark_provisioned(*ticket));
-    BOOST_TEST((d.machine.provisioning() == provisioning_status::done));
 
-    d.feed_all({ev::link_lost{"reset"}, ev::link_connecting{}, ev::link_up{}});
-    const auto result = d.feed(health(L::healthy, 130));
+    d.feed(ev::link_lost{"reset"});  // event 3
+    d.wait(20s);
+    d.feed(ev::link_connecting{});  // event 4, 20 s later
+    // Event 5: the same run of stereosd, 23 s after the first answer.
+    const auto result = d.feed(up(L::healthy, 123));
     BOOST_TEST(!result.rebooted);
     BOOST_TEST(!result.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 1u);
     BOOST_TEST((d.machine.provisioning() == provisioning_status::done));
 }
 
-BOOST_AUTO_TEST_CASE(a_lower_uptime_after_reconnect_is_a_reboot_that_needs_provisioning) {
+BOOST_AUTO_TEST_CASE(a_reboot_whose_uptime_is_already_past_the_last_one_seen_is_a_restart) {
+    // The old run answered uptime 100; the guest rebooted, and its first answer after the
+    // reconnect comes 5 minutes later with uptime 250: higher, yet a new run of stereosd.
     driver d;
-    d.feed_all(path_to(guest_state::healthy));  // uptime 100
+    d.feed_all(path_to(guest_state::healthy));
     d.machine.mark_provisioned(*d.machine.begin_provisioning());
-
-    d.feed_all({ev::link_lost{"reset"}, ev::link_up{}});
-    // A push before the first health: up, but which boot is not known yet.
-    const auto pushed = d.feed(lifecycle(L::ready, "all subsystems started"));
-    BOOST_TEST((d.machine.state() == guest_state::ready));
-    BOOST_TEST(!pushed.provisioning_due);
-    BOOST_TEST(!d.machine.needs_provisioning());
-
-    const auto polled = d.feed(health(L::healthy, 12));
-    BOOST_TEST(polled.rebooted);
-    BOOST_TEST_REQUIRE(polled.transition.has_value());
-    BOOST_TEST(polled.transition->rebooted);
-    BOOST_TEST(polled.provisioning_due);
-    BOOST_TEST(d.machine.needs_provisioning());
+    d.feed(ev::link_lost{"reset"});
+    d.wait(300s);
+    const auto result = d.feed(up(L::ready, 250));
+    BOOST_TEST(result.rebooted);
+    BOOST_TEST_REQUIRE(result.transition.has_value());
+    BOOST_TEST(result.transition->rebooted);
+    BOOST_TEST(result.transition->reason == "link up, guest restarted: ready");
+    BOOST_TEST(result.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 2u);
-    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 12);
+    BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 250);
 }
 
-BOOST_AUTO_TEST_CASE(uptime_going_backwards_on_the_same_link_is_a_reboot) {
+BOOST_AUTO_TEST_CASE(a_restart_of_stereosd_alone_is_a_restart) {
+    // The VM kept running; stereosd restarted 2 s ago and the link came straight back.
+    driver d;
+    d.feed_all(path_to(guest_state::healthy));
+    d.machine.mark_provisioned(*d.machine.begin_provisioning());
+    d.feed(ev::link_lost{"the guest closed the connection"});
+    const auto result = d.feed(up(L::healthy, 2));
+    BOOST_TEST(result.rebooted);
+    BOOST_TEST(result.provisioning_due);
+    BOOST_TEST(d.machine.boot_count() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(start_times_within_the_tolerance_are_the_same_run) {
+    // Whole-second uptimes and the round trip jitter the reckoning by about a second.
+    for (const std::int64_t uptime : {99, 100, 101, 102, 103, 104}) {
+        BOOST_TEST_CONTEXT("uptime " << uptime) {
+            driver d;
+            d.feed_all({ev::link_connecting{}, up(L::healthy, 100)});  // started at t2 - 100
+            d.machine.mark_provisioned(*d.machine.begin_provisioning());
+            // Fed at t3: started at t3 - uptime, a shift of 101 - uptime seconds.
+            const auto result = d.feed(health(L::healthy, uptime));
+            const bool beyond = std::abs(101 - uptime) > restart_tolerance.count() || uptime < 100;
+            BOOST_TEST(result.rebooted == beyond);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(slow_clock_drift_over_days_is_not_a_restart) {
+    // The guest's clock runs 0.1% slow: after a day the reckoned start moved by 86 s, but never
+    // by more than the tolerance between two answers.
+    driver d;
+    d.feed_all({ev::link_connecting{}, up(L::healthy, 0)});
+    double guest_seconds = 1;
+    for (int poll = 0; poll < 17280; ++poll) {  // every 5 s for a day
+        d.wait(4s);
+        guest_seconds += 5 * 0.999;
+        const auto result = d.feed(health(L::healthy, static_cast<std::int64_t>(guest_seconds)));
+        BOOST_TEST_REQUIRE(!result.rebooted, "poll " << poll);
+    }
+    BOOST_TEST(d.machine.boot_count() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(uptime_going_backwards_on_the_same_link_is_a_restart) {
     driver d;
     d.feed_all(path_to(guest_state::healthy));
     d.machine.mark_provisioned(*d.machine.begin_provisioning());
@@ -446,9 +578,31 @@ BOOST_AUTO_TEST_CASE(uptime_going_backwards_on_the_same_link_is_a_reboot) {
     BOOST_TEST(result.rebooted);
     BOOST_TEST(result.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 2u);
-    // The next, higher uptime is the same boot.
-    BOOST_TEST(!d.feed(health(L::healthy, 8)).rebooted);
+    // The next answer from the same new run is the same boot.
+    BOOST_TEST(!d.feed(health(L::healthy, 4)).rebooted);
     BOOST_TEST(d.machine.boot_count() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(five_resets_in_a_row_are_five_restarts) {
+    driver d;
+    d.feed_all(path_to(guest_state::healthy));
+    d.machine.mark_provisioned(*d.machine.begin_provisioning());
+    for (std::uint64_t reset = 1; reset <= 5; ++reset) {
+        BOOST_TEST_CONTEXT("reset " << reset) {
+            // The old connection goes silent; the link gives up on it.
+            d.feed_all({unresponsive(), ev::link_lost{"keepalive timeout"}});
+            for (int i = 0; i < 3; ++i)
+                d.feed_all({ev::link_connecting{}, ev::connect_failed{"closed before answering"}});
+            d.wait(6s);
+            const auto result = d.feed(up(L::ready, 1));
+            BOOST_TEST(result.rebooted);
+            BOOST_TEST(result.provisioning_due);
+            BOOST_TEST(d.machine.boot_count() == reset + 1);
+            d.machine.mark_provisioned(*d.machine.begin_provisioning());
+            d.wait(30s);
+            d.feed(health(L::healthy, 32));
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(shutdown_then_reconnect_is_a_new_boot) {
@@ -457,22 +611,19 @@ BOOST_AUTO_TEST_CASE(shutdown_then_reconnect_is_a_new_boot) {
     d.machine.mark_provisioned(*d.machine.begin_provisioning());
     d.feed_all({ev::shutdown_sent{"operator"}, ev::shutdown_acked{}, ev::link_lost{"eof"}});
     BOOST_TEST((d.machine.state() == guest_state::shutdown));
-    // The link keeps retrying while the guest is off: nothing to report.
     for (int i = 0; i < 3; ++i) {
         BOOST_TEST(!d.feed(ev::link_connecting{}).transition.has_value());
-        BOOST_TEST(!d.feed(ev::link_lost{"connection refused"}).transition.has_value());
+        BOOST_TEST(!d.feed(ev::connect_failed{"connection refused"}).transition.has_value());
     }
-    const auto up = d.feed(ev::link_up{});
-    BOOST_TEST_REQUIRE(up.transition.has_value());
-    BOOST_TEST((up.transition->from == guest_state::shutdown));
-    BOOST_TEST((up.transition->to == guest_state::booting));
-    BOOST_TEST(up.rebooted);
-    BOOST_TEST(up.transition->rebooted);
+    const auto back = d.feed(up(L::booting, 1));
+    BOOST_TEST_REQUIRE(back.transition.has_value());
+    BOOST_TEST((back.transition->from == guest_state::shutdown));
+    BOOST_TEST((back.transition->to == guest_state::booting));
+    BOOST_TEST(back.rebooted);
     BOOST_TEST(d.machine.boot_count() == 2u);
-    // Its first health has a small uptime; that is the same new boot, not another.
-    const auto first = d.feed(health(L::ready, 4));
-    BOOST_TEST(!first.rebooted);
-    BOOST_TEST(first.provisioning_due);
+    const auto ready = d.feed(health(L::ready, 2));
+    BOOST_TEST(!ready.rebooted);
+    BOOST_TEST(ready.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 2u);
 }
 
@@ -482,17 +633,20 @@ BOOST_AUTO_TEST_CASE(a_guest_reporting_shutdown_comes_back_as_a_new_boot) {
     d.feed(lifecycle(L::shutdown, "powering off"));
     BOOST_TEST((d.machine.state() == guest_state::shutdown));
     // A reply still in flight is stale.
-    BOOST_TEST(!d.feed(health(L::healthy, 200)).transition.has_value());
+    BOOST_TEST(!d.feed(health(L::healthy, 102)).transition.has_value());
     d.feed(ev::link_lost{"eof"});
     BOOST_TEST((d.machine.state() == guest_state::shutdown));
-    const auto up = d.feed(ev::link_up{});
-    BOOST_TEST(up.rebooted);
+    const auto back = d.feed(up(L::booting, 1));
+    BOOST_TEST(back.rebooted);
     BOOST_TEST((d.machine.state() == guest_state::booting));
 }
 
+// ---- provisioning ---------------------------------------------------------------------------
+
 BOOST_AUTO_TEST_CASE(provisioning_is_due_once_per_boot_when_up) {
     driver d;
-    d.feed_all({ev::link_connecting{}, ev::link_up{}});
+    d.feed_all({ev::link_connecting{}, up(L::booting, 0)});
+    BOOST_TEST(!d.machine.needs_provisioning());
     BOOST_TEST(!d.feed(health(L::booting, 1)).provisioning_due);
     BOOST_TEST(!d.machine.begin_provisioning().has_value());
     const auto ready = d.feed(health(L::ready, 2));
@@ -510,6 +664,14 @@ BOOST_AUTO_TEST_CASE(provisioning_is_due_once_per_boot_when_up) {
     BOOST_TEST(!d.machine.needs_provisioning());
 }
 
+BOOST_AUTO_TEST_CASE(a_first_link_up_in_a_ready_state_is_due_at_once) {
+    driver d;
+    d.feed(ev::link_connecting{});
+    const auto result = d.feed(up(L::healthy, 7));
+    BOOST_TEST(result.provisioning_due);
+    BOOST_TEST(d.machine.needs_provisioning());
+}
+
 BOOST_AUTO_TEST_CASE(a_failed_or_interrupted_attempt_is_due_again_after_reconnect) {
     driver d;
     d.feed_all(path_to(guest_state::ready));
@@ -519,23 +681,23 @@ BOOST_AUTO_TEST_CASE(a_failed_or_interrupted_attempt_is_due_again_after_reconnec
     // Not retried on the same link.
     BOOST_TEST(!d.feed(health(L::healthy, 101)).provisioning_due);
 
-    d.feed_all({ev::link_lost{"reset"}, ev::link_up{}});
-    BOOST_TEST(d.feed(health(L::healthy, 120)).provisioning_due);
+    d.feed(ev::link_lost{"reset"});
+    BOOST_TEST(d.feed(up(L::healthy, 103)).provisioning_due);
 
     // Interrupted by a link loss: the old ticket is stale after the reconnect.
     const auto interrupted = d.machine.begin_provisioning();
-    d.feed_all({ev::link_lost{"reset"}, ev::link_up{}});
+    d.feed(ev::link_lost{"reset"});
+    BOOST_TEST(d.feed(up(L::healthy, 105)).provisioning_due);
     BOOST_TEST(!d.machine.mark_provisioning_failed(*interrupted));
     BOOST_TEST(!d.machine.mark_provisioned(*interrupted));
-    BOOST_TEST(d.feed(health(L::healthy, 140)).provisioning_due);
 }
 
-BOOST_AUTO_TEST_CASE(a_ticket_from_before_a_reboot_is_stale) {
+BOOST_AUTO_TEST_CASE(a_ticket_from_before_a_restart_is_stale) {
     driver d;
     d.feed_all(path_to(guest_state::healthy));
     const auto old_ticket = d.machine.begin_provisioning();
-    const auto rebooted = d.feed(health(L::healthy, 1));
-    BOOST_TEST(rebooted.rebooted);
+    const auto restarted = d.feed(health(L::healthy, 1));
+    BOOST_TEST(restarted.rebooted);
     BOOST_TEST(!d.machine.mark_provisioned(*old_ticket));
     BOOST_TEST(d.machine.needs_provisioning());
     const auto new_ticket = d.machine.begin_provisioning();
@@ -555,7 +717,7 @@ BOOST_AUTO_TEST_CASE(provisioning_can_be_requested_again_in_the_same_boot) {
     BOOST_TEST_REQUIRE(second.has_value());
     BOOST_TEST(second->boot == first->boot);
     // While not up, the request waits until the guest is up again.
-    d.feed(ev::keepalive_timed_out{});
+    d.feed(unresponsive());
     BOOST_TEST(!d.machine.request_provisioning().provisioning_due);
     BOOST_TEST(!d.machine.mark_provisioned(*second));  // superseded by the request
     BOOST_TEST(d.feed(ev::reply_received{}).provisioning_due);

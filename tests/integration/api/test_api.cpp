@@ -358,8 +358,9 @@ BOOST_AUTO_TEST_CASE(a_runtime_guest_is_added_persisted_provisioned_and_removed)
 BOOST_AUTO_TEST_CASE(link_errors_map_to_the_issue_codes) {
     temp_dir dir;
     fake_guests good(dir, "good", 1);
-    fake_guests silent(dir, "silent", 1, {"--never-reply"});
-    fake_guests dropping(dir, "dropping", 1, {"--drop-mid-reply"});
+    // Each answers the connection's handshake, then misbehaves.
+    fake_guests silent(dir, "silent", 1, {"--never-reply", "--faults-after", "1"});
+    fake_guests dropping(dir, "dropping", 1, {"--drop-mid-reply", "--faults-after", "1"});
     const std::string closed = "tcp:127.0.0.1:" + std::to_string(closed_tcp_port());
     const std::string one_second = "request_timeout = \"1s\"\n";
     hostd_process hostd(dir,
@@ -370,6 +371,7 @@ BOOST_AUTO_TEST_CASE(link_errors_map_to_the_issue_codes) {
                         "info", "reconnect_max = \"200ms\"\n");
     const auto& sock = hostd.socket();
     BOOST_TEST_REQUIRE(reaches_state(sock, "good", "ready"));
+    BOOST_TEST_REQUIRE(reaches_state(sock, "silent", "ready"));
 
     // The guest refused: 502 guest_error with the guest's own words.
     auto refused = post(sock, "/v1/guests/good/ssh-keys",
@@ -567,7 +569,7 @@ BOOST_AUTO_TEST_CASE(the_event_stream_starts_with_a_snapshot_then_live_events) {
             BOOST_TEST(event.contains(key));
         if (event.at("guest").as_string() == "vm3" && event.at("kind").as_string() == "state" &&
             event.at("to").as_string() == "ready") {
-            BOOST_TEST(event.at("from").as_string() == "booting");
+            BOOST_TEST(event.at("from").as_string() == "connecting");
             saw_ready = true;
         }
     }
@@ -913,7 +915,7 @@ BOOST_AUTO_TEST_CASE(curl_and_stereosctl_drive_the_api_with_the_documented_exit_
                          dir.file("events.err"));
     BOOST_TEST(eventually([&] { return !read_text(dir.file("events.out")).empty(); }));
     BOOST_TEST(
-        read_text(dir.file("events.out")).find(" vm1 state ready (health: ready) [current]") !=
+        read_text(dir.file("events.out")).find(" vm1 state ready (link up: ready) [current]") !=
             std::string::npos,
         read_text(dir.file("events.out")));
     BOOST_TEST(ctl({"rm", "vm2"}).exit_code == 0);
