@@ -271,7 +271,7 @@ const auto error_cases = std::to_array<error_case>({
      "t.toml:4: guest[0].provision: ", "expected a table"},
     {"unknown provision key",
      "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig = \"x\"\n",
-     "t.toml:5: guest[0].provision.config: ", "unknown key"},
+     "t.toml:5: guest[0].provision.config: ", "may not be written inline here; use config_file"},
     {"config_file missing",
      "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig_file = "
      "\"@DIR@/nope.toml\"\n",
@@ -384,6 +384,44 @@ const auto error_cases = std::to_array<error_case>({
      "\"s0\", guest_path = \"/w\", fs_type = \"9p\" },\n  { tag = \"s1\", guest_path = \"/w\", "
      "fs_type = \"virtiofs\" },\n]\n",
      "t.toml:7: guest[0].provision.mounts[1].guest_path: ", "duplicate mount point \"/w\""},
+    {"mount over /",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "refuses to mount over \"/\""},
+    {"mount at /etc",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/etc\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/etc\""},
+    {"mount under /nix",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/nix/store\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/nix\""},
+    {"mount under /run with a doubled slash",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"//run/x/\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/run\""},
+    {"mount escaping with dot-dot",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/data/../proc\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "\"..\" components"},
+    {"secret name with dot-dot inside",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"a..b\", file = \"@DIR@/secret\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].name: ", "no \"..\""},
+    {"ssh key of no known type",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user = "
+     "\"admin\", public_key = \"AAAAC3Nza admin\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key: ", "known SSH key type"},
+    {"ssh key type without data",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user = "
+     "\"admin\", public_key = \"ssh-ed25519\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key: ", "no key data"},
+    {"unix endpoint with a relative path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:relative/path.sock\"\n",
+     "t.toml:3: guest[0].endpoint: ", "must be absolute"},
+    {"hybrid endpoint with a relative path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"hybrid:v.sock:1024\"\n",
+     "t.toml:3: guest[0].endpoint: ", "must be absolute"},
 });
 
 BOOST_AUTO_TEST_CASE(each_error_names_the_file_line_and_key) {

@@ -56,6 +56,10 @@ BOOST_AUTO_TEST_CASE(saved_guests_load_back_identically) {
         {"vm2", "vsock:7:1024",
          boost::json::parse(R"({"mounts":[{"tag":"t","guest_path":"/w","fs_type":"9p"}]})")
              .as_object()},
+        {"vm3",
+         "unix:/run/vm3.sock",
+         boost::json::parse(R"({"secrets":[{"name":"K","file":"/etc/k"}]})").as_object(),
+         {"config", "secret API_KEY"}},
     };
     BOOST_TEST(!state_store(dir.path).save(guests).has_value());
     auto loaded = state_store(dir.path).load();
