@@ -81,8 +81,8 @@ struct secret_config {
     std::string name;  // the file name in the guest's secret directory
     std::filesystem::path file;
     std::string credential;  // the credential name when the secret comes from LoadCredential=
+    std::uint32_t mode = 0;  // 0 = the guest's default (omitted on the wire)
     std::optional<std::string> value;  // the value given through the API; never persisted
-    std::uint32_t mode = 0;            // 0 = the guest's default (omitted on the wire)
     bool operator==(const secret_config&) const = default;
 };
 
