@@ -79,7 +79,7 @@ json::object read_provision_file(const std::string& path) {
     std::fill(text.begin(), text.end(), '\0');
     if (ec || !value.is_object())
         throw usage_error(path + " is not a JSON object");
-    auto problems = config::provision_rule_violations(value.get_object());
+    auto problems = stereos::config::provision_rule_violations(value.get_object());
     if (!problems.empty()) {
         std::string message = path + ":";
         for (const auto& p : problems)
@@ -364,7 +364,7 @@ int run_stereosctl(int argc, char** argv) {
                              });
         }
         if (add->parsed()) {
-            if (auto valid = config::check_endpoint(arg1); !valid)
+            if (auto valid = stereos::config::check_endpoint(arg1); !valid)
                 throw usage_error("ENDPOINT: " + valid.error().message);
             json::object body{{"name", name}, {"endpoint", arg1}};
             if (!from_file.empty())
@@ -384,7 +384,7 @@ int run_stereosctl(int argc, char** argv) {
                 "config sent to " + name);
         }
         if (secret->parsed()) {
-            if (auto valid = config::check_secret_name(arg1); !valid)
+            if (auto valid = stereos::config::check_secret_name(arg1); !valid)
                 throw usage_error("SECRET_NAME: " + valid.error().message);
             // Never from argv, where ps would show it.
             std::string value;
@@ -409,7 +409,7 @@ int run_stereosctl(int argc, char** argv) {
         }
         if (ssh_key->parsed()) {
             auto public_key = trim(read_source(arg2));
-            if (auto valid = config::check_ssh_public_key(public_key); !valid)
+            if (auto valid = stereos::config::check_ssh_public_key(public_key); !valid)
                 throw usage_error(arg2 + ": the public key " + valid.error().message);
             json::object body{{"user", arg1}, {"public_key", public_key}};
             return acked(
@@ -417,7 +417,7 @@ int run_stereosctl(int argc, char** argv) {
                 "key installed for " + arg1 + " on " + name);
         }
         if (mount->parsed()) {
-            if (auto valid = config::check_mount_guest_path(arg2); !valid)
+            if (auto valid = stereos::config::check_mount_guest_path(arg2); !valid)
                 throw usage_error("PATH: " + valid.error().message);
             json::object body{{"tag", arg1},
                               {"guest_path", arg2},

@@ -97,12 +97,12 @@ mounts = [ { tag = "share0", guest_path = "/home/admin/w", fs_type = "virtiofs" 
 api::peer_access access_for(const api::http_request& request) {
     const auto peer = request["x-fuzz-peer"];
     if (peer == "none")
-        return {false, false};
+        return {false, false, false, std::nullopt};
     if (peer == "read")
-        return {true, false};
+        return {true, false, false, std::nullopt};
     if (peer == "group")
-        return {true, true, false};
-    return {true, true, true};
+        return {true, true, false, std::nullopt};
+    return {true, true, true, std::nullopt};
 }
 
 // Whether a provision object names a host file or credential for the daemon to read.

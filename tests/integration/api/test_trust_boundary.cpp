@@ -265,6 +265,11 @@ BOOST_AUTO_TEST_CASE(each_input_rule_is_a_400_naming_the_field_before_anything_i
     BOOST_TEST_REQUIRE(
         eventually([&] { return status_of(sock, "vm1").at("state").as_string() == "ready"; }));
 
+    // A runtime guest, whose provisioning the API may replace.
+    BOOST_TEST_REQUIRE(
+        post(sock, "/v1/guests", R"({"name":"rt","endpoint":")" + guests.endpoint() + R"("})")
+            .status == 201u);
+
     struct rule_case {
         std::string what, method, target, body, field;
     };
@@ -300,7 +305,7 @@ BOOST_AUTO_TEST_CASE(each_input_rule_is_a_400_naming_the_field_before_anything_i
         {"provision ssh key", "POST", "/v1/guests",
          add_body("p4", ep, R"({"ssh_keys":[{"user":"admin","public_key":"hello"}]})"),
          "provision.ssh_keys[0].public_key"},
-        {"replaced provisioning", "PUT", "/v1/guests/vm1/provision",
+        {"replaced provisioning", "PUT", "/v1/guests/rt/provision",
          R"({"provision":{"secrets":[{"name":"a/b","value":"v"}]}})", "provision.secrets[0].name"},
     };
     for (const auto& c : cases) {
@@ -314,7 +319,7 @@ BOOST_AUTO_TEST_CASE(each_input_rule_is_a_400_naming_the_field_before_anything_i
     const auto received = read_text(guests.record_file());
     for (auto sent : {"inject_secret", "\"mount\"", "inject_ssh_key", "../x"})
         BOOST_TEST(received.find(sent) == std::string::npos, sent << " was sent: " << received);
-    BOOST_TEST(get(sock, "/v1/guests").json().at("guests").as_array().size() == 1u);
+    BOOST_TEST(get(sock, "/v1/guests").json().at("guests").as_array().size() == 2u);
     // A config guest's provisioning is the config file's.
     check_error(http(sock, "PUT", "/v1/guests/vm1/provision", R"({"provision":{}})"), 409,
                 "guest_in_config");
