@@ -23,8 +23,8 @@ std::string in_quotes(std::string_view text) {
 constexpr std::array<std::string_view, 8> refused_mount_roots{"/nix", "/etc",  "/bin", "/boot",
                                                               "/dev", "/proc", "/sys", "/run"};
 
-// Key types of OpenSSH's authorized_keys (plain, FIDO and certificates).
-constexpr std::array<std::string_view, 14> ssh_key_types{
+// The key types stereosd recognises (OpenSSH's plain and FIDO keys; no certificates).
+constexpr std::array<std::string_view, 8> ssh_key_types{
     "ssh-ed25519",
     "ssh-rsa",
     "ssh-dss",
@@ -33,12 +33,6 @@ constexpr std::array<std::string_view, 14> ssh_key_types{
     "ecdsa-sha2-nistp521",
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-ed25519-cert-v01@openssh.com",
-    "ssh-rsa-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
-    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
-    "sk-ssh-ed25519-cert-v01@openssh.com",
 };
 
 // A bounded, printable excerpt of what was given, for messages about non-secret fields.

@@ -33,7 +33,7 @@ rule_result check_mount_guest_path(std::string_view path);
 // "9p" or "virtiofs".
 rule_result check_fs_type(std::string_view fs_type);
 
-// One line starting with a key type OpenSSH knows, then the key data ("ssh-ed25519 AAAA...").
+// One line: a key type stereosd recognises, then the key data ("ssh-ed25519 AAAA...").
 rule_result check_ssh_public_key(std::string_view key);
 
 // A guest's endpoint: parse_endpoint's syntax, and unix/hybrid socket paths must be absolute (the

@@ -331,9 +331,8 @@ BOOST_AUTO_TEST_CASE(stereosctl_refuses_bad_input_before_calling_the_daemon) {
     // "cannot reach the daemon" (3).
     const auto sock = dir.file("nobody.sock");
     const auto provision_file = dir.file("provision.json");
-    write_text(
-        provision_file,
-        R"({"secrets":[{"name":"../x","value":"v"}],"mounts":[{"tag":"t","guest_path":"/run/x","fs_type":"9p"}]})");
+    write_text(provision_file, R"({"secrets":[{"name":"../x","value":"v"}],)"
+                               R"("mounts":[{"tag":"t","guest_path":"/run/x","fs_type":"9p"}]})");
     const auto key_file = dir.file("key.pub");
     write_text(key_file, "not a key\n");
     struct ctl_case {
