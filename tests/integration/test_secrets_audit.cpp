@@ -378,9 +378,9 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
         {"/v1/guests/vm1/secrets", R"({"name":"K","value":)" + malformed.value + "}"},
         {"/v1/guests/vm1/secrets", "[" + value + "]"},
         {"/v1/guests/nope/secrets", R"({"name":"K","value":)" + value + "}"},
-        {"/v1/guests",
-         R"({"name":"vm9","endpoint":"tcp:127.0.0.1:1","provision":{"secrets":[{"name":"../K","value":)" +
-             value + "}]}}"},
+        {"/v1/guests", R"({"name":"vm9","endpoint":"tcp:127.0.0.1:1",)"
+                       R"("provision":{"secrets":[{"name":"../K","value":)" +
+                           value + "}]}}"},
         {"/v1/guests",
          R"({"name":"vm9","endpoint":"unix:rel.sock","provision":{"config":)" + value + "}}"},
     };
