@@ -163,7 +163,8 @@ constexpr std::uintmax_t max_small_file = 64 * 1024;
 
 class loader {
   public:
-    explicit loader(std::string_view source_name) : source_(source_name) {}
+    loader(std::string_view source_name, load_options options)
+        : source_(source_name), options_(options) {}
 
     config_result load(std::string_view text) {
         toml::table root;
@@ -200,6 +201,7 @@ class loader {
             for (auto& [position, message] : errors_) {
                 out.messages.push_back(std::move(message));
             }
+            out.refused_references = refused_references_;
             return out;
         }
         return result;
@@ -283,6 +285,19 @@ class loader {
     }
     void error(const toml::node& node, const std::string& key, const std::string& message) {
         error_at(node.source().begin, key, message);
+    }
+
+    // Whether a host reference may be followed; if not, records why. Checked before the file is
+    // opened, so a refused caller learns nothing about it.
+    bool reference_allowed(const toml::node& node, const std::string& key) {
+        if (options_.allow_host_references) {
+            return true;
+        }
+        refused_references_ = true;
+        error(node, key,
+              "naming a host file or credential for the daemon to read needs root or the "
+              "daemon's own user; send the value itself instead");
+        return false;
     }
 
     std::optional<milliseconds> read_duration(table_reader& reader, std::string_view key) {
@@ -416,7 +431,7 @@ class loader {
             out.name = *name;
         }
         if (auto text = reader.require_string("endpoint")) {
-            auto parsed = transport::parse_endpoint(*text);
+            auto parsed = check_endpoint(*text);
             if (!parsed) {
                 error(*table.get("endpoint"), prefix + "endpoint", parsed.error().message);
             } else {
@@ -438,13 +453,32 @@ class loader {
     void read_provision(const toml::table& table, const std::string& prefix,
                         provision_config& out) {
         table_reader reader{*this, table, prefix};
-        if (const toml::node* node = reader.get("config_file", toml::node_type::string)) {
-            const std::filesystem::path path = node->as_string()->get();
+        const toml::node* config_file = reader.get("config_file", toml::node_type::string);
+        if (config_file != nullptr && reference_allowed(*config_file, prefix + "config_file")) {
+            const std::filesystem::path path = config_file->as_string()->get();
             // The content goes out as one line of at most 1 MiB.
             if (auto problem = file_problem(path, false, protocol::max_line_bytes)) {
-                error(*node, prefix + "config_file", *problem);
+                error(*config_file, prefix + "config_file", *problem);
             } else {
                 out.config_file = path;
+            }
+        }
+        if (const toml::node* content = reader.get("config")) {
+            if (!options_.allow_values) {
+                error(*content, prefix + "config",
+                      "the jcard.toml may not be written inline here; use config_file");
+            } else if (config_file != nullptr) {
+                error(*content, prefix + "config", "set config or config_file, not both");
+            } else if (!content->is_string()) {
+                error(*content, prefix + "config",
+                      "expected a string, got " + std::string(type_name(content->type())));
+            } else if (content->as_string()->get().size() > protocol::max_line_bytes / 2) {
+                // Escaped on the wire, it must still fit one line of at most 1 MiB.
+                error(*content, prefix + "config",
+                      "is too large (at most " + std::to_string(protocol::max_line_bytes / 2) +
+                          " bytes)");
+            } else {
+                out.config_content = content->as_string()->get();
             }
         }
         for_each_table(reader, "ssh_keys", [&](const toml::table& t, const std::string& p) {
@@ -513,11 +547,11 @@ class loader {
                 error(*inline_key, prefix + "public_key", "is empty");
             } else {
                 key.public_key = text.substr(first, last - first + 1);
-                if (key.public_key.find('\n') != std::string::npos) {
-                    error(*inline_key, prefix + "public_key", "must be a single line");
+                if (auto valid = check_ssh_public_key(key.public_key); !valid) {
+                    error(*inline_key, prefix + "public_key", valid.error().message);
                 }
             }
-        } else {
+        } else if (reference_allowed(*key_file, prefix + "public_key_file")) {
             const std::filesystem::path path = key_file->as_string()->get();
             if (auto problem = file_problem(path, true, max_small_file)) {
                 error(*key_file, prefix + "public_key_file", *problem);
@@ -539,11 +573,8 @@ class loader {
         if (auto name = reader.require_string("name")) {
             const toml::source_position at = table.get("name")->source().begin;
             // It becomes a file name in the guest: no directories, nothing hidden by "..".
-            if (name->empty() || name->size() > 255 || !only_name_chars(*name) || *name == "." ||
-                *name == "..") {
-                error_at(at, prefix + "name",
-                         "invalid secret name " + in_quotes(*name) +
-                             " (a simple file name: 1 to 255 of A-Z a-z 0-9 . _ -)");
+            if (auto valid = check_secret_name(*name); !valid) {
+                error_at(at, prefix + "name", valid.error().message);
             } else if (auto [it, inserted] = first_lines.emplace(*name, at.line); !inserted) {
                 error_at(at, prefix + "name",
                          "duplicate secret name " + in_quotes(*name) + " (also at line " +
@@ -551,23 +582,40 @@ class loader {
             }
             secret.name = *name;
         }
-        // Checked before anything else so that an inline value is never silently accepted.
+        // Checked before anything else so that an inline value is never silently accepted. Its
+        // content is never quoted, whatever its type.
         const toml::node* value = reader.get("value");
-        if (value != nullptr) {
+        if (value != nullptr && !options_.allow_values) {
             error(*value, prefix + "value",
                   "secret values may not be written inline; use file or credential");
+        } else if (value != nullptr && !value->is_string()) {
+            error(*value, prefix + "value",
+                  "expected a string, got " + std::string(type_name(value->type())));
+        } else if (value != nullptr && value->as_string()->get().size() > max_small_file) {
+            error(*value, prefix + "value",
+                  "is too large (at most " + std::to_string(max_small_file) + " bytes)");
         }
         const toml::node* file = reader.get("file", toml::node_type::string);
         const toml::node* credential = reader.get("credential", toml::node_type::string);
-        if ((file != nullptr) == (credential != nullptr)) {
-            // An inline value was already told to use file or credential.
-            if (!table.contains("file") && !table.contains("credential") && value == nullptr) {
-                error(table, prefix.substr(0, prefix.size() - 1),
-                      "set exactly one of file or credential");
-            } else if (file != nullptr) {
-                error(table, prefix.substr(0, prefix.size() - 1),
-                      "set exactly one of file or credential, not both");
+        // A refused inline value is no source: it was already told to use file or credential.
+        const bool inline_value = value != nullptr && options_.allow_values;
+        const int sources = (file != nullptr) + (credential != nullptr) + (inline_value ? 1 : 0);
+        const std::string where = prefix.substr(0, prefix.size() - 1);
+        const std::string choices =
+            options_.allow_values ? "value, file or credential" : "file or credential";
+        if (sources > 1) {
+            error(table, where, "set exactly one of " + choices + ", not more");
+        } else if (sources == 0) {
+            if (value == nullptr && !table.contains("file") && !table.contains("credential")) {
+                error(table, where, "set exactly one of " + choices);
             }
+        } else if (inline_value) {
+            if (value->is_string()) {
+                secret.value = value->as_string()->get();
+            }
+        } else if (!reference_allowed(file != nullptr ? *file : *credential,
+                                      prefix + (file != nullptr ? "file" : "credential"))) {
+            // Refused before the file is opened.
         } else if (file != nullptr) {
             secret.file = file->as_string()->get();
             if (auto problem = file_problem(secret.file, false, max_small_file)) {
@@ -622,9 +670,8 @@ class loader {
         }
         if (auto path = reader.require_string("guest_path")) {
             const toml::source_position at = table.get("guest_path")->source().begin;
-            if (path->empty() || path->front() != '/') {
-                error_at(at, prefix + "guest_path",
-                         "must be an absolute path, got " + in_quotes(*path));
+            if (auto valid = check_mount_guest_path(*path); !valid) {
+                error_at(at, prefix + "guest_path", valid.error().message);
             } else if (auto [it, inserted] = first_lines.emplace(*path, at.line); !inserted) {
                 error_at(at, prefix + "guest_path",
                          "duplicate mount point " + in_quotes(*path) + " (also at line " +
@@ -633,10 +680,8 @@ class loader {
             mount.guest_path = *path;
         }
         if (auto fs_type = reader.require_string("fs_type")) {
-            if (*fs_type != "9p" && *fs_type != "virtiofs") {
-                error(*table.get("fs_type"), prefix + "fs_type",
-                      "unknown file system type " + in_quotes(*fs_type) +
-                          " (expected 9p or virtiofs)");
+            if (auto valid = check_fs_type(*fs_type); !valid) {
+                error(*table.get("fs_type"), prefix + "fs_type", valid.error().message);
             }
             mount.fs_type = *fs_type;
         }
@@ -650,6 +695,8 @@ class loader {
     }
 
     std::string source_;
+    load_options options_;
+    bool refused_references_ = false;
     std::filesystem::path credentials_directory_;
     // ((line, column), message)
     std::vector<std::pair<std::pair<std::uint32_t, std::uint32_t>, std::string>> errors_;
@@ -733,10 +780,6 @@ std::string to_string(const config_errors& e) {
 
 void throw_exception_from_error(const config_errors& e, const boost::source_location&) {
     throw std::runtime_error("invalid configuration:\n" + to_string(e));
-}
-
-void throw_exception_from_error(const value_error& e, const boost::source_location&) {
-    throw std::invalid_argument(e.message);
 }
 
 // ---- single values -------------------------------------------------------------------------
@@ -838,8 +881,9 @@ boost::system::result<milliseconds, value_error> parse_timeout(std::string_view 
 
 // ---- loading -------------------------------------------------------------------------------
 
-config_result load_config_text(std::string_view text, std::string_view source_name) {
-    return loader(source_name).load(text);
+config_result load_config_text(std::string_view text, std::string_view source_name,
+                               load_options options) {
+    return loader(source_name, options).load(text);
 }
 
 config_result load_config_file(const std::filesystem::path& path) {

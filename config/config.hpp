@@ -13,6 +13,7 @@
 #include <boost/assert/source_location.hpp>
 #include <boost/system/result.hpp>
 
+#include "config/input_rules.hpp"
 #include "protocol/messages.hpp"
 #include "transport/endpoint.hpp"
 
@@ -64,7 +65,8 @@ struct daemon_settings {
 };
 
 // An SSH key to inject: either inline (`public_key`) or read at provisioning time from
-// `public_key_file` (then `public_key` is empty).
+// `public_key_file` (then `public_key` is empty). A file's content meets check_ssh_public_key
+// when it is read, before it is sent.
 struct ssh_key_config {
     std::string user;
     std::string public_key;
@@ -72,25 +74,29 @@ struct ssh_key_config {
     bool operator==(const ssh_key_config&) const = default;
 };
 
-// A secret to inject. Only where to read it is kept, never the value: `file` is the path to read
-// at provisioning time; for a systemd credential it is $CREDENTIALS_DIRECTORY/<credential>.
+// A secret to inject. From the config file only where to read it is kept: `file` is the path to
+// read at provisioning time; for a systemd credential it is $CREDENTIALS_DIRECTORY/<credential>.
+// A guest added through the API may carry the value itself, kept only in memory.
 struct secret_config {
     std::string name;  // the file name in the guest's secret directory
     std::filesystem::path file;
     std::string credential;  // the credential name when the secret comes from LoadCredential=
     std::uint32_t mode = 0;  // 0 = the guest's default (omitted on the wire)
+    std::optional<std::string> value;  // the value given through the API; never persisted
     bool operator==(const secret_config&) const = default;
 };
 
 struct provision_config {
-    std::filesystem::path config_file;  // jcard.toml sent with set_config; empty = none
+    std::filesystem::path config_file;          // jcard.toml sent with set_config; empty = none
+    std::optional<std::string> config_content;  // jcard.toml given through the API (a value)
     std::vector<ssh_key_config> ssh_keys;
     std::vector<secret_config> secrets;
     std::vector<protocol::mount_payload> mounts;
     bool operator==(const provision_config&) const = default;
 
     bool empty() const noexcept {
-        return config_file.empty() && ssh_keys.empty() && secrets.empty() && mounts.empty();
+        return config_file.empty() && !config_content && ssh_keys.empty() && secrets.empty() &&
+               mounts.empty();
     }
 };
 
@@ -116,6 +122,8 @@ struct config {
 // Secret values never appear: the loader opens secret files to check them but never reads them.
 struct config_errors {
     std::vector<std::string> messages;
+    // Some messages are host references that load_options refused (not mere mistakes).
+    bool refused_references = false;
 };
 [[noreturn]] void throw_exception_from_error(const config_errors& e,
                                              const boost::source_location& location);
@@ -124,11 +132,24 @@ std::string to_string(const config_errors& e);
 
 using config_result = boost::system::result<config, config_errors>;
 
+// Where a config comes from decides what its provisioning may say.
+struct load_options {
+    // Values inline (a secret's `value`, the jcard.toml as `config`): only from the API, so
+    // that the config file, which is kept on disk, never holds one.
+    bool allow_values = false;
+    // Host files and credentials to read (config_file, public_key_file, a secret's file or
+    // credential): the config file, which only root edits, and API peers that are root or the
+    // daemon's user. Refused ones are errors that do not open the file, marked in
+    // config_errors::refused_references.
+    bool allow_host_references = true;
+};
+
 // Reads and validates a config file. Provisioning files must exist and be readable now, so that
 // a bad path is reported at start-up (or reload), not when a guest boots.
 config_result load_config_file(const std::filesystem::path& path);
 // The same from text; `source_name` prefixes every message. For tests and fuzzing.
-config_result load_config_text(std::string_view text, std::string_view source_name);
+config_result load_config_text(std::string_view text, std::string_view source_name,
+                               load_options options = {});
 
 // The guest lists of two configs compared by name, for SIGHUP reload. `changed` means any
 // effective setting differs (endpoint, effective timeouts, provisioning). Names are in the order
@@ -142,13 +163,6 @@ struct guest_diff {
 guest_diff diff_guests(const config& before, const config& after);
 
 // ---- Single-value checks, shared with the API (guests added at run time) ------------------
-
-// Why one value is not acceptable, without file or line (the caller adds its own context).
-struct value_error {
-    std::string message;
-};
-[[noreturn]] void throw_exception_from_error(const value_error& e,
-                                             const boost::source_location& location);
 
 // [A-Za-z0-9._-]{1,64}
 boost::system::result<void, value_error> check_guest_name(std::string_view name);

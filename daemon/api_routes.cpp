@@ -143,6 +143,7 @@ enum class route {
     guest_mount,
     guest_shutdown,
     guest_provision,
+    guest_set_provision,
     guest_reconnect,
     guest_wait,
     events,
@@ -155,7 +156,7 @@ struct route_entry {
     route id;
 };
 
-constexpr std::array<route_entry, 17> route_table{{
+constexpr std::array<route_entry, 18> route_table{{
     {"/v1/ping", http::verb::get, route::ping},
     {"/v1/guests", http::verb::get, route::list_guests},
     {"/v1/guests", http::verb::post, route::add_guest},
@@ -169,6 +170,7 @@ constexpr std::array<route_entry, 17> route_table{{
     {"/v1/guests/{name}/mounts", http::verb::post, route::guest_mount},
     {"/v1/guests/{name}/shutdown", http::verb::post, route::guest_shutdown},
     {"/v1/guests/{name}/provision", http::verb::post, route::guest_provision},
+    {"/v1/guests/{name}/provision", http::verb::put, route::guest_set_provision},
     {"/v1/guests/{name}/reconnect", http::verb::post, route::guest_reconnect},
     {"/v1/guests/{name}/wait", http::verb::get, route::guest_wait},
     {"/v1/events", http::verb::get, route::events},
@@ -255,6 +257,14 @@ class body_fields {
             return false;
         }
         return v->get_bool();
+    }
+
+    json::object required_object(std::string_view key) {
+        if (!object_.contains(key)) {
+            fail("missing field \"" + std::string(key) + "\"");
+            return {};
+        }
+        return optional_object(key);
     }
 
     json::object optional_object(std::string_view key) {
@@ -491,9 +501,66 @@ asio::awaitable<http_response> wait_for_state(api_context& context,
 
 // ---- handlers -------------------------------------------------------------------------------
 
+// A registry refusal as the client sees it.
+http_response registry_error_response(const registry_error& e, unsigned version) {
+    switch (e.code) {
+        case registry_error::kind::bad_request:
+            return error_response(400, "bad_request", e.message, version);
+        case registry_error::kind::forbidden:
+            return error_response(403, "forbidden", e.message, version);
+        case registry_error::kind::exists:
+            return error_response(409, "guest_exists", e.message, version);
+        case registry_error::kind::not_found:
+            return error_response(404, "guest_not_found", e.message, version);
+        case registry_error::kind::config_guest:
+            return error_response(409, "guest_in_config", e.message, version);
+        case registry_error::kind::persist_failed:
+            break;
+    }
+    return error_response(500, "internal_error", e.message, version);
+}
+
+// The outcome of a provisioning run as POST and PUT .../provision answer it.
+asio::awaitable<http_response> provision_and_report(api_context& context,
+                                                    const std::shared_ptr<managed_guest>& guest,
+                                                    unsigned version) {
+    const auto started = std::chrono::steady_clock::now();
+    const auto report = co_await guest->provision_now();
+    const bool failed = report.state == "failed";
+    if (report.state != "needs_values") {
+        context.metrics.record_request(guest->name(), "provision", failed ? "guest_error" : "ok",
+                                       std::chrono::steady_clock::now() - started);
+    }
+    if (failed) {
+        co_return error_response(
+            502, "guest_error",
+            guest->name() + ": provisioning failed at " + report.step + ": " + report.error,
+            version);
+    }
+    if (report.state == "needs_values") {
+        co_return error_response(409, "needs_values",
+                                 guest->name() +
+                                     ": its provisioning values were lost in a daemon restart; "
+                                     "supply them with PUT /v1/guests/" +
+                                     guest->name() + "/provision",
+                                 version);
+    }
+    json::object provision{{"state", report.state}};
+    if (!report.step.empty())
+        provision["step"] = report.step;
+    co_return ok(json::object{{"guest", guest->name()}, {"provision", std::move(provision)}},
+                 version);
+}
+
+// Host files and credentials only on the word of root or the daemon's user.
+provision_caller caller_of(const peer_access& access) {
+    return access.may_reference_host ? provision_caller::host_trusted
+                                     : provision_caller::values_only;
+}
+
 asio::awaitable<api_outcome> handle(route id, const http_request& request,
                                     const parsed_target& target, const std::string& name,
-                                    api_context& context) {
+                                    const peer_access& access, api_context& context) {
     const unsigned version = request.version();
 
     switch (id) {
@@ -518,18 +585,10 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
             }
             if (!body.ok())
                 co_return error_response(400, "bad_request", body.problem(), version);
-            auto added = context.registry.add_runtime(guest_name, endpoint, provision);
-            if (!added) {
-                const auto& e = added.error();
-                switch (e.code) {
-                    case registry_error::kind::exists:
-                        co_return error_response(409, "guest_exists", e.message, version);
-                    case registry_error::kind::bad_request:
-                        co_return error_response(400, "bad_request", e.message, version);
-                    default:
-                        co_return error_response(500, "internal_error", e.message, version);
-                }
-            }
+            auto added =
+                context.registry.add_runtime(guest_name, endpoint, provision, caller_of(access));
+            if (!added)
+                co_return registry_error_response(added.error(), version);
             auto response = json_response(http::status::created, (*added)->status(), version);
             response.set(http::field::location, "/v1/guests/" + guest_name);
             co_return response;
@@ -624,6 +683,8 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
             secret.name = body.required_string("name");
             secret.value = body.required_string("value");
             secret.mode = body.optional_mode("mode");
+            if (auto valid = config::check_secret_name(secret.name); body.ok() && !valid)
+                body.fail("field \"name\": " + valid.error().message);
             if (!body.ok())
                 co_return error_response(400, "bad_request", body.problem(), version);
             protocol::host_message message = std::move(secret);
@@ -635,6 +696,8 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
             protocol::ssh_key_payload key;
             key.user = body.required_string("user");
             key.public_key = body.required_string("public_key");
+            if (auto valid = config::check_ssh_public_key(key.public_key); body.ok() && !valid)
+                body.fail("field \"public_key\": " + valid.error().message);
             if (!body.ok())
                 co_return error_response(400, "bad_request", body.problem(), version);
             protocol::host_message message = std::move(key);
@@ -648,10 +711,10 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
             mount.guest_path = body.required_string("guest_path");
             mount.fs_type = body.required_string("fs_type");
             mount.read_only = body.optional_bool("read_only");
-            if (body.ok() && mount.fs_type != "9p" && mount.fs_type != "virtiofs")
-                body.fail(R"(field "fs_type" must be "9p" or "virtiofs")");
-            if (body.ok() && !mount.guest_path.starts_with('/'))
-                body.fail("field \"guest_path\" must be an absolute path");
+            if (auto valid = config::check_mount_guest_path(mount.guest_path); body.ok() && !valid)
+                body.fail("field \"guest_path\": " + valid.error().message);
+            if (auto valid = config::check_fs_type(mount.fs_type); body.ok() && !valid)
+                body.fail("field \"fs_type\": " + valid.error().message);
             if (!body.ok())
                 co_return error_response(400, "bad_request", body.problem(), version);
             protocol::host_message message = std::move(mount);
@@ -668,23 +731,25 @@ asio::awaitable<api_outcome> handle(route id, const http_request& request,
                                              http::status::accepted);
         }
 
-        case route::guest_provision: {
-            const auto started = std::chrono::steady_clock::now();
-            const auto report = co_await guest->provision_now();
-            const bool failed = report.state == "failed";
-            context.metrics.record_request(name, "provision", failed ? "guest_error" : "ok",
-                                           std::chrono::steady_clock::now() - started);
-            if (failed) {
-                co_return error_response(
-                    502, "guest_error",
-                    name + ": provisioning failed at " + report.step + ": " + report.error,
-                    version);
-            }
-            json::object provision{{"state", report.state}};
-            if (!report.step.empty())
-                provision["step"] = report.step;
-            co_return ok(json::object{{"guest", name}, {"provision", std::move(provision)}},
-                         version);
+        case route::guest_provision:
+            co_return co_await provision_and_report(context, guest, version);
+
+        case route::guest_set_provision: {
+            // The body has POST /v1/guests's shape for its provision and the same rules; it may
+            // carry secret values, so nothing of it is logged or echoed.
+            body_fields body(request, false);
+            auto provision = body.required_object("provision");
+            if (!body.ok())
+                co_return error_response(400, "bad_request", body.problem(), version);
+            auto replaced = context.registry.replace_provision(name, provision, caller_of(access));
+            if (!replaced)
+                co_return registry_error_response(replaced.error(), version);
+            // Sent now if the guest is there; otherwise at its next boot.
+            if (guest->link().is_up())
+                co_return co_await provision_and_report(context, guest, version);
+            co_return ok(
+                json::object{{"guest", name}, {"provision", json::object{{"state", "pending"}}}},
+                version);
         }
 
         case route::guest_reconnect: {
@@ -762,7 +827,7 @@ asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access a
                                           "of the API group (or the read group)",
                                  version);
     }
-    co_return co_await handle(chosen->id, request, *target, name, context);
+    co_return co_await handle(chosen->id, request, *target, name, access, context);
 }
 
 boost::system::result<http_request> parse_request(std::string_view bytes) {

@@ -1,5 +1,7 @@
 #include "daemon/guest_registry.hpp"
 
+#include <algorithm>
+#include <cstring>  // explicit_bzero (glibc)
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -67,12 +69,17 @@ std::string duration_text(std::chrono::milliseconds d) {
     return config::format_duration(d);
 }
 
+registry_error refusal(const definition_error& e) {
+    return {e.forbidden ? registry_error::kind::forbidden : registry_error::kind::bad_request,
+            e.message};
+}
+
 }  // namespace
 
-boost::system::result<config::guest_config, std::string> runtime_guest_definition(
+boost::system::result<config::guest_config, definition_error> runtime_guest_definition(
     const std::string& name, const std::string& endpoint, const json::object& provision,
-    const config::daemon_settings& defaults) {
-    using result = boost::system::result<config::guest_config, std::string>;
+    const config::daemon_settings& defaults, provision_caller caller) {
+    using result = boost::system::result<config::guest_config, definition_error>;
     toml::table root;
     const auto& t = defaults.timeouts;
     root.insert("daemon", toml::table{{"request_timeout", duration_text(t.request_timeout)},
@@ -84,14 +91,19 @@ boost::system::result<config::guest_config, std::string> runtime_guest_definitio
     if (!provision.empty()) {
         toml::array holder;
         if (auto e = to_toml_value(json::value(provision), "provision", holder))
-            return result(boost::system::in_place_error, *e);
+            return result(boost::system::in_place_error, definition_error{*e});
         guest.insert("provision", std::move(*holder.get(0)));
     }
     root.insert("guest", toml::array{std::move(guest)});
     std::ostringstream text;
     text << root;
 
-    auto loaded = config::load_config_text(text.str(), "request");
+    auto toml_text = text.str();
+    auto loaded = config::load_config_text(
+        toml_text, "request",
+        {.allow_values = true, .allow_host_references = caller == provision_caller::host_trusted});
+    // It may hold secret values.
+    explicit_bzero(toml_text.data(), toml_text.size());
     if (!loaded) {
         // "request:7: guest[0].provision.mounts[0].fs_type: ..." -> "provision.mounts[0]...".
         std::string message;
@@ -106,18 +118,47 @@ boost::system::result<config::guest_config, std::string> runtime_guest_definitio
                 message += "; ";
             message += line;
         }
-        return result(boost::system::in_place_error, message);
+        return result(boost::system::in_place_error,
+                      definition_error{message, loaded.error().refused_references});
     }
     return result(boost::system::in_place_value, std::move(loaded->guests.front()));
+}
+
+provision_split split_out_values(const json::object& provision) {
+    provision_split split{provision, {}};
+    if (split.persisted.erase("config") > 0)
+        split.withheld_values.emplace_back("config");
+    if (auto* secrets = split.persisted.if_contains("secrets"); secrets && secrets->is_array()) {
+        auto& list = secrets->get_array();
+        for (auto it = list.begin(); it != list.end();) {
+            const auto* secret = it->if_object();
+            if (secret && secret->contains("value")) {
+                const auto* secret_name = secret->if_contains("name");
+                split.withheld_values.push_back(
+                    "secret " + std::string(secret_name && secret_name->is_string()
+                                                ? std::string_view(secret_name->get_string())
+                                                : std::string_view("?")));
+                it = list.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        if (list.empty())
+            split.persisted.erase("secrets");
+    }
+    return split;
 }
 
 guest_registry::guest_registry(asio::any_io_executor executor, event_bus& bus, state_store& store)
     : executor_(std::move(executor)), bus_(bus), store_(store) {}
 
 std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config definition,
-                                                      guest_source source) {
+                                                      guest_source source,
+                                                      std::vector<std::string> missing_values) {
     auto name = definition.name;
     auto guest = managed_guest::create(executor_, std::move(definition), source, bus_);
+    if (!missing_values.empty())
+        guest->hold_provisioning_for_values(std::move(missing_values));
     guests_[name] = guest;
     guest->start();
     return guest;
@@ -141,14 +182,16 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
                                store_.file().string() + ")");
             continue;
         }
+        // Root or the daemon's user wrote these references, through the API or into the state
+        // directory.
         auto definition = runtime_guest_definition(record.name, record.endpoint, record.provision,
-                                                   config_.daemon);
+                                                   config_.daemon, provision_caller::host_trusted);
         if (!definition) {
             problems.push_back("runtime guest \"" + record.name +
-                               "\" is not started: " + definition.error());
+                               "\" is not started: " + definition.error().message);
             continue;
         }
-        launch(std::move(*definition), guest_source::runtime);
+        launch(std::move(*definition), guest_source::runtime, record.withheld_values);
     }
     return problems;
 }
@@ -191,7 +234,8 @@ asio::awaitable<std::optional<std::string>> guest_registry::async_apply(
 }
 
 boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_registry::add_runtime(
-    const std::string& name, const std::string& endpoint, const json::object& provision) {
+    const std::string& name, const std::string& endpoint, const json::object& provision,
+    provision_caller caller) {
     using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
     if (auto it = guests_.find(name); it != guests_.end()) {
         const bool from_config = it->second->source() == guest_source::config;
@@ -200,12 +244,12 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
                                      "guest \"" + name + "\" already exists" +
                                          (from_config ? " (defined in the config file)" : "")});
     }
-    auto definition = runtime_guest_definition(name, endpoint, provision, config_.daemon);
-    if (!definition) {
-        return result(boost::system::in_place_error,
-                      registry_error{registry_error::kind::bad_request, definition.error()});
-    }
-    runtime_records_.push_back({name, endpoint, provision});
+    auto definition = runtime_guest_definition(name, endpoint, provision, config_.daemon, caller);
+    if (!definition)
+        return result(boost::system::in_place_error, refusal(definition.error()));
+    auto split = split_out_values(provision);
+    runtime_records_.push_back(
+        {name, endpoint, std::move(split.persisted), std::move(split.withheld_values)});
     if (auto error = persist()) {
         runtime_records_.pop_back();
         return result(boost::system::in_place_error,
@@ -214,6 +258,50 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
     }
     return result(boost::system::in_place_value,
                   launch(std::move(*definition), guest_source::runtime));
+}
+
+boost::system::result<std::shared_ptr<managed_guest>, registry_error>
+guest_registry::replace_provision(const std::string& name, const json::object& provision,
+                                  provision_caller caller) {
+    using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
+    auto it = guests_.find(name);
+    if (it == guests_.end()) {
+        return result(
+            boost::system::in_place_error,
+            registry_error{registry_error::kind::not_found, "no guest named \"" + name + "\""});
+    }
+    auto guest = it->second;
+    if (guest->source() == guest_source::config) {
+        return result(boost::system::in_place_error,
+                      registry_error{registry_error::kind::config_guest,
+                                     "guest \"" + name +
+                                         "\" is defined in the config file; change its "
+                                         "provisioning there and reload"});
+    }
+    auto record = std::find_if(runtime_records_.begin(), runtime_records_.end(),
+                               [&](const runtime_guest_record& r) { return r.name == name; });
+    if (record == runtime_records_.end()) {
+        return result(
+            boost::system::in_place_error,
+            registry_error{registry_error::kind::persist_failed,
+                           "guest \"" + name + "\" has no record in the state directory"});
+    }
+    auto definition =
+        runtime_guest_definition(name, record->endpoint, provision, config_.daemon, caller);
+    if (!definition)
+        return result(boost::system::in_place_error, refusal(definition.error()));
+    auto split = split_out_values(provision);
+    auto kept = *record;
+    record->provision = std::move(split.persisted);
+    record->withheld_values = std::move(split.withheld_values);
+    if (auto error = persist()) {
+        *record = std::move(kept);
+        return result(boost::system::in_place_error,
+                      registry_error{registry_error::kind::persist_failed,
+                                     "cannot persist the provisioning: " + *error});
+    }
+    guest->replace_provision(std::move(definition->provision));
+    return result(boost::system::in_place_value, std::move(guest));
 }
 
 asio::awaitable<boost::system::result<void, registry_error>> guest_registry::async_remove_runtime(

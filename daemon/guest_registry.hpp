@@ -22,18 +22,40 @@
 namespace stereos::daemon {
 
 struct registry_error {
-    enum class kind { bad_request, exists, not_found, config_guest, persist_failed };
+    enum class kind { bad_request, forbidden, exists, not_found, config_guest, persist_failed };
     kind code;
     std::string message;
 };
 [[noreturn]] void throw_exception_from_error(const registry_error& e,
                                              const boost::source_location& location);
 
+// Why a runtime guest's definition was refused. `forbidden`: it names host files or credentials
+// and the caller may not.
+struct definition_error {
+    std::string message;
+    bool forbidden = false;
+};
+
+// Who is asking, which decides what a runtime guest's provisioning may name.
+enum class provision_caller {
+    host_trusted,  // root or the daemon's user (or the state directory they wrote)
+    values_only,   // anyone else: values in the request, no host files or credentials
+};
+
 // Builds and validates a runtime guest's definition with the config loader's own rules, using
-// the daemon's timeouts as defaults. `provision` has the shape of a [guest.provision] table.
-boost::system::result<config::guest_config, std::string> runtime_guest_definition(
+// the daemon's timeouts as defaults. `provision` has the shape of a [guest.provision] table,
+// where values (a secret's `value`, the jcard.toml as `config`) are allowed too.
+boost::system::result<config::guest_config, definition_error> runtime_guest_definition(
     const std::string& name, const std::string& endpoint, const boost::json::object& provision,
-    const config::daemon_settings& defaults);
+    const config::daemon_settings& defaults, provision_caller caller);
+
+// A validated provision object split into what may be persisted and the values that stay in
+// memory, named as in runtime_guest_record::withheld_values.
+struct provision_split {
+    boost::json::object persisted;
+    std::vector<std::string> withheld_values;
+};
+provision_split split_out_values(const boost::json::object& provision);
 
 class guest_registry {
   public:
@@ -48,7 +70,12 @@ class guest_registry {
     boost::asio::awaitable<std::optional<std::string>> async_apply(const config::config& next);
 
     boost::system::result<std::shared_ptr<managed_guest>, registry_error> add_runtime(
-        const std::string& name, const std::string& endpoint, const boost::json::object& provision);
+        const std::string& name, const std::string& endpoint, const boost::json::object& provision,
+        provision_caller caller);
+    // Replaces a runtime guest's provisioning (values again after a restart, or anything new),
+    // persisted without its values. The caller decides when it runs.
+    boost::system::result<std::shared_ptr<managed_guest>, registry_error> replace_provision(
+        const std::string& name, const boost::json::object& provision, provision_caller caller);
     boost::asio::awaitable<boost::system::result<void, registry_error>> async_remove_runtime(
         const std::string& name);
 
@@ -66,7 +93,8 @@ class guest_registry {
     boost::asio::awaitable<void> async_stop_all();
 
   private:
-    std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source);
+    std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
+                                          std::vector<std::string> missing_values = {});
     std::optional<std::string> persist();
 
     boost::asio::any_io_executor executor_;

@@ -230,7 +230,8 @@ asio::awaitable<void> managed_guest::health_loop() {
 }
 
 void managed_guest::maybe_start_provisioning() {
-    if (stopping_ || provisioning_running_ || !machine_.needs_provisioning())
+    if (stopping_ || provisioning_running_ || !missing_values_.empty() ||
+        !machine_.needs_provisioning())
         return;
     auto ticket = machine_.begin_provisioning();
     if (!ticket)
@@ -325,6 +326,8 @@ asio::awaitable<provisioning_report> managed_guest::provision_now() {
         tasks_done_.expires_at(asio::steady_timer::clock_type::time_point::max());
         co_await tasks_done_.async_wait(use_tuple);
     }
+    if (!missing_values_.empty())
+        co_return report_;
     if (definition_.provision.empty())
         co_return provisioning_report{"none", "", ""};
     provisioning_running_ = true;
@@ -340,6 +343,19 @@ asio::awaitable<provisioning_report> managed_guest::provision_now() {
     co_return report_;
 }
 
+void managed_guest::hold_provisioning_for_values(std::vector<std::string> missing) {
+    missing_values_ = std::move(missing);
+    report_ = {"needs_values", "", ""};
+}
+
+void managed_guest::replace_provision(config::provision_config provision) {
+    definition_.provision = std::move(provision);
+    missing_values_.clear();
+    if (!provisioning_running_)
+        report_ = {definition_.provision.empty() ? "none" : "pending", "", ""};
+    publish_provisioning();
+}
+
 json::object managed_guest::status() const {
     const auto& stats = link_->stats();
     json::object link{
@@ -352,6 +368,16 @@ json::object managed_guest::status() const {
         provision["step"] = report_.step;
     if (!report_.error.empty())
         provision["error"] = report_.error;
+    if (!missing_values_.empty()) {
+        json::array missing;
+        for (const auto& m : missing_values_)
+            missing.emplace_back(m);
+        provision["missing"] = std::move(missing);
+        provision["message"] =
+            "values given through the API are kept only in memory and were lost when the daemon "
+            "restarted; supply them again with PUT /v1/guests/" +
+            name() + "/provision (stereosctl provision " + name() + " --set FILE)";
+    }
     json::array transitions;
     for (const auto& t : machine_.history()) {
         transitions.push_back(json::object{{"from", to_string(t.from)},

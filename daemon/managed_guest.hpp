@@ -25,7 +25,7 @@ enum class guest_source { config, runtime };
 std::string_view to_string(guest_source source) noexcept;
 
 struct provisioning_report {
-    std::string state = "none";  // none | pending | running | done | failed
+    std::string state = "none";  // none | pending | running | done | failed | needs_values
     std::string step;            // the failed (or running) step
     std::string error;           // why it failed; secrets scrubbed
 };
@@ -50,7 +50,16 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void reconnect();
 
     // Runs the provisioning sequence now, whatever the boot; returns the report at the end.
+    // While values are missing it runs nothing and reports needs_values.
     boost::asio::awaitable<provisioning_report> provision_now();
+
+    // A runtime guest restored without the values it was given (they are kept in memory only):
+    // nothing is provisioned until replace_provision() supplies them. `missing` names them,
+    // e.g. "secret API_KEY".
+    void hold_provisioning_for_values(std::vector<std::string> missing);
+    // New provisioning for later runs (a run in progress finishes with what it had); releases
+    // a hold. Starts nothing itself: it runs at the next boot, or now through provision_now().
+    void replace_provision(config::provision_config provision);
 
     // {name, endpoint, source, state, reason, since, link, uptime_seconds, agents, provision,
     // transitions}
@@ -83,6 +92,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     std::shared_ptr<guest_link> link_;
     guest_state_machine machine_;
     provisioning_report report_;
+    std::vector<std::string> missing_values_;  // while not empty, provisioning is held
     bool provisioning_running_ = false;
     bool stopping_ = false;
     bool handshake_polled_ = false;  // a new link's handshake stood in for a health poll

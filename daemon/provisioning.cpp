@@ -67,7 +67,11 @@ boost::system::result<std::string, std::string> read_file(const std::filesystem:
 std::vector<provisioning_step> provisioning_steps(const config::provision_config& provision) {
     std::vector<provisioning_step> steps;
     using built = boost::system::result<protocol::host_message, std::string>;
-    if (!provision.config_file.empty()) {
+    if (provision.config_content) {
+        steps.push_back({"set_config", [content = *provision.config_content]() -> built {
+                             return protocol::host_message{protocol::config_payload{content}};
+                         }});
+    } else if (!provision.config_file.empty()) {
         steps.push_back({"set_config", [path = provision.config_file]() -> built {
                              auto content = read_file(path);
                              if (!content)
@@ -84,6 +88,12 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
                                  if (!text)
                                      return text.error();
                                  public_key = trim_line_end(std::move(*text));
+                                 // The file may have changed since the config was loaded.
+                                 if (auto valid = config::check_ssh_public_key(public_key);
+                                     !valid) {
+                                     return key.public_key_file.string() + ": public key " +
+                                            valid.error().message;
+                                 }
                              }
                              return protocol::host_message{
                                  protocol::ssh_key_payload{key.user, std::move(public_key)}};
@@ -91,6 +101,10 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
     }
     for (const auto& secret : provision.secrets) {
         steps.push_back({"inject_secret " + secret.name, [secret]() -> built {
+                             if (secret.value) {
+                                 return protocol::host_message{protocol::secret_payload{
+                                     secret.name, *secret.value, secret.mode}};
+                             }
                              auto value = read_file(secret.file);
                              if (!value)
                                  return value.error();

@@ -1,7 +1,8 @@
 // The provisioning sequence the reference host sends when a guest comes up: set_config, then
 // inject_ssh_key per key, inject_secret per secret, mount per mount. Files (jcard.toml, key
 // files, secrets, credentials) are read when the step runs, so rotated secrets are picked up
-// on the next boot, and secret bytes live only as long as the request.
+// on the next boot, and secret bytes read from files live only as long as the request. Values
+// given through the API are held in memory by the guest's definition.
 #pragma once
 
 #include <string>

@@ -63,11 +63,20 @@ std::optional<std::string> parse_records(const std::string& text,
         if (!endpoint || !endpoint->is_string())
             return where + ".endpoint is missing or not a string";
         runtime_guest_record record{
-            std::string(name->get_string()), std::string(endpoint->get_string()), {}};
+            std::string(name->get_string()), std::string(endpoint->get_string()), {}, {}};
         if (const auto* p = g.get_object().if_contains("provision")) {
             if (!p->is_object())
                 return where + ".provision is not an object";
             record.provision = p->get_object();
+        }
+        if (const auto* w = g.get_object().if_contains("withheld_values")) {
+            if (!w->is_array())
+                return where + ".withheld_values is not an array";
+            for (const auto& item : w->get_array()) {
+                if (!item.is_string())
+                    return where + ".withheld_values holds something other than a string";
+                record.withheld_values.emplace_back(item.get_string());
+            }
         }
         out.push_back(std::move(record));
     }
@@ -138,6 +147,12 @@ std::optional<std::string> state_store::save(const std::vector<runtime_guest_rec
         json::object o{{"name", g.name}, {"endpoint", g.endpoint}};
         if (!g.provision.empty())
             o["provision"] = g.provision;
+        if (!g.withheld_values.empty()) {
+            json::array withheld;
+            for (const auto& w : g.withheld_values)
+                withheld.emplace_back(w);
+            o["withheld_values"] = std::move(withheld);
+        }
         list.emplace_back(std::move(o));
     }
     const std::string text =

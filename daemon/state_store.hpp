@@ -14,7 +14,12 @@ namespace stereos::daemon {
 struct runtime_guest_record {
     std::string name;
     std::string endpoint;
-    boost::json::object provision;  // the API's provision object, as given; empty if none
+    // The API's provision object without its values (secrets' `value`, `config`): those stay
+    // in memory only. Empty if none.
+    boost::json::object provision;
+    // What was left out, e.g. "config", "secret API_KEY": after a restart the guest needs these
+    // values again before it can be provisioned.
+    std::vector<std::string> withheld_values;
     bool operator==(const runtime_guest_record&) const = default;
 };
 

@@ -14,6 +14,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "config/input_rules.hpp"
 #include "daemon/ctl/api_client.hpp"
 #include "daemon/ctl/event_format.hpp"
 
@@ -67,6 +68,25 @@ std::string read_source(const std::string& path) {
     if (!in)
         throw usage_error("cannot read " + path);
     return read_all(in);
+}
+
+// A provision object from a file, checked against the guest's input rules before it is sent.
+// Messages name fields, never values: the file may hold secrets.
+json::object read_provision_file(const std::string& path) {
+    boost::system::error_code ec;
+    auto text = read_source(path);
+    auto value = json::parse(text, ec);
+    std::fill(text.begin(), text.end(), '\0');
+    if (ec || !value.is_object())
+        throw usage_error(path + " is not a JSON object");
+    auto problems = stereos::config::provision_rule_violations(value.get_object());
+    if (!problems.empty()) {
+        std::string message = path + ":";
+        for (const auto& p : problems)
+            message += "\n  " + p;
+        throw usage_error(message);
+    }
+    return std::move(value.get_object());
 }
 
 std::string trim(std::string text) {
@@ -173,7 +193,15 @@ void print_status(const json::object& s) {
             std::cout << " at " << field(prov, "step");
         if (prov.contains("error"))
             std::cout << ": " << field(prov, "error");
+        if (const auto* missing = prov.if_contains("missing"); missing && missing->is_array()) {
+            std::cout << " (missing:";
+            for (const auto& m : missing->get_array())
+                std::cout << " " << text_of(m);
+            std::cout << ")";
+        }
         std::cout << "\n";
+        if (prov.contains("message"))
+            std::cout << "             " << field(prov, "message") << "\n";
     }
     if (const auto* a = s.if_contains("agents"); a && a->is_array() && !a->get_array().empty()) {
         std::vector<std::vector<std::string>> rows{{"  AGENT", "RUNNING", "RESTARTS", "ERROR"}};
@@ -267,8 +295,15 @@ int run_stereosctl(int argc, char** argv) {
     auto* shutdown = app.add_subcommand("shutdown", "power a guest off");
     shutdown->add_option("NAME", name)->required();
     shutdown->add_option("--reason", reason);
-    auto* provision = app.add_subcommand("provision", "run a guest's provisioning again now");
+    auto* provision =
+        app.add_subcommand("provision",
+                           "run a guest's provisioning again now, or with --set replace a runtime "
+                           "guest's provisioning "
+                           "(e.g. its values again after a daemon restart) and run it");
     provision->add_option("NAME", name)->required();
+    provision->add_option("--set", from_file,
+                          "JSON file (or - for stdin) with the provision object; its values are "
+                          "kept only in the daemon's memory");
     auto* reconnect = app.add_subcommand(
         "reconnect", "reconnect to a guest now and retry fast (for a hook when its VM starts)");
     reconnect->add_option("NAME", name)->required();
@@ -332,14 +367,11 @@ int run_stereosctl(int argc, char** argv) {
                              });
         }
         if (add->parsed()) {
+            if (auto valid = stereos::config::check_endpoint(arg1); !valid)
+                throw usage_error("ENDPOINT: " + valid.error().message);
             json::object body{{"name", name}, {"endpoint", arg1}};
-            if (!from_file.empty()) {
-                boost::system::error_code ec;
-                auto provision_object = json::parse(read_source(from_file), ec);
-                if (ec || !provision_object.is_object())
-                    throw usage_error(from_file + " is not a JSON object");
-                body["provision"] = std::move(provision_object);
-            }
+            if (!from_file.empty())
+                body["provision"] = read_provision_file(from_file);
             return run.print(run.call(http::verb::post, "/v1/guests", json::serialize(body)),
                              [&](const json::value& v) {
                                  std::cout << "added " << name << " ("
@@ -355,6 +387,8 @@ int run_stereosctl(int argc, char** argv) {
                 "config sent to " + name);
         }
         if (secret->parsed()) {
+            if (auto valid = stereos::config::check_secret_name(arg1); !valid)
+                throw usage_error("SECRET_NAME: " + valid.error().message);
             // Never from argv, where ps would show it.
             std::string value;
             if (!from_file.empty()) {
@@ -377,12 +411,17 @@ int run_stereosctl(int argc, char** argv) {
             return acked(result, "secret " + arg1 + " sent to " + name);
         }
         if (ssh_key->parsed()) {
-            json::object body{{"user", arg1}, {"public_key", trim(read_source(arg2))}};
+            auto public_key = trim(read_source(arg2));
+            if (auto valid = stereos::config::check_ssh_public_key(public_key); !valid)
+                throw usage_error(arg2 + ": the public key " + valid.error().message);
+            json::object body{{"user", arg1}, {"public_key", public_key}};
             return acked(
                 run.call(http::verb::post, guest_path + "/ssh-keys", json::serialize(body)),
                 "key installed for " + arg1 + " on " + name);
         }
         if (mount->parsed()) {
+            if (auto valid = stereos::config::check_mount_guest_path(arg2); !valid)
+                throw usage_error("PATH: " + valid.error().message);
             json::object body{{"tag", arg1},
                               {"guest_path", arg2},
                               {"fs_type", fs_type},
@@ -397,6 +436,17 @@ int run_stereosctl(int argc, char** argv) {
             return acked(
                 run.call(http::verb::post, guest_path + "/shutdown", json::serialize(body)),
                 name + " is shutting down");
+        }
+        if (provision->parsed() && !from_file.empty()) {
+            json::object body{{"provision", read_provision_file(from_file)}};
+            auto text = json::serialize(body);
+            body = {};
+            auto result = run.call(http::verb::put, guest_path + "/provision", text);
+            std::fill(text.begin(), text.end(), '\0');
+            return run.print(result, [&](const json::value& v) {
+                std::cout << name << ": provisioning set, "
+                          << field(v.at("provision").as_object(), "state") << "\n";
+            });
         }
         if (provision->parsed()) {
             return run.print(run.call(http::verb::post, guest_path + "/provision"),

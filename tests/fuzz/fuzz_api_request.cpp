@@ -3,7 +3,8 @@
 // daemon core with two configured guests whose endpoints point nowhere.
 // Every input runs on its own io_context and registry: the handler gets ~20 ms (guest requests
 // have a 10 ms deadline), then the daemon stops, which must end every request and leave no work
-// behind within 5 s. A header "x-fuzz-peer: read" or "none" lowers the client's rights.
+// behind within 5 s. A header "x-fuzz-peer: group" (may write, values only), "read" or "none"
+// lowers the client's rights.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -11,9 +12,12 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -93,10 +97,49 @@ mounts = [ { tag = "share0", guest_path = "/home/admin/w", fs_type = "virtiofs" 
 api::peer_access access_for(const api::http_request& request) {
     const auto peer = request["x-fuzz-peer"];
     if (peer == "none")
-        return {false, false};
+        return {false, false, false, std::nullopt};
     if (peer == "read")
-        return {true, false};
-    return {true, true};
+        return {true, false, false, std::nullopt};
+    if (peer == "group")
+        return {true, true, false, std::nullopt};
+    return {true, true, true, std::nullopt};
+}
+
+// Whether a provision object names a host file or credential for the daemon to read.
+bool names_host_reference(const json::value& provision) {
+    const auto* object = provision.if_object();
+    if (!object)
+        return false;
+    if (object->contains("config_file"))
+        return true;
+    for (const auto* list : {"secrets", "ssh_keys"}) {
+        const auto* items = object->if_contains(list);
+        if (!items || !items->is_array())
+            continue;
+        for (const auto& item : items->get_array()) {
+            const auto* o = item.if_object();
+            if (o && (o->contains("file") || o->contains("credential") ||
+                      o->contains("public_key_file")))
+                return true;
+        }
+    }
+    return false;
+}
+
+// A peer that may only send values never gets a guest whose provisioning names host files.
+void check_reference_refused(const api::http_request& request, api::peer_access access,
+                             const api::http_response& response) {
+    if (access.may_reference_host || request.method() == boost::beast::http::verb::get)
+        return;
+    boost::system::error_code ec;
+    const auto body = json::parse(request.body(), ec);
+    if (ec || !body.is_object())
+        return;
+    const auto* provision = body.get_object().if_contains("provision");
+    if (!provision || !names_host_reference(*provision))
+        return;
+    const unsigned status = response.result_int();
+    check(status != 200 && status != 201, "a values-only peer named a host file and succeeded");
 }
 
 // A response must be well-formed: a known status, JSON bodies that parse, errors in the
@@ -121,19 +164,51 @@ void check_response(const api::http_response& response) {
     check(!api::serialize(response).empty(), "a response serializes to nothing");
 }
 
-// A secret sent in a body must never come back in a response (error texts included).
-void check_no_secret_echo(const api::http_request& request, const api::http_response& response) {
+// The secret values a request body carries (a secret's value, a provision's secrets and
+// jcard.toml), those long enough not to occur by chance.
+std::vector<std::string> secret_values(const api::http_request& request) {
+    std::vector<std::string> values;
     boost::system::error_code ec;
     const auto body = json::parse(request.body(), ec);
     if (ec || !body.is_object())
+        return values;
+    auto keep = [&](const json::value* value) {
+        if (value && value->is_string() && value->get_string().size() >= 16 &&
+            request.target().find(value->get_string()) == std::string_view::npos)
+            values.emplace_back(value->get_string());  // one in the URL too may well be echoed
+    };
+    keep(body.get_object().if_contains("value"));
+    const auto* provision = body.get_object().if_contains("provision");
+    if (!provision || !provision->is_object())
+        return values;
+    keep(provision->get_object().if_contains("config"));
+    if (const auto* secrets = provision->get_object().if_contains("secrets");
+        secrets && secrets->is_array()) {
+        for (const auto& secret : secrets->get_array()) {
+            if (secret.is_object())
+                keep(secret.get_object().if_contains("value"));
+        }
+    }
+    return values;
+}
+
+// A secret sent in a body never comes back in a response (error texts included), nor rests in
+// the state directory.
+void check_secrets_kept(const api::http_request& request, const api::http_response& response,
+                        const std::filesystem::path& state_dir) {
+    const auto values = secret_values(request);
+    if (values.empty())
         return;
-    const auto* value = body.get_object().if_contains("value");
-    if (!value || !value->is_string() || value->get_string().size() < 16)
-        return;
-    const std::string_view secret = value->get_string();
-    if (request.target().find(secret) != std::string_view::npos)
-        return;  // a client may well put it in the URL too
-    check(response.body().find(secret) == std::string::npos, "a response echoes a secret");
+    std::string at_rest;
+    if (std::ifstream in(state_dir / "guests.json", std::ios::binary); in) {
+        std::ostringstream text;
+        text << in.rdbuf();
+        at_rest = text.str();
+    }
+    for (const auto& secret : values) {
+        check(response.body().find(secret) == std::string::npos, "a response echoes a secret");
+        check(at_rest.find(secret) == std::string::npos, "a secret value is in the state dir");
+    }
 }
 
 }  // namespace
@@ -219,7 +294,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
         if (auto* response = std::get_if<api::http_response>(&*outcome)) {
             check_response(*response);
-            check_no_secret_echo(request, *response);
+            check_secrets_kept(request, *response, f.state_dir);
+            check_reference_refused(request, access_for(request), *response);
         } else {
             const auto& stream = std::get<api::event_stream_request>(*outcome);
             check(request.method() == boost::beast::http::verb::get, "an event stream not by GET");

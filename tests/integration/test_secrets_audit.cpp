@@ -229,17 +229,21 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     const auto credential = make_secret("credential");       // provisioning, LoadCredential
     const auto plain_file = make_secret("plainfile");        // provisioning, file =
     const auto provision_jcard = make_secret("provjcard");   // provisioning, config_file
-    const auto refused = make_secret("refused");             // the guest refuses the name
+    const auto refused = make_secret("refused");             // the guest's rules refuse the name
     const auto echoed = make_secret("echoed");               // the guest quotes it back
     const auto echoed_jcard = make_secret("echojcard");      // the guest quotes the config
     const auto silent = make_secret("silent");               // the guest never answers
     const auto unreachable = make_secret("unreachable");     // nothing listens
     const auto malformed = make_secret("malformed");         // bad requests carrying it
     const auto inline_config = make_secret("inlineconfig");  // written inline, refused
+    const auto runtime_value = make_secret("runtimevalue");  // POST /v1/guests, a value
+    const auto runtime_jcard = make_secret("runtimejcard");  // POST /v1/guests, config
+    const auto resupplied = make_secret("resupplied");       // PUT .../provision
     const std::vector<const secret_value*> all{
-        &route,        &ctl_stdin,  &ctl_file,        &jcard,     &ctl_jcard,
-        &credential,   &plain_file, &provision_jcard, &refused,   &echoed,
-        &echoed_jcard, &silent,     &unreachable,     &malformed, &inline_config};
+        &route,         &ctl_stdin,     &ctl_file,        &jcard,     &ctl_jcard,
+        &credential,    &plain_file,    &provision_jcard, &refused,   &echoed,
+        &echoed_jcard,  &silent,        &unreachable,     &malformed, &inline_config,
+        &runtime_value, &runtime_jcard, &resupplied};
 
     // Provisioning inputs: a systemd credential, a plain file and a jcard.toml with [secrets].
     const auto credentials = dir.path / "credentials";
@@ -321,14 +325,14 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     BOOST_TEST(result.exit_code == 0, result.err);
     seen.add("stereosctl config", result);
 
-    // The guest refuses the secret's name (as stereosd does), by the route and by stereosctl.
+    // A name the guest would refuse is refused before sending, by the route and by stereosctl.
     answer = post(sock, "/v1/guests/vm1/secrets",
                   R"({"name":"bad/name","value":)" + json_string(refused.value) + "}");
-    BOOST_TEST(answer.status == 502u, answer.body);
-    BOOST_TEST(answer.error_code() == "guest_error", answer.body);
+    BOOST_TEST(answer.status == 400u, answer.body);
+    BOOST_TEST(answer.error_code() == "bad_request", answer.body);
     seen.add("POST secrets vm1 (refused)", answer);
     result = ctl({"secret", "vm1", "bad/name"}, refused.value);
-    BOOST_TEST(result.exit_code == 1, result.err);
+    BOOST_TEST(result.exit_code == 2, result.err);
     seen.add("stereosctl secret (refused)", result);
 
     // A guest quoting the value back in its refusal: the text reaches the client scrubbed.
@@ -374,9 +378,11 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
         {"/v1/guests/vm1/secrets", R"({"name":"K","value":)" + malformed.value + "}"},
         {"/v1/guests/vm1/secrets", "[" + value + "]"},
         {"/v1/guests/nope/secrets", R"({"name":"K","value":)" + value + "}"},
+        {"/v1/guests", R"({"name":"vm9","endpoint":"tcp:127.0.0.1:1",)"
+                       R"("provision":{"secrets":[{"name":"../K","value":)" +
+                           value + "}]}}"},
         {"/v1/guests",
-         R"({"name":"vm9","endpoint":"tcp:127.0.0.1:1","provision":{"secrets":[{"name":"K","value":)" +
-             json_string(inline_config.value) + "}]}}"},
+         R"({"name":"vm9","endpoint":"unix:rel.sock","provision":{"config":)" + value + "}}"},
     };
     for (const auto& [target, body] : bad_bodies) {
         answer = post(sock, target, body);
@@ -451,6 +457,28 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     seen.add("POST /v1/guests vm-runtime", answer);
     BOOST_TEST(eventually([&] { return provision_state(sock, "vm-runtime") == "done"; }, 30s));
 
+    // Runtime guests' values: given when added and again through PUT .../provision. They reach
+    // the guest and stay in memory, out of the state dir.
+    answer = post(sock, "/v1/guests",
+                  R"({"name":"vm-values","endpoint":")" + good.endpoint() +
+                      R"(","provision":{"config":)" +
+                      json_string("[secrets]\nT = '" + runtime_jcard.value + "'\n") +
+                      R"(,"secrets":[{"name":"RT_VALUE","value":)" +
+                      json_string(runtime_value.value) + "}]}}");
+    BOOST_TEST(answer.status == 201u, answer.body);
+    seen.add("POST /v1/guests vm-values", answer);
+    BOOST_TEST(eventually([&] { return provision_state(sock, "vm-values") == "done"; }, 30s));
+    answer = http(sock, "PUT", "/v1/guests/vm-values/provision",
+                  R"({"provision":{"secrets":[{"name":"RT_VALUE","value":)" +
+                      json_string(resupplied.value) + "}]}}");
+    BOOST_TEST(answer.status == 200u, answer.body);
+    seen.add("PUT provision vm-values", answer);
+    answer = http(sock, "PUT", "/v1/guests/vm-values/provision",
+                  R"({"provision":{"secrets":[{"name":"a/b","value":)" + value + "}]}}");
+    BOOST_TEST(answer.status == 400u, answer.body);
+    seen.add("PUT provision vm-values (bad name)", answer);
+    seen.add("GET /v1/guests/vm-values", get(sock, "/v1/guests/vm-values"));
+
     // Stop everything, then gather what was written.
     BOOST_TEST(hostd.process().stop() == 0);
     seen.add("events stream", events.finish());
@@ -473,11 +501,14 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
 
     // They were really sent: the guests got every value that was not refused before sending.
     const auto good_record = read_text(good.record_file());
-    for (const auto* secret : {&route, &ctl_stdin, &ctl_file, &jcard, &ctl_jcard, &credential,
-                               &plain_file, &provision_jcard, &refused}) {
+    for (const auto* secret :
+         {&route, &ctl_stdin, &ctl_file, &jcard, &ctl_jcard, &credential, &plain_file,
+          &provision_jcard, &runtime_value, &runtime_jcard, &resupplied}) {
         BOOST_TEST(contains(good_record, secret->core),
                    secret->label << " did not reach the guest");
     }
+    for (const auto* secret : {&refused, &malformed})
+        BOOST_TEST(!contains(good_record, secret->core), secret->label << " was sent");
     BOOST_TEST(contains(read_text(silent_guest.record_file()), silent.core));
     std::string hostile_received;
     for (const auto& line : hostile.finish())

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <boost/json/parse.hpp>
 #include <boost/test/unit_test.hpp>
 
 #include "config/config.hpp"
@@ -271,7 +272,7 @@ const auto error_cases = std::to_array<error_case>({
      "t.toml:4: guest[0].provision: ", "expected a table"},
     {"unknown provision key",
      "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig = \"x\"\n",
-     "t.toml:5: guest[0].provision.config: ", "unknown key"},
+     "t.toml:5: guest[0].provision.config: ", "may not be written inline here; use config_file"},
     {"config_file missing",
      "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nconfig_file = "
      "\"@DIR@/nope.toml\"\n",
@@ -384,6 +385,44 @@ const auto error_cases = std::to_array<error_case>({
      "\"s0\", guest_path = \"/w\", fs_type = \"9p\" },\n  { tag = \"s1\", guest_path = \"/w\", "
      "fs_type = \"virtiofs\" },\n]\n",
      "t.toml:7: guest[0].provision.mounts[1].guest_path: ", "duplicate mount point \"/w\""},
+    {"mount over /",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "refuses to mount over \"/\""},
+    {"mount at /etc",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/etc\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/etc\""},
+    {"mount under /nix",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/nix/store\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/nix\""},
+    {"mount under /run with a doubled slash",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"//run/x/\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "at or under \"/run\""},
+    {"mount escaping with dot-dot",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nmounts = [ { tag = "
+     "\"s0\", guest_path = \"/data/../proc\", fs_type = \"9p\" } ]\n",
+     "t.toml:5: guest[0].provision.mounts[0].guest_path: ", "\"..\" components"},
+    {"secret name with dot-dot inside",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nsecrets = [ { name = "
+     "\"a..b\", file = \"@DIR@/secret\" } ]\n",
+     "t.toml:5: guest[0].provision.secrets[0].name: ", "no \"..\""},
+    {"ssh key of no known type",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user = "
+     "\"admin\", public_key = \"AAAAC3Nza admin\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key: ", "known SSH key type"},
+    {"ssh key type without data",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [ { user = "
+     "\"admin\", public_key = \"ssh-ed25519\" } ]\n",
+     "t.toml:5: guest[0].provision.ssh_keys[0].public_key: ", "no key data"},
+    {"unix endpoint with a relative path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"unix:relative/path.sock\"\n",
+     "t.toml:3: guest[0].endpoint: ", "must be absolute"},
+    {"hybrid endpoint with a relative path",
+     "[[guest]]\nname = \"vm1\"\nendpoint = \"hybrid:v.sock:1024\"\n",
+     "t.toml:3: guest[0].endpoint: ", "must be absolute"},
 });
 
 BOOST_AUTO_TEST_CASE(each_error_names_the_file_line_and_key) {
@@ -724,6 +763,100 @@ request_timeout = "20s"
     BOOST_TEST(diff.unchanged == (names{"pinned"}), boost::test_tools::per_element());
     BOOST_TEST(diff.added.empty());
     BOOST_TEST(diff.removed.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(input_rules)
+
+BOOST_AUTO_TEST_CASE(the_guests_rules_accept_ordinary_values) {
+    for (auto name : {"API_KEY", "a.b", "id_ed25519", ".hidden"})
+        BOOST_TEST(check_secret_name(name).has_value(), name);
+    for (auto path : {"/data", "/home/admin/workspace", "/etcetera", "/runner/x", "/srv/"})
+        BOOST_TEST(check_mount_guest_path(path).has_value(), path);
+    for (auto type : {"9p", "virtiofs"})
+        BOOST_TEST(check_fs_type(type).has_value(), type);
+    for (auto key :
+         {"ssh-ed25519 AAAAC3 admin@host", "ssh-rsa AAAAB3", "ecdsa-sha2-nistp256 AAAAE2",
+          "sk-ssh-ed25519@openssh.com AAAAGn", "ssh-ed25519 AAAA\n"})
+        BOOST_TEST(check_ssh_public_key(key).has_value(), key);
+    for (auto endpoint :
+         {"unix:/run/vm.sock", "hybrid:/run/v.sock:1024", "tcp:127.0.0.1:1", "vsock:3"})
+        BOOST_TEST(check_endpoint(endpoint).has_value(), endpoint);
+}
+
+BOOST_AUTO_TEST_CASE(the_guests_rules_refuse_what_the_guest_would_refuse) {
+    for (auto name : {"../x", "a/b", "..", ".", "a..b", "", "sp ace"})
+        BOOST_TEST(!check_secret_name(name).has_value(), name);
+    for (auto path : {"/", "//", "relative", "", "/nix", "/etc/x", "/bin", "/boot/efi", "/dev",
+                      "/proc/1", "/sys", "/run/user", "/data/../etc", "/./data"})
+        BOOST_TEST(!check_mount_guest_path(path).has_value(), path);
+    for (auto type : {"ext4", "", "9P"})
+        BOOST_TEST(!check_fs_type(type).has_value(), type);
+    for (auto key :
+         {"AAAAC3Nza", "ssh-ed25519", "ssh-ed25519 ", "rsa AAAA", "ssh-rsa AAAA\nssh-rsa BBBB", ""})
+        BOOST_TEST(!check_ssh_public_key(key).has_value(), key);
+    for (auto endpoint : {"unix:relative/path", "unix:./x.sock", "hybrid:v.sock:1024"}) {
+        auto checked = check_endpoint(endpoint);
+        BOOST_TEST_REQUIRE(!checked.has_value(), endpoint);
+        BOOST_TEST(checked.error().message.find("must be absolute") != std::string::npos);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_provision_object_is_checked_field_by_field) {
+    const auto provision = boost::json::parse(R"({
+        "secrets": [{"name": "OK", "value": "v"}, {"name": "../x", "value": "v"}],
+        "mounts": [{"tag": "t", "guest_path": "/etc", "fs_type": "ext4"}],
+        "ssh_keys": [{"user": "admin", "public_key": "not-a-key"}]})")
+                               .as_object();
+    const auto problems = provision_rule_violations(provision);
+    BOOST_TEST_REQUIRE(problems.size() == 4u);
+    BOOST_TEST(problems[0].starts_with("provision.secrets[1].name: "), problems[0]);
+    BOOST_TEST(problems[1].starts_with("provision.mounts[0].guest_path: "), problems[1]);
+    BOOST_TEST(problems[2].starts_with("provision.mounts[0].fs_type: "), problems[2]);
+    BOOST_TEST(problems[3].starts_with("provision.ssh_keys[0].public_key: "), problems[3]);
+}
+
+BOOST_AUTO_TEST_CASE(inline_values_are_for_the_api_only) {
+    const std::string text =
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\n"
+        "config = \"mixtape = 1\"\nsecrets = [ { name = \"K\", value = \"v4lue\" } ]\n";
+    auto from_file = load_config_text(text, "t.toml");
+    BOOST_TEST_REQUIRE(from_file.has_error());
+    BOOST_TEST(from_file.error().messages.size() == 2u);
+    auto from_api = load_config_text(text, "request", {.allow_values = true});
+    BOOST_TEST_REQUIRE(from_api.has_value(), (from_api ? "" : to_string(from_api.error())));
+    const auto& provision = from_api->guests.at(0).provision;
+    BOOST_TEST(provision.config_content.value_or("") == "mixtape = 1");
+    BOOST_TEST(provision.secrets.at(0).value.value_or("") == "v4lue");
+}
+
+BOOST_AUTO_TEST_CASE(refused_host_references_are_reported_without_opening_the_file) {
+    // The file does not exist: a refused caller must not learn even that.
+    const std::string text =
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\n"
+        "config_file = \"/nonexistent/jcard.toml\"\n"
+        "ssh_keys = [ { user = \"admin\", public_key_file = \"/nonexistent/key.pub\" } ]\n"
+        "secrets = [ { name = \"A\", file = \"/nonexistent/a\" }, { name = \"B\", "
+        "credential = \"b\" } ]\n";
+    auto refused =
+        load_config_text(text, "request", {.allow_values = true, .allow_host_references = false});
+    BOOST_TEST_REQUIRE(refused.has_error());
+    BOOST_TEST(refused.error().refused_references);
+    const auto& messages = refused.error().messages;
+    BOOST_TEST_REQUIRE(messages.size() == 4u, to_string(refused.error()));
+    const std::vector<std::string> keys{
+        "provision.config_file", "provision.ssh_keys[0].public_key_file",
+        "provision.secrets[0].file", "provision.secrets[1].credential"};
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        BOOST_TEST(messages[i].find(keys[i] + ": ") != std::string::npos, messages[i]);
+        BOOST_TEST(messages[i].find("needs root") != std::string::npos, messages[i]);
+        BOOST_TEST(messages[i].find("No such file") == std::string::npos, messages[i]);
+    }
+    // The same text from the config file follows the references (and finds them missing).
+    auto from_file = load_config_text(text, "t.toml");
+    BOOST_TEST_REQUIRE(from_file.has_error());
+    BOOST_TEST(!from_file.error().refused_references);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -30,6 +30,32 @@ struct temp_file {
 
 BOOST_AUTO_TEST_SUITE(provisioning_sequence)
 
+BOOST_AUTO_TEST_CASE(values_given_through_the_api_are_sent_without_reading_any_file) {
+    config::provision_config p;
+    p.config_content = "mixtape = \"inline\"\n";
+    p.secrets = {{"API_KEY", {}, "", 0600, "in-memory-value"}};
+    auto steps = daemon::provisioning_steps(p);
+    BOOST_TEST_REQUIRE(steps.size() == 2u);
+    auto config = steps[0].build();
+    BOOST_TEST_REQUIRE(config.has_value());
+    BOOST_TEST(std::get<protocol::config_payload>(*config).content == "mixtape = \"inline\"\n");
+    auto sent = steps[1].build();
+    BOOST_TEST_REQUIRE(sent.has_value());
+    BOOST_TEST((std::get<protocol::secret_payload>(*sent) ==
+                protocol::secret_payload{"API_KEY", "in-memory-value", 0600}));
+}
+
+BOOST_AUTO_TEST_CASE(a_key_file_that_is_not_a_public_key_fails_its_step_before_sending) {
+    temp_file not_a_key("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+    config::provision_config p;
+    p.ssh_keys = {{"admin", "", not_a_key.path}};
+    auto steps = daemon::provisioning_steps(p);
+    BOOST_TEST_REQUIRE(steps.size() == 1u);
+    auto built = steps[0].build();
+    BOOST_TEST_REQUIRE(built.has_error());
+    BOOST_TEST(built.error().find("known SSH key type") != std::string::npos, built.error());
+}
+
 BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
     temp_file jcard("mixtape = \"base\"\n");
     temp_file key("ssh-ed25519 AAAAkey user@host\n");
@@ -37,7 +63,7 @@ BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
     config::provision_config p;
     p.config_file = jcard.path;
     p.ssh_keys = {{"admin", "ssh-ed25519 AAAAinline", {}}, {"root", "", key.path}};
-    p.secrets = {{"API_KEY", secret.path, "", 0600}};
+    p.secrets = {{"API_KEY", secret.path, "", 0600, std::nullopt}};
     p.mounts = {{"share0", "/w", "9p", false}};
     auto steps = daemon::provisioning_steps(p);
     std::vector<std::string> names;
@@ -63,7 +89,7 @@ BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
 
 BOOST_AUTO_TEST_CASE(a_missing_file_fails_its_step_naming_the_file_only) {
     config::provision_config p;
-    p.secrets = {{"K", "/nonexistent/secret-file", "", 0}};
+    p.secrets = {{"K", "/nonexistent/secret-file", "", 0, std::nullopt}};
     auto steps = daemon::provisioning_steps(p);
     auto built = steps.at(0).build();
     BOOST_TEST_REQUIRE(built.has_error());

@@ -52,10 +52,16 @@ BOOST_AUTO_TEST_CASE(a_missing_file_is_an_empty_list) {
 BOOST_AUTO_TEST_CASE(saved_guests_load_back_identically) {
     temp_dir dir;
     const std::vector<runtime_guest_record> guests{
-        {"vm1", "tcp:127.0.0.1:1024", {}},
-        {"vm2", "vsock:7:1024",
+        {"vm1", "tcp:127.0.0.1:1024", {}, {}},
+        {"vm2",
+         "vsock:7:1024",
          boost::json::parse(R"({"mounts":[{"tag":"t","guest_path":"/w","fs_type":"9p"}]})")
-             .as_object()},
+             .as_object(),
+         {}},
+        {"vm3",
+         "unix:/run/vm3.sock",
+         boost::json::parse(R"({"secrets":[{"name":"K","file":"/etc/k"}]})").as_object(),
+         {"config", "secret API_KEY"}},
     };
     BOOST_TEST(!state_store(dir.path).save(guests).has_value());
     auto loaded = state_store(dir.path).load();
@@ -105,7 +111,7 @@ BOOST_AUTO_TEST_CASE(an_unknown_version_is_not_guessed_at) {
 BOOST_AUTO_TEST_CASE(leftovers_of_an_interrupted_write_are_removed_and_the_old_file_kept) {
     temp_dir dir;
     state_store store(dir.path);
-    BOOST_TEST(!store.save({{"vm1", "tcp:127.0.0.1:1", {}}}).has_value());
+    BOOST_TEST(!store.save({{"vm1", "tcp:127.0.0.1:1", {}, {}}}).has_value());
     write_file(dir.path / "guests.json.tmp-12345", R"({"version":1,"gue)");
     auto loaded = state_store(dir.path).load();
     BOOST_TEST(loaded.guests.size() == 1u);
@@ -116,10 +122,10 @@ BOOST_AUTO_TEST_CASE(leftovers_of_an_interrupted_write_are_removed_and_the_old_f
 BOOST_AUTO_TEST_CASE(a_failed_save_leaves_the_previous_file_intact) {
     temp_dir dir;
     state_store store(dir.path);
-    BOOST_TEST(!store.save({{"vm1", "tcp:127.0.0.1:1", {}}}).has_value());
+    BOOST_TEST(!store.save({{"vm1", "tcp:127.0.0.1:1", {}, {}}}).has_value());
     // Occupy the temp file name with a directory so creating it fails.
     fs::create_directory(dir.path / ("guests.json.tmp-" + std::to_string(::getpid())));
-    auto error = store.save({{"vm2", "tcp:127.0.0.1:2", {}}});
+    auto error = store.save({{"vm2", "tcp:127.0.0.1:2", {}, {}}});
     BOOST_TEST_REQUIRE(error.has_value());
     BOOST_TEST(error->find("cannot create") != std::string::npos);
     auto loaded = state_store(dir.path).load();

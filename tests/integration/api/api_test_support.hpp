@@ -160,6 +160,10 @@ double metric(const std::string& exposition, const std::string& series);
 // Polls `condition` every 20 ms until it holds or `limit` passes.
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 20s);
 
+// Whether this test may act as uid 65534 with setpriv and run curl as it (root, setpriv and curl
+// present, and a root that lets that uid run programs). Says why not in the test log.
+bool can_switch_users();
+
 // A TCP port on 127.0.0.1 where nothing listens (bound and released).
 int closed_tcp_port();
 

@@ -175,20 +175,6 @@ json::object parse_event(const std::string& line) {
     return json::parse(line).as_object();
 }
 
-bool can_switch_users() {
-    if (::geteuid() != 0 || ::access("/usr/bin/setpriv", X_OK) != 0 ||
-        ::access("/usr/bin/curl", X_OK) != 0)
-        return false;
-    // Some bare roots (a chroot whose "/" is mode 0700) let uid 65534 run nothing at all.
-    const auto probe = run_command(
-        {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "--version"});
-    if (probe.exit_code != 0) {
-        BOOST_TEST_MESSAGE("uid 65534 cannot run curl here: " << probe.err);
-        return false;
-    }
-    return true;
-}
-
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(api)
