@@ -197,6 +197,10 @@ std::string_view source_relative_path(std::string_view path) noexcept {
     if (!source_dir.empty() && path.size() > source_dir.size() && path.starts_with(source_dir) &&
         path[source_dir.size()] == '/')
         return path.substr(source_dir.size() + 1);
+    // Some generators name sources relative to the object's directory in a build tree inside
+    // the source tree ("../../daemon/x.cpp").
+    while (path.starts_with("../") || path.starts_with("./"))
+        path.remove_prefix(path.starts_with("./") ? 2 : 3);
     return path;
 }
 

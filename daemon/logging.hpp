@@ -45,7 +45,8 @@ void set_level(severity level);
 severity level() noexcept;
 bool enabled(severity level) noexcept;
 
-// CODE_FILE=: a path under the source tree relative to it ("daemon/host_daemon.cpp").
+// CODE_FILE=: a path under the source tree relative to it ("daemon/host_daemon.cpp"), whether
+// the compiler named it absolute or relative to the build tree ("../../daemon/host_daemon.cpp").
 std::string_view source_relative_path(std::string_view path) noexcept;
 // CODE_FUNC=: a qualified name without return type, parameters or template arguments, also for
 // coroutines, whose std::source_location names an actor taking a "...Frame*":

@@ -36,8 +36,9 @@ BOOST_AUTO_TEST_SUITE(log_code_fields)
 
 BOOST_AUTO_TEST_CASE(code_file_is_relative_to_the_source_tree) {
     const auto here = std::source_location::current();
-    BOOST_TEST(std::string_view(here.file_name()).starts_with("/"));  // g++ gives absolute paths
-    BOOST_TEST(source_relative_path(here.file_name()) == "tests/unit/test_logging.cpp");
+    BOOST_TEST(source_relative_path(here.file_name()) == "tests/unit/test_logging.cpp",
+               here.file_name());
+    BOOST_TEST(source_relative_path("../../daemon/guest_link.cpp") == "daemon/guest_link.cpp");
     BOOST_TEST(source_relative_path("/usr/include/c++/12/bits/x.h") ==
                "/usr/include/c++/12/bits/x.h");
 }
