@@ -93,10 +93,10 @@ mounts = [ { tag = "share0", guest_path = "/home/admin/w", fs_type = "virtiofs" 
 api::peer_access access_for(const api::http_request& request) {
     const auto peer = request["x-fuzz-peer"];
     if (peer == "none")
-        return {false, false};
+        return {};
     if (peer == "read")
-        return {true, false};
-    return {true, true};
+        return {.may_read = true};
+    return {.may_read = true, .may_write = true};
 }
 
 // A response must be well-formed: a known status, JSON bodies that parse, errors in the
