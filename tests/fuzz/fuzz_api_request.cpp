@@ -93,10 +93,10 @@ mounts = [ { tag = "share0", guest_path = "/home/admin/w", fs_type = "virtiofs" 
 api::peer_access access_for(const api::http_request& request) {
     const auto peer = request["x-fuzz-peer"];
     if (peer == "none")
-        return {};
+        return {false, false};
     if (peer == "read")
-        return {.may_read = true};
-    return {.may_read = true, .may_write = true};
+        return {true, false};
+    return {true, true};
 }
 
 // A response must be well-formed: a known status, JSON bodies that parse, errors in the

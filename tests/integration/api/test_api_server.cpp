@@ -161,8 +161,7 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
         BOOST_TEST_REQUIRE(outcome.has_value());
         return std::move(*outcome);
     };
-    auto response = [&](std::string_view raw,
-                        api::peer_access access = {.may_read = true, .may_write = true}) {
+    auto response = [&](std::string_view raw, api::peer_access access = {true, true}) {
         auto outcome = run(raw, access);
         BOOST_TEST_REQUIRE(std::holds_alternative<api::http_response>(outcome));
         return std::get<api::http_response>(std::move(outcome));
@@ -174,7 +173,7 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
     BOOST_TEST(response("GET /v1/guests HTTP/1.1\r\n\r\n").body() == "{\"guests\":[]}\n");
 
     // Reading needs read access, changing anything write access.
-    const api::peer_access reader{.may_read = true}, stranger{};
+    const api::peer_access reader{true, false}, stranger{false, false};
     auto refused = response("POST /v1/guests HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", reader);
     BOOST_TEST(refused.result_int() == 403u);
     BOOST_TEST(error_code_of(refused.body()) == "forbidden");
@@ -183,7 +182,7 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
     // 404 and 405 come before the permission check: they reveal nothing.
     BOOST_TEST(response("GET /nope HTTP/1.1\r\n\r\n", stranger).result_int() == 404u);
 
-    auto events = run("GET /v1/events HTTP/1.1\r\n\r\n", {.may_read = true, .may_write = true});
+    auto events = run("GET /v1/events HTTP/1.1\r\n\r\n", {true, true});
     BOOST_TEST(std::holds_alternative<api::event_stream_request>(events));
     BOOST_TEST(response("GET /v1/events?guest=vm1 HTTP/1.1\r\n\r\n").result_int() == 404u);
     BOOST_TEST(response("GET /v1/guests/a%zz HTTP/1.1\r\n\r\n").result_int() == 400u);
