@@ -243,11 +243,17 @@ sleep 1  # let its timers (status, watchdog, reconnects) get going
 t0=$(now_ms)
 # (systemctl says the socket can still start the service again: that is the point of it.)
 inside systemctl stop stereos-hostd.service 2>/dev/null
-stop_ms=$(( $(now_ms) - t0 ))
-[ "$stop_ms" -lt 1000 ] || fail "systemctl stop took $stop_ms ms"
+wall_ms=$(( $(now_ms) - t0 ))
+# systemd's own clock of the stop, from leaving "active" to "inactive", is the one that must be
+# under a second; the wall clock also counts starting nsenter and systemctl on a busy machine.
+left=$(inside systemctl show -P ActiveExitTimestampMonotonic stereos-hostd.service)
+gone=$(inside systemctl show -P InactiveEnterTimestampMonotonic stereos-hostd.service)
+stop_ms=$(( (gone - left) / 1000 ))
+[ "$stop_ms" -lt 1000 ] || fail "the stop took $stop_ms ms by systemd's clock"
+[ "$wall_ms" -lt 3000 ] || fail "systemctl stop took $wall_ms ms"
 result=$(inside systemctl show -P Result stereos-hostd.service)
 [ "$result" = success ] || fail "the stop ended with Result=$result"
-echo "stop: OK ($stop_ms ms)"
+echo "stop: OK ($stop_ms ms by systemd's clock, $wall_ms ms for systemctl stop)"
 
 # ---- the watchdog restarts a SIGSTOPped daemon -----------------------------------------------
 mkdir -p "$root/etc/systemd/system/stereos-hostd.service.d"
