@@ -26,7 +26,7 @@ asio::awaitable<std::string> a_coroutine_logging() {
     co_return name_seen_by_default_argument();
 }
 
-stereos::daemon::api::http_request request_of(http::verb method, std::string target) {
+stereos::daemon::api::http_request request_of(http::verb method, std::string_view target) {
     return {method, target, 11};
 }
 
@@ -46,7 +46,7 @@ BOOST_AUTO_TEST_CASE(code_file_is_relative_to_the_source_tree) {
 BOOST_AUTO_TEST_CASE(a_coroutine_gets_its_own_name_not_its_frame) {
     asio::io_context io;
     std::string raw;
-    asio::co_spawn(io, a_coroutine_logging(), [&](std::exception_ptr e, std::string name) {
+    asio::co_spawn(io, a_coroutine_logging(), [&](const std::exception_ptr& e, std::string name) {
         BOOST_TEST(!e);
         raw = std::move(name);
     });
