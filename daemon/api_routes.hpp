@@ -56,7 +56,7 @@ struct peer_access {
     // read and send. Anyone else may only send values.
     bool may_reference_host = false;
     // Who the peer is, for the audit trail; empty when SO_PEERCRED failed.
-    std::optional<peer_credentials> peer;
+    std::optional<peer_credentials> peer{};
 };
 
 // What the handlers act on. Owned by api_server; the references outlive it.

@@ -248,7 +248,10 @@ void api_server::adopt(int listening_fd) {
     if (ec)
         throw std::runtime_error("cannot adopt the API socket: " + ec.message());
     own_socket_file_ = false;
-    log::info("API listening on an inherited socket");
+    const auto endpoint = acceptor_.local_endpoint(ec);
+    const auto path = ec ? std::string() : endpoint.path();
+    log::info("API listening on " + (path.empty() ? std::string("an inherited socket") : path) +
+              ", passed by systemd");
 }
 
 void api_server::start() {
@@ -450,6 +453,7 @@ asio::awaitable<void> api_server::run_session(std::shared_ptr<connection> conn) 
             break;
         }
         auto& response = std::get<api::http_response>(outcome);
+        audit_.record(request, conn->access, response);
         const bool keep_alive = request.keep_alive() && !conn->over_limit && !stopping_;
         response.keep_alive(keep_alive);
         if (!co_await send(*conn, response) || !keep_alive)

@@ -20,6 +20,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "config/config.hpp"
+#include "daemon/api_audit.hpp"
 #include "daemon/api_routes.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest_registry.hpp"
@@ -113,6 +114,7 @@ class api_server {
     std::optional<gid_t> group_;
     std::optional<gid_t> read_group_;
     std::unordered_set<std::shared_ptr<connection>> connections_;
+    api::api_audit audit_;
     log_throttle accept_errors_;
     log_throttle over_limit_;
     bool own_socket_file_ = false;

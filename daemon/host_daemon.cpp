@@ -1,10 +1,14 @@
 #include "daemon/host_daemon.hpp"
 
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <string_view>
@@ -23,6 +27,18 @@ namespace asio = boost::asio;
 namespace {
 using transport::rethrow_if_failed;
 using transport::use_tuple;
+
+// The path a listening unix socket is bound to; empty when it has none.
+std::string unix_socket_path(int fd) {
+    sockaddr_un address{};
+    socklen_t size = sizeof address;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0 ||
+        address.sun_family != AF_UNIX || size <= offsetof(sockaddr_un, sun_path) ||
+        address.sun_path[0] == '\0')
+        return {};
+    return std::string(address.sun_path,
+                       strnlen(address.sun_path, size - offsetof(sockaddr_un, sun_path)));
+}
 
 std::uint64_t monotonic_usec() {
     timespec now{};
@@ -70,7 +86,10 @@ host_daemon::host_daemon(asio::io_context& io, host_daemon_options options, conf
       options_(std::move(options)),
       config_(std::move(initial)),
       store_(config_.daemon.state_dir),
-      registry_(io.get_executor(), bus_, store_) {}
+      registry_(io.get_executor(), bus_, store_),
+      signals_(io, SIGINT, SIGTERM, SIGHUP),
+      status_timer_(io),
+      watchdog_timer_(io) {}
 
 host_daemon::~host_daemon() = default;
 
@@ -107,8 +126,11 @@ void host_daemon::start() {
                                         registry_, bus_);
     if (auto fd = activated_api_socket()) {
         api_->adopt(*fd);
-        log::info("serving the API on the socket passed by systemd (" +
-                  config_.daemon.api_socket.string() + " is ignored)");
+        const auto passed = unix_socket_path(*fd);
+        if (passed != config_.daemon.api_socket)
+            log::notice("api_socket " + config_.daemon.api_socket.string() +
+                        " is not used: systemd passes the API socket" +
+                        (passed.empty() ? std::string() : " " + passed));
     } else {
         api_->listen();
     }
@@ -126,10 +148,9 @@ void host_daemon::start() {
 
 // STATUS= follows the guests' states; once a second bounds the cost with thousands of guests.
 asio::awaitable<void> host_daemon::status_loop() {
-    asio::steady_timer timer(io_);
     while (!stopping_) {
-        timer.expires_after(std::chrono::seconds(1));
-        co_await timer.async_wait(use_tuple);
+        status_timer_.expires_after(std::chrono::seconds(1));
+        co_await status_timer_.async_wait(use_tuple);
         // Every state change publishes an event: no event and the same guests, no work.
         if (!stopping_ &&
             (bus_.last_seq() != status_seq_ || registry_.size() != status_guest_count_)) {
@@ -142,18 +163,16 @@ asio::awaitable<void> host_daemon::status_loop() {
 
 // Pings systemd from the event loop itself, so a wedged loop stops the pings and gets restarted.
 asio::awaitable<void> host_daemon::watchdog_loop(std::chrono::microseconds interval) {
-    asio::steady_timer timer(io_);
     while (!stopping_) {
         sd_notify(0, "WATCHDOG=1");
-        timer.expires_after(interval);
-        co_await timer.async_wait(use_tuple);
+        watchdog_timer_.expires_after(interval);
+        co_await watchdog_timer_.async_wait(use_tuple);
     }
 }
 
 asio::awaitable<void> host_daemon::handle_signals() {
-    asio::signal_set signals(io_, SIGINT, SIGTERM, SIGHUP);
     while (!stopping_) {
-        auto [ec, signal] = co_await signals.async_wait(use_tuple);
+        auto [ec, signal] = co_await signals_.async_wait(use_tuple);
         if (ec)
             co_return;
         if (signal == SIGHUP) {
@@ -191,6 +210,11 @@ asio::awaitable<void> host_daemon::async_stop() {
     if (api_)
         api_->stop();  // first: no new work while the links stop
     co_await registry_.async_stop_all();
+    // io.run() returns, and the process exits, only once nothing is left waiting.
+    status_timer_.cancel();
+    watchdog_timer_.cancel();
+    boost::system::error_code ignored;
+    signals_.cancel(ignored);
     log::info("stopped");
 }
 
@@ -206,7 +230,8 @@ std::string host_daemon::status_line() const {
             present.emplace_back(to_string(static_cast<guest_state>(i)), counts[i]);
     }
     std::sort(present.begin(), present.end());  // by state name, as before
-    std::string line = std::to_string(registry_.size()) + " guests";
+    std::string line =
+        std::to_string(registry_.size()) + (registry_.size() == 1 ? " guest" : " guests");
     std::string_view sep = ": ";
     for (const auto& [state, n] : present) {
         line += sep;

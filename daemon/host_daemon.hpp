@@ -10,6 +10,8 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "config/config.hpp"
 #include "daemon/api_server.hpp"
@@ -60,6 +62,10 @@ class host_daemon {
     state_store store_;
     guest_registry registry_;
     std::unique_ptr<api_server> api_;  // after registry_ and bus_: destroyed before them
+    // Members, so that stopping can cancel them: a pending wait keeps io.run() from returning.
+    boost::asio::signal_set signals_;
+    boost::asio::steady_timer status_timer_;
+    boost::asio::steady_timer watchdog_timer_;
     bool stopping_ = false;
     std::string last_status_;
     // The bus's last_seq() and the guest count when STATUS= was last worked out.

@@ -37,18 +37,29 @@ struct field_name {
     const char* journal;
     const char* attribute;
 };
-constexpr std::array<field_name, 6> field_names{{
+constexpr std::array<field_name, 11> field_names{{
     {"GUEST", "Guest"},
     {"GUEST_STATE", "GuestState"},
     {"GUEST_ENDPOINT", "GuestEndpoint"},
     {"MESSAGE_TYPE", "MessageType"},
     {"REQUEST", "Request"},
     {"MESSAGE_ID", "MessageId"},
+    {"API_PEER_UID", "ApiPeerUid"},
+    {"API_PEER_GID", "ApiPeerGid"},
+    {"API_PEER_PID", "ApiPeerPid"},
+    {"API_PEER_USER", "ApiPeerUser"},
+    {"API_STATUS", "ApiStatus"},
 }};
 
-std::array<std::string_view, 6> field_values(const fields& f) {
-    return {f.guest, f.guest_state, f.endpoint, f.message_type, f.request, f.message_id};
+std::array<std::string_view, 11> field_values(const fields& f) {
+    return {f.guest,    f.guest_state, f.endpoint, f.message_type, f.request, f.message_id,
+            f.peer_uid, f.peer_gid,    f.peer_pid, f.peer_user,    f.status};
 }
+
+// The source tree's absolute path, given to this file only by daemon/CMakeLists.txt.
+#ifndef STEREOS_SOURCE_DIR
+#define STEREOS_SOURCE_DIR ""
+#endif
 
 severity current_level = severity::info;
 
@@ -107,8 +118,6 @@ class text_backend : public sinks::basic_sink_backend<sinks::synchronized_feedin
         } else {
             line = timestamp() + " " + std::string(to_string(level)) + " ";
         }
-        if (auto guest = value_of<std::string>(record, "Guest"))
-            line += "[" + *guest + "] ";
         line += value_of<std::string>(record, "Message").value_or("");
         line += '\n';
         std::fwrite(line.data(), 1, line.size(), stderr);
@@ -183,6 +192,62 @@ bool enabled(severity level) noexcept {
     return level >= current_level;
 }
 
+std::string_view source_relative_path(std::string_view path) noexcept {
+    constexpr std::string_view source_dir = STEREOS_SOURCE_DIR;
+    if (!source_dir.empty() && path.size() > source_dir.size() && path.starts_with(source_dir) &&
+        path[source_dir.size()] == '/')
+        return path.substr(source_dir.size() + 1);
+    // Some generators name sources relative to the object's directory in a build tree inside
+    // the source tree ("../../daemon/x.cpp").
+    while (path.starts_with("../") || path.starts_with("./"))
+        path.remove_prefix(path.starts_with("./") ? 2 : 3);
+    return path;
+}
+
+std::string readable_function_name(std::string_view name) {
+    if (const auto with = name.find(" [with "); with != std::string_view::npos)
+        name = name.substr(0, with);  // g++'s template arguments
+    // Parameter lists go, nested ones too ("f(int)::<lambda(int)>" -> "f::<lambda>"), and with
+    // them a coroutine actor's "...Frame*" parameter; "operator()" keeps its parentheses.
+    std::string bare;
+    int parens = 0;
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        const char c = name[i];
+        if (c == '(' && parens == 0 && bare.ends_with("operator") && name.substr(i, 2) == "()") {
+            bare += "()";
+            ++i;
+        } else if (c == '(') {
+            ++parens;
+        } else if (c == ')') {
+            parens = parens > 0 ? parens - 1 : 0;
+        } else if (parens == 0) {
+            bare += c;
+        }
+    }
+    // Qualifiers that followed the parameter list.
+    for (bool trimmed = true; trimmed;) {
+        trimmed = false;
+        for (std::string_view suffix : {" const", " volatile", " noexcept", " &&", " &"}) {
+            if (bare.ends_with(suffix)) {
+                bare.resize(bare.size() - suffix.size());
+                trimmed = true;
+            }
+        }
+    }
+    // The return type ends at the last space outside template brackets.
+    std::size_t start = 0;
+    int angles = 0;
+    for (std::size_t i = 0; i < bare.size(); ++i) {
+        if (bare[i] == '<')
+            ++angles;
+        else if (bare[i] == '>' && angles > 0)
+            --angles;
+        else if (bare[i] == ' ' && angles == 0)
+            start = i + 1;
+    }
+    return bare.substr(start);
+}
+
 bool stderr_is_journal() {
     const char* stream = std::getenv("JOURNAL_STREAM");
     if (!stream)
@@ -208,15 +273,19 @@ void write(severity level, std::string_view message, const fields& structured,
     auto add = [&values](const char* name, auto value) {
         values.insert(name, attrs::make_attribute_value(std::move(value)));
     };
-    add("CodeFile", std::string(where.file_name()));
+    add("CodeFile", std::string(source_relative_path(where.file_name())));
     add("CodeLine", static_cast<unsigned>(where.line()));
-    add("CodeFunc", std::string(where.function_name()));
+    add("CodeFunc", readable_function_name(where.function_name()));
     const auto values_in = field_values(structured);
     for (std::size_t i = 0; i < field_names.size(); ++i) {
         if (!values_in[i].empty())
             add(field_names[i].attribute, std::string(values_in[i]));
     }
-    add("Message", std::string(message));
+    // The default journal output and the console show only the message: it names its guest.
+    if (structured.guest.empty())
+        add("Message", std::string(message));
+    else
+        add("Message", std::string(structured.guest) + ": " + std::string(message));
     lg.push_record(std::move(record));
 }
 

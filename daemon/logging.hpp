@@ -26,6 +26,12 @@ struct fields {
     std::string_view message_type{};  // MESSAGE_TYPE= (wire type, e.g. "get_health")
     std::string_view request{};       // REQUEST= (API method and path)
     std::string_view message_id{};    // MESSAGE_ID= (128-bit id, e.g. for state transitions)
+    // The audit trail of API requests: who asked (SO_PEERCRED) and what they got.
+    std::string_view peer_uid{};   // API_PEER_UID=
+    std::string_view peer_gid{};   // API_PEER_GID=
+    std::string_view peer_pid{};   // API_PEER_PID=
+    std::string_view peer_user{};  // API_PEER_USER= (when the uid has a name)
+    std::string_view status{};     // API_STATUS= (the HTTP status answered)
 };
 
 // MESSAGE_ID of every guest state transition, so `journalctl MESSAGE_ID=...` lists them all.
@@ -39,9 +45,18 @@ void set_level(severity level);
 severity level() noexcept;
 bool enabled(severity level) noexcept;
 
+// CODE_FILE=: a path under the source tree relative to it ("daemon/host_daemon.cpp"), whether
+// the compiler named it absolute or relative to the build tree ("../../daemon/host_daemon.cpp").
+std::string_view source_relative_path(std::string_view path) noexcept;
+// CODE_FUNC=: a qualified name without return type, parameters or template arguments, also for
+// coroutines, whose std::source_location names an actor taking a "...Frame*":
+// "void ns::f(ns::f()::_ZN2ns1fEv.Frame*)" -> "ns::f".
+std::string readable_function_name(std::string_view name);
+
 // True when stderr is connected to the journal ($JOURNAL_STREAM names stderr's device:inode).
 bool stderr_is_journal();
 
+// Records with a guest name it first ("vm1: link up") in every sink; GUEST= holds it too.
 void write(severity level, std::string_view message, const fields& structured = {},
            std::source_location where = std::source_location::current());
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The journald sink against a real systemd-journald in a private mount namespace: GUEST=
-# filters one guest's records, transitions carry MESSAGE_ID and GUEST_STATE, priorities map
-# from severity, and a provisioned secret's value appears nowhere in the journal.
+# filters one guest's records, messages name their guest, CODE_FILE/CODE_FUNC read well,
+# transitions carry MESSAGE_ID and GUEST_STATE, priorities map from severity, an API change
+# leaves an audit record, and a provisioned secret's value appears nowhere in the journal.
 #   journald_test.sh HOSTD_BINARY FAKEGUEST_BINARY
 set -euo pipefail
 hostd=$1 fakeguest=$2
@@ -81,10 +82,17 @@ pids+=($hostd_pid)
 
 # Wait until vm1 is provisioned and healthy, as the journal tells it.
 for _ in $(seq 300); do
-    if journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q '^provisioned' &&
+    if journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q '^vm1: provisioned' &&
        journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q -- '-> healthy'; then
         break
     fi
+    sleep 0.05
+done
+# A change through the API (here one that finds no guest) leaves an audit record.
+curl -s -o /dev/null --unix-socket "$work/api.sock" -X DELETE http://localhost/v1/guests/ghost ||
+    fail "curl could not reach the API"
+for _ in $(seq 100); do
+    journalctl -D "$journal" API_PEER_UID=0 -o cat 2>/dev/null | grep -q 'DELETE /v1/guests/ghost' && break
     sleep 0.05
 done
 kill -TERM $hostd_pid
@@ -94,10 +102,22 @@ vm1=$(journalctl -D "$journal" GUEST=vm1 -o json)
 [ -n "$vm1" ] || fail "no records with GUEST=vm1"
 lines=$(printf '%s\n' "$vm1" | wc -l)
 [ "$(printf '%s\n' "$vm1" | grep -c '"GUEST":"vm1"')" = "$lines" ] || fail "GUEST=vm1 let other records through"
-printf '%s\n' "$vm1" | grep -q '"MESSAGE":"provisioned"' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
+printf '%s\n' "$vm1" | grep -q '"MESSAGE":"vm1: provisioned"' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
 printf '%s\n' "$vm1" | grep -q '"SYSLOG_IDENTIFIER":"stereos-hostd"' || fail "no SYSLOG_IDENTIFIER"
-printf '%s\n' "$vm1" | grep -q '"CODE_FILE":"[^"]*managed_guest.cpp"' || fail "no CODE_FILE"
+printf '%s\n' "$vm1" | grep -q '"CODE_FILE":"daemon/managed_guest.cpp"' || fail "no CODE_FILE relative to the source tree"
 printf '%s\n' "$vm1" | grep -q '"CODE_LINE":"[0-9]*"' || fail "no CODE_LINE"
+
+printf '%s\n' "$vm1" | grep -q '"CODE_FUNC":"stereos::daemon::managed_guest::[a-z_]*' ||
+    fail "no readable CODE_FUNC"
+if printf '%s\n' "$vm1" | grep -q '"CODE_FUNC":"[^"]*[( ]'; then fail "a CODE_FUNC is not just a name"; fi
+if journalctl -D "$journal" -o cat | grep -qx 'link up'; then fail "a line does not name its guest"; fi
+
+# The audit record: caller, route, guest and status, at notice.
+audit=$(journalctl -D "$journal" API_PEER_UID=0 -o json)
+printf '%s\n' "$audit" | grep '"MESSAGE":"ghost: DELETE /v1/guests/ghost by uid 0 (root), gid 0, pid [0-9]*: 404 Not Found"' |
+    grep '"REQUEST":"DELETE /v1/guests/ghost"' | grep '"GUEST":"ghost"' | grep '"API_PEER_USER":"root"' |
+    grep '"API_PEER_GID":"0"' | grep '"API_PEER_PID":"[0-9]*"' | grep '"API_STATUS":"404"' |
+    grep -q '"PRIORITY":"5"' || fail "no complete audit record: $audit"
 
 transitions=$(journalctl -D "$journal" MESSAGE_ID=7d9a3c4e1b2f4a6c8e0d5f1a2b3c4d5e -o json)
 [ "$(printf '%s\n' "$transitions" | grep -c '"GUEST_STATE":')" -ge 3 ] || fail "transitions lack GUEST_STATE"
@@ -107,8 +127,8 @@ printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | grep -q '"GUEST_STATE":"co
 if printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | grep -q '"GUEST_STATE":"disconnected"'; then fail "vm2 never had a link, yet a disconnected transition was logged"; fi
 
 # Priorities: info for "link up", warning (4) for vm2's connect failures.
-printf '%s\n' "$vm1" | grep '"MESSAGE":"link up' | grep -q '"PRIORITY":"6"' || fail "link up is not info"
-journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"cannot connect' | grep -q '"PRIORITY":"4"' || fail "connect failure is not a warning"
+printf '%s\n' "$vm1" | grep '"MESSAGE":"vm1: link up' | grep -q '"PRIORITY":"6"' || fail "link up is not info"
+journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"vm2: cannot connect' | grep -q '"PRIORITY":"4"' || fail "connect failure is not a warning"
 
 # The secret and the config's values never reach the journal, in any field.
 if journalctl -D "$journal" -o export | grep -a -q "$secret"; then fail "the secret value is in the journal"; fi

@@ -134,12 +134,11 @@ BOOST_AUTO_TEST_CASE(three_guests_over_tcp_unix_and_hybrid_come_up_and_get_provi
             guest_section("vm-hybrid", hybrid_guest.endpoint));
     auto hostd = start_daemon(dir);
 
-    BOOST_TEST(hostd->wait_for_output("[vm-tcp] state connecting -> healthy", patience).has_value(),
+    BOOST_TEST(hostd->wait_for_output("vm-tcp: state connecting -> healthy", patience).has_value(),
                hostd->stderr_text());
-    BOOST_TEST(hostd->wait_for_output("[vm-unix] state connecting -> ready", patience).has_value());
-    BOOST_TEST(
-        hostd->wait_for_output("[vm-hybrid] state connecting -> ready", patience).has_value());
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("[vm-tcp] provisioned", patience).has_value(),
+    BOOST_TEST(hostd->wait_for_output("vm-unix: state connecting -> ready", patience).has_value());
+    BOOST_TEST(hostd->wait_for_output("vm-hybrid: state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm-tcp: provisioned", patience).has_value(),
                        hostd->stderr_text());
 
     // The exact sequence the reference host sends, byte for byte.
@@ -179,7 +178,7 @@ BOOST_AUTO_TEST_CASE(a_restarted_guest_goes_disconnected_then_back_and_is_provis
                         "[guest.provision]\nsecrets = [ { name = \"K\", file = \"" +
                         (dir / "secret").string() + "\" } ]\n");
     auto hostd = start_daemon(dir);
-    auto first = hostd->wait_for_output("[vm1] provisioned", patience);
+    auto first = hostd->wait_for_output("vm1: provisioned", patience);
     BOOST_TEST_REQUIRE(first.has_value(), hostd->stderr_text());
     // Long enough that the new run's start time is clearly later than the first's (a shift
     // beyond the 3 s tolerance).
@@ -187,15 +186,15 @@ BOOST_AUTO_TEST_CASE(a_restarted_guest_goes_disconnected_then_back_and_is_provis
 
     guest->process->send_signal(SIGKILL);
     guest->process->wait_exit(patience);
-    BOOST_TEST(hostd->wait_for_output("[vm1] state ready -> disconnected", patience, true, *first)
+    BOOST_TEST(hostd->wait_for_output("vm1: state ready -> disconnected", patience, true, *first)
                    .has_value(),
                hostd->stderr_text());
 
     // Same address, new process: a rebooted guest.
     guest = std::make_unique<guest_process>(dir, "guest-2", endpoint);
-    auto back = hostd->wait_for_output("[vm1] state disconnected -> ready", patience, true, *first);
+    auto back = hostd->wait_for_output("vm1: state disconnected -> ready", patience, true, *first);
     BOOST_TEST_REQUIRE(back.has_value(), hostd->stderr_text());
-    BOOST_TEST(hostd->wait_for_output("[vm1] provisioned", patience, true, *back).has_value(),
+    BOOST_TEST(hostd->wait_for_output("vm1: provisioned", patience, true, *back).has_value(),
                hostd->stderr_text());
     BOOST_TEST(
         guest->received_commands() ==
@@ -213,10 +212,8 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
                                              guest_section("vm2", g2.endpoint));
     auto hostd = start_daemon(dir);
-    BOOST_TEST_REQUIRE(
-        hostd->wait_for_output("[vm1] state connecting -> ready", patience).has_value());
-    BOOST_TEST_REQUIRE(
-        hostd->wait_for_output("[vm2] state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm1: state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm2: state connecting -> ready", patience).has_value());
 
     // vm2 removed, vm3 added, vm1 untouched.
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
@@ -227,10 +224,10 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
                                      patience)
                    .has_value(),
                hostd->stderr_text());
-    BOOST_TEST(hostd->wait_for_output("[vm3] state connecting -> ready", patience).has_value());
-    BOOST_TEST(hostd->wait_for_output("[vm2] guest link stopped", patience).has_value());
+    BOOST_TEST(hostd->wait_for_output("vm3: state connecting -> ready", patience).has_value());
+    BOOST_TEST(hostd->wait_for_output("vm2: guest link stopped", patience).has_value());
     const auto after_reload = hostd->stderr_text();
-    BOOST_TEST(occurrences(after_reload, "[vm1] link up") == 1u, "vm1's link was disturbed");
+    BOOST_TEST(occurrences(after_reload, "vm1: link up") == 1u, "vm1's link was disturbed");
 
     // A bad file is rejected, naming the key; the running guests stay.
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
@@ -240,8 +237,8 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
         hostd->wait_for_output("reload rejected", patience, true, after_reload.size()).has_value());
     const auto log = hostd->stderr_text();
     BOOST_TEST(log.find("request_timout", after_reload.size()) != std::string::npos);
-    BOOST_TEST(log.find("[vm3] guest link stopped") == std::string::npos);
-    BOOST_TEST(occurrences(log, "[vm1] link up") == 1u);
+    BOOST_TEST(log.find("vm3: guest link stopped") == std::string::npos);
+    BOOST_TEST(occurrences(log, "vm1: link up") == 1u);
 
     hostd->send_signal(SIGTERM);
     BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
@@ -269,8 +266,7 @@ BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
                  "http://localhost/v1/guests"});
         BOOST_TEST(added.out == "201", added.err);
     }
-    BOOST_TEST_REQUIRE(
-        hostd->wait_for_output("[rt2] state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("rt2: state connecting -> ready", patience).has_value());
 
     // No clean stop: the state file must already hold both guests, and nothing half-written.
     hostd->send_signal(SIGKILL);
@@ -282,9 +278,9 @@ BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
                boost::test_tools::per_element());
 
     auto restarted = start_daemon(dir, "hostd-2");
-    BOOST_TEST(restarted->wait_for_output("[rt1] state connecting -> ready", patience).has_value(),
+    BOOST_TEST(restarted->wait_for_output("rt1: state connecting -> ready", patience).has_value(),
                restarted->stderr_text());
-    BOOST_TEST(restarted->wait_for_output("[rt2] state connecting -> ready", patience).has_value());
+    BOOST_TEST(restarted->wait_for_output("rt2: state connecting -> ready", patience).has_value());
     auto status = api({"http://localhost/v1/guests/rt1"});
     BOOST_TEST(status.out.find("\"source\":\"runtime\"") != std::string::npos, status.out);
     restarted->send_signal(SIGTERM);

@@ -97,7 +97,7 @@ BOOST_AUTO_TEST_CASE(the_daemon_reports_ready_status_watchdog_reload_and_stoppin
     BOOST_TEST(listener.messages.front() == "READY=1");
     const auto status = index_of(listener.messages, "STATUS=");
     BOOST_TEST_REQUIRE(status.has_value());
-    BOOST_TEST(listener.messages[*status].starts_with("STATUS=1 guests: 1 "));
+    BOOST_TEST(listener.messages[*status].starts_with("STATUS=1 guest: 1 "));
 
     // SIGHUP: RELOADING=1 with the monotonic time, then READY=1 again.
     const auto before_reload = listener.messages.size();
@@ -134,6 +134,35 @@ BOOST_AUTO_TEST_CASE(without_a_watchdog_no_watchdog_pings_are_sent) {
     BOOST_TEST(daemon.wait_exit(20s).value_or(-1) == 0);
 }
 
+// With WatchdogSec=30s the ping timer waits 15 s: stopping must cancel it (and every other
+// timer) rather than wait for it, or systemd's stop hangs for that long.
+BOOST_AUTO_TEST_CASE(sigterm_stops_the_daemon_within_a_second_despite_a_long_watchdog) {
+    temp_directory dir("stereos-notify");
+    std::string guests;
+    for (const auto* name : {"vm1", "vm2", "vm3"})
+        guests += "[[guest]]\nname = \"" + std::string(name) +
+                  "\"\nendpoint = \"unix:" + (dir / (std::string(name) + ".sock")).string() +
+                  "\"\n";
+    write_text_file(dir / "config.toml", stereos::testing::test_daemon_section(dir) + guests);
+    notify_listener listener(dir / "notify.sock");
+    child_process daemon(
+        {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
+        dir.path(), "hostd",
+        {{"NOTIFY_SOCKET", (dir / "notify.sock").string()}, {"WATCHDOG_USEC", "30000000"}});
+    BOOST_TEST_REQUIRE(listener.collect_until(
+        [](const auto& m) { return count_with(m, "WATCHDOG=1") >= 1; }, 20s));
+    // Let the guests' reconnect timers and the status timer get going too.
+    listener.collect_until([](const auto&) { return false; }, 1500ms);
+
+    const auto sent = std::chrono::steady_clock::now();
+    daemon.send_signal(SIGTERM);
+    const auto status = daemon.wait_exit(20s);
+    const auto took = std::chrono::steady_clock::now() - sent;
+    BOOST_TEST(status.value_or(-1) == 0, daemon.stderr_text());
+    BOOST_TEST(took < 1s, std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                              << " ms from SIGTERM to exit");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(socket_activation)
@@ -157,7 +186,9 @@ BOOST_AUTO_TEST_CASE(the_daemon_serves_the_api_on_the_socket_systemd_passes) {
                                        activated.string(), "http://localhost/v1/ping"});
     BOOST_TEST(ping.status == 0, ping.err);
     BOOST_TEST(ping.out.find("\"status\":\"ok\"") != std::string::npos, ping.out);
-    BOOST_TEST(activator.wait_for_output("socket passed by systemd", 20s).has_value(),
+    BOOST_TEST(activator.wait_for_output("activated.sock, passed by systemd", 20s).has_value(),
+               activator.stderr_text());
+    BOOST_TEST(activator.wait_for_output("configured.sock is not used", 20s).has_value(),
                activator.stderr_text());
     // The configured path is not used when a socket is passed.
     BOOST_TEST(!std::filesystem::exists(configured));

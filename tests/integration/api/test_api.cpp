@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <grp.h>
+#include <pwd.h>
 #include <atomic>
 #include <deque>
 #include <random>
@@ -735,6 +736,21 @@ BOOST_AUTO_TEST_CASE(a_uid_outside_the_api_group_is_refused_with_403) {
     BOOST_TEST(get_answer.out.ends_with("\n403"), get_answer.out);
     // Root still may.
     BOOST_TEST(post(sock, "/v1/guests/vm1/ping").status == 200u);
+
+    // Each refusal is logged as a warning naming the caller, and a caller retrying is logged
+    // once, not once per attempt.
+    for (int i = 0; i < 3; ++i)
+        BOOST_TEST(as_nobody("DELETE", "/v1/guests/vm1").out.ends_with("\n403"));
+    const auto log = hostd.log();
+    const std::string refused_delete = "vm1: refused DELETE /v1/guests/vm1 by uid 65534";
+    BOOST_TEST(log.find("refused POST /v1/guests/vm1/ping by uid 65534") != std::string::npos, log);
+    BOOST_TEST(log.find("refused GET /v1/guests by uid 65534") != std::string::npos, log);
+    std::size_t deletes = 0;
+    for (auto at = log.find(refused_delete); at != std::string::npos;
+         at = log.find(refused_delete, at + 1))
+        ++deletes;
+    BOOST_TEST(deletes == 1u, log);
+    BOOST_TEST(log.find(": 403 Forbidden") != std::string::npos, log);
 }
 
 BOOST_AUTO_TEST_CASE(members_of_the_api_group_are_allowed_by_primary_or_supplementary_group) {
@@ -761,6 +777,21 @@ BOOST_AUTO_TEST_CASE(members_of_the_api_group_are_allowed_by_primary_or_suppleme
         {"setpriv", "--reuid=65534", "--regid=54321", "--groups=" + gid, "curl", "-s", "-o",
          "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "http://localhost/v1/guests"});
     BOOST_TEST(supplementary.out == "200", supplementary.out << supplementary.err);
+
+    // A member's change is audited with who asked and what they got; its ping is not.
+    auto removal =
+        run_command({"setpriv", "--reuid=65534", "--regid=" + gid, "--clear-groups", "curl", "-s",
+                     "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "-X", "DELETE",
+                     "http://localhost/v1/guests/ghost"});
+    BOOST_TEST(removal.out == "404", removal.out << removal.err);
+    const auto log = hostd.log();
+    const auto* nobody = ::getpwuid(65534);
+    const std::string who = "by uid 65534" +
+                            (nobody ? " (" + std::string(nobody->pw_name) + ")" : std::string()) +
+                            ", gid " + gid + ", pid ";
+    BOOST_TEST(log.find("ghost: DELETE /v1/guests/ghost " + who) != std::string::npos, log);
+    BOOST_TEST(log.find(": 404 Not Found") != std::string::npos, log);
+    BOOST_TEST(log.find("POST /v1/guests/vm1/ping by") == std::string::npos, log);
 }
 
 BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies) {

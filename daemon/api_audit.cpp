@@ -1,0 +1,109 @@
+#include "daemon/api_audit.hpp"
+
+#include <pwd.h>
+
+#include <chrono>
+#include <optional>
+#include <vector>
+
+#include <boost/beast/http/status.hpp>
+
+#include "daemon/logging.hpp"
+#include "protocol/redact.hpp"
+
+namespace stereos::daemon::api {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+constexpr std::string_view guests_prefix = "/v1/guests/";
+constexpr std::size_t max_guest_chars = 64;
+
+std::string_view path_of(const http_request& request) {
+    auto target = request.target();
+    return target.substr(0, std::min(target.find('?'), target.size()));
+}
+
+std::optional<std::string> user_name_of(uid_t uid) {
+    std::vector<char> buffer(16384);
+    passwd entry{};
+    passwd* found = nullptr;
+    if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
+        return std::nullopt;
+    return std::string(found->pw_name);
+}
+
+}  // namespace
+
+bool changes_something(const http_request& request) {
+    const auto method = request.method();
+    if (method != http::verb::post && method != http::verb::put && method != http::verb::delete_)
+        return false;
+    return !path_of(request).ends_with("/ping");
+}
+
+std::string audited_guest(const http_request& request, const http_response& response) {
+    auto path = path_of(request);
+    if (!path.starts_with(guests_prefix)) {
+        const auto location = response[http::field::location];
+        if (!location.starts_with(guests_prefix))
+            return {};
+        path = location;
+    }
+    auto name = path.substr(guests_prefix.size());
+    name = name.substr(0, std::min(name.find('/'), name.size()));
+    if (name.empty())
+        return {};
+    return protocol::printable_excerpt(name, max_guest_chars);
+}
+
+std::string describe_peer(const peer_access& access) {
+    if (!access.peer)
+        return "an unknown peer";
+    const auto& peer = *access.peer;
+    std::string text = "uid " + std::to_string(peer.uid);
+    if (auto name = user_name_of(peer.uid))
+        text += " (" + *name + ")";
+    text += ", gid " + std::to_string(peer.gid) + ", pid " + std::to_string(peer.pid);
+    return text;
+}
+
+void api_audit::record(const http_request& request, const peer_access& access,
+                       const http_response& response) {
+    const bool refused = response.result() == http::status::forbidden;
+    if (!refused && !changes_something(request))
+        return;
+    const auto what = describe(request);
+    const auto guest = audited_guest(request, response);
+    const auto status = std::to_string(response.result_int());
+    std::string outcome = status + " " + std::string(http::obsolete_reason(response.result()));
+
+    std::string uid, gid, pid;
+    std::optional<std::string> user;
+    if (access.peer) {
+        uid = std::to_string(access.peer->uid);
+        gid = std::to_string(access.peer->gid);
+        pid = std::to_string(access.peer->pid);
+        user = user_name_of(access.peer->uid);
+    }
+    const log::fields fields{.guest = guest,
+                             .request = what,
+                             .peer_uid = uid,
+                             .peer_gid = gid,
+                             .peer_pid = pid,
+                             .peer_user = user ? std::string_view(*user) : std::string_view(),
+                             .status = status};
+    const auto message = what + " by " + describe_peer(access) + ": " + outcome;
+    if (!refused) {
+        log::notice(message, fields);
+        return;
+    }
+    // One caller retrying in a loop gets one line per window: the throttle compares who and
+    // what, not the pid, which changes with every attempt.
+    const auto key = "refused " + what + " for uid " + uid;
+    if (auto admitted = refusals_.admit(key, std::chrono::steady_clock::now()))
+        log::warning("refused " + message + admitted->substr(key.size()), fields);
+}
+
+}  // namespace stereos::daemon::api
