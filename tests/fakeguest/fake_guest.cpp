@@ -1020,8 +1020,8 @@ std::string fake_guest::listen_vsock(std::uint32_t cid, std::uint32_t port) {
     address.svm_family = AF_VSOCK;
     address.svm_cid = cid;
     address.svm_port = port;
-    auto where = std::make_shared<detail::listener>(
-        generic_stream::endpoint(&address, sizeof address));
+    auto where =
+        std::make_shared<detail::listener>(generic_stream::endpoint(&address, sizeof address));
     where->endpoint_text = "vsock:" + (cid == VMADDR_CID_ANY ? "ANY" : std::to_string(cid)) + ":" +
                            std::to_string(port);
     return core_->add_listener(where);

@@ -1,5 +1,6 @@
 // A scripted fake `stereosd` for tests of the host daemon: it listens on TCP, unix, hybrid
-// vsock or AF_VSOCK sockets, answers like the real guest by default, and can be scripted or told to misbehave.
+// vsock or AF_VSOCK sockets, answers like the real guest by default, and can be scripted or told to
+// misbehave.
 #pragma once
 
 #include <chrono>

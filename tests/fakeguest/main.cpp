@@ -85,6 +85,10 @@ asio::awaitable<void> play_lifecycle_script(std::vector<scheduled_lifecycle> eve
     }
 }
 
+// Written by tests/vm/init. Without it --power-off-on-shutdown is refused: run as root on a
+// developer's machine, it would power that machine off.
+constexpr const char* vm_marker = "/run/stereos-vm";
+
 // As the real guest after acking shutdown. Only for a fake guest that runs as a VM's guest
 // daemon: it needs CAP_SYS_BOOT, and ends the whole machine.
 void power_off_machine() {
@@ -147,11 +151,17 @@ int main(int argc, char** argv) {
         app.add_flag("--log-requests", opt.log_requests,
                      "print \"request TYPE [name=...]\" per received line, never a value");
         app.add_flag("--power-off-on-shutdown", opt.power_off_on_shutdown,
-                     "power the machine off after acking shutdown (as a VM's guest daemon)");
+                     "power the machine off after acking shutdown (as a VM's guest daemon; "
+                     "only where /run/stereos-vm exists)");
         app.add_option("--mount-exit-status", opt.mount_exit_status,
                        "make valid mounts fail with this exit status (0: they succeed)");
         CLI11_PARSE(app, argc, argv);
 
+        if (opt.power_off_on_shutdown && ::access(vm_marker, F_OK) != 0) {
+            throw std::invalid_argument(std::string("--power-off-on-shutdown: refused outside a "
+                                                    "test VM (no ") +
+                                        vm_marker + ")");
+        }
         const auto state = stereos::protocol::parse_lifecycle_state(opt.health_state);
         if (!state)
             throw std::invalid_argument("--health-state: unknown state " + opt.health_state);

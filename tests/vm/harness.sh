@@ -73,11 +73,11 @@ vm_boot() {
         # A free port now; QEMU owns it from its start, as on a real host.
         vm_port=$(free_tcp_port)
         network=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$vm_port-:1024"
-            -device virtio-net-pci,netdev=net0)
+            -device virtio-net-pci,netdev=net0,romfile=)
     fi
     qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -no-user-config -display none \
         -kernel "$kernel" -initrd "$initramfs" \
-        -append "console=ttyS0 quiet panic=-1 $*" \
+        -append "console=ttyS0 quiet panic=-1 mitigations=off $*" \
         -chardev "socket,id=serial0,path=$vm_work/serial.sock,server=on,wait=off,logfile=$vm_work/serial.log" \
         -serial chardev:serial0 \
         -qmp "unix:$vm_work/qmp.sock,server=on,wait=off" \

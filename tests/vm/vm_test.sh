@@ -38,6 +38,13 @@ assert_no_state() {
 case_boot() {
     boot_and_provision
     assert_no_state unresponsive disconnected
+    local state
+    for state in $(vm_states); do
+        case "$state" in
+            connecting | booting | ready | healthy) ;;
+            *) fail "a normal boot went through $state: $(vm_states_line)" ;;
+        esac
+    done
     echo "PASS: boot read as $(vm_states_line)"
 }
 
@@ -47,12 +54,14 @@ case_reset() {
     for round in 1 2 3 4 5; do
         vm_qmp system_reset > "$vm_work/qmp.out" || fail "QMP system_reset failed"
         grep -q '"return"' "$vm_work/qmp.out" || fail "QMP answered $(cat "$vm_work/qmp.out")"
-        wait_until 60 serial_count_at_least "stereos-vm: boot" $((round + 1)) ||
+        wait_until 120 serial_count_at_least "stereos-vm: boot" $((round + 1)) ||
             fail "reset $round: the VM did not boot again"
         echo "[$(elapsed)] reset $round: the VM booted again"
         wait_provisioned_times $((round + 1)) 60 ||
             fail "reset $round: not provisioned again within 60 s of the boot"
-        echo "[$(elapsed)] reset $round: provisioned again"
+        wait_until 30 eval '[ "$(provisions_done)" -ge $((round + 1)) ]' ||
+            fail "reset $round: the daemon reported no provisioning done"
+        echo "[$(elapsed)] reset $round: provisioned again; states $(vm_states_line)"
     done
     # Each boot's part of the console shows a full provisioning: set_config and the secret.
     local boots
