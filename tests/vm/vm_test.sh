@@ -136,7 +136,25 @@ case_vsock() {
         fail "the guest daemon's log shows no secret from the API"
     [ "$(serial_count "$secret_request")" -ge 2 ] ||
         fail "the guest daemon's log shows fewer than 2 provisionings"
+    local value
+    for value in vsock-secret-value vsock-api-secret; do
+        [ "$(serial_count "$value")" = 0 ] || fail "a secret value reached the console"
+    done
     echo "PASS: AF_VSOCK end to end"
 }
 
+# The guest daemon's console log names secrets; neither it nor the daemon's log, events or
+# output may carry a value.
+assert_no_secret_value() {
+    [ -f "$vm_work/secret" ] || return 0
+    local value file
+    value=$(cat "$vm_work/secret")
+    for file in serial.log hostd.log events.txt; do
+        if [ -f "$vm_work/$file" ] && grep -qF -- "$value" "$vm_work/$file"; then
+            fail "the secret value appears in $file"
+        fi
+    done
+}
+
 "case_$case_name"
+assert_no_secret_value
