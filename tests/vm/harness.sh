@@ -77,7 +77,7 @@ vm_boot() {
     fi
     qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -no-user-config -display none \
         -kernel "$kernel" -initrd "$initramfs" \
-        -append "console=ttyS0 quiet panic=-1 mitigations=off $*" \
+        -append "console=ttyS0 quiet panic=-1 mitigations=off no_timer_check $*" \
         -chardev "socket,id=serial0,path=$vm_work/serial.sock,server=on,wait=off,logfile=$vm_work/serial.log" \
         -serial chardev:serial0 \
         -qmp "unix:$vm_work/qmp.sock,server=on,wait=off" \
