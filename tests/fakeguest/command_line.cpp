@@ -56,7 +56,19 @@ listen_spec parse_listen_spec(std::string_view text) {
         spec.vsock_port = parse_number<std::uint32_t>(text, rest.substr(colon + 1), "port");
         return spec;
     }
-    fail(text, "expected tcp:HOST:PORT, unix:PATH or hybrid:PATH:PORT");
+    if (text.starts_with("vsock:")) {
+        auto rest = text.substr(6);
+        const auto colon = rest.find(':');
+        if (colon == std::string_view::npos)
+            fail(text, "expected vsock:CID:PORT (CID a number or ANY)");
+        spec.what = listen_spec::kind::vsock;
+        const auto cid = rest.substr(0, colon);
+        spec.vsock_cid =
+            cid == "ANY" ? any_vsock_cid : parse_number<std::uint32_t>(text, cid, "CID");
+        spec.vsock_port = parse_number<std::uint32_t>(text, rest.substr(colon + 1), "port");
+        return spec;
+    }
+    fail(text, "expected tcp:HOST:PORT, unix:PATH, hybrid:PATH:PORT or vsock:CID:PORT");
 }
 
 std::vector<listen_spec> expand_listen_spec(const listen_spec& spec, std::size_t count) {
@@ -71,6 +83,14 @@ std::vector<listen_spec> expand_listen_spec(const listen_spec& spec, std::size_t
                                         std::to_string(spec.port) + " goes past port 65535");
         for (std::size_t i = 0; i < count; ++i)
             all[i].port = spec.port == 0 ? 0 : static_cast<std::uint16_t>(spec.port + i);
+        return all;
+    }
+    if (spec.what == listen_spec::kind::vsock) {
+        if (spec.vsock_port + std::uint64_t{count} - 1 >= any_vsock_cid)
+            throw std::invalid_argument("--count " + std::to_string(count) + " from vsock port " +
+                                        std::to_string(spec.vsock_port) + " runs out of ports");
+        for (std::size_t i = 0; i < count; ++i)
+            all[i].vsock_port = static_cast<std::uint32_t>(spec.vsock_port + i);
         return all;
     }
     const auto marker = spec.path.find("%d");

@@ -13,17 +13,22 @@
 
 namespace stereos::testing {
 
+// VMADDR_CID_ANY, without the kernel header.
+inline constexpr std::uint32_t any_vsock_cid = 0xFFFFFFFF;
+
 // Where one fake guest listens:
 //   tcp:HOST:PORT    HOST an IP address ([::1] for IPv6); PORT 0 picks a free port
 //   unix:PATH
 //   hybrid:PATH:PORT Firecracker-style vsock proxy socket answering "CONNECT PORT"
+//   vsock:CID:PORT   a real AF_VSOCK listener; CID a number or ANY (inside a VM)
 struct listen_spec {
-    enum class kind { tcp, unix_socket, hybrid };
+    enum class kind { tcp, unix_socket, hybrid, vsock };
     kind what = kind::tcp;
     std::string host;  // tcp, without brackets
     std::uint16_t port = 0;
-    std::string path;  // unix and hybrid
-    std::uint32_t vsock_port = 1024;
+    std::string path;                 // unix and hybrid
+    std::uint32_t vsock_port = 1024;  // hybrid and vsock
+    std::uint32_t vsock_cid = any_vsock_cid;
     bool operator==(const listen_spec&) const = default;
 };
 
@@ -31,8 +36,8 @@ struct listen_spec {
 listen_spec parse_listen_spec(std::string_view text);
 
 // `count` guests from one spec: TCP ports PORT, PORT+1, ... (all 0 stays all 0, each gets its
-// own free port); unix and hybrid paths must contain "%d", replaced by 0, 1, ... count-1.
-// Throws std::invalid_argument when that is impossible.
+// own free port), vsock ports likewise; unix and hybrid paths must contain "%d", replaced by 0, 1,
+// ... count-1. Throws std::invalid_argument when that is impossible.
 std::vector<listen_spec> expand_listen_spec(const listen_spec& spec, std::size_t count);
 
 // "250ms", "2s", "1.5s", "1m", "500us" (rounded down to milliseconds). Throws

@@ -1,5 +1,6 @@
 #include "tests/fakeguest/fake_guest.hpp"
 
+#include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -283,13 +284,20 @@ std::string overlong_line() {
     return line;
 }
 
-std::uint16_t port_of(const generic_stream::endpoint& endpoint) {
+std::uint32_t port_of(const generic_stream::endpoint& endpoint) {
     const auto* address = endpoint.data();
     if (address->sa_family == AF_INET)
         return ntohs(reinterpret_cast<const sockaddr_in*>(address)->sin_port);
     if (address->sa_family == AF_INET6)
         return ntohs(reinterpret_cast<const sockaddr_in6*>(address)->sin6_port);
+    if (address->sa_family == AF_VSOCK)
+        return reinterpret_cast<const sockaddr_vm*>(address)->svm_port;
     return 0;
+}
+
+bool is_ip(const generic_stream::endpoint& endpoint) {
+    const auto family = endpoint.protocol().family();
+    return family == AF_INET || family == AF_INET6;
 }
 
 }  // namespace
@@ -297,6 +305,31 @@ std::uint16_t port_of(const generic_stream::endpoint& endpoint) {
 protocol::guest_message default_reply(std::string_view line, const guest_behaviour& behaviour,
                                       std::int64_t uptime_seconds) {
     return answer_line(line, behaviour, uptime_seconds).reply;
+}
+
+std::string request_summary(std::string_view line) {
+    error_code ec;
+    const auto parsed = json::parse(line, ec);
+    if (ec || !parsed.is_object())
+        return "unparsable";
+    const auto& object = parsed.get_object();
+    const auto* type = object.if_contains("type");
+    if (!type || !type->is_string())
+        return "unparsable";
+    std::string summary(type->get_string());
+    const auto* payload = object.if_contains("payload");
+    if (!payload || !payload->is_object())
+        return summary;
+    // Only fields that name things; values and contents stay out of every log.
+    const std::string_view field = summary == "inject_secret"    ? "name"
+                                   : summary == "inject_ssh_key" ? "user"
+                                   : summary == "mount"          ? "tag"
+                                                                 : "";
+    if (field.empty())
+        return summary;
+    if (const auto* named = payload->get_object().if_contains(field); named && named->is_string())
+        summary += " " + std::string(field) + "=" + std::string(named->get_string());
+    return summary;
 }
 
 // ---- script_step ----------------------------------------------------------------------------
@@ -397,6 +430,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     std::vector<received_line> received;
     std::vector<std::string> endpoints;
     std::function<void(const received_line&)> observer;
+    std::function<void()> shutdown_observer;
     std::size_t accepted = 0;
 
     std::size_t open_count() const { return connections_.size(); }
@@ -410,7 +444,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             throw std::logic_error("fake guest: listen after stop()");
         open_listener(where);
         where->address = where->acceptor->local_endpoint();
-        if (where->unix_path.empty()) {
+        if (is_ip(where->address)) {
             const auto port = std::to_string(port_of(where->address));
             where->endpoint_text.replace(where->endpoint_text.rfind(':') + 1, std::string::npos,
                                          port);
@@ -485,10 +519,10 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     void open_listener(const std::shared_ptr<listener>& where) {
         auto acceptor = std::make_shared<acceptor_type>(executor_);
         acceptor->open(where->address.protocol());
-        if (where->unix_path.empty()) {
+        if (is_ip(where->address)) {
             // Re-opening on the same port must not wait for TIME_WAIT connections.
             acceptor->set_option(asio::socket_base::reuse_address(true));
-        } else {
+        } else if (!where->unix_path.empty()) {
             ::unlink(where->unix_path.c_str());  // a stale socket file from an earlier run
         }
         acceptor->bind(where->address);
@@ -876,6 +910,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             self->refuse_timer_.cancel();
             self->close_listeners();
             self->close_all_connections();
+            if (self->shutdown_observer)
+                self->shutdown_observer();
         });
     }
 
@@ -986,6 +1022,18 @@ std::string fake_guest::listen_hybrid(const std::string& path, std::uint32_t vso
     return core_->add_listener(where);
 }
 
+std::string fake_guest::listen_vsock(std::uint32_t cid, std::uint32_t port) {
+    sockaddr_vm address{};
+    address.svm_family = AF_VSOCK;
+    address.svm_cid = cid;
+    address.svm_port = port;
+    auto where =
+        std::make_shared<detail::listener>(generic_stream::endpoint(&address, sizeof address));
+    where->endpoint_text = "vsock:" + (cid == VMADDR_CID_ANY ? "ANY" : std::to_string(cid)) + ":" +
+                           std::to_string(port);
+    return core_->add_listener(where);
+}
+
 script_step& fake_guest::expect(std::string type) {
     return core_->script.emplace_back(std::move(type));
 }
@@ -1019,6 +1067,9 @@ void fake_guest::stop() {
 }
 void fake_guest::set_line_observer(std::function<void(const received_line&)> observer) {
     core_->observer = std::move(observer);
+}
+void fake_guest::set_shutdown_observer(std::function<void()> observer) {
+    core_->shutdown_observer = std::move(observer);
 }
 
 const std::vector<received_line>& fake_guest::received() const noexcept {

@@ -1,5 +1,6 @@
-// A scripted fake `stereosd` for tests of the host daemon: it listens on TCP, unix or hybrid
-// vsock sockets, answers like the real guest by default, and can be scripted or told to misbehave.
+// A scripted fake `stereosd` for tests of the host daemon: it listens on TCP, unix, hybrid
+// vsock or AF_VSOCK sockets, answers like the real guest by default, and can be scripted or told to
+// misbehave.
 #pragma once
 
 #include <chrono>
@@ -164,6 +165,8 @@ class fake_guest {
     // same socket. For another port the connection is closed without an answer, as Firecracker
     // does when nothing listens on that port.
     std::string listen_hybrid(const std::string& path, std::uint32_t vsock_port = 1024);
+    // "vsock:CID:PORT" ("vsock:ANY:PORT" for VMADDR_CID_ANY): a real AF_VSOCK listener.
+    std::string listen_vsock(std::uint32_t cid, std::uint32_t port = 1024);
 
     // ---- knobs: public structs, change them at any time.
     guest_behaviour& behaviour;
@@ -197,6 +200,8 @@ class fake_guest {
 
     // Called with every received line, e.g. to append it to a file.
     void set_line_observer(std::function<void(const received_line&)> observer);
+    // Called once a shutdown has closed every connection, as the real guest then powers off.
+    void set_shutdown_observer(std::function<void()> observer);
 
     // ---- observations
     const std::vector<received_line>& received() const noexcept;
@@ -220,5 +225,10 @@ class fake_guest {
 // `uptime_seconds` goes into health replies. Exposed to check default answers without sockets.
 protocol::guest_message default_reply(std::string_view line, const guest_behaviour& behaviour,
                                       std::int64_t uptime_seconds);
+
+// One request line summed up for a log without anything it carries: its type, plus the name of
+// a secret, the user of an SSH key or the tag of a mount ("inject_secret name=API_KEY"). Never a
+// secret's value or a config's content. "unparsable" for a line that is not a JSON object.
+std::string request_summary(std::string_view line);
 
 }  // namespace stereos::testing

@@ -1,9 +1,14 @@
-// stereos-fakeguest: fake stereosd guests as a real process, for integration tests, the demo and
-// benchmarks. Prints "listening <endpoint>" per guest, runs until SIGINT or SIGTERM (exit 0).
+// stereos-fakeguest: fake stereosd guests as a real process, for integration tests, the demo,
+// benchmarks and the real-VM tests. Prints "listening <endpoint>" per guest, runs until SIGINT or
+// SIGTERM (exit 0). SIGUSR1 closes every connection, a link blip that keeps the uptime.
+#include <sys/reboot.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <stdexcept>
@@ -46,6 +51,8 @@ struct program_options {
     unsigned lifecycle_flood = 0;
     std::string lifecycle_script;
     std::string record;
+    bool log_requests = false;
+    bool power_off_on_shutdown = false;
     int mount_exit_status = 0;
 };
 
@@ -57,6 +64,8 @@ std::string listen_on(fake_guest& guest, const listen_spec& spec) {
             return guest.listen_unix(spec.path);
         case listen_spec::kind::hybrid:
             return guest.listen_hybrid(spec.path, spec.vsock_port);
+        case listen_spec::kind::vsock:
+            return guest.listen_vsock(spec.vsock_cid, spec.vsock_port);
     }
     throw std::logic_error("unknown listen kind");
 }
@@ -75,6 +84,19 @@ asio::awaitable<void> play_lifecycle_script(std::vector<scheduled_lifecycle> eve
         for (auto& guest : guests)
             guest->push_lifecycle(event.state);
     }
+}
+
+// Written by tests/vm/init. Without it --power-off-on-shutdown is refused: run as root on a
+// developer's machine, it would power that machine off.
+constexpr const char* vm_marker = "/run/stereos-vm";
+
+// As the real guest after acking shutdown. Only for a fake guest that runs as a VM's guest
+// daemon: it needs CAP_SYS_BOOT, and ends the whole machine.
+void power_off_machine() {
+    std::cout << "powering off" << std::endl;
+    ::sync();
+    if (::reboot(RB_POWER_OFF) != 0)
+        std::perror("stereos-fakeguest: reboot(RB_POWER_OFF)");
 }
 
 // Thousands of guests need two descriptors each and more: take the hard limit.
@@ -97,7 +119,8 @@ int main(int argc, char** argv) {
             "on "
             "request. Each --listen (times --count) is a separate guest."};
         app.add_option("--listen", opt.listen,
-                       "tcp:HOST:PORT (0 = free port), unix:PATH or hybrid:PATH:VSOCK_PORT")
+                       "tcp:HOST:PORT (0 = free port), unix:PATH, hybrid:PATH:VSOCK_PORT or "
+                       "vsock:CID|ANY:PORT")
             ->required();
         app.add_option("--count", opt.count,
                        "guests per --listen: consecutive TCP ports, or %d in the path = 0..N-1");
@@ -129,10 +152,20 @@ int main(int argc, char** argv) {
         app.add_option("--lifecycle-script", opt.lifecycle_script,
                        "push lifecycle events at offsets from start, e.g. 1s:booting,2s:ready");
         app.add_option("--record", opt.record, "append every received line to FILE");
+        app.add_flag("--log-requests", opt.log_requests,
+                     "print \"request TYPE [name=...]\" per received line, never a value");
+        app.add_flag("--power-off-on-shutdown", opt.power_off_on_shutdown,
+                     "power the machine off after acking shutdown (as a VM's guest daemon; "
+                     "only where /run/stereos-vm exists)");
         app.add_option("--mount-exit-status", opt.mount_exit_status,
                        "make valid mounts fail with this exit status (0: they succeed)");
         CLI11_PARSE(app, argc, argv);
 
+        if (opt.power_off_on_shutdown && ::access(vm_marker, F_OK) != 0) {
+            throw std::invalid_argument(std::string("--power-off-on-shutdown: refused outside a "
+                                                    "test VM (no ") +
+                                        vm_marker + ")");
+        }
         const auto state = stereos::protocol::parse_lifecycle_state(opt.health_state);
         if (!state)
             throw std::invalid_argument("--health-state: unknown state " + opt.health_state);
@@ -176,13 +209,19 @@ int main(int argc, char** argv) {
             faults.out_of_order_replies = opt.out_of_order;
             faults.overlong_replies = opt.overlong_reply;
             faults.lifecycle_flood_per_second = opt.lifecycle_flood;
-            if (record.is_open()) {
-                // Flushed per line: a test reads the file while the program runs.
-                guest->set_line_observer([&record](const received_line& line) {
-                    record << line.text << '\n';
-                    record.flush();
+            if (record.is_open() || opt.log_requests) {
+                // Flushed per line: a test reads the file (or the console) while this runs.
+                guest->set_line_observer([&record, &opt](const received_line& line) {
+                    if (record.is_open()) {
+                        record << line.text << '\n';
+                        record.flush();
+                    }
+                    if (opt.log_requests)
+                        std::cout << "request " << request_summary(line.text) << std::endl;
                 });
             }
+            if (opt.power_off_on_shutdown)
+                guest->set_shutdown_observer(power_off_machine);
             std::cout << "listening " << listen_on(*guest, spec) << std::endl;
             guests.push_back(std::move(guest));
         }
@@ -193,11 +232,25 @@ int main(int argc, char** argv) {
                            stereos::transport::rethrow_if_failed);
         }
 
+        asio::signal_set blips(io, SIGUSR1);
+        std::function<void()> close_on_blip = [&] {
+            blips.async_wait([&](boost::system::error_code ec, int) {
+                if (ec)
+                    return;
+                std::cout << "closing every connection (SIGUSR1)" << std::endl;
+                for (auto& guest : guests)
+                    guest->close_connections();
+                close_on_blip();
+            });
+        };
+        close_on_blip();
+
         asio::signal_set signals(io, SIGINT, SIGTERM);
         signals.async_wait([&](boost::system::error_code ec, int) {
             if (ec)
                 return;
             script_timer.cancel();
+            blips.cancel();
             for (auto& guest : guests)
                 guest->stop();
         });

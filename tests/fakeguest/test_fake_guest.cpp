@@ -3,12 +3,16 @@
 // stereos-fakeguest program as a real process.
 #define BOOST_TEST_MODULE stereos_fakeguest_tests
 #include <fcntl.h>
+#include <linux/vm_sockets.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -699,6 +703,80 @@ BOOST_AUTO_TEST_SUITE_END()
 
 // ---- hybrid vsock ---------------------------------------------------------------------------
 
+BOOST_AUTO_TEST_SUITE(vm_guest_daemon)
+
+BOOST_AUTO_TEST_CASE(the_shutdown_observer_runs_once_every_connection_is_closed) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    guest.behaviour.shutdown_linger = 200ms;
+    int calls = 0;
+    std::size_t open_at_call = 99;
+    guest.set_shutdown_observer([&] {
+        ++calls;
+        open_at_call = guest.open_connections();
+    });
+    const auto endpoint = guest.listen_tcp();
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        const std::string shutdown = encoded(protocol::shutdown_payload{"test"});
+        co_await client.send(shutdown);
+        BOOST_TEST(expect_reply<protocol::ack_payload>(co_await client.expect_line()).ok);
+        BOOST_TEST(calls == 0);  // acked first; the machine goes down after the linger
+        BOOST_TEST(co_await client.read_until_closed(5s) == asio::error::eof);
+        co_await sleep_for(100ms);
+    });
+    BOOST_TEST(calls == 1);
+    BOOST_TEST(open_at_call == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(request_summaries_name_things_and_never_carry_values) {
+    const std::string secret_value = "s3cr3t-value-never-logged";
+    BOOST_TEST(request_summary(encoded(protocol::secret_payload{"API_KEY", secret_value, 0})) ==
+               "inject_secret name=API_KEY");
+    BOOST_TEST(request_summary(encoded(
+                   protocol::config_payload{"token = \"" + secret_value + "\""})) == "set_config");
+    BOOST_TEST(request_summary(encoded(protocol::ssh_key_payload{"admin", "ssh-ed25519 AAAA"})) ==
+               "inject_ssh_key user=admin");
+    BOOST_TEST(request_summary(encoded(protocol::mount_payload{"share0", "/w", "virtiofs"})) ==
+               "mount tag=share0");
+    BOOST_TEST(request_summary(R"({"type":"ping"})") == "ping");
+    BOOST_TEST(request_summary(R"({"type":"inject_secret","payload":{"value":"x"}})") ==
+               "inject_secret");
+    BOOST_TEST(request_summary("not json") == "unparsable");
+    BOOST_TEST(request_summary(R"(["type"])") == "unparsable");
+}
+
+// A real AF_VSOCK listener binds and listens here too; only connecting needs a VM (the
+// tests/vm cases connect to it through the guest kernel's loopback).
+BOOST_AUTO_TEST_CASE(a_vsock_listener_holds_its_port_until_stopped) {
+    const int probe = ::socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (probe < 0) {
+        BOOST_TEST_MESSAGE("no AF_VSOCK sockets on this machine: " << std::strerror(errno));
+        return;
+    }
+    auto bind_probe = [probe](std::uint32_t port) {
+        sockaddr_vm address{};
+        address.svm_family = AF_VSOCK;
+        address.svm_cid = VMADDR_CID_ANY;
+        address.svm_port = port;
+        return ::bind(probe, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0
+                   ? 0
+                   : errno;
+    };
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    // A port from the dynamic range that nothing else on this machine is likely to hold.
+    const std::uint32_t port = 40000 + static_cast<std::uint32_t>(::getpid() % 20000);
+    BOOST_TEST(guest.listen_vsock(VMADDR_CID_ANY, port) == "vsock:ANY:" + std::to_string(port));
+    BOOST_TEST(bind_probe(port) == EADDRINUSE);
+    guest.stop();
+    io.run_for(1s);
+    BOOST_TEST(bind_probe(port) == 0);
+    ::close(probe);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE(hybrid_vsock)
 
 BOOST_AUTO_TEST_CASE(connect_to_the_right_port_gets_ok_and_then_the_guest_protocol) {
@@ -1113,6 +1191,18 @@ BOOST_AUTO_TEST_CASE(durations_need_a_unit) {
     BOOST_CHECK_THROW(parse_duration("5 h"), std::invalid_argument);
 }
 
+BOOST_AUTO_TEST_CASE(vsock_listen_specs_take_any_or_a_cid_and_expand_by_port) {
+    const auto any = parse_listen_spec("vsock:ANY:1024");
+    BOOST_TEST((any.what == listen_spec::kind::vsock && any.vsock_cid == any_vsock_cid &&
+                any.vsock_port == 1024));
+    const auto cid = parse_listen_spec("vsock:3:5000");
+    BOOST_TEST((cid.vsock_cid == 3u && cid.vsock_port == 5000u));
+    const auto ports = expand_listen_spec(any, 2);
+    BOOST_TEST((ports[0].vsock_port == 1024u && ports[1].vsock_port == 1025u));
+    BOOST_CHECK_THROW(parse_listen_spec("vsock::1024"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_listen_spec("vsock:ANY:99999999999"), std::invalid_argument);
+}
+
 BOOST_AUTO_TEST_CASE(listen_specs_parse_and_expand_by_count) {
     const auto tcp = parse_listen_spec("tcp:127.0.0.1:7000");
     BOOST_TEST((tcp.what == listen_spec::kind::tcp && tcp.host == "127.0.0.1" && tcp.port == 7000));
@@ -1121,7 +1211,9 @@ BOOST_AUTO_TEST_CASE(listen_specs_parse_and_expand_by_count) {
     const auto hybrid = parse_listen_spec("hybrid:/run/a:b/v.sock:1024");
     BOOST_TEST((hybrid.what == listen_spec::kind::hybrid && hybrid.path == "/run/a:b/v.sock" &&
                 hybrid.vsock_port == 1024));
-    BOOST_CHECK_THROW(parse_listen_spec("vsock:3:1024"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_listen_spec("vsock:3"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_listen_spec("vsock:host:1024"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_listen_spec("ftp:127.0.0.1:21"), std::invalid_argument);
     BOOST_CHECK_THROW(parse_listen_spec("tcp:127.0.0.1:99999"), std::invalid_argument);
 
     const auto ports = expand_listen_spec(tcp, 3);
@@ -1189,6 +1281,8 @@ class fakeguest_process {
     }
 
     line_reader<asio::posix::stream_descriptor>& stdout_lines() { return *out_; }
+
+    void send_signal(int signal_number) { ::kill(pid_, signal_number); }
 
     // The exit status after SIGTERM, or -1 when it did not exit within `limit`.
     int terminate_and_wait(std::chrono::seconds limit) {
@@ -1328,9 +1422,50 @@ BOOST_AUTO_TEST_CASE(stall_and_lifetime_flags_reach_every_guest) {
 
 BOOST_AUTO_TEST_CASE(a_bad_argument_exits_non_zero) {
     asio::io_context io;
-    fakeguest_process process(io, {"--listen", "vsock:3:1024"});
+    fakeguest_process process(io, {"--listen", "vsock:ANY:port"});
     run_io(io, [&]() -> asio::awaitable<void> {
         // No listening line: stdout just ends when the program exits.
+        const auto got = co_await process.stdout_lines().read_line(20s);
+        BOOST_TEST(!got.line.has_value());
+        BOOST_TEST(got.end == asio::error::eof);
+    });
+    BOOST_TEST(process.terminate_and_wait(20s) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(log_requests_prints_names_not_values_and_sigusr1_closes_connections) {
+    asio::io_context io;
+    const std::string secret_value = "s3cr3t-on-the-console";
+    fakeguest_process process(io, {"--listen", "tcp:127.0.0.1:0", "--log-requests"});
+    run_io(io, [&]() -> asio::awaitable<void> {
+        const auto endpoint = (co_await read_listening_lines(process, 1)).at(0);
+        auto client = co_await connect(endpoint);
+        const std::string secret = encoded(protocol::secret_payload{"API_KEY", secret_value, 0});
+        co_await client.send(secret);
+        BOOST_TEST(expect_reply<protocol::ack_payload>(co_await client.expect_line()).ok);
+        const auto logged = co_await process.stdout_lines().expect_line(20s);
+        BOOST_TEST(logged == "request inject_secret name=API_KEY");
+
+        process.send_signal(SIGUSR1);
+        BOOST_TEST(co_await process.stdout_lines().expect_line(20s) ==
+                   "closing every connection (SIGUSR1)");
+        BOOST_TEST(co_await client.read_until_closed(10s) == asio::error::eof);
+        // Still serving after the blip.
+        auto again = co_await connect(endpoint);
+        co_await again.send(ping_line);
+        expect_reply<protocol::pong_reply>(co_await again.expect_line());
+        BOOST_TEST(co_await process.stdout_lines().expect_line(20s) == "request ping");
+        BOOST_TEST(logged.find(secret_value) == std::string::npos);
+    });
+    BOOST_TEST(process.terminate_and_wait(20s) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(power_off_on_shutdown_is_refused_outside_a_test_vm) {
+    BOOST_TEST_REQUIRE(!std::filesystem::exists("/run/stereos-vm"),
+                       "this machine is marked as a test VM");
+    asio::io_context io;
+    fakeguest_process process(io, {"--listen", "tcp:127.0.0.1:0", "--power-off-on-shutdown"});
+    run_io(io, [&]() -> asio::awaitable<void> {
+        // It exits before listening: no line, just the end of its output.
         const auto got = co_await process.stdout_lines().read_line(20s);
         BOOST_TEST(!got.line.has_value());
         BOOST_TEST(got.end == asio::error::eof);

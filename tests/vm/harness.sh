@@ -1,0 +1,169 @@
+# The real-VM test harness, sourced by vm_test.sh: boots a QEMU/TCG VM from the initramfs that
+# tests/vm/make-initramfs builds, drives it through QMP and its serial console, and runs
+# stereos-hostd on the host with its event stream captured by `stereosctl events`.
+# Every process it starts is killed when the test script exits.
+
+skip=77
+vm_pids=()
+vm_work=$(mktemp -d /tmp/stereos-vm.XXXXXX)
+vm_keep_work=${STEREOS_VM_KEEP:-0}
+
+vm_cleanup() {
+    local pid
+    for pid in "${vm_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for pid in "${vm_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$vm_keep_work" = 1 ]; then echo "kept $vm_work" >&2; else rm -rf "$vm_work"; fi
+}
+trap vm_cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    vm_show_logs >&2
+    exit 1
+}
+
+vm_show_logs() {
+    echo "--- states: $(vm_states | tr '\n' ' ')"
+    [ -f "$vm_work/events.txt" ] && { echo "--- events"; cat "$vm_work/events.txt"; }
+    [ -f "$vm_work/hostd.log" ] && { echo "--- stereos-hostd (last 40 lines)"; tail -n 40 "$vm_work/hostd.log"; }
+    [ -f "$vm_work/serial.log" ] && { echo "--- serial console"; tr -d '\r' < "$vm_work/serial.log" | tail -n 80; }
+    [ -f "$vm_work/qemu.log" ] && { echo "--- qemu"; cat "$vm_work/qemu.log"; }
+    true
+}
+
+elapsed() { echo "$SECONDS s"; }
+
+# Skips the test (exit 77) with the reason when this machine cannot run the VMs.
+vm_require() {
+    local initramfs=$1
+    command -v qemu-system-x86_64 >/dev/null ||
+        { echo "SKIP: qemu-system-x86_64 not installed (scripts/install-deps installs it)"; exit $skip; }
+    command -v socat >/dev/null || { echo "SKIP: socat not installed"; exit $skip; }
+    [ -f "$initramfs" ] ||
+        { echo "SKIP: no initramfs $initramfs (no kernel in the cache: tests/vm/fetch-kernel)"; exit $skip; }
+    compgen -G "$vm_kernel_dir/boot/vmlinuz-*" >/dev/null ||
+        { echo "SKIP: no kernel in $vm_kernel_dir (tests/vm/fetch-kernel)"; exit $skip; }
+}
+
+# Waits up to SECONDS for COMMAND... to succeed (polled every 0.2 s).
+wait_until() {
+    local seconds=$1
+    shift
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+serial_text() { tr -d '\r' < "$vm_work/serial.log" 2>/dev/null || true; }
+# How many serial console lines contain TEXT (a fixed string).
+serial_count() { serial_text | grep -cF -- "$1" || true; }
+serial_count_at_least() { [ "$(serial_count "$1")" -ge "$2" ]; }
+
+# Boots the VM. Arguments: the initramfs, then extra kernel parameters. With a TCP forward the
+# guest's port 1024 is reachable at tcp:127.0.0.1:$vm_port.
+vm_boot() {
+    local initramfs=$1
+    shift
+    local kernel
+    kernel=$(compgen -G "$vm_kernel_dir/boot/vmlinuz-*" | head -1)
+    local network=()
+    if [ "${vm_forward:-1}" = 1 ]; then
+        # A free port now; QEMU owns it from its start, as on a real host.
+        vm_port=$(free_tcp_port)
+        network=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$vm_port-:1024"
+            -device virtio-net-pci,netdev=net0,romfile=)
+    fi
+    qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -no-user-config -display none \
+        -kernel "$kernel" -initrd "$initramfs" \
+        -append "console=ttyS0 quiet panic=-1 mitigations=off no_timer_check $*" \
+        -chardev "socket,id=serial0,path=$vm_work/serial.sock,server=on,wait=off,logfile=$vm_work/serial.log" \
+        -serial chardev:serial0 \
+        -qmp "unix:$vm_work/qmp.sock,server=on,wait=off" \
+        "${network[@]}" > "$vm_work/qemu.log" 2>&1 &
+    vm_qemu_pid=$!
+    vm_pids+=("$vm_qemu_pid")
+    wait_until 20 test -S "$vm_work/qmp.sock" || fail "qemu did not start"
+    echo "[$(elapsed)] vm booting (qemu pid $vm_qemu_pid${vm_port:+, guest port 1024 at 127.0.0.1:$vm_port})"
+}
+
+# A port nothing listens on now (QEMU fails to start if it is taken meanwhile).
+free_tcp_port() {
+    local port
+    for _ in $(seq 50); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    fail "no free TCP port found"
+}
+
+vm_running() { kill -0 "$vm_qemu_pid" 2>/dev/null; }
+
+# Sends one QMP command (e.g. system_reset) and prints QEMU's answers.
+vm_qmp() {
+    printf '{"execute":"qmp_capabilities"}\n{"execute":"%s"}\n' "$1" |
+        socat -t 2 - "UNIX-CONNECT:$vm_work/qmp.sock"
+}
+
+# Types a command line into the shell on the VM's serial console.
+vm_console() {
+    printf '%s\n' "$*" | socat -t 1 - "UNIX-CONNECT:$vm_work/serial.sock" >/dev/null
+}
+
+# Starts stereos-hostd with one guest "vm" at ENDPOINT, provisioned with a config file and a
+# secret, and short timeouts so that the cases run quickly; then follows its events.
+hostd_start() {
+    local endpoint=$1
+    printf 'mixtape = "vm-test"\n' > "$vm_work/jcard.toml"
+    printf 'vm-secret-value-%s' "$RANDOM$RANDOM" > "$vm_work/secret"
+    cat > "$vm_work/config.toml" <<TOML
+[daemon]
+api_socket = "$vm_work/api.sock"
+api_group = ""
+state_dir = "$vm_work/state"
+log_level = "debug"
+request_timeout = "3s"
+connect_timeout = "2s"
+keepalive_interval = "2s"
+health_interval = "1s"
+reconnect_max = "1s"
+
+[[guest]]
+name = "vm"
+endpoint = "$endpoint"
+[guest.provision]
+config_file = "$vm_work/jcard.toml"
+secrets = [ { name = "VM_SECRET", file = "$vm_work/secret" } ]
+TOML
+    "$vm_hostd" --config "$vm_work/config.toml" --log stderr > "$vm_work/hostd.log" 2>&1 &
+    vm_pids+=($!)
+    wait_until 20 test -S "$vm_work/api.sock" || fail "stereos-hostd did not start"
+    "$vm_ctl" --socket "$vm_work/api.sock" events vm > "$vm_work/events.txt" 2>&1 &
+    vm_pids+=($!)
+    wait_until 10 grep -q ' state ' "$vm_work/events.txt" || fail "no event stream"
+    echo "[$(elapsed)] stereos-hostd running, guest vm at $endpoint"
+}
+
+ctl() { "$vm_ctl" --socket "$vm_work/api.sock" "$@"; }
+
+# The guest's states in order, from the event stream ("... vm state FROM -> TO (reason)").
+vm_states() {
+    [ -f "$vm_work/events.txt" ] || return 0
+    sed -n 's/^[^ ]* vm state \(.* -> \)\{0,1\}\([a-z_]*\).*/\2/p' "$vm_work/events.txt"
+}
+vm_state_now() { vm_states | tail -n 1; }
+vm_state_is() { [ "$(vm_state_now)" = "$1" ]; }
+vm_states_line() { vm_states | tr '\n' ' ' | sed 's/ $//'; }
+# Counts provisioning runs the daemon reported done.
+provisions_done() { grep -c ' vm provision done' "$vm_work/events.txt" || true; }
+
+# Waits until the guest daemon in the VM has received the whole provisioning the N-th time,
+# as its own log on the console shows.
+wait_provisioned_times() {
+    local times=$1 seconds=$2
+    wait_until "$seconds" serial_count_at_least "request inject_secret name=VM_SECRET" "$times"
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# One real-VM case: a QEMU/TCG VM whose guest daemon is the fake guest, and stereos-hostd on the
+# host (or, for `vsock`, inside the VM). Each case asserts the guest's states from the event
+# stream and what the guest daemon received from its own log on the serial console.
+#   vm_test.sh CASE HOSTD CTL IMAGE_DIR KERNEL_DIR
+# CASE: boot, reset, guest_restart, link_blip, shutdown, vsock. Exits 77 (skip) with the reason
+# when QEMU or the kernel is missing. STEREOS_VM_KEEP=1 keeps the work directory.
+set -euo pipefail
+case_name=$1 vm_hostd=$2 vm_ctl=$3 image_dir=$4 vm_kernel_dir=$5
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=harness.sh
+source "$here/harness.sh"
+
+guest_image=$image_dir/initramfs-guest.cpio.gz
+vsock_image=$image_dir/initramfs-vsock.cpio.gz
+secret_request="request inject_secret name=VM_SECRET"
+
+# Boots the VM behind user-mode forwarding with the daemon on the host, and waits until the
+# guest is healthy and provisioned once.
+boot_and_provision() {
+    vm_require "$guest_image"
+    vm_boot "$guest_image"
+    hostd_start "tcp:127.0.0.1:$vm_port"
+    wait_provisioned_times 1 120 || fail "the guest was not provisioned within 120 s"
+    wait_until 30 vm_state_is healthy || fail "the guest did not become healthy"
+    echo "[$(elapsed)] healthy and provisioned: $(vm_states_line)"
+}
+
+assert_no_state() {
+    local state
+    for state in "$@"; do
+        if vm_states | grep -qx "$state"; then
+            fail "the states went through $state: $(vm_states_line)"
+        fi
+    done
+}
+
+case_boot() {
+    boot_and_provision
+    assert_no_state unresponsive disconnected
+    local state
+    for state in $(vm_states); do
+        case "$state" in
+            connecting | booting | ready | healthy) ;;
+            *) fail "a normal boot went through $state: $(vm_states_line)" ;;
+        esac
+    done
+    echo "PASS: boot read as $(vm_states_line)"
+}
+
+case_reset() {
+    boot_and_provision
+    local round
+    for round in 1 2 3 4 5; do
+        vm_qmp system_reset > "$vm_work/qmp.out" || fail "QMP system_reset failed"
+        grep -q '"return"' "$vm_work/qmp.out" || fail "QMP answered $(cat "$vm_work/qmp.out")"
+        wait_until 120 serial_count_at_least "stereos-vm: boot" $((round + 1)) ||
+            fail "reset $round: the VM did not boot again"
+        echo "[$(elapsed)] reset $round: the VM booted again"
+        wait_provisioned_times $((round + 1)) 60 ||
+            fail "reset $round: not provisioned again within 60 s of the boot"
+        wait_until 30 eval '[ "$(provisions_done)" -ge $((round + 1)) ]' ||
+            fail "reset $round: the daemon reported no provisioning done"
+        echo "[$(elapsed)] reset $round: provisioned again; states $(vm_states_line)"
+    done
+    # Each boot's part of the console shows a full provisioning: set_config and the secret.
+    local boots
+    boots=$(serial_text | awk '/stereos-vm: boot/ { n++ } /request set_config/ { c[n]++ }
+        /request inject_secret name=VM_SECRET/ { s[n]++ }
+        END { for (i = 1; i <= n; i++) printf "%d:%d/%d ", i, c[i], s[i] }')
+    echo "boot:set_config/inject_secret per boot: $boots"
+    for entry in $boots; do
+        case "$entry" in *:0/* | */0) fail "a boot was not fully provisioned: $boots" ;; esac
+    done
+    wait_until 30 vm_state_is healthy || fail "not healthy after the last reset"
+    echo "PASS: 5 resets, provisioned after each; states $(vm_states_line)"
+}
+
+case_guest_restart() {
+    boot_and_provision
+    # The restarted daemon's start time must differ clearly from the first one: beyond the
+    # whole-second granularity plus a reboot-detection tolerance of a few seconds.
+    sleep 6
+    vm_console 'kill $(pidof stereos-fakeguest)'
+    wait_until 30 serial_count_at_least "stereos-vm: guest daemon start 2" 1 ||
+        fail "the guest daemon was not restarted"
+    echo "[$(elapsed)] guest daemon restarted"
+    wait_provisioned_times 2 60 || fail "not provisioned again after the guest daemon restarted"
+    wait_until 30 vm_state_is healthy || fail "not healthy after the restart"
+    echo "PASS: re-provisioned after a guest daemon restart; states $(vm_states_line)"
+}
+
+case_link_blip() {
+    boot_and_provision
+    local ups_before
+    ups_before=$(grep -c ' vm link up' "$vm_work/events.txt" || true)
+    vm_console 'kill -USR1 $(pidof stereos-fakeguest)'
+    wait_until 30 serial_count_at_least "closing every connection (SIGUSR1)" 1 ||
+        fail "the guest daemon did not close its connections"
+    wait_until 30 eval '[ "$(grep -c " vm link up" "$vm_work/events.txt")" -gt "$ups_before" ]' ||
+        fail "the link did not come back"
+    wait_until 30 vm_state_is healthy || fail "not healthy after the blip"
+    echo "[$(elapsed)] link back: $(vm_states_line)"
+    # Several health polls on the new link, time enough to provision if it were mistaken.
+    sleep 6
+    [ "$(serial_count "$secret_request")" = 1 ] ||
+        fail "re-provisioned after a blip without a restart ($(serial_count "$secret_request") secrets)"
+    [ "$(serial_count "stereos-vm: guest daemon start")" = 1 ] || fail "the guest daemon restarted"
+    echo "PASS: a link blip without a restart was not re-provisioned; states $(vm_states_line)"
+}
+
+case_shutdown() {
+    boot_and_provision
+    ctl shutdown vm --reason "vm test" || fail "stereosctl shutdown failed"
+    wait_until 60 eval '! vm_running' || fail "the VM did not power off"
+    echo "[$(elapsed)] qemu exited: the VM powered off"
+    serial_count_at_least "request shutdown" 1 || fail "the guest daemon got no shutdown"
+    wait_until 20 vm_state_is shutdown || fail "the state is not shutdown"
+    sleep 3  # the daemon must not take it for a lost link afterwards
+    vm_state_is shutdown || fail "the state left shutdown"
+    echo "PASS: powered off, state shutdown; states $(vm_states_line)"
+}
+
+# The daemon and the guest daemon in one VM over AF_VSOCK loopback (CID 1); tests/vm/vsock-case
+# runs the steps inside and reports each on the console.
+case_vsock() {
+    vm_require "$vsock_image"
+    vm_forward=0 vm_boot "$vsock_image" stereos.listen=vsock:ANY:1024 stereos.run=vsock-case
+    wait_until 200 serial_count_at_least "vsock-case: done" 1 || fail "vsock-case did not finish"
+    serial_text | grep '^vsock-case:' || true
+    serial_count_at_least "vsock-case: FAIL" 1 && fail "a step failed inside the VM"
+    local step
+    for step in ready ping health secret restart reprovisioned; do
+        serial_count_at_least "vsock-case: ok $step" 1 || fail "step $step did not pass"
+    done
+    serial_count_at_least "request inject_secret name=VSOCK_API_SECRET" 1 ||
+        fail "the guest daemon's log shows no secret from the API"
+    [ "$(serial_count "$secret_request")" -ge 2 ] ||
+        fail "the guest daemon's log shows fewer than 2 provisionings"
+    local value
+    for value in vsock-secret-value vsock-api-secret; do
+        [ "$(serial_count "$value")" = 0 ] || fail "a secret value reached the console"
+    done
+    echo "PASS: AF_VSOCK end to end"
+}
+
+# The guest daemon's console log names secrets; neither it nor the daemon's log, events or
+# output may carry a value.
+assert_no_secret_value() {
+    [ -f "$vm_work/secret" ] || return 0
+    local value file
+    value=$(cat "$vm_work/secret")
+    for file in serial.log hostd.log events.txt; do
+        if [ -f "$vm_work/$file" ] && grep -qF -- "$value" "$vm_work/$file"; then
+            fail "the secret value appears in $file"
+        fi
+    done
+}
+
+"case_$case_name"
+assert_no_secret_value
