@@ -25,15 +25,6 @@ std::string_view path_of(const http_request& request) {
     return target.substr(0, std::min(target.find('?'), target.size()));
 }
 
-std::optional<std::string> user_name_of(uid_t uid) {
-    std::vector<char> buffer(16384);
-    passwd entry{};
-    passwd* found = nullptr;
-    if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
-        return std::nullopt;
-    return std::string(found->pw_name);
-}
-
 }  // namespace
 
 bool changes_something(const http_request& request) {
@@ -63,8 +54,8 @@ std::string describe_peer(const peer_access& access) {
         return "an unknown peer";
     const auto& peer = *access.peer;
     std::string text = "uid " + std::to_string(peer.uid);
-    if (auto name = user_name_of(peer.uid))
-        text += " (" + *name + ")";
+    if (!access.peer_user.empty())
+        text += " (" + access.peer_user + ")";
     text += ", gid " + std::to_string(peer.gid) + ", pid " + std::to_string(peer.pid);
     return text;
 }
@@ -80,19 +71,17 @@ void api_audit::record(const http_request& request, const peer_access& access,
     std::string outcome = status + " " + std::string(http::obsolete_reason(response.result()));
 
     std::string uid, gid, pid;
-    std::optional<std::string> user;
     if (access.peer) {
         uid = std::to_string(access.peer->uid);
         gid = std::to_string(access.peer->gid);
         pid = std::to_string(access.peer->pid);
-        user = user_name_of(access.peer->uid);
     }
     const log::fields fields{.guest = guest,
                              .request = what,
                              .peer_uid = uid,
                              .peer_gid = gid,
                              .peer_pid = pid,
-                             .peer_user = user ? std::string_view(*user) : std::string_view(),
+                             .peer_user = access.peer_user,
                              .status = status};
     const auto message = what + " by " + describe_peer(access) + ": " + outcome;
     if (!refused) {

@@ -45,10 +45,7 @@ struct peer_access {
     peer_access() = default;
     peer_access(bool read, bool write, bool reference_host = false,
                 std::optional<peer_credentials> credentials = std::nullopt)
-        : may_read(read),
-          may_write(write),
-          may_reference_host(reference_host),
-          peer(credentials) {}
+        : may_read(read), may_write(write), may_reference_host(reference_host), peer(credentials) {}
 
     bool may_read = false;   // GET routes
     bool may_write = false;  // POST, PUT, DELETE routes
@@ -57,6 +54,9 @@ struct peer_access {
     bool may_reference_host = false;
     // Who the peer is, for the audit trail; empty when SO_PEERCRED failed.
     std::optional<peer_credentials> peer{};
+    // The peer's user name, looked up once per connection (a user database lookup may be slow,
+    // and the daemon has one thread); empty if it does not resolve.
+    std::string peer_user{};
 };
 
 // What the handlers act on. Owned by api_server; the references outlive it.

@@ -93,6 +93,15 @@ void log_session_failure(const std::exception_ptr& e) {
 
 // ---- credentials ----------------------------------------------------------------------------
 
+std::optional<std::string> user_name_of(uid_t uid) {
+    std::vector<char> buffer(16384);
+    passwd entry{};
+    passwd* found = nullptr;
+    if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
+        return std::nullopt;
+    return std::string(found->pw_name);
+}
+
 std::optional<peer_credentials> peer_credentials_of(int socket_fd) {
     ucred cred{};
     socklen_t size = sizeof cred;
@@ -296,7 +305,10 @@ api::peer_access api_server::access_of(int socket_fd) const {
     const bool owner = peer->uid == 0 || peer->uid == ::geteuid();
     const bool writer = owner || (group_ && peer_in_group(*peer, *group_));
     const bool reader = writer || (read_group_ && peer_in_group(*peer, *read_group_));
-    return {reader, writer, owner, *peer};
+    api::peer_access access{reader, writer, owner, *peer};
+    if (auto name = user_name_of(peer->uid))
+        access.peer_user = std::move(*name);
+    return access;
 }
 
 asio::awaitable<void> api_server::accept_loop() {

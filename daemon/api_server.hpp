@@ -51,6 +51,8 @@ api_server_options api_options_from(const config::daemon_settings& settings);
 
 using api::peer_credentials;
 std::optional<peer_credentials> peer_credentials_of(int socket_fd);
+// The name of user `uid`, or nothing if it does not resolve.
+std::optional<std::string> user_name_of(uid_t uid);
 // Whether the peer is in `group`: its primary group, else its supplementary groups from
 // /proc/PID/status, else (no such process visible) the groups of its user.
 bool peer_in_group(const peer_credentials& peer, gid_t group);

@@ -43,8 +43,11 @@ std::string describe_ms(std::chrono::milliseconds d) {
     return std::to_string(d.count()) + "ms";
 }
 
-// Whether a batch of inotify events read from its descriptor names the file `name`.
-bool names_file(std::string_view events, std::string_view name) {
+enum class watch_news { nothing, file_appeared, watch_gone };
+
+// What a batch of inotify events read from its descriptor says about the file `name`.
+watch_news read_watch_events(std::string_view events, std::string_view name) {
+    auto news = watch_news::nothing;
     for (std::size_t at = 0; at + sizeof(inotify_event) <= events.size();) {
         inotify_event header{};
         std::memcpy(&header, events.data() + at, sizeof header);
@@ -52,11 +55,14 @@ bool names_file(std::string_view events, std::string_view name) {
         if (header.len > 0 && name_at + header.len <= events.size()) {
             const std::string_view padded(events.data() + name_at, header.len);
             if (padded.substr(0, padded.find('\0')) == name)
-                return true;
+                return watch_news::file_appeared;
         }
+        // The directory itself went (e.g. a VMM's per-VM directory on exit): the watch is dead.
+        if ((header.mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) != 0)
+            news = watch_news::watch_gone;
         at = name_at + header.len;
     }
-    return false;
+    return news;
 }
 
 // Removes a map entry when the scope ends.
@@ -254,11 +260,17 @@ void guest_link::reconnect_now() {
     if (stopping_ || finished_)
         return;
     open_fast_retry_window();
-    retry_at_once_ = true;
-    if (connected_)
+    if (connected_) {
+        // A link that answered within the last second is not the stale one a VM reset leaves
+        // behind: keep it, so repeated calls cannot make a healthy guest flap.
+        if (clock::now() - last_received_ < std::chrono::seconds(1))
+            return;
+        retry_at_once_ = true;
         drop_connection(link_error::reconnect_requested, "reconnect requested");
-    else
+    } else {
+        retry_at_once_ = true;
         retry_timer_.cancel();
+    }
 }
 
 void guest_link::open_fast_retry_window() {
@@ -305,7 +317,9 @@ bool guest_link::watch_socket_file() {
     if (fd < 0)
         return false;
     // IN_ATTRIB too: a VMM may bind the socket and only then chown or chmod it.
-    if (::inotify_add_watch(fd, directory.c_str(), IN_CREATE | IN_MOVED_TO | IN_ATTRIB) < 0) {
+    if (::inotify_add_watch(fd, directory.c_str(),
+                            IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) <
+        0) {
         ::close(fd);
         return false;  // e.g. the directory does not exist yet: the timer alone decides
     }
@@ -322,17 +336,20 @@ asio::awaitable<void> guest_link::socket_file_created() {
         auto [ec, n] = co_await socket_watch_->async_read_some(asio::buffer(buffer), use_tuple);
         if (ec == asio::error::operation_aborted)
             co_return;
-        if (ec) {
-            // The watch broke: the retry timer alone decides from now on.
+        const auto news =
+            ec ? watch_news::watch_gone
+               : read_watch_events(std::string_view(buffer.data(), n), socket_file_name_);
+        if (news == watch_news::file_appeared)
+            co_return;
+        if (news == watch_news::watch_gone) {
+            // The timer alone decides this wait; the next wait makes a new watch.
             error_code ignored;
             socket_watch_->close(ignored);
             socket_watch_.reset();
-            asio::steady_timer forever(executor_, clock::time_point::max());
-            co_await forever.async_wait(use_tuple);
+            asio::steady_timer until_the_timer(executor_, clock::time_point::max());
+            co_await until_the_timer.async_wait(use_tuple);
             co_return;
         }
-        if (names_file(std::string_view(buffer.data(), n), socket_file_name_))
-            co_return;
     }
 }
 
@@ -344,6 +361,7 @@ asio::awaitable<void> guest_link::connection_loop() {
 
     while (!stopping_) {
         emit(link_events::connecting{++attempt});
+        retry_at_once_ = false;  // this attempt is the one asked for
         const auto attempt_started = clock::now();
         auto connected = co_await transport::async_connect(target_, options_.connect_timeout);
         if (stopping_)
@@ -402,6 +420,7 @@ asio::awaitable<guest_link::handshake_outcome> guest_link::exchange_handshake() 
     };
     framer_.reset();
     early_pushes_.clear();
+    handshake_sent_at_ = clock::now();
     std::string request;
     const protocol::host_message poll = protocol::get_health_request{};
     protocol::encode_into(request, poll);
@@ -466,7 +485,7 @@ asio::awaitable<void> guest_link::serve_connection(const protocol::health_payloa
     drop_reason_ = {};
     drop_detail_.clear();
     last_received_ = clock::now();
-    emit(link_events::up{greeting, last_received_});
+    emit(link_events::up{greeting, last_received_, handshake_sent_at_});
     // Pushed before the handshake's answer: told after `up`, as they were received.
     auto early = std::move(early_pushes_);
     early_pushes_.clear();

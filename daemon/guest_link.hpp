@@ -65,6 +65,7 @@ struct connect_failed {
 struct up {
     protocol::health_payload health;  // the guest's answer to the handshake
     std::chrono::steady_clock::time_point answered_at;
+    std::chrono::steady_clock::time_point asked_at;  // when the handshake was sent
 };
 struct down {
     boost::system::error_code error;
@@ -135,7 +136,8 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
                                                          clock::time_point deadline);
 
     // "This guest just started": drops a connection that may be stale (a VM reset leaves the
-    // old one silent), cuts a backoff wait short, and retries fast for fast_retry_window.
+    // old one silent; one that answered within the last second is kept), cuts a backoff wait
+    // short, and retries fast for fast_retry_window.
     void reconnect_now();
 
     bool is_up() const noexcept { return connected_; }
@@ -212,6 +214,7 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     unsigned consecutive_timeouts_ = 0;
     bool declared_unresponsive_ = false;  // on this connection
     clock::time_point fast_retry_until_{};
+    clock::time_point handshake_sent_at_{};
     bool retry_at_once_ = false;                             // reconnect_now() during a wait
     std::vector<protocol::lifecycle_payload> early_pushes_;  // pushed before the handshake reply
     boost::system::error_code drop_reason_;

@@ -182,10 +182,11 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
                                store_.file().string() + ")");
             continue;
         }
-        // Root or the daemon's user wrote these references, through the API or into the state
-        // directory.
+        // Host references are followed only if root or the daemon's user supplied them.
+        const auto caller = record.references_trusted ? provision_caller::host_trusted
+                                                      : provision_caller::values_only;
         auto definition = runtime_guest_definition(record.name, record.endpoint, record.provision,
-                                                   config_.daemon, provision_caller::host_trusted);
+                                                   config_.daemon, caller);
         if (!definition) {
             problems.push_back("runtime guest \"" + record.name +
                                "\" is not started: " + definition.error().message);
@@ -248,8 +249,9 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
     auto split = split_out_values(provision);
-    runtime_records_.push_back(
-        {name, endpoint, std::move(split.persisted), std::move(split.withheld_values)});
+    runtime_records_.push_back({name, endpoint, std::move(split.persisted),
+                                std::move(split.withheld_values),
+                                caller == provision_caller::host_trusted});
     if (auto error = persist()) {
         runtime_records_.pop_back();
         return result(boost::system::in_place_error,
@@ -294,6 +296,7 @@ guest_registry::replace_provision(const std::string& name, const json::object& p
     auto kept = *record;
     record->provision = std::move(split.persisted);
     record->withheld_values = std::move(split.withheld_values);
+    record->references_trusted = caller == provision_caller::host_trusted;
     if (auto error = persist()) {
         *record = std::move(kept);
         return result(boost::system::in_place_error,

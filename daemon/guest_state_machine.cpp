@@ -1,6 +1,7 @@
 // The per-guest state machine: the rules are listed in guest_state_machine.hpp.
 #include "daemon/guest_state_machine.hpp"
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -153,7 +154,7 @@ event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
     shutdown_acked_ = false;
     if (boot_ == 0) {
         start_new_boot(result, false);
-    } else if (after_shutdown || restarted_since_last_answer(e.health, e.answered_at)) {
+    } else if (after_shutdown || restarted_since_last_answer(e.health, e.asked_at, e.answered_at)) {
         // Powered off before, or stereosd started again: what was provisioned is gone.
         start_new_boot(result, true);
     } else if (provisioning_ == provisioning_status::in_progress ||
@@ -162,7 +163,7 @@ event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
         provisioning_ = provisioning_status::not_due;
         ++provisioning_attempt_;
     }
-    record_health(e.health, e.answered_at, now);
+    record_health(e.health, e.asked_at, e.answered_at, now);
     reported_ = e.health.state;
     move_to(result, host_state_for(e.health.state),
             std::string(result.rebooted ? "link up, guest restarted: " : "link up: ") +
@@ -172,25 +173,43 @@ event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
     return result;
 }
 
+namespace {
+// [asked - uptime - 1 s, answered - uptime]: the guest counted its whole-second uptime at some
+// moment between asking and answering.
+std::pair<guest_events::steady_time, guest_events::steady_time> start_interval(
+    const protocol::health_payload& health, guest_events::steady_time asked_at,
+    guest_events::steady_time answered_at) {
+    if (asked_at == guest_events::steady_time{} || asked_at > answered_at)
+        asked_at = answered_at;
+    const auto uptime = std::chrono::seconds(health.uptime_seconds);
+    return {asked_at - uptime - std::chrono::seconds(1), answered_at - uptime};
+}
+}  // namespace
+
 bool guest_state_machine::restarted_since_last_answer(const protocol::health_payload& health,
+                                                      guest_events::steady_time asked_at,
                                                       guest_events::steady_time answered_at) const {
-    if (!started_at_)
+    if (!started_within_)
         return false;
-    const auto started = answered_at - std::chrono::seconds(health.uptime_seconds);
-    const auto shift = started > *started_at_ ? started - *started_at_ : *started_at_ - started;
-    if (shift > restart_tolerance)
+    const auto [earliest, latest] = start_interval(health, asked_at, answered_at);
+    const auto& [last_earliest, last_latest] = *started_within_;
+    // The gap between the two intervals (zero when they overlap).
+    const auto gap = std::max({earliest - last_latest, last_earliest - latest,
+                               guest_events::steady_time::duration::zero()});
+    if (gap > restart_tolerance)
         return true;
     // One run's uptime never decreases, however close together the answers are.
     return uptime_seconds_ && health.uptime_seconds < *uptime_seconds_;
 }
 
 void guest_state_machine::record_health(const protocol::health_payload& health,
+                                        guest_events::steady_time asked_at,
                                         guest_events::steady_time answered_at,
                                         clock::time_point now) {
     uptime_seconds_ = health.uptime_seconds;
     uptime_at_ = now;
     // The latest reckoning, so slow drift between the clocks never adds up to a false restart.
-    started_at_ = answered_at - std::chrono::seconds(health.uptime_seconds);
+    started_within_ = start_interval(health, asked_at, answered_at);
     agents_ = health.agents;
 }
 
@@ -240,10 +259,10 @@ event_result guest_state_machine::on_health(const guest_events::health_received&
     if (!accepts_guest_messages()) {
         return result;
     }
-    if (restarted_since_last_answer(e.payload, e.answered_at)) {
+    if (restarted_since_last_answer(e.payload, e.asked_at, e.answered_at)) {
         start_new_boot(result, true);
     }
-    record_health(e.payload, e.answered_at, now);
+    record_health(e.payload, e.asked_at, e.answered_at, now);
     on_guest_report(result, e.payload.state,
                     "health: " + std::string(protocol::to_string(e.payload.state)), now);
     return result;
@@ -335,7 +354,7 @@ void guest_state_machine::start_new_boot(event_result& result, bool seen_before)
     // The old run's figures must not make the new one's first health look like another restart.
     uptime_seconds_.reset();
     uptime_at_.reset();
-    started_at_.reset();
+    started_within_.reset();
     provisioning_ = provisioning_status::not_due;
     ++provisioning_attempt_;
     result.rebooted = result.rebooted || seen_before;

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -44,8 +45,9 @@ inline constexpr std::array all_guest_states{
 
 // The events, one struct each. The link layer reports the link_* ones, the line sorter the guest's
 // messages, the request machinery timeouts and replies.
-// Health answers carry the monotonic time they arrived, from which the guest daemon's start time
-// (arrival - uptime_seconds) is reckoned without trusting the wall clock.
+// Health answers carry the monotonic times they were asked for and arrived: the guest daemon
+// started within [asked - uptime_seconds - 1 s, answered - uptime_seconds] (whole-second uptime,
+// counted somewhere between the two), reckoned without trusting the wall clock.
 namespace guest_events {
 using steady_time = std::chrono::steady_clock::time_point;
 struct link_connecting {};
@@ -57,6 +59,7 @@ struct connect_failed {
 struct link_up {
     protocol::health_payload health;
     steady_time answered_at{};
+    steady_time asked_at{};  // unset: the same as answered_at
 };
 struct link_lost {
     std::string reason;  // e.g. "connection reset by peer"
@@ -67,6 +70,7 @@ struct lifecycle_pushed {
 struct health_received {
     protocol::health_payload payload;
     steady_time answered_at{};
+    steady_time asked_at{};  // unset: the same as answered_at
 };
 // The link's one verdict that an up connection stopped answering (it drops it next).
 struct link_unresponsive {
@@ -91,9 +95,9 @@ using guest_event =
                  guest_events::reply_received, guest_events::shutdown_sent,
                  guest_events::shutdown_acked, guest_events::shutdown_failed>;
 
-// How far two reckonings of the guest daemon's start time may differ for the same run of it:
-// uptime_seconds is whole seconds, plus the round trip, with margin.
-inline constexpr std::chrono::seconds restart_tolerance{3};
+// How far apart two reckonings of the guest daemon's start time (each an interval, see above)
+// may be for the same run of it: margin for scheduling and the two clocks' rates.
+inline constexpr std::chrono::seconds restart_tolerance{2};
 
 // A short name of the event kind for logs and test messages, e.g. "link_lost".
 std::string_view event_name(const guest_event& event);
@@ -147,10 +151,11 @@ struct provisioning_ticket {
 // - shutdown_sent: any state with a link up -> shutting_down; shutdown_acked is recorded;
 //   shutdown_failed returns to the last reported state.
 // Boots: the first link ever and a link after shutdown start a new boot. Every health answer
-// (the handshake's first) gives the guest daemon's start time, arrival - uptime_seconds; a shift
-// beyond restart_tolerance from the last one, or an uptime lower than the last, means stereosd
-// started again (a reboot or a restart), whatever the order or spacing of the answers: a new
-// boot, provisioned again. The same start time after a reconnect is the same boot.
+// (the handshake's first) bounds the guest daemon's start time to an interval; one more than
+// restart_tolerance apart from the last answer's, or an uptime lower than the last, means
+// stereosd started again (a reboot or a restart), whatever the order or spacing of the answers:
+// a new boot, provisioned again. A slow answer only widens its interval, so it never looks like
+// a restart. The same start time after a reconnect is the same boot.
 // Provisioning: due when the guest is up (ready, healthy or degraded) in a boot that is not
 // provisioned. A failed or interrupted attempt is due again after the next link up.
 class guest_state_machine {
@@ -170,9 +175,11 @@ class guest_state_machine {
     const std::string& last_link_error() const noexcept { return last_link_error_; }
     // From the last health reply (kept across links, for reboot detection).
     std::optional<std::int64_t> uptime_seconds() const noexcept { return uptime_seconds_; }
-    // When the guest daemon started, reckoned from the last health reply.
-    std::optional<guest_events::steady_time> guest_started_at() const noexcept {
-        return started_at_;
+    // When the guest daemon started, reckoned from the last health reply: no earlier than
+    // first, no later than second.
+    std::optional<std::pair<guest_events::steady_time, guest_events::steady_time>>
+    guest_started_within() const noexcept {
+        return started_within_;
     }
     std::optional<clock::time_point> uptime_at() const noexcept { return uptime_at_; }
     const std::vector<protocol::agent_status>& agents() const noexcept { return agents_; }
@@ -210,8 +217,9 @@ class guest_state_machine {
     event_result on_unresponsive(const guest_events::link_unresponsive& e, clock::time_point now);
     // Whether this health answer shows stereosd started again since the last one.
     bool restarted_since_last_answer(const protocol::health_payload& health,
+                                     guest_events::steady_time asked_at,
                                      guest_events::steady_time answered_at) const;
-    void record_health(const protocol::health_payload& health,
+    void record_health(const protocol::health_payload& health, guest_events::steady_time asked_at,
                        guest_events::steady_time answered_at, clock::time_point now);
     event_result on_reply(clock::time_point now);
     event_result on_shutdown_sent(const guest_events::shutdown_sent& e, clock::time_point now);
@@ -239,7 +247,7 @@ class guest_state_machine {
 
     std::optional<std::int64_t> uptime_seconds_;
     std::optional<clock::time_point> uptime_at_;
-    std::optional<guest_events::steady_time> started_at_;
+    std::optional<std::pair<guest_events::steady_time, guest_events::steady_time>> started_within_;
     std::vector<protocol::agent_status> agents_;
     std::optional<protocol::lifecycle_payload> last_lifecycle_;
     std::optional<clock::time_point> last_lifecycle_at_;

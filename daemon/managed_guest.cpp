@@ -131,7 +131,7 @@ void managed_guest::on_link_event(const link_event& event) {
                               std::to_string(e.health.uptime_seconds) + " s",
                           {.guest = name(), .endpoint = definition_.endpoint_text});
                 bus_.publish(name(), "link", {{"event", "up"}});
-                feed(guest_events::link_up{e.health, e.answered_at});
+                feed(guest_events::link_up{e.health, e.answered_at, e.asked_at});
                 // The handshake was a health poll: the next one is due a full interval later.
                 handshake_polled_ = true;
                 health_timer_.cancel();
@@ -177,7 +177,8 @@ void managed_guest::on_link_event(const link_event& event) {
         event);
 }
 
-void managed_guest::note_reply(const protocol::host_message& sent, const request_result& result) {
+void managed_guest::note_reply(const protocol::host_message& sent, const request_result& result,
+                               std::chrono::steady_clock::time_point asked_at) {
     const bool is_shutdown = std::holds_alternative<protocol::shutdown_payload>(sent);
     if (!result) {
         // A timeout alone changes no state: the link judges unresponsiveness (guest_link.hpp).
@@ -186,7 +187,7 @@ void managed_guest::note_reply(const protocol::host_message& sent, const request
         return;
     }
     if (const auto* health = std::get_if<protocol::health_payload>(&*result)) {
-        feed(guest_events::health_received{*health, std::chrono::steady_clock::now()});
+        feed(guest_events::health_received{*health, std::chrono::steady_clock::now(), asked_at});
         return;
     }
     feed(guest_events::reply_received{});
@@ -207,8 +208,9 @@ asio::awaitable<request_result> managed_guest::request(protocol::host_message me
                     {.guest = name(), .message_type = "shutdown"});
         feed(guest_events::shutdown_sent{shutdown->reason});
     }
+    const auto asked_at = std::chrono::steady_clock::now();
     auto result = co_await link_->async_request(message);
-    note_reply(message, result);
+    note_reply(message, result, asked_at);
     co_return result;
 }
 
@@ -217,12 +219,14 @@ asio::awaitable<void> managed_guest::health_loop() {
     while (!stopping_) {
         if (link_->is_up() && !std::exchange(handshake_polled_, false)) {
             const protocol::host_message poll = protocol::get_health_request{};
+            const auto asked_at = std::chrono::steady_clock::now();
             auto result = co_await link_->async_request(poll);
             if (stopping_)
                 break;
-            note_reply(poll, result);
-            if (std::exchange(handshake_polled_, false))
-                continue;  // a new link came up meanwhile: wait a full interval from now
+            note_reply(poll, result, asked_at);
+            // A new link that came up meanwhile was polled by its handshake: either way the
+            // next poll is a full interval from now.
+            handshake_polled_ = false;
         }
         health_timer_.expires_after(definition_.timeouts.health_interval);
         co_await health_timer_.async_wait(use_tuple);
@@ -279,8 +283,9 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
             break;
         }
         const auto type = std::string(protocol::type_name(*message));
+        const auto asked_at = std::chrono::steady_clock::now();
         auto result = co_await link_->async_request(*message);
-        note_reply(*message, result);
+        note_reply(*message, result, asked_at);
         if (!result) {
             failed_step = step.name;
             failure = result.error().message();

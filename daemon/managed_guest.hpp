@@ -83,7 +83,9 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     boost::asio::awaitable<void> health_loop();
     boost::asio::awaitable<bool> run_provisioning(std::optional<provisioning_ticket> ticket);
     void publish_provisioning();
-    void note_reply(const protocol::host_message& sent, const request_result& result);
+    // `asked_at`: when the request was made, bounding when the guest answered (guest_events).
+    void note_reply(const protocol::host_message& sent, const request_result& result,
+                    std::chrono::steady_clock::time_point asked_at);
 
     boost::asio::any_io_executor executor_;
     config::guest_config definition_;

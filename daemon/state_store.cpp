@@ -63,7 +63,9 @@ std::optional<std::string> parse_records(const std::string& text,
         if (!endpoint || !endpoint->is_string())
             return where + ".endpoint is missing or not a string";
         runtime_guest_record record{
-            std::string(name->get_string()), std::string(endpoint->get_string()), {}, {}};
+            std::string(name->get_string()), std::string(endpoint->get_string()), {}, {}, false};
+        if (const auto* trusted = g.get_object().if_contains("references_trusted"))
+            record.references_trusted = trusted->is_bool() && trusted->get_bool();
         if (const auto* p = g.get_object().if_contains("provision")) {
             if (!p->is_object())
                 return where + ".provision is not an object";
@@ -153,6 +155,8 @@ std::optional<std::string> state_store::save(const std::vector<runtime_guest_rec
                 withheld.emplace_back(w);
             o["withheld_values"] = std::move(withheld);
         }
+        if (g.references_trusted)
+            o["references_trusted"] = true;
         list.emplace_back(std::move(o));
     }
     const std::string text =

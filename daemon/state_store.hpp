@@ -20,6 +20,10 @@ struct runtime_guest_record {
     // What was left out, e.g. "config", "secret API_KEY": after a restart the guest needs these
     // values again before it can be provisioned.
     std::vector<std::string> withheld_values;
+    // Set only when root or the daemon's user supplied the provisioning: only then are host
+    // files and credentials it names followed after a restart. Records without it (e.g. written
+    // before callers were told apart) are held to the values-only rules.
+    bool references_trusted = false;
     bool operator==(const runtime_guest_record&) const = default;
 };
 

@@ -825,7 +825,7 @@ BOOST_AUTO_TEST_CASE(a_single_request_timeout_is_not_a_verdict) {
 
 // ---- reconnecting ---------------------------------------------------------------------------
 
-BOOST_AUTO_TEST_CASE(reconnect_now_drops_an_up_link_and_reconnects_at_once) {
+BOOST_AUTO_TEST_CASE(reconnect_now_drops_a_silent_link_and_reconnects_at_once) {
     link_fixture f;
     auto options = f.quick_options();
     options.reconnect_initial = 10s;  // only an immediate retry can pass this test
@@ -833,6 +833,15 @@ BOOST_AUTO_TEST_CASE(reconnect_now_drops_an_up_link_and_reconnects_at_once) {
     clock_type::duration took{};
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        // Answered just now: not a stale connection, so it is kept.
+        BOOST_TEST(is_pong(co_await f.link->async_request(protocol::ping_request{})));
+        f.link->reconnect_now();
+        co_await sleep_for(300ms);
+        BOOST_TEST(f.link->stats().connects == 1u);
+        BOOST_TEST(f.link->is_up());
+        // Silent for over a second, like the connection a VM reset leaves: dropped, and a new
+        // one made at once.
+        co_await sleep_for(1200ms);
         const auto start = clock_type::now();
         f.link->reconnect_now();
         BOOST_TEST(co_await eventually([&] { return f.link->stats().connects == 2u; }, 4s));
@@ -888,6 +897,35 @@ BOOST_AUTO_TEST_CASE(a_unix_socket_file_appearing_ends_the_wait) {
         took = clock_type::now() - start;
     });
     BOOST_TEST((took < 5s));
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched) {
+    // A VMM's per-VM directory goes with the VM and comes back with the next start.
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 3s;  // each wait 1.5-3 s unless the watch ends it
+    options.reconnect_max = 3s;
+    const auto vm_dir = f.dir / "vm";
+    std::filesystem::create_directories(vm_dir);
+    const auto path = (vm_dir / "vm.sock").string();
+    f.link = f.make_link("unix:" + path, options);
+    auto failures = [&] { return f.count<daemon::link_events::connect_failed>(); };
+    clock_type::duration took{};
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return failures() == 1u; }));
+        std::filesystem::remove(vm_dir);  // the watch on it dies
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return failures() == 2u; }));
+        std::filesystem::create_directories(vm_dir);
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return failures() == 3u; }));
+        co_await sleep_for(100ms);  // the link is in its wait, with a new watch
+        const auto start = clock_type::now();
+        f.guest.listen_unix(path);
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }, 5s));
+        took = clock_type::now() - start;
+    });
+    const auto took_ms = std::chrono::duration_cast<std::chrono::milliseconds>(took).count();
+    BOOST_TEST(took_ms < 1000, "took " << took_ms << " ms: the retry timer, not the watch");
     f.shut_down_and_expect_idle();
 }
 

@@ -69,6 +69,9 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    // Nothing else of ours: a listener in this process (Asio opens sockets without CLOEXEC)
+    // would otherwise live on in the child and keep its port or path busy.
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     posix_spawnattr_t attributes;
     posix_spawnattr_init(&attributes);
     // A clean signal state: the test runner may block or ignore some.

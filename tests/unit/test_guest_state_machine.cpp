@@ -1,8 +1,8 @@
 // The per-guest state machine, driven synchronously with injected timestamps: every transition
 // (a table from each state), odd event orders, restart detection by the guest daemon's start
 // time, and provisioning bookkeeping.
+#include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
@@ -397,7 +397,10 @@ BOOST_AUTO_TEST_CASE(health_replies_update_uptime_and_agents_without_a_transitio
     BOOST_TEST(d.machine.history().size() == history_size);
     BOOST_TEST(d.machine.uptime_seconds().value_or(-1) == 101);
     BOOST_TEST((d.machine.uptime_at() == d.now));
-    BOOST_TEST((d.machine.guest_started_at() == d.steady_now - 101s));
+    const auto started = d.machine.guest_started_within();
+    BOOST_TEST_REQUIRE(started.has_value());
+    BOOST_TEST((started->first == d.steady_now - 102s));
+    BOOST_TEST((started->second == d.steady_now - 101s));
     BOOST_TEST_REQUIRE(d.machine.agents().size() == 1u);
     BOOST_TEST(d.machine.agents()[0].restarts == 2);
 }
@@ -540,18 +543,40 @@ BOOST_AUTO_TEST_CASE(a_restart_of_stereosd_alone_is_a_restart) {
 }
 
 BOOST_AUTO_TEST_CASE(start_times_within_the_tolerance_are_the_same_run) {
-    // Whole-second uptimes and the round trip jitter the reckoning by about a second.
-    for (const std::int64_t uptime : {99, 100, 101, 102, 103, 104}) {
+    for (const std::int64_t uptime : {99, 100, 101, 102, 103, 104, 105, 106}) {
         BOOST_TEST_CONTEXT("uptime " << uptime) {
             driver d;
-            d.feed_all({ev::link_connecting{}, up(L::healthy, 100)});  // started at t2 - 100
+            // Answered at t2: started within [t2 - 101, t2 - 100].
+            d.feed_all({ev::link_connecting{}, up(L::healthy, 100)});
             d.machine.mark_provisioned(*d.machine.begin_provisioning());
-            // Fed at t3: started at t3 - uptime, a shift of 101 - uptime seconds.
+            // Answered at t3 = t2 + 1: started within [t2 - uptime, t2 - uptime + 1], apart from
+            // the first by max(100 - uptime, uptime - 102) seconds; a lower uptime is a restart
+            // whatever the gap.
             const auto result = d.feed(health(L::healthy, uptime));
-            const bool beyond = std::abs(101 - uptime) > restart_tolerance.count() || uptime < 100;
-            BOOST_TEST(result.rebooted == beyond);
+            const auto gap = std::max<std::int64_t>({100 - uptime, uptime - 102, 0});
+            const bool restart = gap > restart_tolerance.count() || uptime < 100;
+            BOOST_TEST(result.rebooted == restart);
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(a_late_health_answer_is_not_a_restart) {
+    // Asked 6 s before it arrived (a loaded guest or host): the uptime was counted somewhere in
+    // between, so the reckoned start time is only known within those 6 s.
+    driver d;
+    d.feed_all(path_to(guest_state::healthy));  // answered at t2, uptime 100
+    d.machine.mark_provisioned(*d.machine.begin_provisioning());
+    d.wait(10s);
+    const auto answered = d.steady_now + 1s;  // t2 + 11
+    const auto result = d.feed(ev::health_received{{L::healthy, {}, 105}, answered, answered - 6s});
+    BOOST_TEST(!result.rebooted);
+    BOOST_TEST(!result.provisioning_due);
+    BOOST_TEST(d.machine.boot_count() == 1u);
+    // Had it been answered at once, 105 s at t2 + 11 would be a start 6 s later: a restart.
+    driver prompt;
+    prompt.feed_all(path_to(guest_state::healthy));
+    prompt.wait(10s);
+    BOOST_TEST(prompt.feed(health(L::healthy, 105)).rebooted);
 }
 
 BOOST_AUTO_TEST_CASE(slow_clock_drift_over_days_is_not_a_restart) {

@@ -52,16 +52,18 @@ BOOST_AUTO_TEST_CASE(a_missing_file_is_an_empty_list) {
 BOOST_AUTO_TEST_CASE(saved_guests_load_back_identically) {
     temp_dir dir;
     const std::vector<runtime_guest_record> guests{
-        {"vm1", "tcp:127.0.0.1:1024", {}, {}},
+        {"vm1", "tcp:127.0.0.1:1024", {}, {}, false},
         {"vm2",
          "vsock:7:1024",
          boost::json::parse(R"({"mounts":[{"tag":"t","guest_path":"/w","fs_type":"9p"}]})")
              .as_object(),
-         {}},
+         {},
+         false},
         {"vm3",
          "unix:/run/vm3.sock",
          boost::json::parse(R"({"secrets":[{"name":"K","file":"/etc/k"}]})").as_object(),
-         {"config", "secret API_KEY"}},
+         {"config", "secret API_KEY"},
+         true},
     };
     BOOST_TEST(!state_store(dir.path).save(guests).has_value());
     auto loaded = state_store(dir.path).load();

@@ -95,6 +95,8 @@ pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
         env.push_back(e.data());
     env.push_back(nullptr);
     pid_t pid = -1;
+    // Nothing else of ours: see tests/support/child_process.cpp.
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), env.data());
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0)

@@ -194,6 +194,36 @@ BOOST_AUTO_TEST_CASE(host_references_from_root_are_followed) {
     BOOST_TEST(state.find(files.secret_token) == std::string::npos, state);
 }
 
+BOOST_AUTO_TEST_CASE(a_state_record_without_the_trust_mark_does_not_follow_host_references) {
+    // As a daemon that did not tell callers apart wrote a group member's references: after an
+    // upgrade they must not be followed. A record marked as root's still is.
+    temp_dir dir;
+    reference_fixture files(dir);
+    fake_guests guests(dir, "fg", 2);
+    const auto secret_file = dir.file("daemon-only-secret");
+    std::filesystem::create_directories(dir.file("state"));
+    const auto reference = R"({"secrets":[{"name":"A","file":")" + secret_file + R"("}]})";
+    write_text(dir.file("state") + "/guests.json",
+               R"({"version":1,"guests":[{"name":"legacy","endpoint":")" + guests.endpoints()[0] +
+                   R"(","provision":)" + reference + R"(},{"name":"marked","endpoint":")" +
+                   guests.endpoints()[1] + R"(","provision":)" + reference +
+                   R"(,"references_trusted":true}]})" + "\n");
+    hostd_process hostd(dir, {}, "info", quick_daemon, "", files.daemon_env(dir));
+    const auto& sock = hostd.socket();
+    BOOST_TEST(eventually([&] { return provision_state(sock, "marked") == "done"; }, 30s));
+    BOOST_TEST(get(sock, "/v1/guests/legacy").status == 404u);
+    BOOST_TEST(eventually([&] {
+                   return hostd.log().find("runtime guest \"legacy\" is not started") !=
+                          std::string::npos;
+               }),
+               hostd.log());
+    // Only the marked guest's listener received the file's content.
+    const auto received = read_text(guests.record_file());
+    BOOST_TEST(count_of(received, files.secret_token) == 1u, received);
+    // The refused record is kept, not lost.
+    BOOST_TEST(read_text(dir.file("state") + "/guests.json").find("legacy") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(values_stay_out_of_the_state_dir_and_are_asked_for_after_a_restart) {
     temp_dir dir;
     fake_guests guests(dir, "fg", 1);
