@@ -43,6 +43,9 @@ std::string describe_ms(std::chrono::milliseconds d) {
     return std::to_string(d.count()) + "ms";
 }
 
+// Between a socket file appearing and its server listening.
+constexpr std::chrono::milliseconds socket_settle_time{5};
+
 enum class watch_news { nothing, file_appeared, watch_gone };
 
 // What a batch of inotify events read from its descriptor says about the file `name`.
@@ -297,8 +300,13 @@ asio::awaitable<void> guest_link::wait_before_retry(std::chrono::milliseconds de
         co_return;
     }
     auto woken = co_await (retry_timer_.async_wait(use_tuple) || socket_file_created());
-    if (woken.index() == 1)
+    if (woken.index() == 1) {
         open_fast_retry_window();  // the VM is starting: its guest will listen soon
+        // A server binds (creating the file) before it listens: connecting in between is
+        // refused, so give it a moment.
+        retry_timer_.expires_after(socket_settle_time);
+        co_await retry_timer_.async_wait(use_tuple);
+    }
 }
 
 bool guest_link::watch_socket_file() {
