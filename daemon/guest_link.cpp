@@ -284,10 +284,13 @@ void guest_link::open_fast_retry_window() {
 std::chrono::milliseconds guest_link::next_retry_delay() {
     if (std::exchange(retry_at_once_, false))
         return std::chrono::milliseconds{0};
-    if (clock::now() < fast_retry_until_) {
-        backoff_.reset();  // so the window's end starts the exponential steps from the bottom
-        return backoff_.next();
+    const auto now = clock::now();
+    if (now < fast_retry_until_ &&
+        (!options_.fast_retry_budget || options_.fast_retry_budget->take(now))) {
+        return backoff_.initial_delay();
     }
+    // Outside the window, or the daemon-wide budget is spent: the exponential steps, which
+    // opening the window reset.
     return backoff_.next();
 }
 

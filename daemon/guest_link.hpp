@@ -30,6 +30,7 @@
 #include "daemon/link_error.hpp"
 #include "daemon/pending_requests.hpp"
 #include "daemon/reconnect_backoff.hpp"
+#include "daemon/retry_budget.hpp"
 #include "protocol/line_framer.hpp"
 #include "protocol/messages.hpp"
 #include "transport/connect.hpp"
@@ -48,6 +49,9 @@ struct guest_link_options {
     // reconnect_initial for this long (a rebooting guest is back within seconds), then back
     // off exponentially to reconnect_max.
     std::chrono::milliseconds fast_retry_window{30000};
+    // Shared by the daemon's links; a fast retry takes from it, and without a token the link
+    // backs off as outside the window. Null: no bound.
+    std::shared_ptr<retry_budget> fast_retry_budget;
     unsigned unresponsive_after_timeouts = 3;  // consecutive written-request timeouts
     std::size_t max_queued_requests = 4096;
     std::size_t max_queued_bytes = 8 * 1024 * 1024;

@@ -156,7 +156,8 @@ std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config defin
                                                       guest_source source,
                                                       std::vector<std::string> missing_values) {
     auto name = definition.name;
-    auto guest = managed_guest::create(executor_, std::move(definition), source, bus_);
+    auto guest =
+        managed_guest::create(executor_, std::move(definition), source, bus_, fast_retry_budget_);
     if (!missing_values.empty())
         guest->hold_provisioning_for_values(std::move(missing_values));
     guests_[name] = guest;

@@ -17,6 +17,7 @@
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/managed_guest.hpp"
+#include "daemon/retry_budget.hpp"
 #include "daemon/state_store.hpp"
 
 namespace stereos::daemon {
@@ -103,6 +104,9 @@ class guest_registry {
     config::config config_;
     std::map<std::string, std::shared_ptr<managed_guest>, std::less<>> guests_;
     std::vector<runtime_guest_record> runtime_records_;
+    // Fast reconnect attempts per second across all guests: a host-wide outage of thousands of
+    // guests retries at this rate in all, not 10/s each.
+    std::shared_ptr<retry_budget> fast_retry_budget_ = std::make_shared<retry_budget>(1000.0);
 };
 
 }  // namespace stereos::daemon

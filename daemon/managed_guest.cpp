@@ -19,8 +19,10 @@ using protocol::overloaded;
 using transport::rethrow_if_failed;
 using transport::use_tuple;
 
-guest_link_options link_options_for(const config::link_timeouts& t) {
+guest_link_options link_options_for(const config::link_timeouts& t,
+                                    std::shared_ptr<retry_budget> budget) {
     guest_link_options o;
+    o.fast_retry_budget = std::move(budget);
     o.connect_timeout = t.connect_timeout;
     o.request_timeout = t.request_timeout;
     o.keepalive_interval = t.keepalive_interval;
@@ -34,17 +36,18 @@ std::string_view to_string(guest_source source) noexcept {
     return source == guest_source::config ? "config" : "runtime";
 }
 
-std::shared_ptr<managed_guest> managed_guest::create(const asio::any_io_executor& executor,
-                                                     config::guest_config definition,
-                                                     guest_source source, event_bus& bus) {
+std::shared_ptr<managed_guest> managed_guest::create(
+    const asio::any_io_executor& executor, config::guest_config definition, guest_source source,
+    event_bus& bus, std::shared_ptr<retry_budget> fast_retry_budget) {
     auto guest = std::make_shared<managed_guest>(executor, std::move(definition), source, bus);
     std::weak_ptr<managed_guest> weak = guest;
-    guest->link_ = guest_link::create(executor, guest->definition_.endpoint,
-                                      link_options_for(guest->definition_.timeouts),
-                                      [weak](const link_event& event) {
-                                          if (auto self = weak.lock())
-                                              self->on_link_event(event);
-                                      });
+    guest->link_ = guest_link::create(
+        executor, guest->definition_.endpoint,
+        link_options_for(guest->definition_.timeouts, std::move(fast_retry_budget)),
+        [weak](const link_event& event) {
+            if (auto self = weak.lock())
+                self->on_link_event(event);
+        });
     if (!guest->definition_.provision.empty())
         guest->report_.state = "pending";
     return guest;

@@ -32,9 +32,11 @@ struct provisioning_report {
 
 class managed_guest : public std::enable_shared_from_this<managed_guest> {
   public:
-    static std::shared_ptr<managed_guest> create(const boost::asio::any_io_executor& executor,
-                                                 config::guest_config definition,
-                                                 guest_source source, event_bus& bus);
+    // `fast_retry_budget`: shared by the daemon's guests (see retry_budget.hpp); may be null.
+    static std::shared_ptr<managed_guest> create(
+        const boost::asio::any_io_executor& executor, config::guest_config definition,
+        guest_source source, event_bus& bus,
+        std::shared_ptr<retry_budget> fast_retry_budget = nullptr);
 
     void start();
     // Stops polling, provisioning and the link; never sends the guest anything. begin_stop()

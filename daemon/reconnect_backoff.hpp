@@ -27,6 +27,12 @@ class reconnect_backoff {
         return duration{jitter(random_)};
     }
 
+    // A delay drawn as the first step's is, leaving the steps where they are (fast retries).
+    duration initial_delay() {
+        std::uniform_int_distribution<std::int64_t> jitter(initial_.count() / 2, initial_.count());
+        return duration{jitter(random_)};
+    }
+
     // After a connection that stayed up: start again from `initial`.
     void reset() noexcept { next_ = initial_; }
 

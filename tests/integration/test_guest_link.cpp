@@ -929,6 +929,33 @@ BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched)
     f.shut_down_and_expect_idle();
 }
 
+BOOST_AUTO_TEST_CASE(an_empty_retry_budget_makes_the_fast_window_back_off) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 40ms;
+    options.reconnect_max = 5s;
+    options.stable_after = 200ms;
+    options.fast_retry_window = 1500ms;
+    options.fast_retry_budget = std::make_shared<daemon::retry_budget>(5.0);
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    std::size_t in_window = 0;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        co_await sleep_for(400ms);
+        f.guest.refuse_connections_for(60s);
+        f.guest.close_connections();
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return !f.link->is_up(); }));
+        const auto failures_at_loss = f.link->stats().connect_failures;
+        co_await sleep_for(1500ms);
+        in_window = f.link->stats().connect_failures - failures_at_loss;
+    });
+    // About 50 attempts unbounded (see the next case); a budget of 5 a second allows its 5, 7
+    // more as it refills, and the exponential steps once it is spent.
+    BOOST_TEST(in_window <= 20u);
+    BOOST_TEST(in_window >= 3u);
+    f.shut_down_and_expect_idle();
+}
+
 BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
     link_fixture f;
     auto options = f.quick_options();
