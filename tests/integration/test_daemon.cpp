@@ -137,7 +137,8 @@ BOOST_AUTO_TEST_CASE(three_guests_over_tcp_unix_and_hybrid_come_up_and_get_provi
     BOOST_TEST(hostd->wait_for_output("vm-tcp: state connecting -> healthy", patience).has_value(),
                hostd->stderr_text());
     BOOST_TEST(hostd->wait_for_output("vm-unix: state connecting -> ready", patience).has_value());
-    BOOST_TEST(hostd->wait_for_output("vm-hybrid: state connecting -> ready", patience).has_value());
+    BOOST_TEST(
+        hostd->wait_for_output("vm-hybrid: state connecting -> ready", patience).has_value());
     BOOST_TEST_REQUIRE(hostd->wait_for_output("vm-tcp: provisioned", patience).has_value(),
                        hostd->stderr_text());
 
@@ -212,8 +213,10 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
                                              guest_section("vm2", g2.endpoint));
     auto hostd = start_daemon(dir);
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm1: state connecting -> ready", patience).has_value());
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm2: state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("vm1: state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("vm2: state connecting -> ready", patience).has_value());
 
     // vm2 removed, vm3 added, vm1 untouched.
     write_text_file(dir / "config.toml", daemon_section(dir) + guest_section("vm1", g1.endpoint) +
@@ -266,7 +269,8 @@ BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
                  "http://localhost/v1/guests"});
         BOOST_TEST(added.out == "201", added.err);
     }
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("rt2: state connecting -> ready", patience).has_value());
+    BOOST_TEST_REQUIRE(
+        hostd->wait_for_output("rt2: state connecting -> ready", patience).has_value());
 
     // No clean stop: the state file must already hold both guests, and nothing half-written.
     hostd->send_signal(SIGKILL);
