@@ -55,7 +55,7 @@ struct link_fixture {
     std::shared_ptr<guest_link> link;
     testing::temp_directory dir{"stereos-link"};  // private directory for unix sockets
 
-    daemon::guest_link_options quick_options() {
+    daemon::guest_link_options quick_options() const {
         daemon::guest_link_options o;
         o.connect_timeout = 2s;
         o.request_timeout = 10s;
@@ -710,6 +710,15 @@ const Event* first_of(const std::vector<link_event>& events) {
     return nullptr;
 }
 
+// The attempts before the link came up failed with `error`, saying `why`, and no link was lost.
+void expect_failed_attempts_only(const link_fixture& f, link_error error, std::string_view why) {
+    BOOST_TEST(f.count<daemon::link_events::down>() == 0u);
+    const auto* failure = first_of<daemon::link_events::connect_failed>(f.events);
+    BOOST_TEST_REQUIRE(failure != nullptr);
+    BOOST_TEST((failure->error == error));
+    BOOST_TEST(failure->reason.find(why) != std::string::npos, failure->reason);
+}
+
 BOOST_AUTO_TEST_CASE(a_silent_connection_is_a_failed_attempt_not_a_link) {
     // QEMU user-mode forwarding while the VM boots: connect() succeeds, nothing answers.
     link_fixture f;
@@ -722,13 +731,9 @@ BOOST_AUTO_TEST_CASE(a_silent_connection_is_a_failed_attempt_not_a_link) {
             [&] { return f.count<daemon::link_events::connect_failed>() >= 2u; }));
     });
     BOOST_TEST(f.count<daemon::link_events::up>() == 0u);
-    BOOST_TEST(f.count<daemon::link_events::down>() == 0u);
     BOOST_TEST(f.link->stats().connects == 0u);
-    const auto* failure = first_of<daemon::link_events::connect_failed>(f.events);
-    BOOST_TEST_REQUIRE(failure != nullptr);
-    BOOST_TEST((failure->error == link_error::handshake_timeout));
-    BOOST_TEST(failure->reason.find("no answer to get_health within 300ms") != std::string::npos,
-               failure->reason);
+    expect_failed_attempts_only(f, link_error::handshake_timeout,
+                                "no answer to get_health within 300ms");
     f.shut_down_and_expect_idle();
 }
 
@@ -744,12 +749,8 @@ BOOST_AUTO_TEST_CASE(a_connection_closed_before_answering_is_a_failed_attempt) {
         BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }));
     });
     BOOST_TEST(f.count<daemon::link_events::up>() == 1u);
-    BOOST_TEST(f.count<daemon::link_events::down>() == 0u);
-    const auto* failure = first_of<daemon::link_events::connect_failed>(f.events);
-    BOOST_TEST_REQUIRE(failure != nullptr);
-    BOOST_TEST((failure->error == link_error::handshake_failed));
-    BOOST_TEST(failure->reason.find("closed before the guest answered") != std::string::npos,
-               failure->reason);
+    expect_failed_attempts_only(f, link_error::handshake_failed,
+                                "closed before the guest answered");
     f.shut_down_and_expect_idle();
 }
 
@@ -929,42 +930,20 @@ BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched)
     f.shut_down_and_expect_idle();
 }
 
-BOOST_AUTO_TEST_CASE(an_empty_retry_budget_makes_the_fast_window_back_off) {
-    link_fixture f;
+// Options for the retry-window cases: 40 ms first step, a 1.5 s window after a stable link.
+daemon::guest_link_options window_options(const link_fixture& f) {
     auto options = f.quick_options();
     options.reconnect_initial = 40ms;
     options.reconnect_max = 5s;
     options.stable_after = 200ms;
     options.fast_retry_window = 1500ms;
-    options.fast_retry_budget = std::make_shared<daemon::retry_budget>(5.0);
-    f.link = f.make_link(f.guest.listen_tcp(), options);
-    std::size_t in_window = 0;
-    f.run([&]() -> asio::awaitable<void> {
-        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
-        co_await sleep_for(400ms);
-        f.guest.refuse_connections_for(60s);
-        f.guest.close_connections();
-        BOOST_TEST_REQUIRE(co_await eventually([&] { return !f.link->is_up(); }));
-        const auto failures_at_loss = f.link->stats().connect_failures;
-        co_await sleep_for(1500ms);
-        in_window = f.link->stats().connect_failures - failures_at_loss;
-    });
-    // About 50 attempts unbounded (see the next case); a budget of 5 a second allows its 5, 7
-    // more as it refills, and the exponential steps once it is spent.
-    BOOST_TEST(in_window <= 20u);
-    BOOST_TEST(in_window >= 3u);
-    f.shut_down_and_expect_idle();
+    return options;
 }
 
-BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
-    link_fixture f;
-    auto options = f.quick_options();
-    options.reconnect_initial = 40ms;
-    options.reconnect_max = 5s;
-    options.stable_after = 200ms;
-    options.fast_retry_window = 1500ms;
-    const auto address = f.guest.listen_tcp();
-    f.link = f.make_link(address, options);
+// Connect attempts in the 1.5 s after a stable link is lost, and in the 1.5 s after that.
+std::pair<std::size_t, std::size_t> attempts_after_a_loss(link_fixture& f,
+                                                          const daemon::guest_link_options& o) {
+    f.link = f.make_link(f.guest.listen_tcp(), o);
     std::size_t in_window = 0, after_window = 0;
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
@@ -979,9 +958,27 @@ BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
         co_await sleep_for(1500ms);
         after_window = f.link->stats().connect_failures - failures_at_window_end;
     });
+    return {in_window, after_window};
+}
+
+BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
+    link_fixture f;
+    const auto [in_window, after_window] = attempts_after_a_loss(f, window_options(f));
     // Every 20-40 ms in the window (about 50 attempts); doubling from 40 ms after it (about 5).
     BOOST_TEST(in_window >= 15u);
     BOOST_TEST(after_window <= 8u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(an_empty_retry_budget_makes_the_fast_window_back_off) {
+    link_fixture f;
+    auto options = window_options(f);
+    options.fast_retry_budget = std::make_shared<daemon::retry_budget>(5.0);
+    const auto [in_window, after_window] = attempts_after_a_loss(f, options);
+    // About 50 attempts unbounded (the case above); a budget of 5 a second allows its 5, 7 more
+    // as it refills, and the exponential steps once it is spent.
+    BOOST_TEST(in_window <= 20u);
+    BOOST_TEST(in_window >= 3u);
     f.shut_down_and_expect_idle();
 }
 

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -433,6 +434,11 @@ std::string program_ctl() {
 }
 std::string program_fakeguest() {
     return STEREOS_FAKEGUEST_PROGRAM;
+}
+
+std::string random_token(const std::string& prefix) {
+    std::random_device device;
+    return prefix + std::to_string(device()) + std::to_string(device());
 }
 
 }  // namespace stereos::api_test

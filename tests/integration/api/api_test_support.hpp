@@ -127,6 +127,12 @@ class hostd_process {
 
 // ---- HTTP over the unix socket ---------------------------------------------------------------
 
+// [daemon] lines for fast health polling and reconnects, so states settle quickly.
+inline const std::string quick_daemon = "health_interval = \"300ms\"\nreconnect_max = \"300ms\"\n";
+
+// `prefix` and random digits: a value no test output holds by chance.
+std::string random_token(const std::string& prefix);
+
 struct http_answer {
     unsigned status = 0;
     std::string body;

@@ -32,14 +32,6 @@ using stereos::transport::use_tuple;
 
 namespace {
 
-// Fast health polling and reconnects so states settle quickly.
-const std::string quick_daemon = "health_interval = \"300ms\"\nreconnect_max = \"300ms\"\n";
-
-std::string random_token(const std::string& prefix) {
-    std::random_device device;
-    return prefix + std::to_string(device()) + std::to_string(device());
-}
-
 json::object status_of(const std::string& socket, const std::string& guest) {
     auto answer = get(socket, "/v1/guests/" + guest);
     BOOST_TEST_REQUIRE(answer.status == 200u, answer.body);
