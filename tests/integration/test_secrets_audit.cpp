@@ -32,8 +32,6 @@ using namespace stereos::api_test;
 
 namespace {
 
-const std::string quick_daemon = "health_interval = \"300ms\"\nreconnect_max = \"300ms\"\n";
-
 // A value no output could contain by chance. The random core is what the search looks for, so
 // a value cut short or escaped (JSON, Go's \u003c) is caught too. The tail has the characters
 // JSON and Go escape; none needs escaping in a TOML literal string.
