@@ -55,6 +55,8 @@ for command in $commands; do
         "$(complete "$command" -)"
 done
 expect "--fs values" "$(sorted 9p virtiofs)" "$(complete mount vm1 share0 /mnt/x --fs '')"
+expect "--fs= values (split at =)" "virtiofs" "$(complete mount vm1 share0 /mnt/x --fs = v)"
+expect "an option's value is no argument" "healthy" "$(complete wait --timeout 5s vm1 he)"
 expect "wait states" "$(sorted connecting booting ready healthy degraded unresponsive \
     disconnected shutting_down shutdown)" "$(complete wait vm1 '')"
 touch "$work/jcard.toml" "$work/jcard-old.toml"
