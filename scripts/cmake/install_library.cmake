@@ -5,8 +5,9 @@ set(STEREOS_CMAKE_PACKAGE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/stereos)
 set(STEREOS_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR}/stereos)
 
 # stereos_install_library(TARGET NAME): installs TARGET as stereos::NAME and the *.hpp of the
-# folder that calls it under include/stereos/<folder>/, so "protocol/codec.hpp" keeps working.
-# Call it from the library's own CMakeLists.txt, after its target_link_libraries().
+# folder that defines it under include/stereos/<folder>/, so "protocol/codec.hpp" keeps working.
+# Call it after the target's target_include_directories(), e.g.
+#   stereos_install_library(stereos_link link)      -> stereos::link, include/stereos/daemon/link/
 function(stereos_install_library target name)
     set_target_properties(${target} PROPERTIES EXPORT_NAME ${name})
     target_compile_features(${target} PUBLIC cxx_std_20)
@@ -25,8 +26,9 @@ function(stereos_install_library target name)
 
     install(TARGETS ${target} EXPORT stereosTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
-    file(RELATIVE_PATH folder ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
-    file(GLOB headers CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.hpp)
+    get_target_property(source_dir ${target} SOURCE_DIR)
+    file(RELATIVE_PATH folder ${PROJECT_SOURCE_DIR} ${source_dir})
+    file(GLOB headers CONFIGURE_DEPENDS ${source_dir}/*.hpp)
     install(FILES ${headers} DESTINATION ${STEREOS_INSTALL_INCLUDEDIR}/${folder} COMPONENT dev)
     set_property(GLOBAL APPEND PROPERTY STEREOS_INSTALLED_LIBRARIES ${target})
 endfunction()
