@@ -36,8 +36,9 @@ set(CPACK_DEBIAN_PACKAGE_ARCHITECTURE ${STEREOS_DEB_ARCH})
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
-# systemd-sysusers and systemd-tmpfiles in postinst; deb-systemd-helper enables the socket.
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "systemd, init-system-helpers")
+# systemd-sysusers and systemd-tmpfiles in postinst; deb-systemd-helper enables the socket;
+# procps for the service's ExecReload=/bin/kill (not in a minimal Debian).
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "systemd, init-system-helpers, procps")
 set(STEREOS_DEB_SCRIPTS ${PROJECT_SOURCE_DIR}/scripts/debian)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${STEREOS_DEB_SCRIPTS}/postinst ${STEREOS_DEB_SCRIPTS}/prerm ${STEREOS_DEB_SCRIPTS}/postrm

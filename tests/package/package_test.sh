@@ -20,7 +20,8 @@ deb=${debs[0]}
 [ "$(id -u)" = 0 ] || skip_because "needs root to make and enter a Debian root"
 command -v unshare >/dev/null || skip_because "unshare not installed (package util-linux)"
 
-tarball=/var/cache/fresh-machine/bookworm-minbase.tar
+# The same cache as ../shared/fresh-machine: whichever runs first makes it for the other.
+tarball=${STEREOS_BARE_ROOT_TARBALL:-/var/cache/fresh-machine/bookworm-minbase.tar}
 if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || skip_because "no cached Debian 12 root and no debootstrap"
     mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
