@@ -41,8 +41,8 @@ fi
 
 root=$(mktemp -d /var/tmp/stereos-deb-root.XXXXXX)
 trap 'rm -rf "$root"' EXIT
-chmod 755 "$root"
 tar -C "$root" -xf "$tarball"
+chmod 755 "$root"  # the tarball's "./" may be mktemp's 0700; users in the root must traverse /
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 cp "$deb" "$root/tmp.deb"
 archives=$build_dir/package-cache/apt-archives
@@ -76,6 +76,16 @@ for extra in /usr/share/man/ /usr/share/bash-completion/ /usr/lib/systemd/catalo
     n=$(grep -c "^$extra." <<<"$files" || true)
     [ "$n" = 0 ] || echo "  $n under $extra"
 done
+
+# The journal catalog, where the package has one: postinst must have compiled it in.
+catalog=$(grep -E '/systemd/catalog/.+\.catalog$' <<<"$files" | head -1 || true)
+if [ -n "$catalog" ]; then
+    id=$(sed -n 's/^-- \([0-9a-fA-F]\{32\}\).*/\1/p' "$catalog" | head -1)
+    [ -n "$id" ] || fail "$catalog holds no '-- MESSAGE_ID' entry"
+    journalctl --list-catalog 2>/dev/null | grep -qi "^$id " ||
+        fail "MESSAGE_ID $id of $catalog is not in the journal's catalog after install"
+    echo "catalog $catalog compiled in (MESSAGE_ID $id listed)"
+fi
 
 stereos-hostd --check-config --config /etc/stereos-hostd/config.toml ||
     fail "stereos-hostd --check-config rejects the installed example"
