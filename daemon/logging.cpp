@@ -114,7 +114,11 @@ class text_backend : public sinks::basic_sink_backend<sinks::synchronized_feedin
         const auto level = value_of<severity>(record, "Severity").value_or(severity::info);
         std::string line;
         if (under_systemd_) {
-            line = "<" + std::to_string(syslog_priority(level)) + ">";
+            // Appended, not `"<" + std::to_string(...)`: that prepend makes g++ 12 -O2 warn
+            // -Wrestrict falsely inside libstdc++ (GCC bug 105329).
+            line = "<";
+            line += std::to_string(syslog_priority(level));
+            line += '>';
         } else {
             line = timestamp() + " " + std::string(to_string(level)) + " ";
         }

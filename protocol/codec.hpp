@@ -1,5 +1,6 @@
 // JSON codec for wire messages: byte-exact encoding (as the reference Go client writes it) and
 // tolerant-but-strict decoding that returns errors instead of throwing.
+// Threads: no shared state; every function here may be called from any thread at once.
 #pragma once
 
 #include <cstddef>

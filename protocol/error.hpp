@@ -1,5 +1,6 @@
 // Errors of the protocol library: a boost::system category, plus a decode error that also
 // carries a human-readable detail naming the offending field.
+// Threads: the category is an immutable singleton, safe to use from any thread.
 #pragma once
 
 #include <string>

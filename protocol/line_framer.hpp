@@ -1,5 +1,7 @@
 // Incremental newline-delimited JSON splitter over arbitrary byte chunks. No I/O: the caller
 // reads into prepare()/commit() (or feed()s bytes) and pulls complete lines with next_line().
+// Threads: a framer is not synchronised. One connection's reader owns it and calls it from one
+// executor (or strand) only; separate framers on separate threads are independent.
 #pragma once
 
 #include <cstddef>

@@ -1,5 +1,6 @@
 // The wire messages of stereosd (seed package `vsock` v0.2.1): one JSON object per line,
 // {"type": T, "payload": {...}}. Plain data; the JSON mapping lives in codec.hpp.
+// Threads: plain values and pure functions, usable from any thread.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 // Log-safe renderings. Every log line in the project that shows a message goes through here:
 // inject_secret.value and set_config.content (jcard.toml carries secrets) are replaced by
 // "<redacted N bytes>".
+// Threads: pure functions, callable from any thread at once.
 #pragma once
 
 #include <cstddef>

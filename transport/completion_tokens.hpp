@@ -1,6 +1,7 @@
 // Completion tokens every coroutine in the project uses: `use_tuple` makes an awaited operation
 // return its error_code as a value (expected errors are not exceptions), and
 // `rethrow_if_failed` is the co_spawn handler for background tasks that must never fail.
+// Threads: constants and a stateless function, usable from any executor.
 #pragma once
 
 #include <exception>

@@ -1,5 +1,9 @@
 // Connecting to an endpoint: a fresh socket per attempt, every attempt bounded by a timeout.
 // All endpoint kinds yield the same socket type, so the guest link handles one stream type.
+// Threads and executors: async_connect may be awaited from any executor, by any number of
+// coroutines at once (each attempt has its own socket and timer). The socket it returns is bound
+// to the awaiting coroutine's executor; use it from that executor (or one strand) only, as with
+// any Asio socket.
 #pragma once
 
 #include <chrono>

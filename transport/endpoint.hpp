@@ -1,5 +1,6 @@
 // Where a guest's stereosd listens, parsed from the config/API string form:
 //   tcp:HOST:PORT   vsock:CID[:PORT]   unix:/path   hybrid:/path/to/v.sock:PORT
+// Threads: plain values and pure functions, usable from any thread.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,8 @@
 #include "daemon/ctl/event_format.hpp"
 
 #include <algorithm>
+#include <initializer_list>
+#include <string_view>
 
 #include <boost/json/serialize.hpp>
 
@@ -23,34 +25,42 @@ std::string in_parens(const std::string& text) {
     return text.empty() ? "" : " (" + text + ")";
 }
 
+// Pieces are appended, never prepended: `" " + std::string(...)` inserts at the front, where
+// g++ 12 -O2 warns -Wrestrict falsely inside libstdc++ (GCC bug 105329).
+void append(std::string& line, std::initializer_list<std::string_view> pieces) {
+    for (const auto piece : pieces)
+        line += piece;
+}
+
 }  // namespace
 
 std::string format_event(const json::object& event) {
     const auto time = text_of(event, "time");
     const auto guest = text_of(event, "guest");
     const auto kind = text_of(event, "kind");
-    std::string line = time + " " + (guest.empty() ? "-" : guest) + " " + kind;
+    std::string line;
+    append(line, {time, " ", guest.empty() ? std::string_view("-") : guest, " ", kind});
     if (kind == "state") {
         const auto from = text_of(event, "from");
-        line += " " + (from.empty() ? "" : from + " -> ") + text_of(event, "to") +
-                in_parens(text_of(event, "reason"));
+        append(line, {" ", from, from.empty() ? "" : " -> ", text_of(event, "to"),
+                      in_parens(text_of(event, "reason"))});
         if (const auto* s = event.if_contains("snapshot"); s && s->is_bool() && s->get_bool())
             line += " [current]";
     } else if (kind == "lifecycle") {
-        line += " " + text_of(event, "state") + in_parens(text_of(event, "message"));
+        append(line, {" ", text_of(event, "state"), in_parens(text_of(event, "message"))});
     } else if (kind == "link") {
-        line += " " + text_of(event, "event") + in_parens(text_of(event, "reason"));
+        append(line, {" ", text_of(event, "event"), in_parens(text_of(event, "reason"))});
     } else if (kind == "provision") {
         const auto step = text_of(event, "step");
-        line += " " + text_of(event, "state") + (step.empty() ? "" : " at " + step) +
-                in_parens(text_of(event, "error"));
+        append(line, {" ", text_of(event, "state"), step.empty() ? "" : " at ", step,
+                      in_parens(text_of(event, "error"))});
     } else if (kind == "overflow") {
-        line += ": " + text_of(event, "reason");
+        append(line, {": ", text_of(event, "reason")});
     } else {
         json::object rest = event;
         for (auto key : {"seq", "time", "guest", "kind"})
             rest.erase(key);
-        line += " " + json::serialize(rest);
+        append(line, {" ", json::serialize(rest)});
     }
     return line;
 }
