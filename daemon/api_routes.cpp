@@ -18,7 +18,7 @@
 #include <boost/json/value_from.hpp>
 
 #include "config/config.hpp"
-#include "daemon/link_error.hpp"
+#include "daemon/link/link_error.hpp"
 #include "daemon/provisioning.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/redact.hpp"

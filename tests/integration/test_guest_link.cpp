@@ -12,7 +12,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/guest_link.hpp"
+#include "daemon/link/guest_link.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
 #include "tests/support/child_process.hpp"
 #include "transport/completion_tokens.hpp"

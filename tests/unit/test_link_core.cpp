@@ -6,9 +6,9 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/link_error.hpp"
+#include "daemon/link/link_error.hpp"
 #include "daemon/pending_requests.hpp"
-#include "daemon/reconnect_backoff.hpp"
+#include "daemon/link/reconnect_backoff.hpp"
 
 using namespace stereos;
 using daemon::link_error;
