@@ -130,7 +130,8 @@ void guest_link::emit(const link_event& event) {
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
     // A coroutine itself: g++ 12 destroys the by-value parameter of a coroutine twice when a
     // plain function returns that coroutine's awaitable directly.
-    co_return co_await async_request(std::move(request), clock::now() + core_.options().request_timeout);
+    co_return co_await async_request(std::move(request),
+                                     clock::now() + core_.options().request_timeout);
 }
 
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request,
@@ -404,6 +405,8 @@ asio::awaitable<void> guest_link::read_loop() {
             co_return;
         if (!was_up && core_.is_up())
             up_since_ = clock::now();
+        // An answered keepalive, or the link coming up, schedules the next ping.
+        deadline_at(core_.keepalive_due());
         start_write();
     }
 }

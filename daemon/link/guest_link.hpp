@@ -90,8 +90,7 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     auto async_send(protocol::host_message request, clock::time_point deadline,
                     CompletionToken&& token) {
         return boost::asio::async_initiate<CompletionToken, reply_signature>(
-            [this](auto handler, const protocol::host_message& message,
-                   clock::time_point until) {
+            [this](auto handler, const protocol::host_message& message, clock::time_point until) {
                 using op = link_detail::request_op<std::decay_t<decltype(handler)>>;
                 op::start(std::move(handler), *this, message, until);
             },

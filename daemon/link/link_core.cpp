@@ -28,8 +28,8 @@ constexpr auto make_type_names(std::index_sequence<I...>) {
         protocol::type_name(protocol::host_message(std::in_place_index<I>))...};
 }
 std::string_view type_name_at(std::size_t index) {
-    static const auto names = make_type_names(
-        std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
+    static const auto names =
+        make_type_names(std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
     return names[index];
 }
 
@@ -39,8 +39,8 @@ auto make_reply_kinds(std::index_sequence<I...>) {
         protocol::expected_reply(protocol::host_message(std::in_place_index<I>))...};
 }
 protocol::reply_kind reply_kind_at(std::size_t index) {
-    static const auto kinds = make_reply_kinds(
-        std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
+    static const auto kinds =
+        make_reply_kinds(std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
     return kinds[index];
 }
 
@@ -109,8 +109,7 @@ boost::system::result<std::uint64_t> link_core::add(const protocol::host_message
     }
     const auto id = next_id_++;
     entries_.push_back(entry{to_notify, id, deadline, now, static_cast<std::uint32_t>(line_size),
-                             static_cast<std::uint8_t>(type_index), entry_state::unwritten,
-                             false});
+                             static_cast<std::uint8_t>(type_index), entry_state::unwritten, false});
     ++stats_.requests;
     return id;
 }
@@ -293,8 +292,7 @@ void link_core::on_reply(protocol::guest_message reply, clock::time_point now) {
         ++stats_.late_replies_dropped;
         return;
     }
-    const auto outcome =
-        ack && !ack->ok ? request_outcome::guest_error : request_outcome::ok;
+    const auto outcome = ack && !ack->ok ? request_outcome::guest_error : request_outcome::ok;
     metrics_.record(done.type_index, outcome);
     metrics_.record_latency(now - done.queued_at);
     if (done.to_notify)
@@ -340,9 +338,9 @@ void link_core::queue_keepalive(clock::time_point now) {
 void link_core::on_deadline(clock::time_point now) {
     if (phase_ == phase::handshaking && now >= handshake_deadline_ && !drop_requested()) {
         metrics_.record(get_health_index, request_outcome::timeout);
-        drop(link_error::handshake_timeout,
-             "connected, but no answer to get_health within " +
-                 describe_ms(options_.connect_timeout) + " of connecting");
+        drop(link_error::handshake_timeout, "connected, but no answer to get_health within " +
+                                                describe_ms(options_.connect_timeout) +
+                                                " of connecting");
     }
     bool keepalive_timed_out = false;
     for (std::size_t i = 0; i < entries_.size();) {
@@ -367,17 +365,17 @@ void link_core::on_deadline(clock::time_point now) {
         finish(e, link_error::request_timeout, request_outcome::timeout, now);
         if (phase_ == phase::serving &&
             ++consecutive_timeouts_ >= options_.unresponsive_after_timeouts) {
-            declare_unresponsive(link_error::guest_unresponsive,
-                                 std::to_string(consecutive_timeouts_) +
-                                     " consecutive requests timed out");
+            declare_unresponsive(
+                link_error::guest_unresponsive,
+                std::to_string(consecutive_timeouts_) + " consecutive requests timed out");
         }
         ++i;
     }
     if (keepalive_timed_out) {
         // A no-op when this timeout was also the one that made the count.
-        declare_unresponsive(link_error::keepalive_timeout,
-                             "keepalive ping unanswered within " +
-                                 describe_ms(options_.request_timeout));
+        declare_unresponsive(
+            link_error::keepalive_timeout,
+            "keepalive ping unanswered within " + describe_ms(options_.request_timeout));
     }
     if (phase_ == phase::serving && !drop_requested() && !keepalive_outstanding_ &&
         now >= last_received_ + options_.keepalive_interval) {
@@ -385,12 +383,16 @@ void link_core::on_deadline(clock::time_point now) {
     }
 }
 
+link_core::clock::time_point link_core::keepalive_due() const noexcept {
+    if (phase_ != phase::serving || keepalive_outstanding_)
+        return clock::time_point::max();
+    return last_received_ + options_.keepalive_interval;
+}
+
 link_core::clock::time_point link_core::next_deadline() const {
-    auto next = clock::time_point::max();
+    auto next = keepalive_due();
     if (phase_ == phase::handshaking)
         next = handshake_deadline_;
-    if (phase_ == phase::serving && !keepalive_outstanding_)
-        next = std::min(next, last_received_ + options_.keepalive_interval);
     for (const auto& e : entries_) {
         if (e.state != entry_state::abandoned)
             next = std::min(next, e.deadline);
@@ -460,7 +462,8 @@ link_core::connection_end link_core::on_connection_ended(bool stopping, clock::t
     // Detach first: a waiter may be resumed later and queue new requests.
     std::vector<entry> lost(entries_.begin(),
                             entries_.begin() + static_cast<std::ptrdiff_t>(written_count_));
-    entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(written_count_));
+    entries_.erase(entries_.begin(),
+                   entries_.begin() + static_cast<std::ptrdiff_t>(written_count_));
     written_count_ = 0;
     // The link's own unwritten keepalive is not carried over to the next connection.
     for (std::size_t i = 0; i < entries_.size();) {
@@ -489,8 +492,8 @@ void link_core::fail_all(error_code error, clock::time_point now) {
     staged_.clear();
     writing_.clear();
     keepalive_outstanding_ = false;
-    const auto outcome =
-        error == link_error::link_stopped ? request_outcome::stopped : request_outcome::connection_lost;
+    const auto outcome = error == link_error::link_stopped ? request_outcome::stopped
+                                                           : request_outcome::connection_lost;
     for (auto& e : all) {
         if (e.state != entry_state::abandoned)
             finish(e, error, outcome, now);

@@ -90,6 +90,9 @@ class link_core {
     void on_deadline(clock::time_point now);
     // When on_deadline() has something to do next; time_point::max() when nothing.
     clock::time_point next_deadline() const;
+    // When the next keepalive ping is due (max() when one is outstanding or the link is not
+    // up): cheap, for the owner to check after reads, which may move it earlier.
+    clock::time_point keepalive_due() const noexcept;
 
     // The socket failed during `operation` ("read" or "write"); EOF counts as closed.
     void on_lost(boost::system::error_code error, std::string_view operation);

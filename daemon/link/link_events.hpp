@@ -117,10 +117,10 @@ struct request_metrics {
     static constexpr std::size_t type_count = std::variant_size_v<protocol::host_message>;
     // Upper bounds of the latency buckets; one more bucket counts everything slower.
     static constexpr std::array<std::chrono::microseconds, 10> latency_bounds{
-        std::chrono::microseconds{500},    std::chrono::microseconds{1000},
-        std::chrono::microseconds{2500},   std::chrono::microseconds{5000},
-        std::chrono::microseconds{10000},  std::chrono::microseconds{25000},
-        std::chrono::microseconds{100000}, std::chrono::microseconds{500000},
+        std::chrono::microseconds{500},     std::chrono::microseconds{1000},
+        std::chrono::microseconds{2500},    std::chrono::microseconds{5000},
+        std::chrono::microseconds{10000},   std::chrono::microseconds{25000},
+        std::chrono::microseconds{100000},  std::chrono::microseconds{500000},
         std::chrono::microseconds{2500000}, std::chrono::microseconds{10000000}};
 
     std::array<std::array<std::uint64_t, request_outcome_count>, type_count> counts{};
