@@ -59,6 +59,24 @@ std::string describe_expected(std::size_t type_index) {
 constexpr std::size_t ping_index = protocol::host_message(protocol::ping_request{}).index();
 constexpr std::size_t get_health_index =
     protocol::host_message(protocol::get_health_request{}).index();
+
+// The lines of the requests without a payload, as the codec writes them (a unit test pins it):
+// polls and keepalives skip building a JSON value.
+constexpr std::string_view ping_line = "{\"type\":\"ping\"}\n";
+constexpr std::string_view get_health_line = "{\"type\":\"get_health\"}\n";
+constexpr std::string_view pong_line = "{\"type\":\"pong\"}";
+
+boost::system::error_code append_request(std::string& out, const protocol::host_message& request) {
+    if (request.index() == ping_index) {
+        out += ping_line;
+        return {};
+    }
+    if (request.index() == get_health_index) {
+        out += get_health_line;
+        return {};
+    }
+    return protocol::encode_into(out, request);
+}
 }  // namespace
 
 std::string_view to_string(request_outcome outcome) noexcept {
@@ -68,9 +86,9 @@ std::string_view to_string(request_outcome outcome) noexcept {
         case request_outcome::guest_error:
             return "guest_error";
         case request_outcome::timeout:
-            return "timeout";
+            return "guest_timeout";
         case request_outcome::unavailable:
-            return "unavailable";
+            return "guest_unavailable";
         case request_outcome::connection_lost:
             return "connection_lost";
         case request_outcome::protocol_error:
@@ -97,7 +115,7 @@ boost::system::result<std::uint64_t> link_core::add(const protocol::host_message
         return error_code(link_error::queue_full);
     }
     const auto before = staged_.size();
-    if (protocol::encode_into(staged_, request)) {
+    if (append_request(staged_, request)) {
         metrics_.record(type_index, request_outcome::refused);
         return error_code(link_error::request_too_large);
     }
@@ -165,8 +183,7 @@ void link_core::on_connected(clock::time_point now, clock::time_point handshake_
     keepalive_outstanding_ = false;
     drop_reason_ = {};
     drop_detail_.clear();
-    const protocol::host_message poll = protocol::get_health_request{};
-    protocol::encode_into(writing_, poll);
+    writing_ += get_health_line;
 }
 
 void link_core::on_read(std::size_t size, clock::time_point now) {
@@ -202,6 +219,10 @@ void link_core::sort_line(std::string_view line, clock::time_point now) {
     }
     if (phase_ != phase::serving)
         return;  // after the connection ended: nothing is listening
+    if (line == pong_line) {  // the keepalive's and ping's answer, exactly as the guest sends it
+        on_reply(protocol::pong_reply{}, now);
+        return;
+    }
     auto decoded = protocol::decode_guest_line(line);
     if (!decoded) {
         violation("undecodable line from guest (" + decoded.error().detail +

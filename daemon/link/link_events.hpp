@@ -95,7 +95,8 @@ struct link_stats {
     std::string last_error;
 };
 
-// How a request ended, for the per-type counters.
+// How a request ended, for the per-type counters. to_string() gives the API's error codes where
+// one exists (guest_timeout, guest_unavailable).
 enum class request_outcome : std::uint8_t {
     ok,               // the guest replied (an ack with ok:true, a pong, a health report)
     guest_error,      // the guest replied with an ack with ok:false

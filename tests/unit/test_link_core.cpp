@@ -12,6 +12,7 @@
 #include "daemon/link/link_core.hpp"
 #include "daemon/link/link_error.hpp"
 #include "daemon/link/reconnect_backoff.hpp"
+#include "protocol/codec.hpp"
 
 using namespace stereos;
 using namespace std::chrono_literals;
@@ -97,6 +98,13 @@ struct core_fixture {
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(link_core_handshake)
+
+BOOST_AUTO_TEST_CASE(the_lines_written_without_the_codec_are_the_codecs_own) {
+    BOOST_TEST(*protocol::encode(ping) == "{\"type\":\"ping\"}\n");
+    BOOST_TEST(*protocol::encode(health) == "{\"type\":\"get_health\"}\n");
+    const guest_message pong = protocol::pong_reply{};
+    BOOST_TEST(*protocol::encode(pong) == pong_line);
+}
 
 BOOST_AUTO_TEST_CASE(a_health_answer_brings_the_link_up_and_earlier_pushes_follow_up) {
     core_fixture f;
@@ -341,6 +349,26 @@ BOOST_AUTO_TEST_CASE(a_reply_of_the_wrong_kind_or_with_nothing_outstanding_is_a_
         BOOST_TEST(f.core.queued_requests() == 1u);
         BOOST_TEST(f.core.stats().protocol_errors == 1u);
     }
+}
+
+BOOST_AUTO_TEST_CASE(pushes_interleaved_with_replies_byte_by_byte_never_complete_requests) {
+    core_fixture f;
+    f.bring_up();
+    recording_waiter w[3];
+    f.core.add(ping, t0 + 10s, t0, &w[0]);
+    f.core.add(health, t0 + 10s, t0, &w[1]);
+    f.core.add(ping, t0 + 10s, t0, &w[2]);
+    f.written();
+    const std::string push = "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"degraded\"}}\r\n";
+    const std::string stream = push + std::string(pong_line) + push + push +
+                               health_with_uptime(4) + "\n" + std::string(pong_line) + push;
+    for (char c : stream)
+        f.core.on_bytes(std::string_view(&c, 1), t0);
+    BOOST_TEST(f.count<daemon::link_events::lifecycle>() == 4u);
+    BOOST_TEST(std::holds_alternative<protocol::pong_reply>(*w[0].reply));
+    BOOST_TEST(std::get<protocol::health_payload>(*w[1].reply).uptime_seconds == 4);
+    BOOST_TEST(std::holds_alternative<protocol::pong_reply>(*w[2].reply));
+    BOOST_TEST(!f.core.drop_requested());
 }
 
 BOOST_AUTO_TEST_CASE(unknown_types_are_reported_and_skipped) {
