@@ -22,8 +22,8 @@ std::array<std::string_view, sizeof...(I)> make_type_names(std::index_sequence<I
     return {protocol::type_name(protocol::host_message(std::in_place_index<I>))...};
 }
 std::string_view type_name_at(std::size_t index) {
-    static const auto names = make_type_names(
-        std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
+    static const auto names =
+        make_type_names(std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
     return names[index];
 }
 

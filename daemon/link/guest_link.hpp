@@ -202,8 +202,10 @@ class request_op final : public link_core::waiter {
         }
         op->id_ = *queued;
         auto slot = boost::asio::get_associated_cancellation_slot(op->handler_);
-        if (slot.is_connected())
+        if (slot.is_connected()) {
             slot.template emplace<cancel_handler>(op);
+            op->cancellable_ = true;
+        }
     }
 
     void complete(boost::system::error_code error, protocol::guest_message reply) override {
@@ -235,9 +237,8 @@ class request_op final : public link_core::waiter {
           link_(&link) {}
 
     void finish() {
-        auto slot = boost::asio::get_associated_cancellation_slot(handler_);
-        if (slot.is_connected())
-            slot.clear();
+        if (cancellable_)
+            boost::asio::get_associated_cancellation_slot(handler_).clear();
         auto handler = std::move(handler_);
         auto work = std::move(work_);
         const auto error = error_;
@@ -254,6 +255,7 @@ class request_op final : public link_core::waiter {
     guest_link* link_;
     std::uint64_t id_ = 0;
     bool completed_ = false;
+    bool cancellable_ = false;  // our handler is installed in the caller's cancellation slot
     boost::system::error_code error_;
     protocol::guest_message reply_;
 };

@@ -218,7 +218,7 @@ void link_core::sort_line(std::string_view line, clock::time_point now) {
         return;
     }
     if (phase_ != phase::serving)
-        return;  // after the connection ended: nothing is listening
+        return;               // after the connection ended: nothing is listening
     if (line == pong_line) {  // the keepalive's and ping's answer, exactly as the guest sends it
         on_reply(protocol::pong_reply{}, now);
         return;

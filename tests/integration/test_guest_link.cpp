@@ -195,6 +195,39 @@ BOOST_AUTO_TEST_CASE(a_thousand_concurrent_requests_from_50_coroutines_complete_
     f.shut_down_and_expect_idle();
 }
 
+BOOST_AUTO_TEST_CASE(cancelling_a_waiting_request_withdraws_it_and_its_late_reply_is_dropped) {
+    // An API client hanging up cancels its request through the cancellation slot.
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.reply_delay = 1s;
+        asio::cancellation_signal hang_up;
+        std::optional<boost::system::error_code> cancelled;
+        const protocol::host_message ping = protocol::ping_request{};
+        f.link->async_send(
+            ping, clock_type::now() + 10s,
+            asio::bind_cancellation_slot(
+                hang_up.slot(), [&](boost::system::error_code ec, const protocol::guest_message&) {
+                    cancelled = ec;
+                }));
+        co_await sleep_for(50ms);  // written by now; its pong comes a second later
+        const auto hung_up_at = clock_type::now();
+        hang_up.emit(asio::cancellation_type::terminal);
+        f.guest.faults.reply_delay = 0ms;
+        BOOST_TEST(co_await eventually([&] { return cancelled.has_value(); }, 5s));
+        BOOST_TEST((cancelled && *cancelled == asio::error::operation_aborted));
+        BOOST_TEST((clock_type::now() - hung_up_at < 800ms));  // not waiting for the pong
+        // The abandoned request's pong is consumed, not given to this get_health.
+        const protocol::host_message poll = protocol::get_health_request{};
+        auto answer = co_await f.link->async_request(poll);
+        BOOST_TEST((answer && std::holds_alternative<protocol::health_payload>(*answer)));
+        BOOST_TEST(f.link->stats().late_replies_dropped == 1u);
+        BOOST_TEST(f.link->queued_requests() == 0u);
+    });
+    f.shut_down_and_expect_idle();
+}
+
 BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_restart) {
     link_fixture f;
     f.link = f.make_link(f.guest.listen_tcp());

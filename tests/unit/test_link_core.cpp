@@ -360,8 +360,8 @@ BOOST_AUTO_TEST_CASE(pushes_interleaved_with_replies_byte_by_byte_never_complete
     f.core.add(ping, t0 + 10s, t0, &w[2]);
     f.written();
     const std::string push = "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"degraded\"}}\r\n";
-    const std::string stream = push + std::string(pong_line) + push + push +
-                               health_with_uptime(4) + "\n" + std::string(pong_line) + push;
+    const std::string stream = push + std::string(pong_line) + push + push + health_with_uptime(4) +
+                               "\n" + std::string(pong_line) + push;
     for (char c : stream)
         f.core.on_bytes(std::string_view(&c, 1), t0);
     BOOST_TEST(f.count<daemon::link_events::lifecycle>() == 4u);
