@@ -18,7 +18,7 @@
 #include <boost/json/value_from.hpp>
 
 #include "config/config.hpp"
-#include "daemon/link_error.hpp"
+#include "daemon/link/link_error.hpp"
 #include "daemon/provisioning.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/redact.hpp"
@@ -362,29 +362,24 @@ struct guest_reply {
 // anything we sent that may be secret.
 // Arguments are references to the caller's named objects: GCC 12 destroys a class-type
 // temporary created inside a co_await expression twice.
-asio::awaitable<guest_reply> call_guest(api_context& context,
+asio::awaitable<guest_reply> call_guest(api_context& /*context*/,
                                         const std::shared_ptr<managed_guest>& guest,
                                         const protocol::host_message& message, unsigned version) {
     const auto type = std::string(protocol::type_name(message));
-    const auto started = std::chrono::steady_clock::now();
     auto result = co_await guest->request(message);
-    const auto latency = std::chrono::steady_clock::now() - started;
     guest_reply out;
     if (!result) {
         const auto mapping = map_link_error(result.error());
-        context.metrics.record_request(guest->name(), type, mapping.code, latency);
         out.error = error_response(mapping.status, mapping.code,
                                    guest->name() + ": " + result.error().message(), version);
         co_return out;
     }
     if (const auto* ack = std::get_if<protocol::ack_payload>(&*result); ack && !ack->ok) {
-        context.metrics.record_request(guest->name(), type, "guest_error", latency);
         const auto text = scrub_guest_error(ack->error, message);
         out.error = error_response(502, "guest_error",
                                    guest->name() + " refused " + type + ": " + text, version);
         co_return out;
     }
-    context.metrics.record_request(guest->name(), type, "ok", latency);
     out.reply = std::move(*result);
     co_return out;
 }
@@ -521,16 +516,11 @@ http_response registry_error_response(const registry_error& e, unsigned version)
 }
 
 // The outcome of a provisioning run as POST and PUT .../provision answer it.
-asio::awaitable<http_response> provision_and_report(api_context& context,
+asio::awaitable<http_response> provision_and_report(api_context& /*context*/,
                                                     const std::shared_ptr<managed_guest>& guest,
                                                     unsigned version) {
-    const auto started = std::chrono::steady_clock::now();
     const auto report = co_await guest->provision_now();
     const bool failed = report.state == "failed";
-    if (report.state != "needs_values") {
-        context.metrics.record_request(guest->name(), "provision", failed ? "guest_error" : "ok",
-                                       std::chrono::steady_clock::now() - started);
-    }
     if (failed) {
         co_return error_response(
             502, "guest_error",

@@ -17,7 +17,7 @@
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/managed_guest.hpp"
-#include "daemon/retry_budget.hpp"
+#include "daemon/link/retry_budget.hpp"
 #include "daemon/state_store.hpp"
 
 namespace stereos::daemon {

@@ -15,7 +15,7 @@
 
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_link.hpp"
+#include "daemon/link/guest_link.hpp"
 #include "daemon/guest_state_machine.hpp"
 #include "daemon/log_throttle.hpp"
 

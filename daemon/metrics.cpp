@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <utility>
+#include <variant>
 
 #include <boost/json/parse.hpp>
 
@@ -13,6 +15,17 @@ namespace stereos::daemon {
 namespace json = boost::json;
 
 namespace {
+
+// The wire type of host_message alternative `index`.
+template <std::size_t... I>
+std::array<std::string_view, sizeof...(I)> make_type_names(std::index_sequence<I...>) {
+    return {protocol::type_name(protocol::host_message(std::in_place_index<I>))...};
+}
+std::string_view type_name_at(std::size_t index) {
+    static const auto names =
+        make_type_names(std::make_index_sequence<std::variant_size_v<protocol::host_message>>{});
+    return names[index];
+}
 
 // Label values: guest names are [A-Za-z0-9._-], but escape anyway so a future name can never
 // break the exposition.
@@ -82,26 +95,6 @@ void api_metrics::on_event(const std::string& line) {
     ++guests_[std::string(guest->get_string())].provisioning_failures;
 }
 
-void api_metrics::record_request(std::string_view guest, std::string_view type,
-                                 std::string_view outcome,
-                                 std::chrono::steady_clock::duration latency) {
-    auto it = guests_.find(guest);
-    if (it == guests_.end())
-        it = guests_.emplace(std::string(guest), guest_figures{}).first;
-    auto& figures = it->second;
-    ++figures.requests[{std::string(type), std::string(outcome)}];
-    const double seconds = std::chrono::duration<double>(latency).count();
-    auto& h = figures.latency;
-    ++h.count;
-    h.sum += seconds;
-    for (std::size_t i = 0; i < latency_buckets.size(); ++i) {
-        if (seconds <= latency_buckets[i]) {
-            ++h.buckets[i];
-            break;
-        }
-    }
-}
-
 void api_metrics::response_sent(unsigned status) {
     ++responses_[status];
 }
@@ -163,33 +156,43 @@ std::string api_metrics::render(const guest_registry& registry, const event_bus&
               });
 
     header(out, "stereos_guest_requests_total", "counter",
-           "Requests made to the guest on behalf of API clients, by wire type and outcome.");
-    for (const auto& [guest, figures] : guests_) {
-        for (const auto& [key, count] : figures.requests) {
-            out += "stereos_guest_requests_total{guest=\"" + label_value(guest) + "\",type=\"" +
-                   label_value(key.first) + "\",outcome=\"" + label_value(key.second) + "\"} " +
-                   std::to_string(count) + "\n";
+           "Requests on the guest's link (API calls, health polls, provisioning, keepalives), "
+           "by wire type and outcome.");
+    for (const auto& g : guests) {
+        const auto& counts = g->link().metrics().counts;
+        const auto name = label_value(g->name());
+        for (std::size_t type = 0; type < counts.size(); ++type) {
+            for (std::size_t outcome = 0; outcome < counts[type].size(); ++outcome) {
+                if (counts[type][outcome] == 0)
+                    continue;
+                out += "stereos_guest_requests_total{guest=\"" + name + "\",type=\"" +
+                       std::string(type_name_at(type)) + "\",outcome=\"" +
+                       std::string(to_string(static_cast<request_outcome>(outcome))) + "\"} " +
+                       std::to_string(counts[type][outcome]) + "\n";
+            }
         }
     }
 
     header(out, "stereos_guest_request_duration_seconds", "histogram",
-           "Latency of requests made to the guest on behalf of API clients.");
-    for (const auto& [guest, figures] : guests_) {
-        const auto& h = figures.latency;
-        if (h.count == 0)
+           "Latency of requests on the guest's link, from queueing to completion.");
+    for (const auto& g : guests) {
+        const auto& m = g->link().metrics();
+        if (m.latency_count == 0)
             continue;
-        const auto label = "guest=\"" + label_value(guest) + "\"";
+        const auto label = "guest=\"" + label_value(g->name()) + "\"";
         std::uint64_t cumulative = 0;
-        for (std::size_t i = 0; i < latency_buckets.size(); ++i) {
-            cumulative += h.buckets[i];
+        for (std::size_t i = 0; i < m.latency_bounds.size(); ++i) {
+            cumulative += m.latency_buckets[i];
+            const double bound = std::chrono::duration<double>(m.latency_bounds[i]).count();
             out += "stereos_guest_request_duration_seconds_bucket{" + label + ",le=\"" +
-                   number(latency_buckets[i]) + "\"} " + std::to_string(cumulative) + "\n";
+                   number(bound) + "\"} " + std::to_string(cumulative) + "\n";
         }
         out += "stereos_guest_request_duration_seconds_bucket{" + label + ",le=\"+Inf\"} " +
-               std::to_string(h.count) + "\n";
-        out += "stereos_guest_request_duration_seconds_sum{" + label + "} " + number(h.sum) + "\n";
+               std::to_string(m.latency_count) + "\n";
+        out += "stereos_guest_request_duration_seconds_sum{" + label + "} " +
+               number(std::chrono::duration<double>(m.latency_sum).count()) + "\n";
         out += "stereos_guest_request_duration_seconds_count{" + label + "} " +
-               std::to_string(h.count) + "\n";
+               std::to_string(m.latency_count) + "\n";
     }
 
     header(out, "stereos_guests", "gauge", "Guests managed by the daemon.");

@@ -1,6 +1,6 @@
 // Prometheus text exposition of the daemon (GET /metrics): per-guest state, link and request
-// figures, and the API's own counters. Requests made through the API are counted here, by guest,
-// wire type and outcome; link figures come from each guest's link stats at render time.
+// figures, and the API's own counters. Requests are counted by each guest's link (API calls,
+// health polls, provisioning and keepalives alike) and read from it at render time.
 // Single-threaded, on the daemon's executor.
 #pragma once
 
@@ -20,20 +20,11 @@ class guest_registry;
 
 class api_metrics {
   public:
-    // Upper bounds (seconds) of the request latency histogram's buckets; +Inf is implied.
-    static constexpr std::array<double, 10> latency_buckets{0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                            0.025,  0.1,   0.5,    2.5,   10};
-
     // Watches `bus` for provisioning failures (every one, including automatic runs).
     explicit api_metrics(event_bus& bus);
     ~api_metrics();
     api_metrics(const api_metrics&) = delete;
     api_metrics& operator=(const api_metrics&) = delete;
-
-    // One request to a guest made on behalf of an API client. `outcome` is "ok" or an error
-    // code (guest_error, guest_timeout, ...).
-    void record_request(std::string_view guest, std::string_view type, std::string_view outcome,
-                        std::chrono::steady_clock::duration latency);
 
     void connection_opened() noexcept { ++connections_open_; }
     void connection_closed() noexcept { --connections_open_; }
@@ -52,15 +43,7 @@ class api_metrics {
     std::string render(const guest_registry& registry, const event_bus& bus);
 
   private:
-    struct histogram {
-        std::array<std::uint64_t, latency_buckets.size()> buckets{};  // non-cumulative
-        std::uint64_t count = 0;
-        double sum = 0;
-    };
     struct guest_figures {
-        // (type, outcome) -> count
-        std::map<std::pair<std::string, std::string>, std::uint64_t> requests;
-        histogram latency;
         std::uint64_t provisioning_failures = 0;
     };
     void on_event(const std::string& line);

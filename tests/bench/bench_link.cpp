@@ -19,7 +19,7 @@
 
 #include <boost/asio.hpp>
 
-#include "daemon/guest_link.hpp"
+#include "daemon/link/guest_link.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
 #include "transport/completion_tokens.hpp"
 

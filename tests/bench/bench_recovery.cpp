@@ -30,7 +30,7 @@
 #include <boost/asio/post.hpp>
 
 #include "config/config.hpp"
-#include "daemon/guest_link.hpp"
+#include "daemon/link/guest_link.hpp"
 #include "tests/bench/bench_support.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
 

@@ -479,29 +479,6 @@ BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_deadline_and_mem
     bench.expect_daemon_well();
 }
 
-BOOST_AUTO_TEST_CASE(a_guest_replying_out_of_order_is_reset_and_no_reply_is_misdelivered) {
-    fault_bench bench;
-    fake_guests bad(bench.dir, "bad", 1, {"--out-of-order", "--faults-after", "1"});
-    bench.add_guest("bad", bad.endpoint());
-    std::vector<outcome> outcomes;
-    {
-        request_loop pings(bench.socket(), "POST", "/v1/guests/bad/ping");
-        request_loop health(bench.socket(), "GET", "/v1/guests/bad/health");
-        std::this_thread::sleep_for(3s);
-        outcomes = pings.stop();
-        auto more = health.stop();
-        outcomes.insert(outcomes.end(), more.begin(), more.end());
-    }
-    BOOST_TEST_MESSAGE("out-of-order guest: " << summary(outcomes));
-    // A swapped pair of the same kind is harmless and may pass; a swapped pair of different
-    // kinds is a protocol error, never a reply handed to the wrong request.
-    for (const auto& o : outcomes)
-        BOOST_TEST(is_one_of(o.status, {200u, 502u, 503u, 504u}), o.status << " " << o.code);
-    bench.expect_logged("bad: protocol error, resetting the connection: guest reply out of step");
-    BOOST_TEST(bench.metric_now("stereos_guest_protocol_errors_total{guest=\"bad\"}") >= 1);
-    bench.expect_daemon_well();
-}
-
 BOOST_AUTO_TEST_CASE(fifty_guests_flapping_every_50_ms_for_30_s_leak_nothing) {
     fault_bench bench("reconnect_max = \"100ms\"\n");
     constexpr int flappers = 50;

@@ -1,7 +1,7 @@
 // The fast-retry budget shared by a daemon's links, with injected time.
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/retry_budget.hpp"
+#include "daemon/link/retry_budget.hpp"
 
 using stereos::daemon::retry_budget;
 using namespace std::chrono_literals;

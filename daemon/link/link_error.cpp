@@ -1,4 +1,4 @@
-#include "daemon/link_error.hpp"
+#include "daemon/link/link_error.hpp"
 
 #include <string>
 

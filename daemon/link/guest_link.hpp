@@ -1,0 +1,265 @@
+// One persistent, multiplexed connection to one guest's stereosd. Any number of coroutines may
+// call async_request concurrently; lines go out in call order through a single writer, replies
+// are matched FIFO (pending_requests), and unsolicited lifecycle pushes go to the event
+// callback. Runs forever (connect, handshake, serve, back off, reconnect) until stopped.
+//
+// A connection counts as up only once the guest has answered its first request, a get_health:
+// under QEMU user-mode forwarding connect() succeeds while nothing listens in the guest, so only
+// a reply proves stereosd is there. The handshake's health report goes out with the `up` event.
+//
+// The logic (framing, the handshake, the request FIFO, deadlines, keepalive) is link_core's;
+// this class only runs the loops around it: connect and retry, read, write, and one deadline
+// timer for the whole link. A waiting request is a small async operation that link_core
+// completes, not a timer.
+//
+// Threading: create, start, stop, async_request/async_send, reconnect_now and every accessor
+// must be called on the executor given at construction (one thread, no mutexes). Events and
+// completions are delivered on that executor (completions on the handler's associated
+// executor, which should be the same).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/recycling_allocator.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/system/result.hpp>
+
+#include "daemon/link/link_core.hpp"
+#include "daemon/link/link_error.hpp"
+#include "daemon/link/link_events.hpp"
+#include "daemon/link/reconnect_backoff.hpp"
+#include "protocol/messages.hpp"
+#include "transport/connect.hpp"
+#include "transport/endpoint.hpp"
+
+namespace stereos::daemon {
+
+// A request's outcome: the guest's reply (an ack with ok:false included), or a link error.
+using request_result = boost::system::result<protocol::guest_message>;
+
+class guest_link;
+
+namespace link_detail {
+// One caller's wait for its reply: allocated once (from the handler's allocator, else Asio's
+// recycling allocator, so steady traffic does not reach malloc), completed by link_core or by
+// the caller's cancellation slot, and delivered through a post so that link_core is never
+// re-entered from a resumed caller.
+template <class Handler>
+class request_op;
+}  // namespace link_detail
+
+class guest_link : public std::enable_shared_from_this<guest_link> {
+  public:
+    using clock = std::chrono::steady_clock;
+    using event_handler = link_event_handler;
+    using reply_signature = void(boost::system::error_code, protocol::guest_message);
+
+    static std::shared_ptr<guest_link> create(boost::asio::any_io_executor executor,
+                                              transport::endpoint target,
+                                              guest_link_options options, event_handler on_event);
+    ~guest_link();
+
+    // Starts the connect/serve/reconnect loop. Call once.
+    void start();
+
+    // Cancels everything promptly: waiting requests complete with link_stopped, the socket
+    // closes. async_stop() also waits until the loop has finished.
+    void stop();
+    boost::asio::awaitable<void> async_stop();
+
+    // Sends one request and completes with (error, reply) by `deadline`. Cancelling it through
+    // the handler's cancellation slot (any type) withdraws the request: an unwritten one is
+    // removed from the queue, a written one abandoned (its late reply is dropped); it then
+    // completes with operation_aborted.
+    template <class CompletionToken>
+    auto async_send(protocol::host_message request, clock::time_point deadline,
+                    CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, reply_signature>(
+            [this](auto handler, const protocol::host_message& message, clock::time_point until) {
+                using op = link_detail::request_op<std::decay_t<decltype(handler)>>;
+                op::start(std::move(handler), *this, message, until);
+            },
+            token, std::move(request), deadline);
+    }
+
+    // The same as a coroutine, with the deadline request_timeout from now by default.
+    // Pass a named message, not a temporary with strings: g++ 12 destroys temporaries of a
+    // co_await full-expression twice (a double free with any non-trivial payload).
+    boost::asio::awaitable<request_result> async_request(protocol::host_message request);
+    boost::asio::awaitable<request_result> async_request(protocol::host_message request,
+                                                         clock::time_point deadline);
+
+    // "This guest just started": drops a connection that may be stale (a VM reset leaves the
+    // old one silent; one that answered within the last second is kept), cuts a backoff wait
+    // short, and retries fast for fast_retry_window.
+    void reconnect_now();
+
+    bool is_up() const noexcept { return core_.is_up(); }
+    bool is_stopped() const noexcept { return finished_; }
+    const link_stats& stats() const noexcept { return core_.stats(); }
+    const request_metrics& metrics() const noexcept { return core_.metrics(); }
+    const transport::endpoint& target() const noexcept { return target_; }
+    const guest_link_options& options() const noexcept { return core_.options(); }
+    std::size_t queued_requests() const noexcept { return core_.queued_requests(); }
+    const boost::asio::any_io_executor& get_executor() const noexcept { return executor_; }
+
+    guest_link(boost::asio::any_io_executor executor, transport::endpoint target,
+               guest_link_options options, event_handler on_event);
+
+  private:
+    template <class Handler>
+    friend class link_detail::request_op;
+
+    // Queues a request for `to_notify`; starts a write and moves the deadline timer if needed.
+    boost::system::result<std::uint64_t> submit(link_core::waiter& to_notify,
+                                                const protocol::host_message& request,
+                                                clock::time_point deadline);
+    void withdraw(std::uint64_t id) { core_.withdraw(id, clock::now()); }
+
+    boost::asio::awaitable<void> run();
+    boost::asio::awaitable<void> connection_loop();
+    // One timer for the whole link at link_core's next deadline.
+    boost::asio::awaitable<void> deadline_loop();
+    void deadline_at(clock::time_point when);
+    // Waits out `delay`; cut short by reconnect_now(), or for unix and hybrid endpoints by the
+    // socket file appearing (the VMM creates it as the VM starts).
+    boost::asio::awaitable<void> wait_before_retry(std::chrono::milliseconds delay);
+    boost::asio::awaitable<void> socket_file_created();
+    // An inotify watch on the socket file's directory, while the link is down; false if the
+    // endpoint has no socket file or the watch cannot be made.
+    bool watch_socket_file();
+    std::chrono::milliseconds next_retry_delay();
+    void open_fast_retry_window();
+    // Reads until the connection ends: the handshake, then serving.
+    boost::asio::awaitable<void> read_loop();
+    // Writes what link_core has to send unless a write is already in flight: one writer.
+    void start_write();
+    // Acts on link_core's verdict after a call into it: close, write, rearm.
+    void after_core_call();
+    void close_socket();
+    void emit(const link_event& event);
+
+    boost::asio::any_io_executor executor_;
+    transport::endpoint target_;
+    event_handler on_event_;
+    link_core core_;
+
+    transport::stream_socket socket_;
+    std::uint64_t connection_number_ = 0;  // tells a stale write completion from a live one
+    bool write_in_flight_ = false;
+    reconnect_backoff backoff_;
+    boost::asio::steady_timer deadline_timer_;   // at link_core's next deadline
+    boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
+    boost::asio::steady_timer retry_timer_;      // the wait before reconnecting
+    std::optional<boost::asio::posix::stream_descriptor> socket_watch_;  // inotify, while down
+    std::string socket_file_name_;  // the watched file's name in its directory
+    boost::asio::cancellation_signal stop_signal_;
+
+    bool started_ = false;
+    bool stopping_ = false;
+    bool finished_ = false;
+    clock::time_point fast_retry_until_{};
+    bool retry_at_once_ = false;  // reconnect_now() during a wait
+    clock::time_point up_since_{};
+};
+
+namespace link_detail {
+
+template <class Handler>
+class request_op final : public link_core::waiter {
+    using clock = guest_link::clock;
+    using work_guard = boost::asio::executor_work_guard<
+        boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>>;
+    using allocator = typename std::allocator_traits<boost::asio::associated_allocator_t<
+        Handler, boost::asio::recycling_allocator<void>>>::template rebind_alloc<request_op>;
+
+  public:
+    static void start(Handler handler, guest_link& link, const protocol::host_message& request,
+                      clock::time_point deadline) {
+        allocator alloc(boost::asio::get_associated_allocator(
+            handler, boost::asio::recycling_allocator<void>()));
+        auto* op = std::allocator_traits<allocator>::allocate(alloc, 1);
+        op = new (op) request_op(std::move(handler), link);
+        auto queued = link.submit(*op, request, deadline);
+        if (!queued) {
+            op->complete(queued.error(), {});
+            return;
+        }
+        op->id_ = *queued;
+        auto slot = boost::asio::get_associated_cancellation_slot(op->handler_);
+        if (slot.is_connected()) {
+            slot.template emplace<cancel_handler>(op);
+            op->cancellable_ = true;
+        }
+    }
+
+    void complete(boost::system::error_code error, protocol::guest_message reply) override {
+        completed_ = true;
+        error_ = error;
+        reply_ = std::move(reply);
+        boost::asio::post(work_.get_executor(), deliver{this});
+    }
+
+  private:
+    struct cancel_handler {
+        request_op* op;
+        void operator()(boost::asio::cancellation_type_t type) const {
+            if (type == boost::asio::cancellation_type::none || op->completed_)
+                return;
+            op->link_->withdraw(op->id_);
+            op->complete(boost::asio::error::operation_aborted, {});
+        }
+    };
+    // Runs from the executor's queue, never inside link_core or the cancellation slot.
+    struct deliver {
+        request_op* op;
+        void operator()() const { op->finish(); }
+    };
+
+    request_op(Handler handler, guest_link& link)
+        : handler_(std::move(handler)),
+          work_(boost::asio::get_associated_executor(handler_, link.get_executor())),
+          link_(&link) {}
+
+    void finish() {
+        if (cancellable_)
+            boost::asio::get_associated_cancellation_slot(handler_).clear();
+        auto handler = std::move(handler_);
+        auto work = std::move(work_);
+        const auto error = error_;
+        auto reply = std::move(reply_);
+        allocator alloc(boost::asio::get_associated_allocator(
+            handler, boost::asio::recycling_allocator<void>()));
+        this->~request_op();
+        std::allocator_traits<allocator>::deallocate(alloc, this, 1);
+        std::move(handler)(error, std::move(reply));
+    }
+
+    Handler handler_;
+    work_guard work_;
+    guest_link* link_;
+    std::uint64_t id_ = 0;
+    bool completed_ = false;
+    bool cancellable_ = false;  // our handler is installed in the caller's cancellation slot
+    boost::system::error_code error_;
+    protocol::guest_message reply_;
+};
+
+}  // namespace link_detail
+
+}  // namespace stereos::daemon
