@@ -840,6 +840,7 @@ BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies)
     std::string streamed;
     while (auto line = events.next_line(300ms))
         streamed += *line + "\n";
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
     BOOST_TEST(hostd.process().stop() == 0);
     const auto log = hostd.log();
     BOOST_TEST(log.find("POST /v1/guests/vm1/secrets") != std::string::npos,
@@ -851,7 +852,6 @@ BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies)
         for (const auto& body : answers)
             BOOST_TEST(body.find(value) == std::string::npos, "secret in a response: " << body);
     }
-    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(curl_and_stereosctl_drive_the_api_with_the_documented_exit_codes) {
