@@ -4,6 +4,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/write.hpp>
@@ -56,7 +57,8 @@ asio::awaitable<void> api_session::serve_events(const std::string& guest_filter,
     if (!ec) {
         watch_for_hangup(true);
         co_await stream_events(*subscription, guest_filter, snapshot, chunked);
-        stop_watching();
+        beast::flat_buffer ignored;  // the client sends nothing more that is answered
+        co_await stop_watching(ignored);
         if (hung_up_)
             log::debug("API client hung up on its event stream");
     }

@@ -1,13 +1,12 @@
 #include "daemon/api_session.hpp"
 
-#include <sys/socket.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -68,29 +67,37 @@ void api_session::stop() {
 
 void api_session::watch_for_hangup(bool any_input) {
     watching_ = true;
-    stream_.socket().async_wait(socket_type::wait_read, [self = shared_from_this(),
-                                                         any_input](boost::system::error_code ec) {
-        if (ec || !self->watching_)
-            return;
-        if (!any_input && !self->peer_closed())
-            return;  // the next request, pipelined: answered in turn
-        self->hung_up_ = true;
-        self->hangup_.emit(asio::cancellation_type::terminal);
-    });
+    stream_.socket().async_read_some(
+        asio::buffer(watch_buffer_),
+        [self = shared_from_this(), any_input](boost::system::error_code ec, std::size_t n) {
+            if (ec == asio::error::operation_aborted)
+                return;  // stop_watching()
+            if (!ec) {
+                self->watched_input_.append(self->watch_buffer_.data(), n);
+                if (!any_input)
+                    return;  // the next request, pipelined: answered in turn
+            }
+            if (!self->watching_)
+                return;  // the session reads the end of the stream itself
+            self->hung_up_ = true;
+            self->hangup_.emit(asio::cancellation_type::terminal);
+        });
 }
 
-void api_session::stop_watching() {
+asio::awaitable<void> api_session::stop_watching(beast::flat_buffer& buffer) {
     if (!std::exchange(watching_, false))
-        return;
+        co_return;
     boost::system::error_code ignored;
     stream_.socket().cancel(ignored);
-}
-
-// Readable with nothing to read (end of stream) or an error (reset): the peer is gone.
-bool api_session::peer_closed() {
-    char byte = 0;
-    const auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    // The watch's completion is queued by now (cancelled or not): one turn of the executor
+    // runs it before this coroutine goes on.
+    co_await asio::post(stream_.get_executor(), asio::use_awaitable);
+    if (!watched_input_.empty()) {
+        const auto n =
+            asio::buffer_copy(buffer.prepare(watched_input_.size()), asio::buffer(watched_input_));
+        buffer.commit(n);
+        watched_input_.clear();
+    }
 }
 
 asio::awaitable<bool> api_session::send(api::http_response& response) {
@@ -171,7 +178,7 @@ asio::awaitable<void> api_session::run() {
                 if (watch)
                     watch_for_hangup(false);
                 outcome = co_await api::run_route(request, match, access_, env_.context);
-                stop_watching();
+                co_await stop_watching(buffer);
             }
         }
         // The body may be a secret or a jcard.toml: do not leave it in freed memory.

@@ -6,6 +6,7 @@
 // on the socket signals. Single-threaded, on the daemon's executor.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -16,6 +17,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
 
 #include "daemon/api_audit.hpp"
 #include "daemon/api_routes.hpp"
@@ -68,10 +70,12 @@ class api_session : public std::enable_shared_from_this<api_session> {
                                                std::string& pending, bool chunked);
     boost::asio::awaitable<bool> write_events(const std::string& batch, bool last, bool chunked);
     // Until stop_watching(): the peer closing its end (or, with `any_input`, sending anything)
-    // emits the hangup signal. Bytes of a pipelined request do not count without `any_input`.
+    // emits the hangup signal. A read, not a readiness wait: Asio re-arms epoll for every wait,
+    // while a read queued after a read that drained the socket costs no system call. Bytes of a
+    // pipelined request are kept for the session (and, without `any_input`, are no hangup).
     void watch_for_hangup(bool any_input);
-    void stop_watching();
-    bool peer_closed();
+    // Ends the watch; once it returns, any bytes the watch read are at the end of `buffer`.
+    boost::asio::awaitable<void> stop_watching(boost::beast::flat_buffer& buffer);
 
     api_stream stream_;
     api::peer_access access_;
@@ -79,6 +83,8 @@ class api_session : public std::enable_shared_from_this<api_session> {
     api_session_environment& env_;
     boost::asio::cancellation_signal hangup_;
     boost::asio::steady_timer* event_wake_ = nullptr;  // set while serving /v1/events
+    std::array<char, 4096> watch_buffer_{};
+    std::string watched_input_;  // read by the watch: the start of a pipelined request
     bool watching_ = false;
     bool hung_up_ = false;
 };

@@ -259,9 +259,11 @@ std::string answer_guest_lines(std::string& input) {
 // The raw HTTP limit: every complete request head read so far (bodies are empty) gets a canned
 // 200 with a small JSON body, like the daemon's answer to a ping.
 std::string answer_http_requests(std::string& input) {
+    static const std::string body = "{\"guest\":\"vm1\",\"rtt_us\":22}\n";
     static const std::string canned =
         "HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: application/json\r\n"
-        "Content-Length: 29\r\n\r\n{\"guest\":\"vm1\",\"rtt_us\":22}\n";
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
     std::string out;
     std::size_t start = 0;
     for (auto end = input.find("\r\n\r\n"); end != std::string::npos;
