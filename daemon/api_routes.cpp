@@ -595,7 +595,9 @@ constexpr route route_table[] = {
     {post, "/v1/guests/{name}/secrets", handle_guest_secret, 200, guest_request_errors, true},
     {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, guest_request_errors, true},
     {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, guest_request_errors, true},
-    {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors, true},
+    // Not cancelled by a hangup: the guest may act on a written shutdown, and the state machine
+    // is to hear its answer.
+    {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors},
     {post, "/v1/guests/{name}/provision", handle_guest_provision, 200, provision_errors},
     {put, "/v1/guests/{name}/provision", handle_guest_set_provision, 200, set_provision_errors},
     {post, "/v1/guests/{name}/reconnect", handle_guest_reconnect, 202, guest_errors},

@@ -183,17 +183,17 @@ asio::awaitable<void> api_session::run() {
         }
         // The body may be a secret or a jcard.toml: do not leave it in freed memory.
         std::fill(request.body().begin(), request.body().end(), '\0');
-        if (hung_up_) {
-            log::debug("API client hung up while waiting; its request was withdrawn");
-            break;
-        }
-
         if (auto* events = std::get_if<api::event_stream_request>(&outcome)) {
             co_await serve_events(events->guest_filter, request.version());
             break;
         }
         auto& response = std::get<api::http_response>(outcome);
+        // Recorded even when the client is gone: a withdrawn request may have reached the guest.
         env_.audit.record(request, access_, response);
+        if (hung_up_) {
+            log::debug("API client hung up while waiting; its request was withdrawn");
+            break;
+        }
         const bool keep_alive = request.keep_alive() && !over_limit_ && !env_.context.stopping;
         response.keep_alive(keep_alive);
         if (!co_await send(response) || !keep_alive)
