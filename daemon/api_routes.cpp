@@ -19,6 +19,7 @@
 
 #include "config/config.hpp"
 #include "daemon/link/link_error.hpp"
+#include "daemon/logging.hpp"
 #include "daemon/provisioning.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/redact.hpp"
@@ -50,271 +51,6 @@ http_response json_response(http::status status, const json::value& body, unsign
 http_response ok(const json::value& body, unsigned version) {
     return json_response(http::status::ok, body, version);
 }
-
-// ---- targets --------------------------------------------------------------------------------
-
-int hex_value(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-// %XX decoding; '+' means a space in query strings only.
-std::optional<std::string> percent_decode(std::string_view text, bool plus_is_space) {
-    std::string out;
-    out.reserve(text.size());
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        if (text[i] == '%') {
-            if (i + 2 >= text.size())
-                return std::nullopt;
-            const int high = hex_value(text[i + 1]), low = hex_value(text[i + 2]);
-            if (high < 0 || low < 0)
-                return std::nullopt;
-            out += static_cast<char>(high * 16 + low);
-            i += 2;
-        } else if (plus_is_space && text[i] == '+') {
-            out += ' ';
-        } else {
-            out += text[i];
-        }
-    }
-    return out;
-}
-
-struct parsed_target {
-    std::vector<std::string> segments;  // "/v1/guests/vm1" -> v1, guests, vm1
-    std::map<std::string, std::string, std::less<>> query;
-};
-
-std::optional<parsed_target> parse_target(std::string_view target) {
-    if (target.empty() || target.front() != '/')
-        return std::nullopt;
-    parsed_target out;
-    std::string_view path = target, query;
-    if (auto q = target.find('?'); q != std::string_view::npos) {
-        path = target.substr(0, q);
-        query = target.substr(q + 1);
-    }
-    path.remove_prefix(1);
-    while (true) {
-        const auto slash = path.find('/');
-        auto segment = percent_decode(path.substr(0, slash), false);
-        if (!segment)
-            return std::nullopt;
-        out.segments.push_back(std::move(*segment));
-        if (slash == std::string_view::npos)
-            break;
-        path.remove_prefix(slash + 1);
-    }
-    while (!query.empty()) {
-        const auto amp = query.find('&');
-        const auto pair = query.substr(0, amp);
-        const auto eq = pair.find('=');
-        auto key = percent_decode(pair.substr(0, eq), true);
-        auto value = percent_decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1), true);
-        if (!key || !value)
-            return std::nullopt;
-        if (!key->empty())
-            out.query.emplace(std::move(*key), std::move(*value));
-        if (amp == std::string_view::npos)
-            break;
-        query.remove_prefix(amp + 1);
-    }
-    return out;
-}
-
-// ---- routes ---------------------------------------------------------------------------------
-
-enum class route {
-    ping,
-    list_guests,
-    add_guest,
-    show_guest,
-    remove_guest,
-    guest_ping,
-    guest_health,
-    guest_config,
-    guest_secret,
-    guest_ssh_key,
-    guest_mount,
-    guest_shutdown,
-    guest_provision,
-    guest_set_provision,
-    guest_reconnect,
-    guest_wait,
-    events,
-    metrics,
-};
-
-struct route_entry {
-    std::string_view pattern;  // "{name}" matches one segment: the guest's name
-    http::verb method;
-    route id;
-};
-
-constexpr std::array<route_entry, 18> route_table{{
-    {"/v1/ping", http::verb::get, route::ping},
-    {"/v1/guests", http::verb::get, route::list_guests},
-    {"/v1/guests", http::verb::post, route::add_guest},
-    {"/v1/guests/{name}", http::verb::get, route::show_guest},
-    {"/v1/guests/{name}", http::verb::delete_, route::remove_guest},
-    {"/v1/guests/{name}/ping", http::verb::post, route::guest_ping},
-    {"/v1/guests/{name}/health", http::verb::get, route::guest_health},
-    {"/v1/guests/{name}/config", http::verb::put, route::guest_config},
-    {"/v1/guests/{name}/secrets", http::verb::post, route::guest_secret},
-    {"/v1/guests/{name}/ssh-keys", http::verb::post, route::guest_ssh_key},
-    {"/v1/guests/{name}/mounts", http::verb::post, route::guest_mount},
-    {"/v1/guests/{name}/shutdown", http::verb::post, route::guest_shutdown},
-    {"/v1/guests/{name}/provision", http::verb::post, route::guest_provision},
-    {"/v1/guests/{name}/provision", http::verb::put, route::guest_set_provision},
-    {"/v1/guests/{name}/reconnect", http::verb::post, route::guest_reconnect},
-    {"/v1/guests/{name}/wait", http::verb::get, route::guest_wait},
-    {"/v1/events", http::verb::get, route::events},
-    {"/metrics", http::verb::get, route::metrics},
-}};
-
-// Whether `segments` match `pattern`; the {name} segment goes to `name`.
-bool matches(std::string_view pattern, const std::vector<std::string>& segments,
-             std::string& name) {
-    pattern.remove_prefix(1);
-    std::size_t i = 0;
-    while (true) {
-        const auto slash = pattern.find('/');
-        const auto part = pattern.substr(0, slash);
-        if (i >= segments.size())
-            return false;
-        if (part == "{name}") {
-            name = segments[i];
-        } else if (part != segments[i]) {
-            return false;
-        }
-        ++i;
-        if (slash == std::string_view::npos)
-            break;
-        pattern.remove_prefix(slash + 1);
-    }
-    return i == segments.size();
-}
-
-// ---- request bodies -------------------------------------------------------------------------
-
-// Reads fields of a JSON object body, keeping the first problem. Messages name fields, never
-// values: the body may carry a secret.
-class body_fields {
-  public:
-    body_fields(const http_request& request, bool empty_ok) {
-        if (request.body().empty() && empty_ok)
-            return;
-        boost::system::error_code ec;
-        auto value = json::parse(request.body(), ec);
-        if (ec) {
-            problem_ = "body is not valid JSON: " + ec.message();
-        } else if (!value.is_object()) {
-            problem_ = "body must be a JSON object";
-        } else {
-            object_ = std::move(value.get_object());
-        }
-    }
-
-    std::string required_string(std::string_view key) {
-        const auto* v = object_.if_contains(key);
-        if (!v) {
-            fail("missing field \"" + std::string(key) + "\"");
-            return {};
-        }
-        if (!v->is_string()) {
-            fail("field \"" + std::string(key) + "\" must be a string");
-            return {};
-        }
-        if (v->get_string().empty()) {
-            fail("field \"" + std::string(key) + "\" must not be empty");
-            return {};
-        }
-        return std::string(v->get_string());
-    }
-
-    std::string optional_string(std::string_view key) {
-        const auto* v = object_.if_contains(key);
-        if (!v || v->is_null())
-            return {};
-        if (!v->is_string()) {
-            fail("field \"" + std::string(key) + "\" must be a string");
-            return {};
-        }
-        return std::string(v->get_string());
-    }
-
-    bool optional_bool(std::string_view key) {
-        const auto* v = object_.if_contains(key);
-        if (!v || v->is_null())
-            return false;
-        if (!v->is_bool()) {
-            fail("field \"" + std::string(key) + "\" must be true or false");
-            return false;
-        }
-        return v->get_bool();
-    }
-
-    json::object required_object(std::string_view key) {
-        if (!object_.contains(key)) {
-            fail("missing field \"" + std::string(key) + "\"");
-            return {};
-        }
-        return optional_object(key);
-    }
-
-    json::object optional_object(std::string_view key) {
-        const auto* v = object_.if_contains(key);
-        if (!v || v->is_null())
-            return {};
-        if (!v->is_object()) {
-            fail("field \"" + std::string(key) + "\" must be an object");
-            return {};
-        }
-        return v->get_object();
-    }
-
-    // A file mode: a number (e.g. 384) or an octal string ("0600", "0o600", "600").
-    std::uint32_t optional_mode(std::string_view key) {
-        const auto* v = object_.if_contains(key);
-        if (!v || v->is_null())
-            return 0;
-        std::int64_t mode = -1;
-        if (v->is_int64()) {
-            mode = v->get_int64();
-        } else if (v->is_uint64()) {
-            mode = v->get_uint64() > 07777 ? -1 : static_cast<std::int64_t>(v->get_uint64());
-        } else if (v->is_string()) {
-            std::string_view text = v->get_string();
-            if (text.starts_with("0o"))
-                text.remove_prefix(2);
-            if (!text.empty() && text.size() <= 5 &&
-                std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; }))
-                mode = std::stol(std::string(text), nullptr, 8);
-        }
-        if (mode < 0 || mode > 07777) {
-            fail("field \"" + std::string(key) +
-                 R"(" must be a file mode: a number up to 4095 or an octal string such as "0600")");
-            return 0;
-        }
-        return static_cast<std::uint32_t>(mode);
-    }
-
-    void fail(std::string problem) {
-        if (problem_.empty())
-            problem_ = std::move(problem);
-    }
-    bool ok() const noexcept { return problem_.empty(); }
-    const std::string& problem() const noexcept { return problem_; }
-
-  private:
-    json::object object_;
-    std::string problem_;
-};
 
 // ---- guests and their requests --------------------------------------------------------------
 
@@ -357,7 +93,7 @@ struct guest_reply {
     std::optional<http_response> error;
 };
 
-// Sends one request to the guest on behalf of a client and maps a failure to the issue's
+// Sends one request to the guest on behalf of a client and maps a failure to the API's
 // codes. An ack with ok:false is the guest's answer: guest_error, with its text scrubbed of
 // anything we sent that may be secret.
 // Arguments are references to the caller's named objects: GCC 12 destroys a class-type
@@ -368,6 +104,12 @@ asio::awaitable<guest_reply> call_guest(api_context& /*context*/,
     const auto type = std::string(protocol::type_name(message));
     auto result = co_await guest->request(message);
     guest_reply out;
+    if (!result && result.error() == asio::error::operation_aborted) {
+        // The client hung up and the request was withdrawn; this answer is never sent.
+        out.error = error_response(502, "connection_lost", guest->name() + ": request withdrawn",
+                                   version);
+        co_return out;
+    }
     if (!result) {
         const auto mapping = map_link_error(result.error());
         out.error = error_response(mapping.status, mapping.code,
@@ -489,6 +231,12 @@ asio::awaitable<http_response> wait_for_state(api_context& context,
         }
         wake.expires_at(std::min(deadline, now + std::chrono::seconds(1)));
         co_await wake.async_wait(use_tuple);
+        const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
+        if (state.cancelled() != asio::cancellation_type::none) {
+            // The client hung up; this answer is never sent.
+            response = error_response(408, "wait_timeout", "the client stopped waiting", version);
+            break;
+        }
     }
     subscription->close();
     co_return response;
@@ -548,217 +296,330 @@ provision_caller caller_of(const peer_access& access) {
                                      : provision_caller::values_only;
 }
 
-asio::awaitable<api_outcome> handle(route id, const http_request& request,
-                                    const parsed_target& target, const std::string& name,
-                                    const peer_access& access, api_context& context) {
-    const unsigned version = request.version();
-
-    switch (id) {
-        case route::ping:
-            co_return ok(json::object{{"status", "ok"}, {"version", STEREOS_VERSION}}, version);
-
-        case route::list_guests: {
-            json::array guests;
-            for (const auto& g : context.registry.all())
-                guests.push_back(g->status());
-            co_return ok(json::object{{"guests", std::move(guests)}}, version);
-        }
-
-        case route::add_guest: {
-            body_fields body(request, false);
-            auto guest_name = body.required_string("name");
-            auto endpoint = body.required_string("endpoint");
-            auto provision = body.optional_object("provision");
-            if (body.ok()) {
-                if (auto valid = config::check_guest_name(guest_name); !valid)
-                    body.fail("field \"name\": " + valid.error().message);
-            }
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            auto added =
-                context.registry.add_runtime(guest_name, endpoint, provision, caller_of(access));
-            if (!added)
-                co_return registry_error_response(added.error(), version);
-            auto response = json_response(http::status::created, (*added)->status(), version);
-            response.set(http::field::location, "/v1/guests/" + guest_name);
-            co_return response;
-        }
-
-        case route::events: {
-            std::string filter;
-            if (auto g = target.query.find("guest"); g != target.query.end()) {
-                auto found = find_guest(context, g->second, version);
-                if (found.error)
-                    co_return std::move(*found.error);
-                filter = g->second;
-            }
-            co_return event_stream_request{std::move(filter)};
-        }
-
-        case route::metrics: {
-            http_response response{http::status::ok, version};
-            response.set(http::field::server, server_name);
-            response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-            response.body() = context.metrics.render(context.registry, context.bus);
-            response.prepare_payload();
-            co_return response;
-        }
-
-        default:
-            break;
-    }
-
-    // Every other route is about one guest.
-    auto found = find_guest(context, name, version);
-    if (found.error)
-        co_return std::move(*found.error);
-    auto guest = std::move(found.guest);
-
-    switch (id) {
-        case route::show_guest:
-            co_return ok(guest->status(), version);
-
-        case route::remove_guest: {
-            auto removed = co_await context.registry.async_remove_runtime(name);
-            if (!removed) {
-                const auto& e = removed.error();
-                switch (e.code) {
-                    case registry_error::kind::not_found:
-                        co_return error_response(404, "guest_not_found", e.message, version);
-                    case registry_error::kind::config_guest:
-                        co_return error_response(409, "guest_in_config", e.message, version);
-                    default:
-                        co_return error_response(500, "internal_error", e.message, version);
-                }
-            }
-            co_return ok(json::object{{"removed", name}}, version);
-        }
-
-        case route::guest_ping: {
-            const auto started = std::chrono::steady_clock::now();
-            const protocol::host_message ping = protocol::ping_request{};
-            auto outcome = co_await call_guest(context, guest, ping, version);
-            if (outcome.error)
-                co_return std::move(*outcome.error);
-            const auto rtt = std::chrono::duration_cast<std::chrono::microseconds>(
-                std::chrono::steady_clock::now() - started);
-            co_return ok(json::object{{"guest", name}, {"rtt_us", rtt.count()}}, version);
-        }
-
-        case route::guest_health: {
-            const protocol::host_message get_health = protocol::get_health_request{};
-            auto outcome = co_await call_guest(context, guest, get_health, version);
-            if (outcome.error)
-                co_return std::move(*outcome.error);
-            if (const auto* health = std::get_if<protocol::health_payload>(&*outcome.reply))
-                co_return ok(json::value_from(*health), version);
-            co_return error_response(502, "connection_lost", "unexpected reply to get_health",
-                                     version);
-        }
-
-        case route::guest_config: {
-            if (request.body().empty()) {
-                co_return error_response(400, "bad_request",
-                                         "body must be the guest's jcard.toml (text/plain or "
-                                         "application/toml); it is empty",
-                                         version);
-            }
-            protocol::host_message message = protocol::config_payload{request.body()};
-            co_return co_await acked_request(context, guest, message, version);
-        }
-
-        case route::guest_secret: {
-            body_fields body(request, false);
-            protocol::secret_payload secret;
-            secret.name = body.required_string("name");
-            secret.value = body.required_string("value");
-            secret.mode = body.optional_mode("mode");
-            if (auto valid = config::check_secret_name(secret.name); body.ok() && !valid)
-                body.fail("field \"name\": " + valid.error().message);
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            protocol::host_message message = std::move(secret);
-            co_return co_await acked_request(context, guest, message, version);
-        }
-
-        case route::guest_ssh_key: {
-            body_fields body(request, false);
-            protocol::ssh_key_payload key;
-            key.user = body.required_string("user");
-            key.public_key = body.required_string("public_key");
-            if (auto valid = config::check_ssh_public_key(key.public_key); body.ok() && !valid)
-                body.fail("field \"public_key\": " + valid.error().message);
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            protocol::host_message message = std::move(key);
-            co_return co_await acked_request(context, guest, message, version);
-        }
-
-        case route::guest_mount: {
-            body_fields body(request, false);
-            protocol::mount_payload mount;
-            mount.tag = body.required_string("tag");
-            mount.guest_path = body.required_string("guest_path");
-            mount.fs_type = body.required_string("fs_type");
-            mount.read_only = body.optional_bool("read_only");
-            if (auto valid = config::check_mount_guest_path(mount.guest_path); body.ok() && !valid)
-                body.fail("field \"guest_path\": " + valid.error().message);
-            if (auto valid = config::check_fs_type(mount.fs_type); body.ok() && !valid)
-                body.fail("field \"fs_type\": " + valid.error().message);
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            protocol::host_message message = std::move(mount);
-            co_return co_await acked_request(context, guest, message, version);
-        }
-
-        case route::guest_shutdown: {
-            body_fields body(request, true);
-            protocol::shutdown_payload shutdown{body.optional_string("reason")};
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            protocol::host_message message = std::move(shutdown);
-            co_return co_await acked_request(context, guest, message, version,
-                                             http::status::accepted);
-        }
-
-        case route::guest_provision:
-            co_return co_await provision_and_report(context, guest, version);
-
-        case route::guest_set_provision: {
-            // The body has POST /v1/guests's shape for its provision and the same rules; it may
-            // carry secret values, so nothing of it is logged or echoed.
-            body_fields body(request, false);
-            auto provision = body.required_object("provision");
-            if (!body.ok())
-                co_return error_response(400, "bad_request", body.problem(), version);
-            auto replaced = context.registry.replace_provision(name, provision, caller_of(access));
-            if (!replaced)
-                co_return registry_error_response(replaced.error(), version);
-            // Sent now if the guest is there; otherwise at its next boot.
-            if (guest->link().is_up())
-                co_return co_await provision_and_report(context, guest, version);
-            co_return ok(
-                json::object{{"guest", name}, {"provision", json::object{{"state", "pending"}}}},
-                version);
-        }
-
-        case route::guest_reconnect: {
-            // Answered at once: the caller (a VM start hook) must not wait for the guest.
-            guest->reconnect();
-            co_return json_response(http::status::accepted,
-                                    json::object{{"guest", name}, {"reconnecting", true}}, version);
-        }
-
-        case route::guest_wait:
-            co_return co_await wait_for_state(context, guest, target, version);
-
-        default:
-            break;
-    }
-    co_return error_response(500, "internal_error", "unrouted request", version);
-}
+// ---- the routes -----------------------------------------------------------------------------
 
 }  // namespace
+
+// What a handler reads: the request, its route's match and who asked.
+struct route_call {
+    const http_request& request;
+    const route_match& match;
+    const peer_access& access;
+    api_context& context;
+    unsigned version;
+};
+
+namespace {
+
+// The guest a per-guest route names; the error response instead if it has none.
+guest_lookup guest_of(route_call& call) {
+    return find_guest(call.context, call.match.name, call.version);
+}
+
+asio::awaitable<api_outcome> handle_ping(route_call& call) {
+    co_return ok(json::object{{"status", "ok"}, {"version", STEREOS_VERSION}}, call.version);
+}
+
+asio::awaitable<api_outcome> handle_list_guests(route_call& call) {
+    json::array guests;
+    for (const auto& g : call.context.registry.all())
+        guests.push_back(g->status());
+    co_return ok(json::object{{"guests", std::move(guests)}}, call.version);
+}
+
+asio::awaitable<api_outcome> handle_add_guest(route_call& call) {
+    body_fields body(call.request.body(), false);
+    auto guest_name = body.required_string("name");
+    auto endpoint = body.required_string("endpoint");
+    auto provision = body.optional_object("provision");
+    if (body.ok()) {
+        if (auto valid = config::check_guest_name(guest_name); !valid)
+            body.fail("field \"name\": " + valid.error().message);
+    }
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    auto added =
+        call.context.registry.add_runtime(guest_name, endpoint, provision, caller_of(call.access));
+    if (!added)
+        co_return registry_error_response(added.error(), call.version);
+    auto response = json_response(http::status::created, (*added)->status(), call.version);
+    response.set(http::field::location, "/v1/guests/" + guest_name);
+    co_return response;
+}
+
+asio::awaitable<api_outcome> handle_events(route_call& call) {
+    std::string filter;
+    const auto& query = call.match.target.query;
+    if (auto g = query.find("guest"); g != query.end()) {
+        auto found = find_guest(call.context, g->second, call.version);
+        if (found.error)
+            co_return std::move(*found.error);
+        filter = g->second;
+    }
+    co_return event_stream_request{std::move(filter)};
+}
+
+asio::awaitable<api_outcome> handle_metrics(route_call& call) {
+    http_response response{http::status::ok, call.version};
+    response.set(http::field::server, server_name);
+    response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    response.body() = call.context.metrics.render(call.context.registry, call.context.bus);
+    response.prepare_payload();
+    co_return response;
+}
+
+asio::awaitable<api_outcome> handle_show_guest(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    co_return ok(found.guest->status(), call.version);
+}
+
+asio::awaitable<api_outcome> handle_remove_guest(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    const auto& name = call.match.name;
+    auto removed = co_await call.context.registry.async_remove_runtime(name);
+    if (!removed) {
+        const auto& e = removed.error();
+        switch (e.code) {
+            case registry_error::kind::not_found:
+                co_return error_response(404, "guest_not_found", e.message, call.version);
+            case registry_error::kind::config_guest:
+                co_return error_response(409, "guest_in_config", e.message, call.version);
+            default:
+                co_return error_response(500, "internal_error", e.message, call.version);
+        }
+    }
+    co_return ok(json::object{{"removed", name}}, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_ping(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    const auto started = std::chrono::steady_clock::now();
+    const protocol::host_message ping = protocol::ping_request{};
+    auto outcome = co_await call_guest(call.context, found.guest, ping, call.version);
+    if (outcome.error)
+        co_return std::move(*outcome.error);
+    const auto rtt = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - started);
+    co_return ok(json::object{{"guest", call.match.name}, {"rtt_us", rtt.count()}}, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_health(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    const protocol::host_message get_health = protocol::get_health_request{};
+    auto outcome = co_await call_guest(call.context, found.guest, get_health, call.version);
+    if (outcome.error)
+        co_return std::move(*outcome.error);
+    if (const auto* health = std::get_if<protocol::health_payload>(&*outcome.reply))
+        co_return ok(json::value_from(*health), call.version);
+    co_return error_response(502, "connection_lost", "unexpected reply to get_health",
+                             call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_config(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    if (call.request.body().empty()) {
+        co_return error_response(400, "bad_request",
+                                 "body must be the guest's jcard.toml (text/plain or "
+                                 "application/toml); it is empty",
+                                 call.version);
+    }
+    protocol::host_message message = protocol::config_payload{call.request.body()};
+    co_return co_await acked_request(call.context, found.guest, message, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    body_fields body(call.request.body(), false);
+    protocol::secret_payload secret;
+    secret.name = body.required_string("name");
+    secret.value = body.required_string("value");
+    secret.mode = body.optional_mode("mode");
+    if (auto valid = config::check_secret_name(secret.name); body.ok() && !valid)
+        body.fail("field \"name\": " + valid.error().message);
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    protocol::host_message message = std::move(secret);
+    co_return co_await acked_request(call.context, found.guest, message, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    body_fields body(call.request.body(), false);
+    protocol::ssh_key_payload key;
+    key.user = body.required_string("user");
+    key.public_key = body.required_string("public_key");
+    if (auto valid = config::check_ssh_public_key(key.public_key); body.ok() && !valid)
+        body.fail("field \"public_key\": " + valid.error().message);
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    protocol::host_message message = std::move(key);
+    co_return co_await acked_request(call.context, found.guest, message, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    body_fields body(call.request.body(), false);
+    protocol::mount_payload mount;
+    mount.tag = body.required_string("tag");
+    mount.guest_path = body.required_string("guest_path");
+    mount.fs_type = body.required_string("fs_type");
+    mount.read_only = body.optional_bool("read_only");
+    if (auto valid = config::check_mount_guest_path(mount.guest_path); body.ok() && !valid)
+        body.fail("field \"guest_path\": " + valid.error().message);
+    if (auto valid = config::check_fs_type(mount.fs_type); body.ok() && !valid)
+        body.fail("field \"fs_type\": " + valid.error().message);
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    protocol::host_message message = std::move(mount);
+    co_return co_await acked_request(call.context, found.guest, message, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_shutdown(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    body_fields body(call.request.body(), true);
+    protocol::shutdown_payload shutdown{body.optional_string("reason")};
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    protocol::host_message message = std::move(shutdown);
+    co_return co_await acked_request(call.context, found.guest, message, call.version,
+                                     http::status::accepted);
+}
+
+asio::awaitable<api_outcome> handle_guest_provision(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    co_return co_await provision_and_report(call.context, found.guest, call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_set_provision(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    // The body has POST /v1/guests's shape for its provision and the same rules; it may carry
+    // secret values, so nothing of it is logged or echoed.
+    body_fields body(call.request.body(), false);
+    auto provision = body.required_object("provision");
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    const auto& name = call.match.name;
+    auto replaced =
+        call.context.registry.replace_provision(name, provision, caller_of(call.access));
+    if (!replaced)
+        co_return registry_error_response(replaced.error(), call.version);
+    // Sent now if the guest is there; otherwise at its next boot.
+    if (found.guest->link().is_up())
+        co_return co_await provision_and_report(call.context, found.guest, call.version);
+    co_return ok(json::object{{"guest", name}, {"provision", json::object{{"state", "pending"}}}},
+                 call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_reconnect(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    // Answered at once: the caller (a VM start hook) must not wait for the guest.
+    found.guest->reconnect();
+    co_return json_response(http::status::accepted,
+                            json::object{{"guest", call.match.name}, {"reconnecting", true}},
+                            call.version);
+}
+
+asio::awaitable<api_outcome> handle_guest_wait(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    co_return co_await wait_for_state(call.context, found.guest, call.match.target, call.version);
+}
+
+// The errors each route may answer with, besides `refusal`.
+constexpr route_error add_guest_errors[] = {
+    {400, "bad_request"}, {409, "guest_exists"}, {500, "internal_error"}};
+constexpr route_error guest_errors[] = {{400, "bad_request"}, {404, "guest_not_found"}};
+constexpr route_error remove_errors[] = {{400, "bad_request"},
+                                         {404, "guest_not_found"},
+                                         {409, "guest_in_config"},
+                                         {500, "internal_error"}};
+// call_guest's mapping of link errors, and the guest's own refusal.
+constexpr route_error guest_request_errors[] = {
+    {400, "bad_request"},     {404, "guest_not_found"}, {413, "payload_too_large"},
+    {502, "connection_lost"}, {502, "guest_error"},     {503, "guest_unavailable"},
+    {504, "guest_timeout"}};
+constexpr route_error provision_errors[] = {
+    {400, "bad_request"}, {404, "guest_not_found"}, {409, "needs_values"}, {502, "guest_error"}};
+constexpr route_error set_provision_errors[] = {{400, "bad_request"},     {404, "guest_not_found"},
+                                                {409, "guest_in_config"}, {409, "needs_values"},
+                                                {500, "internal_error"},  {502, "guest_error"}};
+constexpr route_error wait_errors[] = {
+    {400, "bad_request"}, {404, "guest_not_found"}, {408, "wait_timeout"}, {503, "server_busy"}};
+
+using enum http::verb;
+constexpr route route_table[] = {
+    {get, "/v1/ping", handle_ping, 200, {}},
+    {get, "/v1/guests", handle_list_guests, 200, {}},
+    {post, "/v1/guests", handle_add_guest, 201, add_guest_errors},
+    {get, "/v1/guests/{name}", handle_show_guest, 200, guest_errors},
+    {delete_, "/v1/guests/{name}", handle_remove_guest, 200, remove_errors},
+    {post, "/v1/guests/{name}/ping", handle_guest_ping, 200, guest_request_errors, true},
+    {get, "/v1/guests/{name}/health", handle_guest_health, 200, guest_request_errors, true},
+    {put, "/v1/guests/{name}/config", handle_guest_config, 200, guest_request_errors, true},
+    {post, "/v1/guests/{name}/secrets", handle_guest_secret, 200, guest_request_errors, true},
+    {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, guest_request_errors, true},
+    {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, guest_request_errors, true},
+    // Not cancelled by a hangup: the guest may act on a written shutdown, and the state machine
+    // is to hear its answer.
+    {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors},
+    {post, "/v1/guests/{name}/provision", handle_guest_provision, 200, provision_errors},
+    {put, "/v1/guests/{name}/provision", handle_guest_set_provision, 200, set_provision_errors},
+    {post, "/v1/guests/{name}/reconnect", handle_guest_reconnect, 202, guest_errors},
+    {get, "/v1/guests/{name}/wait", handle_guest_wait, 200, wait_errors, true},
+    {get, "/v1/events", handle_events, 200, guest_errors},
+    {get, "/metrics", handle_metrics, 200, {}},
+};
+
+// A row without a handler, a success status or a pattern does not compile.
+constexpr bool table_complete() {
+    for (const auto& entry : route_table) {
+        if (entry.handler == nullptr || entry.success < 200 || entry.success > 299 ||
+            !entry.pattern.starts_with('/'))
+            return false;
+    }
+    return true;
+}
+static_assert(table_complete(), "every route needs a handler, a 2xx status and a pattern");
+
+}  // namespace
+
+bool route::declares(unsigned status, std::string_view code) const noexcept {
+    if (status == success)
+        return true;
+    if (status == refusal.status && code == refusal.code)
+        return true;
+    return std::any_of(errors.begin(), errors.end(),
+                       [&](const route_error& e) { return e.status == status && e.code == code; });
+}
+
+std::span<const route> routes() noexcept {
+    return route_table;
+}
 
 http_response error_response(unsigned status, std::string_view code, std::string_view message,
                              unsigned version) {
@@ -772,52 +633,96 @@ http_response error_response(unsigned status, std::string_view code, std::string
         version);
 }
 
-asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
-                                      api_context& context) {
+std::variant<route_match, http_response> match_route(const http_request& request) {
     const unsigned version = request.version();
     auto target = parse_target(request.target());
     if (!target)
-        co_return error_response(400, "bad_request", "malformed request target", version);
+        return error_response(400, "bad_request", "malformed request target", version);
 
-    std::string name;
+    route_match match;
     std::string allowed;
-    const route_entry* chosen = nullptr;
     for (const auto& entry : route_table) {
-        if (!matches(entry.pattern, target->segments, name))
+        if (!matches(entry.pattern, target->segments, match.name))
             continue;
-        if (entry.method == request.method()) {
-            chosen = &entry;
+        if (entry.verb == request.method()) {
+            match.chosen = &entry;
             break;
         }
         if (!allowed.empty())
             allowed += ", ";
-        allowed += http::to_string(entry.method);
+        allowed += http::to_string(entry.verb);
     }
-    if (!chosen && allowed.empty()) {
-        co_return error_response(404, "not_found",
-                                 "no such route: " + std::string(request.method_string()) + " " +
-                                     std::string(request.target().substr(
-                                         0, std::min<std::size_t>(request.target().size(), 200))),
-                                 version);
+    if (!match.chosen && allowed.empty()) {
+        return error_response(404, "not_found",
+                              "no such route: " + std::string(request.method_string()) + " " +
+                                  std::string(request.target().substr(
+                                      0, std::min<std::size_t>(request.target().size(), 200))),
+                              version);
     }
-    if (!chosen) {
+    if (!match.chosen) {
         auto response = error_response(
             405, "method_not_allowed",
             std::string(request.method_string()) + " is not allowed here; allowed: " + allowed,
             version);
         response.set(http::field::allow, allowed);
-        co_return response;
+        return response;
     }
-    const bool writes = chosen->method != http::verb::get;
+    match.target = std::move(*target);
+    return match;
+}
+
+namespace {
+
+// A response its route does not declare: a handler and the table (and daemon/openapi.json)
+// disagree. Logged and counted; the client gets the response all the same.
+void flag_if_undeclared(const route& entry, const http_response& response, api_context& context) {
+    const unsigned status = response.result_int();
+    std::string code;
+    if (status >= 400) {
+        boost::system::error_code ec;
+        const auto body = json::parse(response.body(), ec);
+        const auto* error =
+            !ec && body.is_object() ? body.get_object().if_contains("error") : nullptr;
+        const auto* text =
+            error && error->is_object() ? error->get_object().if_contains("code") : nullptr;
+        if (text && text->is_string())
+            code = text->get_string();
+    }
+    if (entry.declares(status, code))
+        return;
+    context.metrics.undeclared_response();
+    log::error("API route " + std::string(http::to_string(entry.verb)) + " " +
+               std::string(entry.pattern) + " answered " + std::to_string(status) +
+               (code.empty() ? "" : " " + code) + ", which its route table entry does not declare");
+}
+
+}  // namespace
+
+asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
+                                       const peer_access& access, api_context& context) {
+    const route& entry = *match.chosen;
+    const bool writes = entry.verb != http::verb::get;
     if (writes ? !access.may_write : !access.may_read) {
         co_return error_response(403, "forbidden",
                                  writes ? "changing anything needs root, the daemon's user or "
                                           "membership of the API group"
                                         : "reading needs root, the daemon's user or membership "
                                           "of the API group (or the read group)",
-                                 version);
+                                 request.version());
     }
-    co_return co_await handle(chosen->id, request, *target, name, access, context);
+    route_call call{request, match, access, context, request.version()};
+    auto outcome = co_await entry.handler(call);
+    if (const auto* response = std::get_if<http_response>(&outcome))
+        flag_if_undeclared(entry, *response, context);
+    co_return outcome;
+}
+
+asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
+                                      api_context& context) {
+    auto matched = match_route(request);
+    if (auto* refusal = std::get_if<http_response>(&matched))
+        co_return std::move(*refusal);
+    co_return co_await run_route(request, std::get<route_match>(matched), access, context);
 }
 
 boost::system::result<http_request> parse_request(std::string_view bytes) {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -19,6 +20,7 @@
 #include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
+#include "daemon/api_request.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest_registry.hpp"
 #include "daemon/metrics.hpp"
@@ -75,12 +77,59 @@ struct event_stream_request {
 
 using api_outcome = std::variant<http_response, event_stream_request>;
 
-// Routes one request. Never throws for anything a client sends: every problem becomes an
-// error response. `request.body()` may hold a secret: handlers never log or echo it.
+// An error a route may answer with: the status and the error body's code.
+struct route_error {
+    unsigned status;
+    std::string_view code;
+};
+
+// Every matched route may be refused: the peer lacks the right (SO_PEERCRED).
+inline constexpr route_error refusal{403, "forbidden"};
+
+struct route_call;
+using route_handler = boost::asio::awaitable<api_outcome> (*)(route_call&);
+
+// One row of the route table: {verb, pattern, handler}, the status of a success and the errors
+// the handler may answer with (besides `refusal`). A response outside these is flagged: logged
+// at error and counted in /metrics as stereos_api_undeclared_responses_total.
+struct route {
+    boost::beast::http::verb verb;
+    std::string_view pattern;  // "{name}" matches one segment: the guest's name
+    route_handler handler;
+    unsigned success;
+    std::span<const route_error> errors;
+    // The handler waits on a guest or a state: a client that hangs up meanwhile cancels it.
+    bool cancelled_by_hangup = false;
+
+    bool declares(unsigned status, std::string_view code) const noexcept;
+};
+
+// The table, in matching order.
+std::span<const route> routes() noexcept;
+
+// A request matched to its route, with what the handler reads.
+struct route_match {
+    const route* chosen = nullptr;
+    parsed_target target;
+    std::string name;  // the {name} segment, if the pattern has one
+};
+
+// Finds the route for a request, or the response for one that has none (400 for a malformed
+// target, 404 not_found, 405 method_not_allowed).
+std::variant<route_match, http_response> match_route(const http_request& request);
+
+// Checks the peer's right and runs the matched route's handler. A response the route does not
+// declare is flagged (see `route`).
+boost::asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
+                                              const peer_access& access, api_context& context);
+
+// Routes one request: match_route, then run_route. Never throws for anything a client sends:
+// every problem becomes an error response. `request.body()` may hold a secret: handlers never
+// log or echo it.
 boost::asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
                                              api_context& context);
 
-// {"error":{"code":...,"message":...}} with that status. Codes and statuses are the issue's:
+// {"error":{"code":...,"message":...}} with that status. Codes and statuses:
 // bad_request 400, forbidden 403, guest_not_found 404, not_found 404, method_not_allowed 405,
 // wait_timeout 408, guest_exists 409, guest_in_config 409, payload_too_large 413,
 // internal_error 500, guest_error 502, connection_lost 502, guest_unavailable 503,

@@ -1,7 +1,8 @@
-// The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. An accept loop and one
-// session coroutine per connection, with limits (headers, bodies, connections, idle and read
-// timeouts), the SO_PEERCRED permission check and the event stream. The routes themselves are
-// in api_routes.hpp. Runs on the daemon's one io_context; no threads, no mutexes.
+// The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. The socket file
+// (api_socket_file.hpp), an accept loop with a connection limit, and one api_session per
+// connection (api_session.hpp: timeouts, requests, the event stream), whose peer's rights come
+// from SO_PEERCRED (api_peer.hpp). The routes are in api_routes.hpp. Runs on the daemon's one
+// io_context; no threads, no mutexes.
 #pragma once
 
 #include <sys/types.h>
@@ -21,7 +22,9 @@
 
 #include "config/config.hpp"
 #include "daemon/api_audit.hpp"
+#include "daemon/api_peer.hpp"
 #include "daemon/api_routes.hpp"
+#include "daemon/api_session.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest_registry.hpp"
 #include "daemon/log_throttle.hpp"
@@ -48,14 +51,6 @@ struct api_server_options {
 // The options the config gives (socket, groups); the rest keep their defaults. Reads
 // `api_read_group` when the config model has it.
 api_server_options api_options_from(const config::daemon_settings& settings);
-
-using api::peer_credentials;
-std::optional<peer_credentials> peer_credentials_of(int socket_fd);
-// The name of user `uid`, or nothing if it does not resolve.
-std::optional<std::string> user_name_of(uid_t uid);
-// Whether the peer is in `group`: its primary group, else its supplementary groups from
-// /proc/PID/status, else (no such process visible) the groups of its user.
-bool peer_in_group(const peer_credentials& peer, gid_t group);
 
 class api_server {
   public:
@@ -84,26 +79,10 @@ class api_server {
     std::size_t open_connections() const noexcept { return connections_.size(); }
 
   private:
-    struct connection;
     using socket_type = boost::asio::local::stream_protocol::socket;
 
     boost::asio::awaitable<void> accept_loop();
     void start_session(socket_type socket);
-    boost::asio::awaitable<void> run_session(std::shared_ptr<connection> conn);
-    boost::asio::awaitable<void> watchdog(std::shared_ptr<connection> conn);
-    // References, not values: GCC 12 destroys class-type temporaries in co_await expressions twice.
-    boost::asio::awaitable<bool> send(connection& conn, api::http_response& response);
-    boost::asio::awaitable<void> serve_events(std::shared_ptr<connection> conn,
-                                              const std::string& guest_filter, unsigned version);
-    boost::asio::awaitable<void> stream_events(connection& conn, event_subscription& subscription,
-                                               const std::string& guest_filter,
-                                               boost::asio::steady_timer& wake,
-                                               std::string& pending, bool chunked);
-    boost::asio::awaitable<void> watch_for_hangup(connection& conn);
-    boost::asio::awaitable<void> linger_close(connection& conn);
-    void arm(connection& conn, std::chrono::milliseconds timeout);
-    void disarm(connection& conn);
-    api::peer_access access_of(int socket_fd) const;
 
     boost::asio::any_io_executor executor_;
     api_server_options options_;
@@ -115,8 +94,9 @@ class api_server {
     boost::asio::steady_timer slot_freed_;  // the paused accept loop waits on it
     std::optional<gid_t> group_;
     std::optional<gid_t> read_group_;
-    std::unordered_set<std::shared_ptr<connection>> connections_;
     api::api_audit audit_;
+    api_session_environment environment_;
+    std::unordered_set<std::shared_ptr<api_session>> connections_;
     log_throttle accept_errors_;
     log_throttle over_limit_;
     bool own_socket_file_ = false;

@@ -217,6 +217,9 @@ std::string api_metrics::render(const guest_registry& registry, const event_bus&
         out += "stereos_api_responses_total{status=\"" + std::to_string(status) + "\"} " +
                std::to_string(count) + "\n";
     }
+    header(out, "stereos_api_undeclared_responses_total", "counter",
+           "API responses whose status and code their route does not declare (a bug).");
+    out += "stereos_api_undeclared_responses_total " + std::to_string(undeclared_responses_) + "\n";
     return out;
 }
 

@@ -33,6 +33,9 @@ class api_metrics {
     void event_stream_opened() noexcept { ++event_streams_; }
     void event_stream_closed() noexcept { --event_streams_; }
     void response_sent(unsigned status);
+    // A response its route's table entry does not declare (api_routes.hpp).
+    void undeclared_response() noexcept { ++undeclared_responses_; }
+    std::uint64_t undeclared_responses() const noexcept { return undeclared_responses_; }
 
     std::uint64_t connections_open() const noexcept { return connections_open_; }
     std::uint64_t event_streams() const noexcept { return event_streams_; }
@@ -55,6 +58,7 @@ class api_metrics {
     std::uint64_t connections_rejected_ = 0;
     std::uint64_t accept_errors_ = 0;
     std::uint64_t event_streams_ = 0;
+    std::uint64_t undeclared_responses_ = 0;
 };
 
 }  // namespace stereos::daemon

@@ -1,6 +1,7 @@
-// Fuzz target: the local API's request path without a socket. Raw bytes are parsed as one HTTP
-// request with the server's limits, routed by api::dispatch() (JSON bodies decoded there) on a
-// daemon core with two configured guests whose endpoints point nowhere.
+// Fuzz target: the local API's request path without a socket. The raw bytes first go to the pure
+// parsers of api_request.hpp on their own (as a request target, as a JSON body), then are parsed
+// as one HTTP request with the server's limits, routed by api::dispatch() (JSON bodies decoded
+// there) on a daemon core with two configured guests whose endpoints point nowhere.
 // Every input runs on its own io_context and registry: the handler gets ~20 ms (guest requests
 // have a 10 ms deadline), then the daemon stops, which must end every request and leave no work
 // behind within 5 s. A header "x-fuzz-peer: group" (may write, values only), "read" or "none"
@@ -26,6 +27,7 @@
 #include <boost/log/core/core.hpp>
 
 #include "config/config.hpp"
+#include "daemon/api_request.hpp"
 #include "daemon/api_routes.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest_registry.hpp"
@@ -211,6 +213,36 @@ void check_secrets_kept(const api::http_request& request, const api::http_respon
     }
 }
 
+// The pure parsers on raw bytes: whatever they accept is consistent, and nothing throws.
+void check_request_parsers(std::string_view bytes) {
+    if (auto decoded = api::percent_decode(bytes, true))
+        check(decoded->size() <= bytes.size(), "percent-decoding made text longer");
+    if (auto target = api::parse_target(bytes)) {
+        check(!bytes.empty() && bytes.front() == '/', "a target not starting with '/' parsed");
+        check(!target->segments.empty(), "a parsed target without a segment");
+        std::size_t decoded = 0;
+        for (const auto& segment : target->segments)
+            decoded += segment.size();
+        check(decoded <= bytes.size(), "segments longer than the target");
+        for (const auto& [key, value] : target->query)
+            check(!key.empty(), "an empty query key kept");
+        for (const auto& route : api::routes()) {
+            std::string name;
+            if (api::matches(route.pattern, target->segments, name) &&
+                route.pattern.find("{name}") == std::string_view::npos)
+                check(name.empty(), "a pattern without {name} set a name");
+        }
+    }
+    api::body_fields body(bytes, true);
+    const auto name = body.required_string("name");
+    (void)body.optional_string("reason");
+    (void)body.optional_bool("read_only");
+    (void)body.optional_mode("mode");
+    (void)body.optional_object("provision");
+    check(body.ok() || !body.problem().empty(), "a failed body without a problem");
+    check(!body.ok() || !name.empty(), "a required string accepted while empty");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -222,6 +254,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+    check_request_parsers(bytes);
     auto parsed = api::parse_request(bytes);
     if (!parsed) {
         check_response(api::parse_error_response(parsed.error()));

@@ -4,12 +4,14 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -439,6 +441,32 @@ std::string program_fakeguest() {
 std::string random_token(const std::string& prefix) {
     std::random_device device;
     return prefix + std::to_string(device()) + std::to_string(device());
+}
+
+double undeclared_responses(const std::string& socket) {
+    return metric(get(socket, "/metrics").body, "stereos_api_undeclared_responses_total");
+}
+
+open_request::open_request(const std::string& socket, const std::string& request) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, socket.c_str(), sizeof address.sun_path - 1);
+    if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::write(fd_, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+        close();
+        throw std::runtime_error("open_request: cannot send to " + socket);
+    }
+}
+
+open_request::~open_request() {
+    close();
+}
+
+void open_request::close() {
+    if (fd_ >= 0)
+        ::close(fd_);
+    fd_ = -1;
 }
 
 }  // namespace stereos::api_test

@@ -177,4 +177,20 @@ std::string program_hostd();
 std::string program_ctl();
 std::string program_fakeguest();
 
+// Responses the daemon flagged as not declared by their route's table entry
+// (stereos_api_undeclared_responses_total); each is also logged at error.
+double undeclared_responses(const std::string& socket);
+
+// A connection that sends `request` (raw HTTP bytes) and keeps the socket open until close().
+class open_request {
+  public:
+    open_request(const std::string& socket, const std::string& request);
+    ~open_request();
+    open_request(const open_request&) = delete;
+    void close();
+
+  private:
+    int fd_ = -1;
+};
+
 }  // namespace stereos::api_test

@@ -292,6 +292,7 @@ BOOST_AUTO_TEST_CASE(every_guest_request_route_reaches_the_guest) {
     BOOST_TEST(received.find(R"("content":"mixtape = \"base\"\n")") != std::string::npos);
     BOOST_TEST(received.find(R"("mode":384)") != std::string::npos);
     BOOST_TEST(received.find(R"("read_only":true)") != std::string::npos);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(a_runtime_guest_is_added_persisted_provisioned_and_removed) {
@@ -332,6 +333,7 @@ BOOST_AUTO_TEST_CASE(a_runtime_guest_is_added_persisted_provisioned_and_removed)
     check_error(get(sock, "/v1/guests/rt1"), 404, "guest_not_found");
     check_error(http(sock, "DELETE", "/v1/guests/rt1"), 404, "guest_not_found");
     BOOST_TEST(read_text(hostd.state_dir() + "/guests.json").find("rt1") == std::string::npos);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(link_errors_map_to_the_issue_codes) {
@@ -395,6 +397,7 @@ BOOST_AUTO_TEST_CASE(link_errors_map_to_the_issue_codes) {
             metrics,
             R"(stereos_guest_requests_total{guest="down",type="ping",outcome="guest_unavailable"})") ==
         1);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(unknown_routes_are_404_and_wrong_methods_405_with_allow) {
@@ -416,6 +419,7 @@ BOOST_AUTO_TEST_CASE(unknown_routes_are_404_and_wrong_methods_405_with_allow) {
     check_error(on_guest_ping, 405, "method_not_allowed");
     BOOST_TEST(on_guest_ping.headers["allow"] == "POST");
     BOOST_TEST(http(sock, "PATCH", "/v1/guests/vm1/config").headers["allow"] == "PUT");
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(oversized_and_malformed_requests_are_refused_and_the_daemon_carries_on) {
@@ -498,6 +502,7 @@ BOOST_AUTO_TEST_CASE(wait_returns_once_the_guest_is_in_the_state_or_better_else_
     check_error(get(sock, "/v1/guests/ready/wait"), 400, "bad_request");
     check_error(get(sock, "/v1/guests/ready/wait?state=ready&timeout=forever"), 400, "bad_request");
     check_error(get(sock, "/v1/guests/nope/wait?state=ready"), 404, "guest_not_found");
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(the_event_stream_starts_with_a_snapshot_then_live_events) {
@@ -683,6 +688,7 @@ BOOST_AUTO_TEST_CASE(metrics_cover_guest_states_links_requests_and_the_daemon) {
     BOOST_TEST(eventually([&] {
         return metric(get(sock, "/metrics").body, R"(stereos_guest_link_up{guest="vm1"})") == 0.0;
     }));
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(a_provisioning_failure_is_counted) {
@@ -702,6 +708,7 @@ BOOST_AUTO_TEST_CASE(a_provisioning_failure_is_counted) {
                provision.body);
     BOOST_TEST(metric(get(sock, "/metrics").body,
                       R"(stereos_guest_provisioning_failures_total{guest="rt"})") >= 1.0);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(a_uid_outside_the_api_group_is_refused_with_403) {
@@ -743,6 +750,7 @@ BOOST_AUTO_TEST_CASE(a_uid_outside_the_api_group_is_refused_with_403) {
         ++deletes;
     BOOST_TEST(deletes == 1u, log);
     BOOST_TEST(log.find(": 403 Forbidden") != std::string::npos, log);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(members_of_the_api_group_are_allowed_by_primary_or_supplementary_group) {
@@ -832,6 +840,7 @@ BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies)
     std::string streamed;
     while (auto line = events.next_line(300ms))
         streamed += *line + "\n";
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
     BOOST_TEST(hostd.process().stop() == 0);
     const auto log = hostd.log();
     BOOST_TEST(log.find("POST /v1/guests/vm1/secrets") != std::string::npos,
@@ -928,6 +937,7 @@ BOOST_AUTO_TEST_CASE(curl_and_stereosctl_drive_the_api_with_the_documented_exit_
             std::string::npos,
         read_text(dir.file("events.out")));
     BOOST_TEST(ctl({"rm", "vm2"}).exit_code == 0);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
     BOOST_TEST(hostd.process().stop() == 0);
     BOOST_TEST(events.stop() == 0);
 }
@@ -1010,6 +1020,68 @@ BOOST_AUTO_TEST_CASE(two_hundred_clients_hammering_health_all_get_answers_and_me
     BOOST_TEST(rss_after - rss_before < 32 * 1024, rss_before << " -> " << rss_after << " KiB");
     BOOST_TEST(metric(get(sock, "/metrics").body, "stereos_api_connections") == 1.0);
     BOOST_TEST(hostd.process().stop() == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(hangup)
+
+// A guest that reads requests and never answers: a request to it waits for its whole deadline,
+// unless its client hangs up first, which withdraws it (a written request is then abandoned:
+// its late reply, if any, is dropped, and no timeout is counted).
+BOOST_AUTO_TEST_CASE(a_client_that_hangs_up_withdraws_its_guest_request_and_its_wait) {
+    temp_dir dir;
+    fake_guests silent(dir, "silent", 1, {"--never-reply", "--faults-after", "1"});
+    hostd_process hostd(dir,
+                        {{"silent", silent.endpoint(),
+                          "request_timeout = \"1500ms\"\nhealth_interval = \"60s\"\n"}},
+                        "debug");
+    const auto& sock = hostd.socket();
+    BOOST_TEST_REQUIRE(reaches_state(sock, "silent", "ready"));
+    const std::string timeouts = R"(stereos_guest_link_timeouts_total{guest="silent"})";
+    const std::string cancelled =
+        R"(stereos_guest_requests_total{guest="silent",type="ping",outcome="cancelled"})";
+
+    {
+        open_request ping(sock,
+                          "POST /v1/guests/silent/ping HTTP/1.1\r\nHost: localhost\r\n"
+                          "Content-Length: 0\r\n\r\n");
+        // Written to the guest before the client goes.
+        BOOST_TEST_REQUIRE(eventually(
+            [&] {
+                return read_text(silent.record_file()).find(R"("type":"ping")") !=
+                       std::string::npos;
+            },
+            10s));
+        ping.close();
+    }
+    BOOST_TEST(
+        eventually([&] { return metric(get(sock, "/metrics").body, cancelled) == 1.0; }, 5s));
+    // Past the request's deadline: it was withdrawn, so it never timed out.
+    std::this_thread::sleep_for(2500ms);
+    const auto after_hangup = get(sock, "/metrics").body;
+    BOOST_TEST(metric(after_hangup, timeouts) == 0.0, after_hangup);
+    BOOST_TEST(metric(after_hangup, "stereos_api_connections") == 1.0);  // this request
+
+    // The control: a client that stays gets its 504 and the timeout is counted.
+    auto waited = post(sock, "/v1/guests/silent/ping");
+    BOOST_TEST(waited.status == 504u, waited.body);
+    BOOST_TEST(metric(get(sock, "/metrics").body, timeouts) == 1.0);
+
+    // A long-poll ends with its client, not an hour later.
+    {
+        open_request wait(sock,
+                          "GET /v1/guests/silent/wait?state=shutdown&timeout=1h HTTP/1.1\r\n"
+                          "Host: localhost\r\n\r\n");
+        BOOST_TEST_REQUIRE(eventually(
+            [&] { return metric(get(sock, "/metrics").body, "stereos_api_connections") == 2.0; },
+            5s));
+        wait.close();
+    }
+    BOOST_TEST(eventually(
+        [&] { return metric(get(sock, "/metrics").body, "stereos_api_connections") == 1.0; }, 5s));
+    BOOST_TEST(hostd.log().find("API client hung up while waiting") != std::string::npos);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -202,6 +202,29 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
     BOOST_TEST_REQUIRE(too_big.has_error());
     BOOST_TEST(api::parse_error_response(too_big.error()).result_int() == 413u);
     BOOST_TEST(api::parse_request("GET /v1/ping HTTP/1.1\r\nHost:").has_error());
+    BOOST_TEST(metrics.undeclared_responses() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(each_route_declares_its_errors_and_the_table_finds_it) {
+    const auto routes = api::routes();
+    const auto ping = std::find_if(routes.begin(), routes.end(), [](const api::route& r) {
+        return r.pattern == "/v1/guests/{name}/ping";
+    });
+    BOOST_TEST_REQUIRE((ping != routes.end()));
+    BOOST_TEST(ping->declares(200, ""));
+    BOOST_TEST(ping->declares(403, "forbidden"));
+    BOOST_TEST(ping->declares(504, "guest_timeout"));
+    BOOST_TEST(!ping->declares(409, "guest_exists"));
+    BOOST_TEST(!ping->declares(504, "wait_timeout"));
+
+    auto request = api::parse_request("DELETE /v1/guests/vm%31?x=1 HTTP/1.1\r\n\r\n");
+    BOOST_TEST_REQUIRE(request.has_value());
+    auto matched = api::match_route(*request);
+    BOOST_TEST_REQUIRE(std::holds_alternative<api::route_match>(matched));
+    const auto& match = std::get<api::route_match>(matched);
+    BOOST_TEST(match.chosen->pattern == "/v1/guests/{name}");
+    BOOST_TEST(match.name == "vm1");
+    BOOST_TEST(match.target.query.at("x") == "1");
 }
 
 BOOST_AUTO_TEST_CASE(an_idle_keep_alive_connection_is_closed_after_the_idle_timeout) {

@@ -165,6 +165,7 @@ BOOST_AUTO_TEST_CASE(host_references_from_an_api_group_member_are_refused_with_4
         BOOST_TEST(received.find(c.token) == std::string::npos, c.what << " reached the caller");
     const auto log = hostd.log();
     BOOST_TEST(log.find(value) == std::string::npos, "a value reached the log");
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(host_references_from_root_are_followed) {
@@ -189,6 +190,7 @@ BOOST_AUTO_TEST_CASE(host_references_from_root_are_followed) {
     const auto state = everything_under(hostd.state_dir());
     BOOST_TEST(state.find("daemon-only-secret") != std::string::npos, state);
     BOOST_TEST(state.find(files.secret_token) == std::string::npos, state);
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(a_state_record_without_the_trust_mark_does_not_follow_host_references) {
@@ -350,6 +352,7 @@ BOOST_AUTO_TEST_CASE(each_input_rule_is_a_400_naming_the_field_before_anything_i
     // A config guest's provisioning is the config file's.
     check_error(http(sock, "PUT", "/v1/guests/vm1/provision", R"({"provision":{}})"), 409,
                 "guest_in_config");
+    BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(stereosctl_refuses_bad_input_before_calling_the_daemon) {

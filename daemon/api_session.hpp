@@ -1,0 +1,92 @@
+// One API connection: requests read with Beast's parser from a beast::basic_stream whose
+// expires_after bounds each phase (idle between requests, reading one, writing its answer),
+// routed by api_routes, answered in order; or, after GET /v1/events, the event stream
+// (api_event_stream.cpp). A client that hangs up while its request waits on a guest or a state
+// cancels that wait: the session's coroutine is spawned with a cancellation slot that a watch
+// on the socket signals. Single-threaded, on the daemon's executor.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+
+#include "daemon/api_audit.hpp"
+#include "daemon/api_routes.hpp"
+#include "daemon/event_bus.hpp"
+#include "daemon/guest_registry.hpp"
+#include "daemon/metrics.hpp"
+
+namespace stereos::daemon {
+
+using api_stream =
+    boost::beast::basic_stream<boost::asio::local::stream_protocol, boost::asio::any_io_executor,
+                               boost::beast::unlimited_rate_policy>;
+
+// The server's parts a session uses; owned by api_server, which outlives its sessions' use.
+struct api_session_environment {
+    std::chrono::milliseconds idle_timeout;
+    std::chrono::milliseconds read_timeout;
+    std::chrono::milliseconds write_timeout;
+    std::size_t event_queue_capacity;
+    std::size_t max_connections;
+    api::api_context& context;  // context.stopping: the daemon stops
+    api_metrics& metrics;
+    api::api_audit& audit;
+    guest_registry& registry;
+    event_bus& bus;
+};
+
+class api_session : public std::enable_shared_from_this<api_session> {
+  public:
+    using socket_type = boost::asio::local::stream_protocol::socket;
+
+    // `over_limit`: the connection limit was reached; every request gets 503 server_busy.
+    api_session(socket_type socket, api::peer_access access, bool over_limit,
+                api_session_environment& environment);
+
+    // Serves the connection until it ends. Spawn it with hangup_slot() bound.
+    boost::asio::awaitable<void> run();
+    boost::asio::cancellation_slot hangup_slot() { return hangup_.slot(); }
+    // The daemon stops: a request in flight finishes on its own and its connection then closes;
+    // an event stream ends with its last chunk, within a short bound.
+    void stop();
+    void close();
+
+  private:
+    boost::asio::awaitable<bool> send(api::http_response& response);
+    boost::asio::awaitable<void> linger_close();
+    boost::asio::awaitable<void> serve_events(const std::string& guest_filter, unsigned version);
+    boost::asio::awaitable<void> stream_events(event_subscription& subscription,
+                                               const std::string& guest_filter,
+                                               std::string& pending, bool chunked);
+    boost::asio::awaitable<bool> write_events(const std::string& batch, bool last, bool chunked);
+    // Until stop_watching(): the peer closing its end (or, with `any_input`, sending anything)
+    // emits the hangup signal. A read, not a readiness wait: Asio re-arms epoll for every wait,
+    // while a read queued after a read that drained the socket costs no system call. Bytes of a
+    // pipelined request are kept for the session (and, without `any_input`, are no hangup).
+    void watch_for_hangup(bool any_input);
+    // Ends the watch; once it returns, any bytes the watch read are at the end of `buffer`.
+    boost::asio::awaitable<void> stop_watching(boost::beast::flat_buffer& buffer);
+
+    api_stream stream_;
+    api::peer_access access_;
+    bool over_limit_;
+    api_session_environment& env_;
+    boost::asio::cancellation_signal hangup_;
+    boost::asio::steady_timer* event_wake_ = nullptr;  // set while serving /v1/events
+    std::array<char, 4096> watch_buffer_{};
+    std::string watched_input_;  // read by the watch: the start of a pipelined request
+    bool watching_ = false;
+    bool hung_up_ = false;
+};
+
+}  // namespace stereos::daemon
