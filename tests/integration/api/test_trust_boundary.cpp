@@ -61,7 +61,7 @@ std::string everything_under(const std::string& directory) {
     return all;
 }
 
-// The four kinds of host reference the exploit used, each in an otherwise valid body.
+// The four kinds of host reference the exploit below uses, each in an otherwise valid body.
 struct reference_case {
     std::string what;
     std::string provision;  // JSON
@@ -106,7 +106,7 @@ std::string add_body(const std::string& name, const std::string& endpoint,
 
 BOOST_AUTO_TEST_SUITE(trust_boundary)
 
-// The exploit: a member of the API group (not root) names files only the daemon can read
+// The exploit: a member of the API group (not root) names files only the daemon can read
 // and points the guest at its own listener.
 BOOST_AUTO_TEST_CASE(host_references_from_an_api_group_member_are_refused_with_403) {
     if (!can_switch_users() || ::getgrnam("nogroup") == nullptr) {
