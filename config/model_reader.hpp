@@ -145,12 +145,8 @@ class model_reader {
     // A guest's keys as written; check_guest judges the values.
     void read_guest(const table& t, const std::string& prefix, guest_config& out) {
         table_reader reader{*this, t, prefix};
-        if (auto name = reader.require_string("name")) {
-            out.name = std::string(*name);
-        }
-        if (auto text = reader.require_string("endpoint")) {
-            out.endpoint_text = std::string(*text);
-        }
+        reader.require("name", out.name);
+        reader.require("endpoint", out.endpoint_text);
         read_durations(reader, out.overrides);
         if (const node* n = reader.get("provision", shape::table)) {
             read_provision(document_.table_of(*n), prefix + "provision.", out.provision);
@@ -161,39 +157,21 @@ class model_reader {
     // A [guest.provision] table, or the API's provision object.
     void read_provision(const table& t, const std::string& prefix, provision_config& out) {
         table_reader reader{*this, t, prefix};
-        if (auto path = reader.get_string("config_file")) {
-            out.config_file = std::filesystem::path(std::string(*path));
-        }
+        reader.take("config_file", out.config_file);
         // Values are copied once, into the model; shape errors never quote them.
-        if (auto content = reader.get_string("config")) {
-            out.config_content.emplace(*content);
-        }
+        reader.take("config", out.config_content);
         for_each_table(reader, "ssh_keys", out.ssh_keys,
                        [&](table_reader& key, ssh_key_config& into) {
-                           if (auto user = key.require_string("user")) {
-                               into.user = std::string(*user);
-                           }
-                           if (auto text = key.get_string("public_key")) {
-                               into.public_key = std::string(*text);
-                           }
-                           if (auto path = key.get_string("public_key_file")) {
-                               into.public_key_file = std::string(*path);
-                           }
+                           key.require("user", into.user);
+                           key.take("public_key", into.public_key);
+                           key.take("public_key_file", into.public_key_file);
                        });
         for_each_table(reader, "secrets", out.secrets,
                        [&](table_reader& secret, secret_config& into) {
-                           if (auto name = secret.require_string("name")) {
-                               into.name = std::string(*name);
-                           }
-                           if (auto value = secret.get_string("value")) {
-                               into.value.emplace(*value);
-                           }
-                           if (auto path = secret.get_string("file")) {
-                               into.file = std::string(*path);
-                           }
-                           if (auto credential = secret.get_string("credential")) {
-                               into.credential = std::string(*credential);
-                           }
+                           secret.require("name", into.name);
+                           secret.take("value", into.value);
+                           secret.take("file", into.file);
+                           secret.take("credential", into.credential);
                            if (const node* mode = secret.get("mode", shape::integer)) {
                                auto checked = check_secret_mode(document_.integer_of(*mode));
                                if (checked) {
@@ -205,15 +183,9 @@ class model_reader {
                        });
         for_each_table(reader, "mounts", out.mounts,
                        [&](table_reader& mount, protocol::mount_payload& into) {
-                           if (auto tag = mount.require_string("tag")) {
-                               into.tag = std::string(*tag);
-                           }
-                           if (auto path = mount.require_string("guest_path")) {
-                               into.guest_path = std::string(*path);
-                           }
-                           if (auto fs_type = mount.require_string("fs_type")) {
-                               into.fs_type = std::string(*fs_type);
-                           }
+                           mount.require("tag", into.tag);
+                           mount.require("guest_path", into.guest_path);
+                           mount.require("fs_type", into.fs_type);
                            if (const node* n = mount.get("read_only", shape::boolean)) {
                                into.read_only = document_.boolean_of(*n);
                            }
@@ -276,6 +248,21 @@ class model_reader {
                 return std::nullopt;
             }
             return get_string(key);
+        }
+
+        // A string key into a model field (a string, a path or an optional string), if given:
+        // copied once, straight from the document.
+        template <class Field>
+        void take(std::string_view key, Field& into) {
+            if (auto text = get_string(key)) {
+                into = std::string(*text);
+            }
+        }
+        template <class Field>
+        void require(std::string_view key, Field& into) {
+            if (auto text = require_string(key)) {
+                into = std::string(*text);
+            }
         }
 
         void report_unknown_keys() {

@@ -13,6 +13,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include "config/config.hpp"
+#include "tests/support/child_process.hpp"
 
 using namespace stereos::config;
 using namespace std::chrono_literals;
@@ -20,32 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class temp_dir {
-  public:
-    temp_dir() {
-        std::string pattern = (fs::temp_directory_path() / "stereos-config-test-XXXXXX").string();
-        BOOST_TEST_REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-        path_ = pattern;
-    }
-    ~temp_dir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-
-    const fs::path& path() const { return path_; }
-
-    fs::path write(const std::string& name, const std::string& content) const {
-        fs::path file = path_ / name;
-        fs::create_directories(file.parent_path());
-        std::ofstream(file, std::ios::binary) << content;
-        return file;
-    }
-
-  private:
-    fs::path path_;
+// A fresh private directory, removed with everything in it.
+struct temp_dir : stereos::testing::temp_directory {
+    temp_dir() : temp_directory("stereos-config-test", 0700) {}
 };
 
 // Sets (or unsets, with nullptr) an environment variable for one scope.

@@ -20,19 +20,8 @@ using namespace stereos::api_test;
 
 namespace {
 
-json::object status_of(const std::string& socket, const std::string& guest) {
-    auto answer = get(socket, "/v1/guests/" + guest);
-    BOOST_TEST_REQUIRE(answer.status == 200u, answer.body);
-    return answer.json().as_object();
-}
-
 std::string provision_state(const std::string& socket, const std::string& guest) {
     return std::string(status_of(socket, guest).at("provision").at("state").as_string());
-}
-
-void check_error(const http_answer& answer, unsigned status, const std::string& code) {
-    BOOST_TEST(answer.status == status, "status " << answer.status << " body " << answer.body);
-    BOOST_TEST(answer.error_code() == code, answer.body);
 }
 
 // A file only root may read, holding a distinctive token.
