@@ -1,5 +1,6 @@
-// Loading and validating the daemon's TOML config with toml++: the whole file is checked and every
-// problem is reported with its file, line and key, so one run shows everything to fix.
+// The rules of the config model (check_guest) and the TOML loader: toml++ parses, model_reader
+// reads the shape, check_guest judges the values; every problem is reported with its file, line
+// and key, so one run shows everything to fix.
 #include "config/config.hpp"
 
 #include <fcntl.h>

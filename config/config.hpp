@@ -1,5 +1,6 @@
 // The daemon's TOML config (/etc/stereos-hostd/config.toml): a plain model with documented
-// defaults, a loader that validates the whole file and reports every error, and the reload diff.
+// defaults, the model's rules (shared with guests added through the API), a loader that validates
+// the whole file and reports every error, and the reload diff.
 #pragma once
 
 #include <chrono>
