@@ -1,5 +1,6 @@
-// Loading and validating the daemon's TOML config with toml++: the whole file is checked and every
-// problem is reported with its file, line and key, so one run shows everything to fix.
+// The rules of the config model (check_guest) and the TOML loader: toml++ parses, model_reader
+// reads the shape, check_guest judges the values; every problem is reported with its file, line
+// and key, so one run shows everything to fix.
 #include "config/config.hpp"
 
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 
 #include <toml++/toml.h>
 
+#include "config/model_reader.hpp"
 #include "protocol/codec.hpp"
 
 namespace stereos::config {
@@ -82,32 +84,6 @@ const duration_range* find_duration_range(std::string_view key) {
     return nullptr;
 }
 
-std::string_view type_name(toml::node_type type) {
-    switch (type) {
-        case toml::node_type::none:
-            return "nothing";
-        case toml::node_type::table:
-            return "a table";
-        case toml::node_type::array:
-            return "an array";
-        case toml::node_type::string:
-            return "a string";
-        case toml::node_type::integer:
-            return "an integer";
-        case toml::node_type::floating_point:
-            return "a float";
-        case toml::node_type::boolean:
-            return "a boolean";
-        case toml::node_type::date:
-            return "a date";
-        case toml::node_type::time:
-            return "a time";
-        case toml::node_type::date_time:
-            return "a date-time";
-    }
-    return "an unknown type";
-}
-
 // Levenshtein distance, to suggest the key a typo meant.
 std::size_t edit_distance(std::string_view a, std::string_view b) {
     std::vector<std::size_t> row(b.size() + 1);
@@ -161,6 +137,66 @@ std::optional<std::string> file_problem(const std::filesystem::path& path, bool 
 // Public keys and secrets are small; anything larger than this is a wrong path.
 constexpr std::uintmax_t max_small_file = 64 * 1024;
 
+// The TOML side of model_reader. Keys are noted with their position so that shape and model
+// errors, both named by key path, get the file's line.
+class toml_document {
+  public:
+    using node = toml::node;
+    using table = toml::table;
+
+    static detail::shape shape_of(const node& n) {
+        switch (n.type()) {
+            case toml::node_type::table:
+                return detail::shape::table;
+            case toml::node_type::array:
+                return detail::shape::array;
+            case toml::node_type::string:
+                return detail::shape::string;
+            case toml::node_type::integer:
+                return detail::shape::integer;
+            case toml::node_type::floating_point:
+                return detail::shape::floating_point;
+            case toml::node_type::boolean:
+                return detail::shape::boolean;
+            default:
+                return detail::shape::other;
+        }
+    }
+    static const node* find(const table& t, std::string_view key) { return t.get(key); }
+    static const table& table_of(const node& n) { return *n.as_table(); }
+    static std::size_t size_of(const node& array) { return array.as_array()->size(); }
+    static const node& element(const node& array, std::size_t i) {
+        return *array.as_array()->get(i);
+    }
+    static std::string_view string_of(const node& n) { return n.as_string()->get(); }
+    static std::int64_t integer_of(const node& n) { return n.as_integer()->get(); }
+    static bool boolean_of(const node& n) { return n.as_boolean()->get(); }
+
+    void note(const std::string& key, const node& n) { positions_.emplace(key, n.source().begin); }
+    template <class Visit>
+    void for_each_key(const table& t, const std::string& prefix, Visit visit) {
+        for (auto&& [key, value] : t) {
+            positions_.emplace(prefix + std::string(key.str()), key.source().begin);
+            visit(key.str());
+        }
+    }
+
+    // The position of `key`, else of the nearest table holding it.
+    toml::source_position position_of(std::string_view key) const {
+        for (;; key = detail::parent_key(key)) {
+            if (auto it = positions_.find(key); it != positions_.end()) {
+                return it->second;
+            }
+            if (key.empty()) {
+                return {1, 1};
+            }
+        }
+    }
+
+  private:
+    std::map<std::string, toml::source_position, std::less<>> positions_;
+};
+
 class loader {
   public:
     loader(std::string_view source_name, load_options options)
@@ -179,20 +215,43 @@ class loader {
 
         config result;
         result.source = source_;
-        const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
-        if (credentials != nullptr && *credentials != '\0') {
-            credentials_directory_ = credentials;
-        }
-
-        table_reader top{*this, root, ""};
-        if (const toml::node* node = top.get("daemon", toml::node_type::table)) {
-            read_daemon(*node->as_table(), result.daemon);
+        toml_document document;
+        detail::model_reader<toml_document> reader(document);
+        decltype(reader)::table_reader top{reader, root, ""};
+        if (const toml::node* node = top.get("daemon", detail::shape::table)) {
+            reader.read_daemon(*node->as_table(), "daemon.", result.daemon);
         }
         if (const toml::node* node = top.get("guest")) {
-            read_guests(*node, result);
+            const toml::array* array = node->as_array();
+            if (array == nullptr || !array->is_array_of_tables()) {
+                reader.error("guest",
+                             "expected an array of tables ([[guest]]), got " +
+                                 std::string(detail::shape_name(document.shape_of(*node))));
+            } else {
+                for (std::size_t i = 0; i < array->size(); ++i) {
+                    const std::string key = "guest[" + std::to_string(i) + "]";
+                    document.note(key, *array->get(i));
+                    reader.read_guest(*array->get(i)->as_table(), key + ".",
+                                      result.guests.emplace_back());
+                }
+            }
         }
         top.report_unknown_keys();
 
+        for (auto& e : reader.errors()) {
+            error_at(document.position_of(e.key), e.key, e.message);
+        }
+        for (auto& e : check_guests(result, options_)) {
+            if (reader.unread().hide(e.key)) {
+                continue;
+            }
+            if (!e.first_key.empty()) {
+                e.message += " (also at line " +
+                             std::to_string(document.position_of(e.first_key).line) + ")";
+            }
+            refused_references_ = refused_references_ || e.refused_reference;
+            error_at(document.position_of(e.key), e.key, e.message);
+        }
         if (!errors_.empty()) {
             // File order: toml++ iterates tables by key, not by position.
             std::stable_sort(errors_.begin(), errors_.end(),
@@ -208,501 +267,341 @@ class loader {
     }
 
   private:
-    // Reads the keys of one table, remembering which were asked for so that the rest can be
-    // reported as unknown: a typo must not pass silently.
-    struct table_reader {
-        table_reader(loader& owner_, const toml::table& table_, std::string prefix_)
-            : owner(owner_), table(table_), prefix(std::move(prefix_)) {}
-
-        loader& owner;
-        const toml::table& table;
-        std::string prefix;  // "guest[0]." etc.
-        std::set<std::string, std::less<>> known;
-
-        std::string key_path(std::string_view key) const { return prefix + std::string(key); }
-
-        // The node for `key` if present and of `type` (none = any); reports a wrong type.
-        const toml::node* get(std::string_view key, toml::node_type type = toml::node_type::none) {
-            known.emplace(key);
-            const toml::node* node = table.get(key);
-            if (node == nullptr) {
-                return nullptr;
-            }
-            if (type != toml::node_type::none && node->type() != type) {
-                owner.error(*node, key_path(key),
-                            "expected " + std::string(type_name(type)) + ", got " +
-                                std::string(type_name(node->type())));
-                return nullptr;
-            }
-            return node;
-        }
-
-        std::optional<std::string> get_string(std::string_view key) {
-            const toml::node* node = get(key, toml::node_type::string);
-            if (node == nullptr) {
-                return std::nullopt;
-            }
-            return node->as_string()->get();
-        }
-
-        // A required string: reports its absence at the table's line.
-        std::optional<std::string> require_string(std::string_view key) {
-            known.emplace(key);
-            if (!table.contains(key)) {
-                owner.error(table, key_path(key), "missing (required)");
-                return std::nullopt;
-            }
-            return get_string(key);
-        }
-
-        void report_unknown_keys() {
-            for (auto&& [key, node] : table) {
-                if (known.contains(key.str())) {
-                    continue;
-                }
-                // Only the key is named, never the value: it could be a secret under a typo.
-                std::string message = "unknown key";
-                const std::string* best = nullptr;
-                std::size_t best_distance = 3;
-                for (const auto& candidate : known) {
-                    const std::size_t d = edit_distance(key.str(), candidate);
-                    if (d < best_distance) {
-                        best_distance = d;
-                        best = &candidate;
-                    }
-                }
-                if (best != nullptr) {
-                    message += " (did you mean " + *best + "?)";
-                }
-                owner.error_at(key.source().begin, key_path(key.str()), message);
-            }
-        }
-    };
-
     void error_at(toml::source_position at, const std::string& key, const std::string& message) {
         errors_.emplace_back(std::pair{at.line, at.column},
                              source_ + ':' + std::to_string(at.line) + ": " + key + ": " + message);
-    }
-    void error(const toml::node& node, const std::string& key, const std::string& message) {
-        error_at(node.source().begin, key, message);
-    }
-
-    // Whether a host reference may be followed; if not, records why. Checked before the file is
-    // opened, so a refused caller learns nothing about it.
-    bool reference_allowed(const toml::node& node, const std::string& key) {
-        if (options_.allow_host_references) {
-            return true;
-        }
-        refused_references_ = true;
-        error(node, key,
-              "naming a host file or credential for the daemon to read needs root or the "
-              "daemon's own user; send the value itself instead");
-        return false;
-    }
-
-    std::optional<milliseconds> read_duration(table_reader& reader, std::string_view key) {
-        const toml::node* node = reader.get(key);
-        if (node == nullptr) {
-            return std::nullopt;
-        }
-        if (!node->is_string()) {
-            error(*node, reader.key_path(key),
-                  "expected a duration string such as \"10s\", got " +
-                      std::string(type_name(node->type())));
-            return std::nullopt;
-        }
-        auto parsed = parse_timeout(key, node->as_string()->get());
-        if (!parsed) {
-            error(*node, reader.key_path(key), parsed.error().message);
-            return std::nullopt;
-        }
-        return *parsed;
-    }
-
-    void read_daemon(const toml::table& table, daemon_settings& out) {
-        table_reader reader{*this, table, "daemon."};
-        if (const toml::node* node = reader.get("api_socket", toml::node_type::string)) {
-            const std::string& path = node->as_string()->get();
-            // sun_path holds 108 bytes including the terminating NUL.
-            if (path.empty() || path.front() != '/') {
-                error(*node, "daemon.api_socket",
-                      "must be an absolute path, got " + in_quotes(path));
-            } else if (path.size() > 107) {
-                error(*node, "daemon.api_socket",
-                      "too long for a unix socket path (" + std::to_string(path.size()) +
-                          " bytes, at most 107)");
-            } else {
-                out.api_socket = path;
-            }
-        }
-        auto read_group = [&](const char* key, std::string& into) {
-            const toml::node* node = reader.get(key, toml::node_type::string);
-            if (!node)
-                return;
-            const std::string& group = node->as_string()->get();
-            if (!group.empty() &&
-                (group.size() > 32 || !only_name_chars(group) || group.front() == '-')) {
-                error(*node, std::string("daemon.") + key,
-                      "invalid group name " + in_quotes(group) +
-                          " (1 to 32 of A-Z a-z 0-9 . _ -, not starting with -; \"\" = none)");
-            } else {
-                into = group;
-            }
-        };
-        read_group("api_group", out.api_group);
-        read_group("api_read_group", out.api_read_group);
-        if (const toml::node* node = reader.get("state_dir", toml::node_type::string)) {
-            const std::string& path = node->as_string()->get();
-            if (path.empty() || path.front() != '/') {
-                error(*node, "daemon.state_dir",
-                      "must be an absolute path, got " + in_quotes(path));
-            } else {
-                out.state_dir = path;
-            }
-        }
-        if (const toml::node* node = reader.get("log_level", toml::node_type::string)) {
-            const std::string& text = node->as_string()->get();
-            if (auto level = parse_log_level(text)) {
-                out.level = *level;
-            } else {
-                error(*node, "daemon.log_level",
-                      "unknown log level " + in_quotes(text) +
-                          " (expected trace, debug, info, notice, warning or error)");
-            }
-        }
-        if (const toml::node* node = reader.get("api_max_connections", toml::node_type::integer)) {
-            const std::int64_t value = node->as_integer()->get();
-            if (value < 1 || value > 65536) {
-                error(*node, "daemon.api_max_connections",
-                      "must be between 1 and 65536, got " + std::to_string(value));
-            } else {
-                out.api_max_connections = static_cast<std::size_t>(value);
-            }
-        }
-        for (const auto& range : duration_ranges) {
-            if (auto value = read_duration(reader, range.key)) {
-                out.timeouts.*range.field = *value;
-            }
-        }
-        reader.report_unknown_keys();
-    }
-
-    void read_guests(const toml::node& node, config& out) {
-        const toml::array* array = node.as_array();
-        if (array == nullptr || !array->is_array_of_tables()) {
-            error(node, "guest",
-                  "expected an array of tables ([[guest]]), got " +
-                      std::string(type_name(node.type())));
-            return;
-        }
-        std::map<std::string, std::uint32_t, std::less<>> first_line_of_name;
-        for (std::size_t i = 0; i < array->size(); ++i) {
-            const toml::table& table = *array->get(i)->as_table();
-            const std::string prefix = "guest[" + std::to_string(i) + "].";
-            guest_config guest;
-            const bool valid = read_guest(table, prefix, out.daemon.timeouts, guest);
-            // Duplicates are looked for among all well-named guests, valid or not.
-            const toml::node* name = table.get("name");
-            if (name != nullptr && name->is_string() && check_guest_name(guest.name)) {
-                const toml::source_position at = name->source().begin;
-                auto [it, inserted] = first_line_of_name.emplace(guest.name, at.line);
-                if (!inserted) {
-                    error_at(at, prefix + "name",
-                             "duplicate guest name " + in_quotes(guest.name) + " (also at line " +
-                                 std::to_string(it->second) + ")");
-                    continue;
-                }
-            }
-            if (valid) {
-                out.guests.push_back(std::move(guest));
-            }
-        }
-    }
-
-    // Returns whether the guest is valid enough to keep (errors are recorded either way).
-    bool read_guest(const toml::table& table, const std::string& prefix,
-                    const link_timeouts& defaults, guest_config& out) {
-        const std::size_t errors_before = errors_.size();
-        table_reader reader{*this, table, prefix};
-        if (auto name = reader.require_string("name")) {
-            if (auto valid = check_guest_name(*name); !valid) {
-                error(*table.get("name"), prefix + "name", valid.error().message);
-            }
-            out.name = *name;
-        }
-        if (auto text = reader.require_string("endpoint")) {
-            auto parsed = check_endpoint(*text);
-            if (!parsed) {
-                error(*table.get("endpoint"), prefix + "endpoint", parsed.error().message);
-            } else {
-                out.endpoint_text = *text;
-                out.endpoint = *parsed;
-            }
-        }
-        for (const auto& range : duration_ranges) {
-            out.overrides.*range.override_field = read_duration(reader, range.key);
-        }
-        out.timeouts = out.overrides.resolve(defaults);
-        if (const toml::node* node = reader.get("provision", toml::node_type::table)) {
-            read_provision(*node->as_table(), prefix + "provision.", out.provision);
-        }
-        reader.report_unknown_keys();
-        return errors_.size() == errors_before;
-    }
-
-    void read_provision(const toml::table& table, const std::string& prefix,
-                        provision_config& out) {
-        table_reader reader{*this, table, prefix};
-        const toml::node* config_file = reader.get("config_file", toml::node_type::string);
-        if (config_file != nullptr && reference_allowed(*config_file, prefix + "config_file")) {
-            const std::filesystem::path path = config_file->as_string()->get();
-            // The content goes out as one line of at most 1 MiB.
-            if (auto problem = file_problem(path, false, protocol::max_line_bytes)) {
-                error(*config_file, prefix + "config_file", *problem);
-            } else {
-                out.config_file = path;
-            }
-        }
-        if (const toml::node* content = reader.get("config")) {
-            if (!options_.allow_values) {
-                error(*content, prefix + "config",
-                      "the jcard.toml may not be written inline here; use config_file");
-            } else if (config_file != nullptr) {
-                error(*content, prefix + "config", "set config or config_file, not both");
-            } else if (!content->is_string()) {
-                error(*content, prefix + "config",
-                      "expected a string, got " + std::string(type_name(content->type())));
-            } else if (content->as_string()->get().size() > protocol::max_line_bytes / 2) {
-                // Escaped on the wire, it must still fit one line of at most 1 MiB.
-                error(*content, prefix + "config",
-                      "is too large (at most " + std::to_string(protocol::max_line_bytes / 2) +
-                          " bytes)");
-            } else {
-                out.config_content = content->as_string()->get();
-            }
-        }
-        for_each_table(reader, "ssh_keys", [&](const toml::table& t, const std::string& p) {
-            read_ssh_key(t, p, out.ssh_keys);
-        });
-        std::map<std::string, std::uint32_t, std::less<>> secret_lines;
-        for_each_table(reader, "secrets", [&](const toml::table& t, const std::string& p) {
-            read_secret(t, p, secret_lines, out.secrets);
-        });
-        std::map<std::string, std::uint32_t, std::less<>> mount_lines;
-        for_each_table(reader, "mounts", [&](const toml::table& t, const std::string& p) {
-            read_mount(t, p, mount_lines, out.mounts);
-        });
-        reader.report_unknown_keys();
-    }
-
-    // An array of (inline) tables; `read` gets each with its key path prefix "key[i].".
-    template <class Read>
-    void for_each_table(table_reader& reader, std::string_view key, Read read) {
-        const toml::node* node = reader.get(key, toml::node_type::array);
-        if (node == nullptr) {
-            return;
-        }
-        const toml::array& array = *node->as_array();
-        for (std::size_t i = 0; i < array.size(); ++i) {
-            const std::string path = reader.key_path(key) + "[" + std::to_string(i) + "]";
-            const toml::node& element = *array.get(i);
-            if (!element.is_table()) {
-                error(element, path,
-                      "expected a table, got " + std::string(type_name(element.type())));
-                continue;
-            }
-            read(*element.as_table(), path + ".");
-        }
-    }
-
-    void read_ssh_key(const toml::table& table, const std::string& prefix,
-                      std::vector<ssh_key_config>& out) {
-        const std::size_t errors_before = errors_.size();
-        table_reader reader{*this, table, prefix};
-        ssh_key_config key;
-        if (auto user = reader.require_string("user")) {
-            if (user->empty() || user->size() > 32 || !only_name_chars(*user) ||
-                user->front() == '-') {
-                error(*table.get("user"), prefix + "user",
-                      "invalid user name " + in_quotes(*user) +
-                          " (1 to 32 of A-Z a-z 0-9 . _ -, not starting with -)");
-            }
-            key.user = *user;
-        }
-        const toml::node* inline_key = reader.get("public_key", toml::node_type::string);
-        const toml::node* key_file = reader.get("public_key_file", toml::node_type::string);
-        if ((inline_key != nullptr) == (key_file != nullptr)) {
-            if (!table.contains("public_key") && !table.contains("public_key_file")) {
-                error(table, prefix.substr(0, prefix.size() - 1),
-                      "set exactly one of public_key or public_key_file");
-            } else if (inline_key != nullptr) {
-                error(table, prefix.substr(0, prefix.size() - 1),
-                      "set exactly one of public_key or public_key_file, not both");
-            }
-        } else if (inline_key != nullptr) {
-            const std::string& text = inline_key->as_string()->get();
-            const auto first = text.find_first_not_of(" \t\r\n");
-            const auto last = text.find_last_not_of(" \t\r\n");
-            if (first == std::string::npos) {
-                error(*inline_key, prefix + "public_key", "is empty");
-            } else {
-                key.public_key = text.substr(first, last - first + 1);
-                if (auto valid = check_ssh_public_key(key.public_key); !valid) {
-                    error(*inline_key, prefix + "public_key", valid.error().message);
-                }
-            }
-        } else if (reference_allowed(*key_file, prefix + "public_key_file")) {
-            const std::filesystem::path path = key_file->as_string()->get();
-            if (auto problem = file_problem(path, true, max_small_file)) {
-                error(*key_file, prefix + "public_key_file", *problem);
-            }
-            key.public_key_file = path;
-        }
-        reader.report_unknown_keys();
-        if (errors_.size() == errors_before) {
-            out.push_back(std::move(key));
-        }
-    }
-
-    void read_secret(const toml::table& table, const std::string& prefix,
-                     std::map<std::string, std::uint32_t, std::less<>>& first_lines,
-                     std::vector<secret_config>& out) {
-        const std::size_t errors_before = errors_.size();
-        table_reader reader{*this, table, prefix};
-        secret_config secret;
-        if (auto name = reader.require_string("name")) {
-            const toml::source_position at = table.get("name")->source().begin;
-            // It becomes a file name in the guest: no directories, nothing hidden by "..".
-            if (auto valid = check_secret_name(*name); !valid) {
-                error_at(at, prefix + "name", valid.error().message);
-            } else if (auto [it, inserted] = first_lines.emplace(*name, at.line); !inserted) {
-                error_at(at, prefix + "name",
-                         "duplicate secret name " + in_quotes(*name) + " (also at line " +
-                             std::to_string(it->second) + ")");
-            }
-            secret.name = *name;
-        }
-        // Checked before anything else so that an inline value is never silently accepted. Its
-        // content is never quoted, whatever its type.
-        const toml::node* value = reader.get("value");
-        if (value != nullptr && !options_.allow_values) {
-            error(*value, prefix + "value",
-                  "secret values may not be written inline; use file or credential");
-        } else if (value != nullptr && !value->is_string()) {
-            error(*value, prefix + "value",
-                  "expected a string, got " + std::string(type_name(value->type())));
-        } else if (value != nullptr && value->as_string()->get().size() > max_small_file) {
-            error(*value, prefix + "value",
-                  "is too large (at most " + std::to_string(max_small_file) + " bytes)");
-        }
-        const toml::node* file = reader.get("file", toml::node_type::string);
-        const toml::node* credential = reader.get("credential", toml::node_type::string);
-        // A refused inline value is no source: it was already told to use file or credential.
-        const bool inline_value = value != nullptr && options_.allow_values;
-        const int sources = (file != nullptr) + (credential != nullptr) + (inline_value ? 1 : 0);
-        const std::string where = prefix.substr(0, prefix.size() - 1);
-        const std::string choices =
-            options_.allow_values ? "value, file or credential" : "file or credential";
-        if (sources > 1) {
-            error(table, where, "set exactly one of " + choices + ", not more");
-        } else if (sources == 0) {
-            if (value == nullptr && !table.contains("file") && !table.contains("credential")) {
-                error(table, where, "set exactly one of " + choices);
-            }
-        } else if (inline_value) {
-            if (value->is_string()) {
-                secret.value = value->as_string()->get();
-            }
-        } else if (!reference_allowed(file != nullptr ? *file : *credential,
-                                      prefix + (file != nullptr ? "file" : "credential"))) {
-            // Refused before the file is opened.
-        } else if (file != nullptr) {
-            secret.file = file->as_string()->get();
-            if (auto problem = file_problem(secret.file, false, max_small_file)) {
-                error(*file, prefix + "file", *problem);
-            }
-        } else {
-            secret.credential = credential->as_string()->get();
-            if (secret.credential.empty() || !only_name_chars(secret.credential) ||
-                secret.credential == "." || secret.credential == "..") {
-                error(*credential, prefix + "credential",
-                      "invalid credential name " + in_quotes(secret.credential) +
-                          " (a simple file name: A-Z a-z 0-9 . _ -)");
-            } else if (credentials_directory_.empty()) {
-                error(*credential, prefix + "credential",
-                      "$CREDENTIALS_DIRECTORY is not set: credential " +
-                          in_quotes(secret.credential) +
-                          " needs LoadCredential= (or SetCredential=) in the service unit");
-            } else {
-                secret.file = credentials_directory_ / secret.credential;
-                if (auto problem = file_problem(secret.file, false, max_small_file)) {
-                    error(*credential, prefix + "credential", *problem);
-                }
-            }
-        }
-        if (const toml::node* mode = reader.get("mode", toml::node_type::integer)) {
-            const std::int64_t value = mode->as_integer()->get();
-            if (value < 0 || value > 07777) {
-                error(*mode, prefix + "mode", "must be between 0 and 0o7777, got " + octal(value));
-            } else {
-                secret.mode = static_cast<std::uint32_t>(value);
-            }
-        }
-        reader.report_unknown_keys();
-        if (errors_.size() == errors_before) {
-            out.push_back(std::move(secret));
-        }
-    }
-
-    void read_mount(const toml::table& table, const std::string& prefix,
-                    std::map<std::string, std::uint32_t, std::less<>>& first_lines,
-                    std::vector<protocol::mount_payload>& out) {
-        const std::size_t errors_before = errors_.size();
-        table_reader reader{*this, table, prefix};
-        protocol::mount_payload mount;
-        if (auto tag = reader.require_string("tag")) {
-            // virtio-fs tags hold at most 36 bytes.
-            if (tag->empty() || tag->size() > 36 || !only_name_chars(*tag)) {
-                error(*table.get("tag"), prefix + "tag",
-                      "invalid mount tag " + in_quotes(*tag) + " (1 to 36 of A-Z a-z 0-9 . _ -)");
-            }
-            mount.tag = *tag;
-        }
-        if (auto path = reader.require_string("guest_path")) {
-            const toml::source_position at = table.get("guest_path")->source().begin;
-            if (auto valid = check_mount_guest_path(*path); !valid) {
-                error_at(at, prefix + "guest_path", valid.error().message);
-            } else if (auto [it, inserted] = first_lines.emplace(*path, at.line); !inserted) {
-                error_at(at, prefix + "guest_path",
-                         "duplicate mount point " + in_quotes(*path) + " (also at line " +
-                             std::to_string(it->second) + ")");
-            }
-            mount.guest_path = *path;
-        }
-        if (auto fs_type = reader.require_string("fs_type")) {
-            if (auto valid = check_fs_type(*fs_type); !valid) {
-                error(*table.get("fs_type"), prefix + "fs_type", valid.error().message);
-            }
-            mount.fs_type = *fs_type;
-        }
-        if (const toml::node* read_only = reader.get("read_only", toml::node_type::boolean)) {
-            mount.read_only = read_only->as_boolean()->get();
-        }
-        reader.report_unknown_keys();
-        if (errors_.size() == errors_before) {
-            out.push_back(std::move(mount));
-        }
     }
 
     std::string source_;
     load_options options_;
     bool refused_references_ = false;
-    std::filesystem::path credentials_directory_;
     // ((line, column), message)
     std::vector<std::pair<std::pair<std::uint32_t, std::uint32_t>, std::string>> errors_;
 };
 
+// The rules about a guest's values, whatever document it came from.
+class guest_checker {
+  public:
+    explicit guest_checker(load_options options) : options_(options) {
+        const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+        if (credentials != nullptr && *credentials != '\0') {
+            credentials_directory_ = credentials;
+        }
+    }
+
+    std::vector<model_error> take_errors() { return std::move(errors_); }
+
+    void check(guest_config& guest, const std::string& prefix, const link_timeouts& defaults) {
+        if (auto valid = check_guest_name(guest.name); !valid) {
+            error(prefix + "name", valid.error().message);
+        }
+        if (auto parsed = check_endpoint(guest.endpoint_text); !parsed) {
+            error(prefix + "endpoint", parsed.error().message);
+        } else {
+            guest.endpoint = *parsed;
+        }
+        guest.timeouts = guest.overrides.resolve(defaults);
+        check_provision(guest.provision, prefix + "provision.");
+    }
+
+    // Duplicates are looked for among all well-named guests, valid or not.
+    void check_unique_names(const std::vector<guest_config>& guests) {
+        std::map<std::string_view, std::string> first_key;
+        for (std::size_t i = 0; i < guests.size(); ++i) {
+            const std::string key = "guest[" + std::to_string(i) + "].name";
+            if (!check_guest_name(guests[i].name)) {
+                continue;
+            }
+            if (auto [it, inserted] = first_key.emplace(guests[i].name, key); !inserted) {
+                duplicate(key, "duplicate guest name " + in_quotes(guests[i].name), it->second);
+            }
+        }
+    }
+
+  private:
+    void error(std::string key, std::string message) {
+        errors_.push_back({std::move(key), std::move(message), {}, false});
+    }
+    void duplicate(std::string key, std::string message, std::string first_key) {
+        errors_.push_back({std::move(key), std::move(message), std::move(first_key), false});
+    }
+
+    // Whether a host reference may be followed; if not, records why. Checked before the file is
+    // opened, so a refused caller learns nothing about it.
+    bool reference_allowed(const std::string& key) {
+        if (options_.allow_host_references) {
+            return true;
+        }
+        errors_.push_back({key,
+                           "naming a host file or credential for the daemon to read needs root or "
+                           "the daemon's own user; send the value itself instead",
+                           {},
+                           true});
+        return false;
+    }
+
+    void check_provision(provision_config& provision, const std::string& prefix) {
+        if (provision.config_file && reference_allowed(prefix + "config_file")) {
+            // The content goes out as one line of at most 1 MiB.
+            if (auto problem =
+                    file_problem(*provision.config_file, false, protocol::max_line_bytes)) {
+                error(prefix + "config_file", *problem);
+            }
+        }
+        if (provision.config_content) {
+            if (!options_.allow_values) {
+                error(prefix + "config",
+                      "the jcard.toml may not be written inline here; use config_file");
+            } else if (provision.config_file) {
+                error(prefix + "config", "set config or config_file, not both");
+            } else if (provision.config_content->size() > protocol::max_line_bytes / 2) {
+                // Escaped on the wire, it must still fit one line of at most 1 MiB.
+                error(prefix + "config", "is too large (at most " +
+                                             std::to_string(protocol::max_line_bytes / 2) +
+                                             " bytes)");
+            }
+        }
+        for (std::size_t i = 0; i < provision.ssh_keys.size(); ++i) {
+            check_ssh_key(provision.ssh_keys[i], prefix + "ssh_keys[" + std::to_string(i) + "]");
+        }
+        std::map<std::string_view, std::string> first_secret;
+        for (std::size_t i = 0; i < provision.secrets.size(); ++i) {
+            const std::string key = prefix + "secrets[" + std::to_string(i) + "]";
+            check_secret(provision.secrets[i], key);
+            const std::string& name = provision.secrets[i].name;
+            // It becomes a file name in the guest: no directories, nothing hidden by "..".
+            if (auto valid = check_secret_name(name); !valid) {
+                error(key + ".name", valid.error().message);
+            } else if (auto [it, inserted] = first_secret.emplace(name, key + ".name"); !inserted) {
+                duplicate(key + ".name", "duplicate secret name " + in_quotes(name), it->second);
+            }
+        }
+        std::map<std::string_view, std::string> first_mount;
+        for (std::size_t i = 0; i < provision.mounts.size(); ++i) {
+            const std::string key = prefix + "mounts[" + std::to_string(i) + "]";
+            const auto& mount = provision.mounts[i];
+            // virtio-fs tags hold at most 36 bytes.
+            if (mount.tag.empty() || mount.tag.size() > 36 || !only_name_chars(mount.tag)) {
+                error(key + ".tag", "invalid mount tag " + in_quotes(mount.tag) +
+                                        " (1 to 36 of A-Z a-z 0-9 . _ -)");
+            }
+            if (auto valid = check_mount_guest_path(mount.guest_path); !valid) {
+                error(key + ".guest_path", valid.error().message);
+            } else if (auto [it, inserted] =
+                           first_mount.emplace(mount.guest_path, key + ".guest_path");
+                       !inserted) {
+                duplicate(key + ".guest_path",
+                          "duplicate mount point " + in_quotes(mount.guest_path), it->second);
+            }
+            if (auto valid = check_fs_type(mount.fs_type); !valid) {
+                error(key + ".fs_type", valid.error().message);
+            }
+        }
+    }
+
+    void check_ssh_key(ssh_key_config& key, const std::string& where) {
+        const std::string& user = key.user;
+        if (user.empty() || user.size() > 32 || !only_name_chars(user) || user.front() == '-') {
+            error(where + ".user", "invalid user name " + in_quotes(user) +
+                                       " (1 to 32 of A-Z a-z 0-9 . _ -, not starting with -)");
+        }
+        const bool has_inline = !key.public_key.empty();
+        const bool has_file = !key.public_key_file.empty();
+        if (has_inline && has_file) {
+            error(where, "set exactly one of public_key or public_key_file, not both");
+        } else if (!has_inline && !has_file) {
+            error(where, "set exactly one of public_key or public_key_file");
+        } else if (has_inline) {
+            const auto first = key.public_key.find_first_not_of(" \t\r\n");
+            if (first == std::string::npos) {
+                error(where + ".public_key", "is empty");
+                return;
+            }
+            const auto last = key.public_key.find_last_not_of(" \t\r\n");
+            key.public_key = key.public_key.substr(first, last - first + 1);
+            if (auto valid = check_ssh_public_key(key.public_key); !valid) {
+                error(where + ".public_key", valid.error().message);
+            }
+        } else if (reference_allowed(where + ".public_key_file")) {
+            if (auto problem = key_file_problem(key.public_key_file)) {
+                error(where + ".public_key_file", *problem);
+            }
+        }
+    }
+
+    // A public key file must be readable now and hold a key, so that a wrong path or a wrong
+    // file is reported when the config is loaded, not when a guest boots. Its content is not
+    // quoted: a wrong path may name a secret.
+    static std::optional<std::string> key_file_problem(const std::filesystem::path& path) {
+        if (auto problem = file_problem(path, true, max_small_file)) {
+            return problem;
+        }
+        std::ifstream in(path, std::ios::binary);
+        std::string text(max_small_file + 1, '\0');
+        in.read(text.data(), static_cast<std::streamsize>(text.size()));
+        if (in.bad()) {
+            return "cannot read " + in_quotes(path.string());
+        }
+        text.resize(static_cast<std::size_t>(in.gcount()));
+        // Provisioning sends the file without its line end, and checks it again then.
+        while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) {
+            text.pop_back();
+        }
+        if (!check_ssh_public_key(text)) {
+            return in_quotes(path.string()) +
+                   " does not hold one SSH public key (a line with a key type such as "
+                   "ssh-ed25519, then the key data)";
+        }
+        return std::nullopt;
+    }
+
+    void check_secret(secret_config& secret, const std::string& where) {
+        const std::string prefix = where + ".";
+        // Checked before anything else so that an inline value is never silently accepted. Its
+        // content is never quoted.
+        if (secret.value && !options_.allow_values) {
+            error(prefix + "value",
+                  "secret values may not be written inline; use file or credential");
+        } else if (secret.value && secret.value->size() > max_small_file) {
+            error(prefix + "value",
+                  "is too large (at most " + std::to_string(max_small_file) + " bytes)");
+        }
+        const bool has_file = !secret.file.empty();
+        const bool has_credential = !secret.credential.empty();
+        // A refused inline value is no source: it was already told to use file or credential.
+        const bool inline_value = secret.value && options_.allow_values;
+        const int sources = int{has_file} + int{has_credential} + int{inline_value};
+        const std::string choices =
+            options_.allow_values ? "value, file or credential" : "file or credential";
+        if (sources > 1) {
+            error(where, "set exactly one of " + choices + ", not more");
+        } else if (sources == 0) {
+            if (!secret.value) {
+                error(where, "set exactly one of " + choices);
+            }
+        } else if (inline_value) {
+            // Nothing to open.
+        } else if (!reference_allowed(prefix + (has_file ? "file" : "credential"))) {
+            // Refused before the file is opened.
+        } else if (has_file) {
+            if (auto problem = file_problem(secret.file, false, max_small_file)) {
+                error(prefix + "file", *problem);
+            }
+        } else if (!only_name_chars(secret.credential) || secret.credential == "." ||
+                   secret.credential == "..") {
+            error(prefix + "credential", "invalid credential name " + in_quotes(secret.credential) +
+                                             " (a simple file name: A-Z a-z 0-9 . _ -)");
+        } else if (credentials_directory_.empty()) {
+            error(prefix + "credential",
+                  "$CREDENTIALS_DIRECTORY is not set: credential " + in_quotes(secret.credential) +
+                      " needs LoadCredential= (or SetCredential=) in the service unit");
+        } else {
+            secret.file = credentials_directory_ / secret.credential;
+            if (auto problem = file_problem(secret.file, false, max_small_file)) {
+                error(prefix + "credential", *problem);
+            }
+        }
+    }
+
+    load_options options_;
+    std::filesystem::path credentials_directory_;
+    std::vector<model_error> errors_;
+};
+
 }  // namespace
+
+// ---- shared by the readers -----------------------------------------------------------------
+
+namespace detail {
+
+std::string_view shape_name(shape s) {
+    switch (s) {
+        case shape::nothing:
+            return "nothing";
+        case shape::table:
+            return "a table";
+        case shape::array:
+            return "an array";
+        case shape::string:
+            return "a string";
+        case shape::integer:
+            return "an integer";
+        case shape::floating_point:
+            return "a float";
+        case shape::boolean:
+            return "a boolean";
+        case shape::other:
+            break;
+    }
+    return "a date or time";
+}
+
+std::string unknown_key_message(std::string_view key,
+                                const std::set<std::string, std::less<>>& known) {
+    std::string message = "unknown key";
+    const std::string* best = nullptr;
+    std::size_t best_distance = 3;
+    for (const auto& candidate : known) {
+        const std::size_t d = edit_distance(key, candidate);
+        if (d < best_distance) {
+            best_distance = d;
+            best = &candidate;
+        }
+    }
+    if (best != nullptr) {
+        message += " (did you mean " + *best + "?)";
+    }
+    return message;
+}
+
+std::string_view parent_key(std::string_view key) {
+    const auto cut = key.find_last_of(".[");
+    return cut == std::string_view::npos ? std::string_view{} : key.substr(0, cut);
+}
+
+const std::vector<std::string_view>& timeout_keys() {
+    static const std::vector<std::string_view> keys = [] {
+        std::vector<std::string_view> out;
+        for (const auto& range : duration_ranges) {
+            out.push_back(range.key);
+        }
+        return out;
+    }();
+    return keys;
+}
+
+void set_override(link_timeout_overrides& overrides, std::string_view key, milliseconds value) {
+    if (const duration_range* range = find_duration_range(key)) {
+        overrides.*range->override_field = value;
+    }
+}
+
+}  // namespace detail
+
+// ---- the model's rules ---------------------------------------------------------------------
+
+std::vector<model_error> check_guest(guest_config& guest, std::string_view key_prefix,
+                                     const link_timeouts& defaults, load_options options) {
+    guest_checker checker(options);
+    checker.check(guest, std::string(key_prefix), defaults);
+    return checker.take_errors();
+}
+
+std::vector<model_error> check_guests(config& c, load_options options) {
+    guest_checker checker(options);
+    for (std::size_t i = 0; i < c.guests.size(); ++i) {
+        checker.check(c.guests[i], "guest[" + std::to_string(i) + "].", c.daemon.timeouts);
+    }
+    checker.check_unique_names(c.guests);
+    return checker.take_errors();
+}
+
+boost::system::result<std::uint32_t, value_error> check_secret_mode(std::int64_t mode) {
+    if (mode < 0 || mode > 07777) {
+        return value_error{"must be between 0 and 0o7777, got " + octal(mode)};
+    }
+    return static_cast<std::uint32_t>(mode);
+}
 
 // ---- paths, names, levels ----------------------------------------------------------------
 

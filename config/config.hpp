@@ -1,5 +1,6 @@
 // The daemon's TOML config (/etc/stereos-hostd/config.toml): a plain model with documented
-// defaults, a loader that validates the whole file and reports every error, and the reload diff.
+// defaults, the model's rules (shared with guests added through the API), a loader that validates
+// the whole file and reports every error, and the reload diff.
 #pragma once
 
 #include <chrono>
@@ -66,7 +67,7 @@ struct daemon_settings {
 
 // An SSH key to inject: either inline (`public_key`) or read at provisioning time from
 // `public_key_file` (then `public_key` is empty). A file's content meets check_ssh_public_key
-// when it is read, before it is sent.
+// when the config is checked and again when it is read, before it is sent.
 struct ssh_key_config {
     std::string user;
     std::string public_key;
@@ -87,15 +88,15 @@ struct secret_config {
 };
 
 struct provision_config {
-    std::filesystem::path config_file;          // jcard.toml sent with set_config; empty = none
-    std::optional<std::string> config_content;  // jcard.toml given through the API (a value)
+    std::optional<std::filesystem::path> config_file;  // jcard.toml sent with set_config
+    std::optional<std::string> config_content;         // jcard.toml given through the API (a value)
     std::vector<ssh_key_config> ssh_keys;
     std::vector<secret_config> secrets;
     std::vector<protocol::mount_payload> mounts;
     bool operator==(const provision_config&) const = default;
 
     bool empty() const noexcept {
-        return config_file.empty() && !config_content && ssh_keys.empty() && secrets.empty() &&
+        return !config_file && !config_content && ssh_keys.empty() && secrets.empty() &&
                mounts.empty();
     }
 };
@@ -162,7 +163,43 @@ struct guest_diff {
 };
 guest_diff diff_guests(const config& before, const config& after);
 
+// ---- The model's rules, shared by the file and the API (guests added at run time) ----------
+
+// One problem in a config model, named by its key path ("guest[0].provision.secrets[1].name").
+// The loader adds the file and line; the API names the key in its 400 error.
+struct model_error {
+    std::string key;
+    std::string message;
+    // For a duplicate: the key of the entry it repeats (the loader shows that entry's line).
+    std::string first_key;
+    // A host file or credential that load_options refused.
+    bool refused_reference = false;
+};
+
+// Checks a guest as read (from the file or an API request) against every rule about its values,
+// and completes it: the endpoint parsed from endpoint_text, the effective timeouts resolved
+// from `defaults`, an inline public key trimmed, a credential resolved to its file under
+// $CREDENTIALS_DIRECTORY. Host files are opened to check them; a public_key_file is also read
+// and must hold a key (public keys are not secret, and its content is never quoted). Secret
+// files are never read. Keys are `key_prefix` + the guest's keys ("guest[0]." in the file).
+std::vector<model_error> check_guest(guest_config& guest, std::string_view key_prefix,
+                                     const link_timeouts& defaults, load_options options);
+
+// check_guest for every guest of `c` (keys "guest[i]."), and their names unique.
+std::vector<model_error> check_guests(config& c, load_options options);
+
+// A runtime guest as the API takes it: the name, the endpoint and a provision object of the
+// shape of a [guest.provision] table, read and checked by the file's rules, with `defaults` as
+// its timeouts. Each message is "<key>: <why>" with keys as in the request ("endpoint",
+// "provision.secrets[0].name"). Secret values are copied only into the returned guest.
+boost::system::result<guest_config, config_errors> read_runtime_guest(
+    std::string_view name, std::string_view endpoint, const boost::json::object& provision,
+    const link_timeouts& defaults, load_options options);
+
 // ---- Single-value checks, shared with the API (guests added at run time) ------------------
+
+// A secret file's mode as written: 0..0o7777.
+boost::system::result<std::uint32_t, value_error> check_secret_mode(std::int64_t mode);
 
 // [A-Za-z0-9._-]{1,64}
 boost::system::result<void, value_error> check_guest_name(std::string_view name);

@@ -93,9 +93,9 @@ struct guest_reply {
     std::optional<http_response> error;
 };
 
-// Sends one request to the guest on behalf of a client and maps a failure to the API's
-// codes. An ack with ok:false is the guest's answer: guest_error, with its text scrubbed of
-// anything we sent that may be secret.
+// Sends one request to the guest on behalf of a client and maps a failure to the API's error
+// codes (see error_response). An ack with ok:false is the guest's answer: guest_error, with its
+// text scrubbed of anything we sent that may be secret.
 // Arguments are references to the caller's named objects: GCC 12 destroys a class-type
 // temporary created inside a co_await expression twice.
 asio::awaitable<guest_reply> call_guest(api_context& /*context*/,

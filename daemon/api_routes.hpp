@@ -129,7 +129,7 @@ boost::asio::awaitable<api_outcome> run_route(const http_request& request, route
 boost::asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
                                              api_context& context);
 
-// {"error":{"code":...,"message":...}} with that status. Codes and statuses:
+// {"error":{"code":...,"message":...}} with that status. The codes and their statuses:
 // bad_request 400, forbidden 403, guest_not_found 404, not_found 404, method_not_allowed 405,
 // wait_timeout 408, guest_exists 409, guest_in_config 409, payload_too_large 413,
 // internal_error 500, guest_error 502, connection_lost 502, guest_unavailable 503,

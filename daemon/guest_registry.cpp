@@ -1,10 +1,7 @@
 #include "daemon/guest_registry.hpp"
 
 #include <algorithm>
-#include <cstring>  // explicit_bzero (glibc)
-#include <sstream>
 
-#include <toml++/toml.h>
 #include <boost/throw_exception.hpp>
 
 #include "daemon/logging.hpp"
@@ -20,55 +17,6 @@ void throw_exception_from_error(const registry_error& e, const boost::source_loc
 
 namespace {
 
-// JSON -> TOML, so a runtime guest's provision object goes through the config validator.
-std::optional<std::string> to_toml_value(const json::value& in, const std::string& path,
-                                         toml::array& into) {
-    switch (in.kind()) {
-        case json::kind::string:
-            into.push_back(std::string(in.get_string()));
-            return std::nullopt;
-        case json::kind::bool_:
-            into.push_back(in.get_bool());
-            return std::nullopt;
-        case json::kind::int64:
-            into.push_back(in.get_int64());
-            return std::nullopt;
-        case json::kind::uint64:
-            into.push_back(static_cast<std::int64_t>(in.get_uint64()));
-            return std::nullopt;
-        case json::kind::object: {
-            toml::table t;
-            for (const auto& kv : in.get_object()) {
-                toml::array one;
-                if (auto e = to_toml_value(kv.value(), path + "." + std::string(kv.key()), one))
-                    return e;
-                if (!one.empty())
-                    t.insert(std::string_view(kv.key()), std::move(*one.get(0)));
-            }
-            into.push_back(std::move(t));
-            return std::nullopt;
-        }
-        case json::kind::array: {
-            toml::array a;
-            for (const auto& v : in.get_array()) {
-                if (auto e = to_toml_value(v, path + "[]", a))
-                    return e;
-            }
-            into.push_back(std::move(a));
-            return std::nullopt;
-        }
-        case json::kind::null:
-            return std::nullopt;
-        case json::kind::double_:
-            return path + ": numbers must be integers";
-    }
-    return std::nullopt;
-}
-
-std::string duration_text(std::chrono::milliseconds d) {
-    return config::format_duration(d);
-}
-
 registry_error refusal(const definition_error& e) {
     return {e.forbidden ? registry_error::kind::forbidden : registry_error::kind::bad_request,
             e.message};
@@ -80,48 +28,20 @@ boost::system::result<config::guest_config, definition_error> runtime_guest_defi
     const std::string& name, const std::string& endpoint, const json::object& provision,
     const config::daemon_settings& defaults, provision_caller caller) {
     using result = boost::system::result<config::guest_config, definition_error>;
-    toml::table root;
-    const auto& t = defaults.timeouts;
-    root.insert("daemon", toml::table{{"request_timeout", duration_text(t.request_timeout)},
-                                      {"connect_timeout", duration_text(t.connect_timeout)},
-                                      {"keepalive_interval", duration_text(t.keepalive_interval)},
-                                      {"health_interval", duration_text(t.health_interval)},
-                                      {"reconnect_max", duration_text(t.reconnect_max)}});
-    toml::table guest{{"name", name}, {"endpoint", endpoint}};
-    if (!provision.empty()) {
-        toml::array holder;
-        if (auto e = to_toml_value(json::value(provision), "provision", holder))
-            return result(boost::system::in_place_error, definition_error{*e});
-        guest.insert("provision", std::move(*holder.get(0)));
-    }
-    root.insert("guest", toml::array{std::move(guest)});
-    std::ostringstream text;
-    text << root;
-
-    auto toml_text = text.str();
-    auto loaded = config::load_config_text(
-        toml_text, "request",
+    auto read = config::read_runtime_guest(
+        name, endpoint, provision, defaults.timeouts,
         {.allow_values = true, .allow_host_references = caller == provision_caller::host_trusted});
-    // It may hold secret values.
-    explicit_bzero(toml_text.data(), toml_text.size());
-    if (!loaded) {
-        // "request:7: guest[0].provision.mounts[0].fs_type: ..." -> "provision.mounts[0]...".
+    if (!read) {
         std::string message;
-        for (auto line : loaded.error().messages) {
-            if (auto key = line.find("guest[0]."); key != std::string::npos) {
-                line = line.substr(key + 9);
-            } else if (auto colon = line.find(": ", 8);
-                       line.starts_with("request:") && colon != std::string::npos) {
-                line = line.substr(colon + 2);
-            }
+        for (const auto& line : read.error().messages) {
             if (!message.empty())
                 message += "; ";
             message += line;
         }
         return result(boost::system::in_place_error,
-                      definition_error{message, loaded.error().refused_references});
+                      definition_error{message, read.error().refused_references});
     }
-    return result(boost::system::in_place_value, std::move(loaded->guests.front()));
+    return result(boost::system::in_place_value, std::move(*read));
 }
 
 provision_split split_out_values(const json::object& provision) {

@@ -43,9 +43,10 @@ enum class provision_caller {
     values_only,   // anyone else: values in the request, no host files or credentials
 };
 
-// Builds and validates a runtime guest's definition with the config loader's own rules, using
-// the daemon's timeouts as defaults. `provision` has the shape of a [guest.provision] table,
-// where values (a secret's `value`, the jcard.toml as `config`) are allowed too.
+// Builds and validates a runtime guest's definition by the config file's rules
+// (config::read_runtime_guest), using the daemon's timeouts as defaults. `provision` has the shape
+// of a [guest.provision] table, where values (a secret's `value`, the jcard.toml as `config`) are
+// allowed too.
 boost::system::result<config::guest_config, definition_error> runtime_guest_definition(
     const std::string& name, const std::string& endpoint, const boost::json::object& provision,
     const config::daemon_settings& defaults, provision_caller caller);

@@ -71,8 +71,8 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
         steps.push_back({"set_config", [content = *provision.config_content]() -> built {
                              return protocol::host_message{protocol::config_payload{content}};
                          }});
-    } else if (!provision.config_file.empty()) {
-        steps.push_back({"set_config", [path = provision.config_file]() -> built {
+    } else if (provision.config_file) {
+        steps.push_back({"set_config", [path = *provision.config_file]() -> built {
                              auto content = read_file(path);
                              if (!content)
                                  return content.error();

@@ -100,7 +100,8 @@ using guest_message =
 std::string_view type_name(const host_message& message);
 std::string_view type_name(const guest_message& message);
 
-// The reply kind the guest answers a request with (FIFO rule of DESIGN.md).
+// The reply kind the guest answers a request with. Replies carry no request id: each answers
+// the oldest outstanding request, so a reply of another kind means the link is out of step.
 enum class reply_kind { pong, health, ack };
 reply_kind expected_reply(const host_message& request) noexcept;
 

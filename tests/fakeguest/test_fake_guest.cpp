@@ -35,6 +35,7 @@
 #include "protocol/codec.hpp"
 #include "tests/fakeguest/command_line.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
+#include "tests/support/child_process.hpp"
 #include "transport/completion_tokens.hpp"
 
 // Printers for Boost.Test messages.
@@ -249,19 +250,8 @@ std::string padded_ping(std::size_t total) {
 }
 
 // A fresh directory for unix socket files, removed afterwards.
-struct temp_dir {
-    temp_dir() {
-        std::string pattern =
-            (std::filesystem::temp_directory_path() / "fakeguest-XXXXXX").string();
-        BOOST_TEST_REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-        path = pattern;
-    }
-    ~temp_dir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-    std::string file(std::string_view name) const { return (path / name).string(); }
-    std::filesystem::path path;
+struct temp_dir : stereos::testing::temp_directory {
+    temp_dir() : temp_directory("fakeguest", 0700) {}
 };
 
 json::value load_json(const std::string& name) {

@@ -29,6 +29,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include "tests/support/child_process.hpp"
 #include "transport/completion_tokens.hpp"
 #include "transport/connect.hpp"
 #include "transport/endpoint.hpp"
@@ -91,19 +92,8 @@ struct test_loop {
 };
 
 // A private directory for unix sockets, removed with everything in it.
-struct temp_dir {
-    std::string path;
-    temp_dir() {
-        std::string pattern =
-            (std::filesystem::temp_directory_path() / "stereos-tr-XXXXXX").string();
-        BOOST_TEST_REQUIRE(::mkdtemp(pattern.data()) != nullptr, std::strerror(errno));
-        path = pattern;
-    }
-    ~temp_dir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path, ignored);
-    }
-    std::string file(const std::string& name) const { return path + "/" + name; }
+struct temp_dir : stereos::testing::temp_directory {
+    temp_dir() : temp_directory("stereos-tr", 0700) {}
 };
 
 std::chrono::milliseconds elapsed_since(clock_type::time_point start) {

@@ -85,7 +85,9 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
     auto c_argv = c_strings(argv);
     auto c_env = c_strings(env);
     pid_t pid = -1;
-    const int rc = posix_spawn(&pid, c_argv[0], &actions, &attributes, c_argv.data(), c_env.data());
+    // posix_spawnp: a bare name ("curl", "setpriv") is looked up in PATH.
+    const int rc =
+        posix_spawnp(&pid, c_argv[0], &actions, &attributes, c_argv.data(), c_env.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     if (rc != 0) {
@@ -119,6 +121,30 @@ child_process::child_process(std::vector<std::string> argv, const std::filesyste
                              const std::map<std::string, std::string>& extra_env)
     : out_file_(output_dir / (label + ".out")), err_file_(output_dir / (label + ".err")) {
     pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1);
+}
+
+child_process::child_process(std::vector<std::string> argv, output_files files,
+                             const std::map<std::string, std::string>& extra_env)
+    : out_file_(files.out.empty() ? "/dev/null" : std::move(files.out)),
+      err_file_(files.err.empty() ? "/dev/null" : std::move(files.err)) {
+    pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1);
+}
+
+int child_process::stop(std::chrono::milliseconds limit) {
+    if (!running())
+        return exit_status_.value_or(-1);
+    send_signal(SIGTERM);
+    if (auto status = wait_exit(limit))
+        return *status;
+    kill_now();
+    return -1;
+}
+
+void child_process::kill_now() {
+    if (!running())
+        return;
+    send_signal(SIGKILL);
+    wait_exit(std::chrono::seconds(10));
 }
 
 child_process::~child_process() {
@@ -220,12 +246,19 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
     return result;
 }
 
-temp_directory::temp_directory(std::string_view prefix) {
+temp_directory::temp_directory(std::string_view prefix, mode_t mode) {
     std::string pattern = "/tmp/" + std::string(prefix) + "-XXXXXX";
     if (!::mkdtemp(pattern.data()))
-        throw std::runtime_error("mkdtemp failed");
+        throw std::runtime_error("mkdtemp " + pattern + ": " + std::strerror(errno));
     path_ = pattern;
-    std::filesystem::permissions(path_, std::filesystem::perms::all);
+    std::filesystem::permissions(path_, static_cast<std::filesystem::perms>(mode));
+}
+
+std::filesystem::path temp_directory::write(std::string_view name, std::string_view content) const {
+    auto file = path_ / name;
+    std::filesystem::create_directories(file.parent_path());
+    write_text_file(file, content);
+    return file;
 }
 
 temp_directory::~temp_directory() {

@@ -1,7 +1,9 @@
 // Test support: real child processes (the daemon, the fake guest, curl, stereosctl) with their
-// stdout and stderr captured to files, so tests can wait for output and assert on it.
+// stdout and stderr captured to files, so tests can wait for output and assert on it; commands
+// run to completion; private temporary directories.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -12,14 +14,25 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/support/eventually.hpp"
+
 namespace stereos::testing {
+
+// Where a child's stdout and stderr go; "" = /dev/null.
+struct output_files {
+    std::filesystem::path out;
+    std::filesystem::path err;
+};
 
 class child_process {
   public:
-    // Starts argv[0] (a path) with the environment plus `extra_env`; output goes to
-    // <output_dir>/<label>.out and .err.
+    // Starts argv[0] (a path, or a name looked up in PATH) with the environment plus `extra_env`;
+    // output goes to <output_dir>/<label>.out and .err.
     child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
                   const std::string& label,
+                  const std::map<std::string, std::string>& extra_env = {});
+    // The same with output to the given files.
+    child_process(std::vector<std::string> argv, output_files files,
                   const std::map<std::string, std::string>& extra_env = {});
     ~child_process();  // SIGKILLs it if still running
     child_process(const child_process&) = delete;
@@ -29,6 +42,11 @@ class child_process {
     void send_signal(int signal) const;
     // The exit status (or 128 + signal), or nullopt if it is still running after `limit`.
     std::optional<int> wait_exit(std::chrono::milliseconds limit);
+    // SIGTERM, then waits up to `limit` for the exit and returns its status; -1 if it had to be
+    // killed.
+    int stop(std::chrono::milliseconds limit = std::chrono::seconds(20));
+    // SIGKILL now, as a crash would, and waits for the exit.
+    void kill_now();
     bool running();
 
     std::string stdout_text() const;
@@ -58,13 +76,21 @@ command_result run_command(const std::vector<std::string>& argv,
                            const std::string& stdin_text = {},
                            const std::map<std::string, std::string>& extra_env = {});
 
-// A private temporary directory, removed with everything in it at the end.
+// A private temporary directory under /tmp (short paths: unix socket paths hold 107 bytes),
+// made with mkdtemp (a failure throws) and removed with everything in it at the end. `mode`
+// 0777 lets a test's other uid or the daemon's user use it.
 class temp_directory {
   public:
-    explicit temp_directory(std::string_view prefix = "stereos-test");
+    explicit temp_directory(std::string_view prefix = "stereos-test", mode_t mode = 0777);
     ~temp_directory();
+    temp_directory(const temp_directory&) = delete;
+    temp_directory& operator=(const temp_directory&) = delete;
     const std::filesystem::path& path() const noexcept { return path_; }
     std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
+    // The path of `name` in it, as text.
+    std::string file(std::string_view name) const { return (path_ / name).string(); }
+    // Writes `content` to `name` (creating directories on the way) and returns its path.
+    std::filesystem::path write(std::string_view name, std::string_view content) const;
 
   private:
     std::filesystem::path path_;

@@ -13,6 +13,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include "config/config.hpp"
+#include "tests/support/child_process.hpp"
 
 using namespace stereos::config;
 using namespace std::chrono_literals;
@@ -20,32 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class temp_dir {
-  public:
-    temp_dir() {
-        std::string pattern = (fs::temp_directory_path() / "stereos-config-test-XXXXXX").string();
-        BOOST_TEST_REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-        path_ = pattern;
-    }
-    ~temp_dir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    temp_dir(const temp_dir&) = delete;
-    temp_dir& operator=(const temp_dir&) = delete;
-
-    const fs::path& path() const { return path_; }
-
-    fs::path write(const std::string& name, const std::string& content) const {
-        fs::path file = path_ / name;
-        fs::create_directories(file.parent_path());
-        std::ofstream(file, std::ios::binary) << content;
-        return file;
-    }
-
-  private:
-    fs::path path_;
+// A fresh private directory, removed with everything in it.
+struct temp_dir : stereos::testing::temp_directory {
+    temp_dir() : temp_directory("stereos-config-test", 0700) {}
 };
 
 // Sets (or unsets, with nullptr) an environment variable for one scope.
@@ -536,7 +514,7 @@ mounts = [
 )");
     BOOST_TEST_REQUIRE(c.guests.size() == 1u);
     const provision_config& p = c.guests[0].provision;
-    BOOST_TEST(p.config_file == jcard);
+    BOOST_TEST((p.config_file == jcard));
     BOOST_TEST_REQUIRE(p.ssh_keys.size() == 2u);
     BOOST_TEST(p.ssh_keys[0].user == "admin");
     BOOST_TEST(p.ssh_keys[0].public_key == "ssh-ed25519 AAAA admin@host");
@@ -557,6 +535,30 @@ mounts = [
                 stereos::protocol::mount_payload{"share0", "/home/admin/workspace", "9p", false}));
     BOOST_TEST(
         (p.mounts[1] == stereos::protocol::mount_payload{"data", "/data", "virtiofs", true}));
+}
+
+BOOST_AUTO_TEST_CASE(a_public_key_file_must_hold_a_key_when_the_config_is_loaded) {
+    temp_dir dir;
+    const auto good = dir.write("good.pub", "ssh-ed25519 AAAA admin@host\r\n");
+    const auto token = dir.write("token", "sk-not-a-key-but-a-token\n");
+    const auto two = dir.write("two.pub", "ssh-ed25519 AAAA a\nssh-rsa BBBB b\n");
+    const std::string head =
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [\n";
+    load_ok(head + "  { user = \"admin\", public_key_file = \"" + good.string() + "\" },\n]\n");
+    for (const auto& file : {token, two}) {
+        BOOST_TEST_CONTEXT(file) {
+            const auto errors = errors_of(head + "  { user = \"admin\", public_key_file = \"" +
+                                          file.string() + "\" },\n]\n");
+            BOOST_TEST_REQUIRE(errors.size() == 1u);
+            BOOST_TEST(
+                errors[0].starts_with("t.toml:6: guest[0].provision.ssh_keys[0].public_key_file: "),
+                errors[0]);
+            BOOST_TEST(errors[0].find("does not hold one SSH public key") != std::string::npos,
+                       errors[0]);
+            // The content is never quoted: a wrong path may name a secret.
+            BOOST_TEST(errors[0].find("sk-not") == std::string::npos, errors[0]);
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(a_credential_needs_credentials_directory) {
@@ -622,7 +624,7 @@ BOOST_AUTO_TEST_CASE(the_example_provisioning_block_loads_when_uncommented) {
     const auto result = load_config_text(text, "example");
     BOOST_TEST_REQUIRE(result.has_value(), (result ? "" : to_string(result.error())));
     const provision_config& p = result->guests.at(0).provision;
-    BOOST_TEST(p.config_file == dir.path() / "jcard.toml");
+    BOOST_TEST((p.config_file == dir.path() / "jcard.toml"));
     BOOST_TEST(p.ssh_keys.size() == 2u);
     BOOST_TEST(p.secrets.size() == 2u);
     BOOST_TEST(p.secrets[1].mode == 0600u);
@@ -763,6 +765,88 @@ request_timeout = "20s"
     BOOST_TEST(diff.unchanged == (names{"pinned"}), boost::test_tools::per_element());
     BOOST_TEST(diff.added.empty());
     BOOST_TEST(diff.removed.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(runtime_guest_definition)
+
+boost::system::result<guest_config, config_errors> read_request(std::string_view provision_json,
+                                                                bool host_trusted = true) {
+    return read_runtime_guest("vm1", "vsock:3", boost::json::parse(provision_json).as_object(),
+                              link_timeouts{},
+                              {.allow_values = true, .allow_host_references = host_trusted});
+}
+
+BOOST_AUTO_TEST_CASE(a_valid_request_reads_into_the_model_with_its_values) {
+    temp_dir dir;
+    const auto key = dir.write("key.pub", "ssh-ed25519 AAAA admin\n");
+    const auto read = read_request(R"({"config": "mixtape = 1",
+        "ssh_keys": [{"user": "admin", "public_key": " ssh-ed25519 AAAA a "},
+                     {"user": "admin", "public_key_file": ")" +
+                                   key.string() + R"("}],
+        "secrets": [{"name": "K", "value": "v4lue", "mode": 384, "file": null}],
+        "mounts": [{"tag": "s0", "guest_path": "/w", "fs_type": "9p", "read_only": true}]})");
+    BOOST_TEST_REQUIRE(read.has_value(), (read ? "" : to_string(read.error())));
+    BOOST_TEST(read->name == "vm1");
+    BOOST_TEST((read->endpoint ==
+                stereos::transport::endpoint{stereos::transport::vsock_endpoint{3, 1024}}));
+    BOOST_TEST(read->timeouts.request_timeout.count() == 10'000);
+    const auto& p = read->provision;
+    BOOST_TEST(p.config_content.value_or("") == "mixtape = 1");
+    BOOST_TEST(p.ssh_keys.at(0).public_key == "ssh-ed25519 AAAA a");
+    BOOST_TEST(p.ssh_keys.at(1).public_key_file == key);
+    BOOST_TEST(p.secrets.at(0).value.value_or("") == "v4lue");
+    BOOST_TEST(p.secrets.at(0).mode == 0600u);
+    BOOST_TEST(p.mounts.at(0).read_only);
+}
+
+BOOST_AUTO_TEST_CASE(errors_name_the_request_field_with_the_file_rules_wording) {
+    const auto read = read_request(R"({
+        "secrets": [{"name": "K", "value": "sk-secret-one", "valeu": "sk-typo"},
+                    {"name": "K", "value": "sk-secret-two", "mode": 4096},
+                    {"name": "L", "value": 5}],
+        "mounts": [{"tag": "s0", "guest_path": "/w", "fs_type": "ext4", "read_only": "yes"}],
+        "ssh_keys": ["ssh-ed25519 AAAA"]})");
+    BOOST_TEST_REQUIRE(read.has_error());
+    BOOST_TEST(!read.error().refused_references);
+    const std::vector<std::string> expected{
+        "provision.ssh_keys[0]: expected a table, got a string",
+        "provision.secrets[0].valeu: unknown key (did you mean value?)",
+        "provision.secrets[1].mode: must be between 0 and 0o7777, got 0o10000",
+        "provision.secrets[2].value: expected a string, got an integer",
+        "provision.mounts[0].read_only: expected a boolean, got a string",
+        "provision.secrets[1].name: duplicate secret name \"K\" (also at "
+        "provision.secrets[0].name)",
+        "provision.mounts[0].fs_type: unknown file system type \"ext4\" (expected 9p or virtiofs)",
+    };
+    const auto& messages = read.error().messages;
+    BOOST_TEST(messages == expected, boost::test_tools::per_element());
+    for (const auto& message : messages) {
+        BOOST_TEST(message.find("sk-") == std::string::npos, message);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(the_name_and_endpoint_are_checked_like_the_files) {
+    auto read = read_runtime_guest("vm 1", "unix:relative.sock", {}, link_timeouts{}, {});
+    BOOST_TEST_REQUIRE(read.has_error());
+    BOOST_TEST_REQUIRE(read.error().messages.size() == 2u);
+    BOOST_TEST(read.error().messages[0].starts_with("name: invalid guest name \"vm 1\""));
+    BOOST_TEST(read.error().messages[1].starts_with("endpoint: "));
+    BOOST_TEST(read.error().messages[1].find("must be absolute") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_caller_without_host_trust_may_not_name_host_files) {
+    const auto read = read_request(
+        R"({"config_file": "/nonexistent/jcard.toml",
+            "secrets": [{"name": "A", "credential": "a"}]})",
+        false);
+    BOOST_TEST_REQUIRE(read.has_error());
+    BOOST_TEST(read.error().refused_references);
+    BOOST_TEST_REQUIRE(read.error().messages.size() == 2u);
+    BOOST_TEST(read.error().messages[0].starts_with("provision.config_file: naming a host file"));
+    BOOST_TEST(read.error().messages[1].starts_with(
+        "provision.secrets[0].credential: naming a host file"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

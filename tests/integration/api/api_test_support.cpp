@@ -1,7 +1,6 @@
 #include "tests/integration/api/api_test_support.hpp"
 
 #include <netinet/in.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -9,6 +8,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -16,176 +16,24 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
-#include <boost/json/parse.hpp>
 #include <boost/test/unit_test.hpp>
-
-extern char** environ;
 
 namespace stereos::api_test {
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace bhttp = beast::http;
 namespace json = boost::json;
 using socket_type = asio::local::stream_protocol::socket;
-
-temp_dir::temp_dir() {
-    std::string pattern = "/tmp/stereos-api-XXXXXX";
-    path = ::mkdtemp(pattern.data());
-    ::chmod(path.c_str(), 0755);
-}
-
-temp_dir::~temp_dir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-}
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
-
-namespace {
-
-pid_t spawn(const std::vector<std::string>& argv, const std::string& in_file,
-            const std::string& out_file, const std::string& err_file,
-            const std::map<std::string, std::string>& extra_env) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, in_file.empty() ? "/dev/null" : in_file.c_str(),
-                                     O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out_file.empty() ? "/dev/null" : out_file.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, err_file.empty() ? "/dev/null" : err_file.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    std::vector<char*> args;
-    args.reserve(argv.size() + 1);
-    for (const auto& a : argv)
-        args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    std::vector<std::string> env_text;
-    for (char** e = environ; *e; ++e) {
-        std::string entry = *e;
-        const auto key = entry.substr(0, entry.find('='));
-        if (!extra_env.contains(key))
-            env_text.push_back(entry);
-    }
-    for (const auto& [key, value] : extra_env) {
-        std::string entry = key;
-        entry.append("=").append(value);
-        env_text.push_back(std::move(entry));
-    }
-    std::vector<char*> env;
-    env.reserve(env_text.size() + 1);
-    for (auto& e : env_text)
-        env.push_back(e.data());
-    env.push_back(nullptr);
-    pid_t pid = -1;
-    // Nothing else of ours: see tests/support/child_process.cpp.
-    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-    const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0)
-        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
-    return pid;
-}
-
-std::optional<int> wait_for(pid_t pid, std::chrono::milliseconds limit) {
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (true) {
-        int status = 0;
-        const pid_t done = ::waitpid(pid, &status, WNOHANG);
-        if (done == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (done < 0)
-            return -1;
-        if (std::chrono::steady_clock::now() > end)
-            return std::nullopt;
-        std::this_thread::sleep_for(5ms);
-    }
-}
-
-}  // namespace
-
-child_process::child_process(const std::vector<std::string>& argv, const std::string& stdout_file,
-                             const std::string& stderr_file,
-                             const std::map<std::string, std::string>& extra_env)
-    : pid_(spawn(argv, "", stdout_file, stderr_file, extra_env)) {}
-
-child_process::~child_process() {
-    stop(10s);
-}
-
-bool child_process::running() {
-    if (status_)
-        return false;
-    if (auto s = wait_for(pid_, 0ms)) {
-        status_ = s;
-        return false;
-    }
-    return true;
-}
-
-void child_process::kill_now() {
-    if (status_)
-        return;
-    ::kill(pid_, SIGKILL);
-    wait_for(pid_, 10s);
-    status_ = -1;
-}
-
-int child_process::stop(std::chrono::milliseconds limit) {
-    if (status_)
-        return *status_;
-    ::kill(pid_, SIGTERM);
-    auto status = wait_for(pid_, limit);
-    if (!status) {
-        ::kill(pid_, SIGKILL);
-        status = wait_for(pid_, 10s);
-        status_ = -1;
-        return -1;
-    }
-    status_ = status;
-    return *status_;
-}
 
 command_result run_command(const std::vector<std::string>& argv, const std::string& input,
                            std::chrono::milliseconds limit,
                            const std::map<std::string, std::string>& extra_env) {
-    temp_dir dir;
-    const auto in = dir.file("stdin"), out = dir.file("stdout"), err = dir.file("stderr");
-    write_text(in, input);
-    const pid_t pid = spawn(argv, in, out, err, extra_env);
-    command_result result;
-    auto status = wait_for(pid, limit);
-    if (!status) {
-        ::kill(pid, SIGKILL);
-        wait_for(pid, 10s);
-        status = -1;
-    }
-    result.exit_code = *status;
-    result.out = read_text(out);
-    result.err = read_text(err);
+    auto ran = testing::run_command(argv, limit, input, extra_env);
     // The programs under test (stereosctl, stereos-hostd) run sanitized: a report fails the test.
-    BOOST_TEST(result.err.find("Sanitizer") == std::string::npos, result.err);
-    return result;
+    BOOST_TEST(ran.err.find("Sanitizer") == std::string::npos, ran.err);
+    return {ran.status, std::move(ran.out), std::move(ran.err)};
 }
 
 fake_guests::fake_guests(const temp_dir& dir, const std::string& tag, std::size_t count,
@@ -299,82 +147,16 @@ long hostd_process::rss_kib() const {
     return -1;
 }
 
-json::value http_answer::json() const {
-    return json::parse(body);
+json::object status_of(const std::string& socket, const std::string& guest) {
+    auto answer = get(socket, "/v1/guests/" + guest);
+    BOOST_TEST_REQUIRE(answer.status == 200u, answer.body);
+    return answer.json().as_object();
 }
 
-std::string http_answer::error_code() const {
-    boost::system::error_code ec;
-    auto v = json::parse(body, ec);
-    if (ec || !v.is_object())
-        return {};
-    const auto* e = v.get_object().if_contains("error");
-    if (!e || !e->is_object() || !e->get_object().contains("code"))
-        return {};
-    return std::string(e->get_object().at("code").as_string());
-}
-
-std::string http_answer::error_message() const {
-    boost::system::error_code ec;
-    auto v = json::parse(body, ec);
-    if (ec || !v.is_object())
-        return {};
-    const auto* e = v.get_object().if_contains("error");
-    if (!e || !e->is_object() || !e->get_object().contains("message"))
-        return {};
-    return std::string(e->get_object().at("message").as_string());
-}
-
-http_answer http(const std::string& socket, const std::string& method, const std::string& target,
-                 const std::string& body, const std::string& content_type) {
-    asio::io_context io;
-    socket_type s(io);
-    s.connect(asio::local::stream_protocol::endpoint(socket));
-    bhttp::request<bhttp::string_body> request{bhttp::string_to_verb(method), target, 11};
-    request.method_string(method);
-    request.set(bhttp::field::host, "localhost");
-    request.keep_alive(false);
-    if (!body.empty() || method == "POST" || method == "PUT") {
-        request.set(bhttp::field::content_type, content_type);
-        request.body() = body;
-    }
-    request.prepare_payload();
-    bhttp::write(s, request);
-    beast::flat_buffer buffer;
-    bhttp::response_parser<bhttp::string_body> parser;
-    parser.body_limit(64 * 1024 * 1024);
-    bhttp::read(s, buffer, parser);
-    http_answer answer;
-    answer.status = parser.get().result_int();
-    answer.body = parser.get().body();
-    for (const auto& field : parser.get()) {
-        std::string name(field.name_string());
-        for (auto& c : name)
-            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        answer.headers[name] = std::string(field.value());
-    }
-    return answer;
-}
-
-std::string raw_exchange(const std::string& socket, const std::string& bytes,
-                         std::chrono::milliseconds limit) {
-    asio::io_context io;
-    socket_type s(io);
-    s.connect(asio::local::stream_protocol::endpoint(socket));
-    timeval tv{static_cast<time_t>(limit.count() / 1000),
-               static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
-    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    boost::system::error_code ec;
-    asio::write(s, asio::buffer(bytes), ec);
-    std::string out;
-    std::array<char, 4096> chunk{};
-    while (true) {
-        const auto n = ::recv(s.native_handle(), chunk.data(), chunk.size(), 0);
-        if (n <= 0)
-            break;
-        out.append(chunk.data(), static_cast<std::size_t>(n));
-    }
-    return out;
+void check_error(const http_answer& answer, unsigned status, const std::string& code) {
+    BOOST_TEST(answer.status == status, "status " << answer.status << " body " << answer.body);
+    BOOST_TEST(answer.error_code() == code, answer.body);
+    BOOST_TEST(answer.headers.at("content-type") == "application/json");
 }
 
 double metric(const std::string& exposition, const std::string& series) {
@@ -385,16 +167,6 @@ double metric(const std::string& exposition, const std::string& series) {
             return std::stod(line.substr(series.size() + 1));
     }
     return -1;
-}
-
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit) {
-    const auto end = std::chrono::steady_clock::now() + limit;
-    while (!condition()) {
-        if (std::chrono::steady_clock::now() > end)
-            return false;
-        std::this_thread::sleep_for(20ms);
-    }
-    return true;
 }
 
 bool can_switch_users() {

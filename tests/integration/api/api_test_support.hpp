@@ -1,5 +1,5 @@
-// Helpers for the API tests: temp directories, child processes (stereos-hostd, fake guests,
-// curl, stereosctl), and a small synchronous Beast client for the daemon's unix socket.
+// Fixtures for the tests that drive a whole daemon through its API (stereos-hostd and
+// stereos-fakeguest processes, stereosctl), built on tests/support.
 #pragma once
 
 #include <sys/types.h>
@@ -13,44 +13,45 @@
 #include <string>
 #include <vector>
 
-#include <boost/json/value.hpp>
+#include <boost/json/object.hpp>
+
+#include "tests/support/child_process.hpp"
+#include "tests/support/unix_http.hpp"
 
 namespace stereos::api_test {
 
 using namespace std::chrono_literals;
 
+using testing::event_reader;
+using testing::eventually;
+using testing::get;
+using testing::http;
+using testing::http_answer;
+using testing::post;
+using testing::raw_exchange;
+
 // A private directory, removed at the end. Mode 0755 so another uid can reach a socket in it.
-struct temp_dir {
-    temp_dir();
-    ~temp_dir();
-    temp_dir(const temp_dir&) = delete;
-    std::string file(const std::string& name) const { return (path / name).string(); }
+struct temp_dir : testing::temp_directory {
+    temp_dir() : temp_directory("stereos-api", 0755), path(temp_directory::path()) {}
     std::filesystem::path path;
 };
 
-std::string read_text(const std::string& path);
-void write_text(const std::string& path, const std::string& text);
+inline std::string read_text(const std::string& path) {
+    return testing::read_text_file(path);
+}
+inline void write_text(const std::string& path, const std::string& text) {
+    testing::write_text_file(path, text);
+}
 
-// A child process; stopped with SIGTERM (then SIGKILL) when destroyed.
-class child_process {
+// A child process with its stdout and stderr in the given files ("" = /dev/null); stdin is
+// /dev/null. Killed if still running when destroyed.
+class child_process : public testing::child_process {
   public:
-    // stdout/stderr go to the given files ("" = /dev/null); stdin is /dev/null.
     child_process(const std::vector<std::string>& argv, const std::string& stdout_file,
                   const std::string& stderr_file,
-                  const std::map<std::string, std::string>& extra_env = {});
-    ~child_process();
-    child_process(const child_process&) = delete;
-
-    pid_t pid() const noexcept { return pid_; }
-    // SIGTERM, then waits up to `limit` for the exit; returns the exit status (-1: killed).
-    int stop(std::chrono::milliseconds limit = 20s);
-    // SIGKILL, then waits for the exit; stop() afterwards returns -1.
-    void kill_now();
-    bool running();
-
-  private:
-    pid_t pid_ = -1;
-    std::optional<int> status_;
+                  const std::map<std::string, std::string>& extra_env = {})
+        : testing::child_process(argv, testing::output_files{stdout_file, stderr_file}, extra_env) {
+    }
 };
 
 struct command_result {
@@ -59,7 +60,8 @@ struct command_result {
     std::string err;
 };
 
-// Runs a program to completion with `input` on stdin; kills it after `limit`.
+// testing::run_command with `input` on stdin, checking that the program (stereosctl,
+// stereos-hostd, run sanitized) wrote no sanitizer report.
 command_result run_command(const std::vector<std::string>& argv, const std::string& input = {},
                            std::chrono::milliseconds limit = 60s,
                            const std::map<std::string, std::string>& extra_env = {});
@@ -133,38 +135,15 @@ inline const std::string quick_daemon = "health_interval = \"300ms\"\nreconnect_
 // `prefix` and random digits: a value no test output holds by chance.
 std::string random_token(const std::string& prefix);
 
-struct http_answer {
-    unsigned status = 0;
-    std::string body;
-    std::map<std::string, std::string> headers;  // lower-case names
-    boost::json::value json() const;
-    // error.code of an error body, "" if none.
-    std::string error_code() const;
-    std::string error_message() const;
-};
+// The status object of a guest (GET /v1/guests/NAME), which must answer 200.
+boost::json::object status_of(const std::string& socket, const std::string& guest);
 
-// One request on a new connection (Connection: close). Throws on a socket failure.
-http_answer http(const std::string& socket, const std::string& method, const std::string& target,
-                 const std::string& body = {},
-                 const std::string& content_type = "application/json");
-inline http_answer get(const std::string& socket, const std::string& target) {
-    return http(socket, "GET", target);
-}
-inline http_answer post(const std::string& socket, const std::string& target,
-                        const std::string& body = {}) {
-    return http(socket, "POST", target, body);
-}
-
-// Writes raw bytes, reads until the server closes (or `limit`), returns what came back.
-std::string raw_exchange(const std::string& socket, const std::string& bytes,
-                         std::chrono::milliseconds limit = 10s);
+// An API error: the status, error.code and a JSON body.
+void check_error(const http_answer& answer, unsigned status, const std::string& code);
 
 // A metric's value from the exposition, e.g. metric(text, "stereos_events_dropped_total") or
 // metric(text, "stereos_guest_link_up{guest=\"vm1\"}"); -1 if absent.
 double metric(const std::string& exposition, const std::string& series);
-
-// Polls `condition` every 20 ms until it holds or `limit` passes.
-bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 20s);
 
 // Whether this test may act as uid 65534 with setpriv and run curl as it (root, setpriv and curl
 // present, and a root that lets that uid run programs). Says why not in the test log.

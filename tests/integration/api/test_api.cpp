@@ -32,12 +32,6 @@ using stereos::transport::use_tuple;
 
 namespace {
 
-json::object status_of(const std::string& socket, const std::string& guest) {
-    auto answer = get(socket, "/v1/guests/" + guest);
-    BOOST_TEST_REQUIRE(answer.status == 200u, answer.body);
-    return answer.json().as_object();
-}
-
 std::string state_of(const std::string& socket, const std::string& guest) {
     return std::string(status_of(socket, guest).at("state").as_string());
 }
@@ -45,124 +39,6 @@ std::string state_of(const std::string& socket, const std::string& guest) {
 bool reaches_state(const std::string& socket, const std::string& guest, const std::string& state) {
     return eventually([&] { return state_of(socket, guest) == state; }, 30s);
 }
-
-void check_error(const http_answer& answer, unsigned status, const std::string& code) {
-    BOOST_TEST(answer.status == status, "status " << answer.status << " body " << answer.body);
-    BOOST_TEST(answer.error_code() == code, answer.body);
-    BOOST_TEST(answer.headers.at("content-type") == "application/json");
-}
-
-// An /v1/events client reading lines as they come, over a blocking-free socket.
-class event_reader {
-  public:
-    explicit event_reader(const std::string& socket, const std::string& target = "/v1/events",
-                          bool read_head = true)
-        : socket_(io_) {
-        socket_.connect(asio::local::stream_protocol::endpoint(socket));
-        bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
-        request.set(bhttp::field::host, "localhost");
-        bhttp::write(socket_, request);
-        socket_.non_blocking(true);
-        parser_.body_limit(boost::none);
-        if (read_head)
-            this->read_head();
-    }
-
-    void read_head(std::chrono::milliseconds limit = 20s) {
-        const auto end = std::chrono::steady_clock::now() + limit;
-        while (!parser_.is_header_done()) {
-            boost::system::error_code ec;
-            bhttp::read_header(socket_, buffer_, parser_, ec);
-            if (would_block(ec)) {
-                BOOST_TEST_REQUIRE(wait_readable(end), "no response header");
-                continue;
-            }
-            BOOST_TEST_REQUIRE(!ec, ec.message());
-        }
-    }
-
-    unsigned status() const { return parser_.get().result_int(); }
-    std::string header(bhttp::field f) const { return std::string(parser_.get()[f]); }
-
-    // The next line, or nullopt when the stream ended or nothing came within `limit`.
-    std::optional<std::string> next_line(std::chrono::milliseconds limit = 20s) {
-        const auto end = std::chrono::steady_clock::now() + limit;
-        while (lines_.empty() && !ended_) {
-            // Parses what is buffered first; reads the socket only when that is not enough.
-            boost::system::error_code ec;
-            bhttp::read_some(socket_, buffer_, parser_, ec);
-            take_body();
-            if (would_block(ec)) {
-                if (!lines_.empty())
-                    break;
-                if (!wait_readable(end))
-                    return std::nullopt;
-                continue;
-            }
-            if (parser_.is_done() || ec) {
-                ended_ = true;
-                clean_end_ = parser_.is_done();
-            }
-        }
-        if (lines_.empty())
-            return std::nullopt;
-        auto line = std::move(lines_.front());
-        lines_.pop_front();
-        return line;
-    }
-
-    // Every remaining line until the server ends the stream.
-    std::vector<std::string> read_to_end(std::chrono::milliseconds limit = 30s) {
-        std::vector<std::string> all;
-        const auto end = std::chrono::steady_clock::now() + limit;
-        while (auto line = next_line(std::chrono::duration_cast<std::chrono::milliseconds>(
-                   end - std::chrono::steady_clock::now()))) {
-            all.push_back(std::move(*line));
-        }
-        return all;
-    }
-
-    bool ended() const noexcept { return ended_; }
-    // The chunked body ended with its terminator (not a broken connection).
-    bool ended_cleanly() const noexcept { return clean_end_; }
-    void close() { socket_.close(); }
-
-  private:
-    static bool would_block(boost::system::error_code ec) {
-        return ec == asio::error::would_block || ec == asio::error::try_again;
-    }
-
-    bool wait_readable(std::chrono::steady_clock::time_point end) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            end - std::chrono::steady_clock::now());
-        if (left.count() <= 0)
-            return false;
-        pollfd p{socket_.native_handle(), POLLIN, 0};
-        return ::poll(&p, 1, static_cast<int>(left.count())) > 0;
-    }
-
-    void take_body() {
-        auto& body = parser_.get().body();
-        pending_ += body;
-        body.clear();
-        std::size_t start = 0;
-        for (auto nl = pending_.find('\n'); nl != std::string::npos;
-             nl = pending_.find('\n', start)) {
-            lines_.push_back(pending_.substr(start, nl - start));
-            start = nl + 1;
-        }
-        pending_.erase(0, start);
-    }
-
-    asio::io_context io_;
-    socket_type socket_;
-    beast::flat_buffer buffer_;
-    bhttp::response_parser<bhttp::string_body> parser_;
-    std::string pending_;
-    std::deque<std::string> lines_;
-    bool ended_ = false;
-    bool clean_end_ = false;
-};
 
 json::object parse_event(const std::string& line) {
     return json::parse(line).as_object();

@@ -20,19 +20,8 @@ using namespace stereos::api_test;
 
 namespace {
 
-json::object status_of(const std::string& socket, const std::string& guest) {
-    auto answer = get(socket, "/v1/guests/" + guest);
-    BOOST_TEST_REQUIRE(answer.status == 200u, answer.body);
-    return answer.json().as_object();
-}
-
 std::string provision_state(const std::string& socket, const std::string& guest) {
     return std::string(status_of(socket, guest).at("provision").at("state").as_string());
-}
-
-void check_error(const http_answer& answer, unsigned status, const std::string& code) {
-    BOOST_TEST(answer.status == status, "status " << answer.status << " body " << answer.body);
-    BOOST_TEST(answer.error_code() == code, answer.body);
 }
 
 // A file only root may read, holding a distinctive token.
@@ -61,7 +50,7 @@ std::string everything_under(const std::string& directory) {
     return all;
 }
 
-// The four kinds of host reference the exploit used, each in an otherwise valid body.
+// The four kinds of host reference the exploit below uses, each in an otherwise valid body.
 struct reference_case {
     std::string what;
     std::string provision;  // JSON
@@ -106,7 +95,7 @@ std::string add_body(const std::string& name, const std::string& endpoint,
 
 BOOST_AUTO_TEST_SUITE(trust_boundary)
 
-// The exploit: a member of the API group (not root) names files only the daemon can read
+// The exploit: a member of the API group (not root) names files only the daemon can read
 // and points the guest at its own listener.
 BOOST_AUTO_TEST_CASE(host_references_from_an_api_group_member_are_refused_with_403) {
     if (!can_switch_users() || ::getgrnam("nogroup") == nullptr) {

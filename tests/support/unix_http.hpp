@@ -1,0 +1,85 @@
+// Test support: HTTP/1.1 clients for the daemon's API on its unix socket: one request per
+// connection, raw bytes, and a reader of the chunked event stream.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/json/value.hpp>
+
+namespace stereos::testing {
+
+struct http_answer {
+    unsigned status = 0;
+    std::string body;
+    std::map<std::string, std::string> headers;  // lower-case names
+    boost::json::value json() const;
+    // error.code of an error body, "" if none.
+    std::string error_code() const;
+    std::string error_message() const;
+};
+
+// One request on a new connection (Connection: close). Throws on a socket failure.
+http_answer http(const std::string& socket, const std::string& method, const std::string& target,
+                 const std::string& body = {},
+                 const std::string& content_type = "application/json");
+inline http_answer get(const std::string& socket, const std::string& target) {
+    return http(socket, "GET", target);
+}
+inline http_answer post(const std::string& socket, const std::string& target,
+                        const std::string& body = {}) {
+    return http(socket, "POST", target, body);
+}
+
+// Writes raw bytes, reads until the server closes (or `limit`), returns what came back.
+std::string raw_exchange(const std::string& socket, const std::string& bytes,
+                         std::chrono::milliseconds limit = std::chrono::seconds(10));
+
+// A /v1/events client reading lines as they come, over a non-blocking socket.
+class event_reader {
+  public:
+    explicit event_reader(const std::string& socket, const std::string& target = "/v1/events",
+                          bool read_head = true);
+
+    void read_head(std::chrono::milliseconds limit = std::chrono::seconds(20));
+
+    unsigned status() const { return parser_.get().result_int(); }
+    std::string header(boost::beast::http::field f) const { return std::string(parser_.get()[f]); }
+
+    // The next line, or nullopt when the stream ended or nothing came within `limit`.
+    std::optional<std::string> next_line(
+        std::chrono::milliseconds limit = std::chrono::seconds(20));
+    // Every remaining line until the server ends the stream.
+    std::vector<std::string> read_to_end(
+        std::chrono::milliseconds limit = std::chrono::seconds(30));
+
+    bool ended() const noexcept { return ended_; }
+    // The chunked body ended with its terminator (not a broken connection).
+    bool ended_cleanly() const noexcept { return clean_end_; }
+    void close() { socket_.close(); }
+
+  private:
+    bool wait_readable(std::chrono::steady_clock::time_point end);
+    void take_body();
+
+    boost::asio::io_context io_;
+    boost::asio::local::stream_protocol::socket socket_;
+    boost::beast::flat_buffer buffer_;
+    boost::beast::http::response_parser<boost::beast::http::string_body> parser_;
+    std::string pending_;
+    std::deque<std::string> lines_;
+    bool ended_ = false;
+    bool clean_end_ = false;
+};
+
+}  // namespace stereos::testing
