@@ -89,10 +89,11 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
                                      return text.error();
                                  public_key = trim_line_end(std::move(*text));
                                  // The file may have changed since the config was loaded.
-                                 if (auto valid = config::check_ssh_public_key(public_key);
-                                     !valid) {
-                                     return key.public_key_file.string() + ": public key " +
-                                            valid.error().message;
+                                 // Its content is never quoted: a wrong path may name a secret.
+                                 if (!config::check_ssh_public_key(public_key)) {
+                                     return key.public_key_file.string() +
+                                            ": does not hold one SSH public key line (content "
+                                            "not shown)";
                                  }
                              }
                              return protocol::host_message{

@@ -53,7 +53,20 @@ BOOST_AUTO_TEST_CASE(a_key_file_that_is_not_a_public_key_fails_its_step_before_s
     BOOST_TEST_REQUIRE(steps.size() == 1u);
     auto built = steps[0].build();
     BOOST_TEST_REQUIRE(built.has_error());
-    BOOST_TEST(built.error().find("known SSH key type") != std::string::npos, built.error());
+    BOOST_TEST(built.error().find("does not hold one SSH public key line") != std::string::npos,
+               built.error());
+    BOOST_TEST(built.error().find(not_a_key.path.string()) != std::string::npos, built.error());
+}
+
+BOOST_AUTO_TEST_CASE(a_key_file_holding_a_secret_is_refused_without_quoting_it) {
+    temp_file token("ghp_TopSecretTokenValue123\n");
+    config::provision_config p;
+    p.ssh_keys = {{"admin", "", token.path}};
+    auto steps = daemon::provisioning_steps(p);
+    BOOST_TEST_REQUIRE(steps.size() == 1u);
+    auto built = steps[0].build();
+    BOOST_TEST_REQUIRE(built.has_error());
+    BOOST_TEST(built.error().find("TopSecret") == std::string::npos, built.error());
 }
 
 BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
