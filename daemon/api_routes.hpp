@@ -1,6 +1,6 @@
 // The local API's routes and handlers: one parsed HTTP request in, one response out, with no
 // socket, so tests and the fuzz target can drive them directly. The event stream needs the
-// socket: dispatch() only recognises and checks it, and api_server serves it.
+// socket: dispatch() only recognises and checks it, and api_session serves it.
 // Single-threaded, on the daemon's executor.
 #pragma once
 
