@@ -1,5 +1,8 @@
 #include "daemon/api_server.hpp"
 
+#include <malloc.h>
+
+#include <algorithm>
 #include <stdexcept>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -158,6 +161,7 @@ void api_server::start_session(socket_type socket) {
     auto session = std::make_shared<api_session>(std::move(socket), std::move(access), over_limit,
                                                  environment_);
     connections_.insert(session);
+    connections_peak_ = std::max(connections_peak_, connections_.size());
     metrics_.connection_opened();
     auto slot = session->hangup_slot();
     asio::co_spawn(executor_, session->run(),
@@ -167,7 +171,18 @@ void api_server::start_session(socket_type socket) {
                        connections_.erase(session);
                        metrics_.connection_closed();
                        slot_freed_.cancel();
+                       release_memory_after_burst();
                    }));
+}
+
+// A burst of sessions leaves their memory in malloc's free lists, where RSS keeps it: give it
+// back once most of a large burst has gone (malloc_trim walks the heap, so not on every close).
+void api_server::release_memory_after_burst() {
+    constexpr std::size_t large_burst = 64;
+    if (connections_peak_ < large_burst || connections_.size() * 2 > connections_peak_)
+        return;
+    ::malloc_trim(0);
+    connections_peak_ = connections_.size();
 }
 
 }  // namespace stereos::daemon

@@ -83,6 +83,7 @@ class api_server {
 
     boost::asio::awaitable<void> accept_loop();
     void start_session(socket_type socket);
+    void release_memory_after_burst();
 
     boost::asio::any_io_executor executor_;
     api_server_options options_;
@@ -97,6 +98,7 @@ class api_server {
     api::api_audit audit_;
     api_session_environment environment_;
     std::unordered_set<std::shared_ptr<api_session>> connections_;
+    std::size_t connections_peak_ = 0;  // since memory was last given back (release_memory)
     log_throttle accept_errors_;
     log_throttle over_limit_;
     bool own_socket_file_ = false;
