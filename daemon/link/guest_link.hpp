@@ -1,6 +1,6 @@
 // One persistent, multiplexed connection to one guest's stereosd. Any number of coroutines may
 // call async_request concurrently; lines go out in call order through a single writer, replies
-// are matched FIFO (pending_requests), and unsolicited lifecycle pushes go to the event
+// are matched FIFO (link_core), and unsolicited lifecycle pushes go to the event
 // callback. Runs forever (connect, handshake, serve, back off, reconnect) until stopped.
 //
 // A connection counts as up only once the guest has answered its first request, a get_health:
