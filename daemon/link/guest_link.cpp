@@ -399,6 +399,10 @@ asio::awaitable<void> guest_link::read_loop() {
             core_.on_lost(ec, "read");
             co_return;
         }
+        // A stop that came while this read's completion was queued cancelled nothing: with a
+        // guest that never stops sending, only this check ends the loop.
+        if (stopping_)
+            co_return;
         const bool was_up = core_.is_up();
         core_.on_read(n, clock::now());
         if (core_.drop_requested())
