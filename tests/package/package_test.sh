@@ -63,7 +63,12 @@ echo "installed: $(dpkg-query -W -f='${Package} ${Version} ${Architecture}; Depe
 files=$(dpkg -L $pkg)
 for f in /usr/bin/stereos-hostd /usr/bin/stereosctl /lib/systemd/system/stereos-hostd.service \
          /lib/systemd/system/stereos-hostd.socket /usr/lib/sysusers.d/stereos-hostd.conf \
-         /usr/lib/tmpfiles.d/stereos-hostd.conf /etc/stereos-hostd/config.toml; do
+         /usr/lib/tmpfiles.d/stereos-hostd.conf /etc/stereos-hostd/config.toml \
+         /usr/share/man/man8/stereos-hostd.8 /usr/share/man/man1/stereosctl.1 \
+         /usr/share/man/man5/stereos-hostd.toml.5 \
+         /usr/share/bash-completion/completions/stereosctl \
+         /usr/lib/systemd/catalog/stereos-hostd.catalog \
+         /usr/share/doc/stereos-hostd/openapi.json; do
     grep -qx "$f" <<<"$files" || fail "the package does not hold $f"
 done
 if grep -E '^/usr/include/|\.a$|/cmake/stereos|/pkgconfig/' <<<"$files"; then
@@ -77,7 +82,7 @@ for extra in /usr/share/man/ /usr/share/bash-completion/ /usr/lib/systemd/catalo
     [ "$n" = 0 ] || echo "  $n under $extra"
 done
 
-# The journal catalog, where the package has one: postinst must have compiled it in.
+# The journal catalog (required above): postinst must have compiled it in.
 catalog=$(grep -E '/systemd/catalog/.+\.catalog$' <<<"$files" | head -1 || true)
 if [ -n "$catalog" ]; then
     id=$(sed -n 's/^-- \([0-9a-fA-F]\{32\}\).*/\1/p' "$catalog" | head -1)
