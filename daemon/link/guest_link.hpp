@@ -217,6 +217,8 @@ class request_op final : public link_core::waiter {
 
   private:
     struct cancel_handler {
+        // A constructor, not an aggregate: clang 14 lacks parenthesised aggregate init.
+        explicit cancel_handler(request_op* target) : op(target) {}
         request_op* op;
         void operator()(boost::asio::cancellation_type_t type) const {
             if (type == boost::asio::cancellation_type::none || op->completed_)
