@@ -212,7 +212,8 @@ asio::awaitable<request_result> managed_guest::request(protocol::host_message me
         feed(guest_events::shutdown_sent{shutdown->reason});
     }
     const auto asked_at = std::chrono::steady_clock::now();
-    auto result = co_await link_->async_request(message);
+    auto [error, reply] = co_await link_->async_send(message, link_->default_deadline(), use_tuple);
+    auto result = to_request_result(error, std::move(reply));
     note_reply(message, result, asked_at);
     co_return result;
 }
@@ -223,9 +224,11 @@ asio::awaitable<void> managed_guest::health_loop() {
         if (link_->is_up() && !std::exchange(handshake_polled_, false)) {
             const protocol::host_message poll = protocol::get_health_request{};
             const auto asked_at = std::chrono::steady_clock::now();
-            auto result = co_await link_->async_request(poll);
+            auto [error, reply] =
+                co_await link_->async_send(poll, link_->default_deadline(), use_tuple);
             if (stopping_)
                 break;
+            const auto result = to_request_result(error, std::move(reply));
             note_reply(poll, result, asked_at);
             // A new link that came up meanwhile was polled by its handshake: either way the
             // next poll is a full interval from now.

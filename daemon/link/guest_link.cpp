@@ -130,17 +130,14 @@ void guest_link::emit(const link_event& event) {
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
     // A coroutine itself: g++ 12 destroys the by-value parameter of a coroutine twice when a
     // plain function returns that coroutine's awaitable directly.
-    co_return co_await async_request(std::move(request),
-                                     clock::now() + core_.options().request_timeout);
+    co_return co_await async_request(std::move(request), default_deadline());
 }
 
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request,
                                                           clock::time_point deadline) {
     auto self = shared_from_this();
     auto [error, reply] = co_await async_send(std::move(request), deadline, use_tuple);
-    if (error)
-        co_return error;
-    co_return std::move(reply);
+    co_return to_request_result(error, std::move(reply));
 }
 
 boost::system::result<std::uint64_t> guest_link::submit(link_core::waiter& to_notify,

@@ -52,6 +52,13 @@ namespace stereos::daemon {
 // A request's outcome: the guest's reply (an ack with ok:false included), or a link error.
 using request_result = boost::system::result<protocol::guest_message>;
 
+inline request_result to_request_result(const boost::system::error_code& error,
+                                        protocol::guest_message reply) {
+    if (error)
+        return error;
+    return reply;
+}
+
 class guest_link;
 
 namespace link_detail {
@@ -85,7 +92,7 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     // Sends one request and completes with (error, reply) by `deadline`. Cancelling it through
     // the handler's cancellation slot (any type) withdraws the request: an unwritten one is
     // removed from the queue, a written one abandoned (its late reply is dropped); it then
-    // completes with operation_aborted.
+    // completes with operation_aborted. The caller keeps the link alive until completion.
     template <class CompletionToken>
     auto async_send(protocol::host_message request, clock::time_point deadline,
                     CompletionToken&& token) {
@@ -97,7 +104,13 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
             token, std::move(request), deadline);
     }
 
-    // The same as a coroutine, with the deadline request_timeout from now by default.
+    // Where a request sent now times out: request_timeout from now.
+    clock::time_point default_deadline() const {
+        return clock::now() + core_.options().request_timeout;
+    }
+
+    // The same as a coroutine, with the deadline request_timeout from now by default. A hot path
+    // awaits async_send itself (with to_request_result), which allocates no coroutine frame.
     // Pass a named message, not a temporary with strings: g++ 12 destroys temporaries of a
     // co_await full-expression twice (a double free with any non-trivial payload).
     boost::asio::awaitable<request_result> async_request(protocol::host_message request);
