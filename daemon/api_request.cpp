@@ -204,4 +204,9 @@ void body_fields::fail(std::string problem) {
         problem_ = std::move(problem);
 }
 
+void body_fields::check(std::string_view key, const config::rule_result& rule) {
+    if (!rule)
+        fail("field \"" + std::string(key) + "\": " + rule.error().message);
+}
+
 }  // namespace stereos::daemon::api

@@ -13,6 +13,8 @@
 
 #include <boost/json/object.hpp>
 
+#include "config/input_rules.hpp"
+
 namespace stereos::daemon::api {
 
 // %XX decoding; '+' means a space in query strings only. Nothing on a malformed escape.
@@ -47,6 +49,10 @@ class body_fields {
     std::uint32_t optional_mode(std::string_view key);
 
     void fail(std::string problem);
+    // Keeps a refusal by one of the input rules as `field "<key>": <why>`. The rules quote what
+    // they refuse, so no rule is ever applied to a secret's value (only to names, paths, file
+    // system types and public keys).
+    void check(std::string_view key, const config::rule_result& rule);
     bool ok() const noexcept { return problem_.empty(); }
     const std::string& problem() const noexcept { return problem_; }
 

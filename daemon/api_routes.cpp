@@ -106,8 +106,8 @@ asio::awaitable<guest_reply> call_guest(api_context& /*context*/,
     guest_reply out;
     if (!result && result.error() == asio::error::operation_aborted) {
         // The client hung up and the request was withdrawn; this answer is never sent.
-        out.error = error_response(502, "connection_lost", guest->name() + ": request withdrawn",
-                                   version);
+        out.error =
+            error_response(502, "connection_lost", guest->name() + ": request withdrawn", version);
         co_return out;
     }
     if (!result) {
@@ -332,10 +332,7 @@ asio::awaitable<api_outcome> handle_add_guest(route_call& call) {
     auto guest_name = body.required_string("name");
     auto endpoint = body.required_string("endpoint");
     auto provision = body.optional_object("provision");
-    if (body.ok()) {
-        if (auto valid = config::check_guest_name(guest_name); !valid)
-            body.fail("field \"name\": " + valid.error().message);
-    }
+    body.check("name", config::check_guest_name(guest_name));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     auto added =
@@ -446,8 +443,7 @@ asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
     secret.name = body.required_string("name");
     secret.value = body.required_string("value");
     secret.mode = body.optional_mode("mode");
-    if (auto valid = config::check_secret_name(secret.name); body.ok() && !valid)
-        body.fail("field \"name\": " + valid.error().message);
+    body.check("name", config::check_secret_name(secret.name));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     protocol::host_message message = std::move(secret);
@@ -462,8 +458,7 @@ asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
     protocol::ssh_key_payload key;
     key.user = body.required_string("user");
     key.public_key = body.required_string("public_key");
-    if (auto valid = config::check_ssh_public_key(key.public_key); body.ok() && !valid)
-        body.fail("field \"public_key\": " + valid.error().message);
+    body.check("public_key", config::check_ssh_public_key(key.public_key));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     protocol::host_message message = std::move(key);
@@ -480,10 +475,8 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
     mount.guest_path = body.required_string("guest_path");
     mount.fs_type = body.required_string("fs_type");
     mount.read_only = body.optional_bool("read_only");
-    if (auto valid = config::check_mount_guest_path(mount.guest_path); body.ok() && !valid)
-        body.fail("field \"guest_path\": " + valid.error().message);
-    if (auto valid = config::check_fs_type(mount.fs_type); body.ok() && !valid)
-        body.fail("field \"fs_type\": " + valid.error().message);
+    body.check("guest_path", config::check_mount_guest_path(mount.guest_path));
+    body.check("fs_type", config::check_fs_type(mount.fs_type));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     protocol::host_message message = std::move(mount);

@@ -143,8 +143,10 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
 boost::system::result<std::uint64_t> guest_link::submit(link_core::waiter& to_notify,
                                                         const protocol::host_message& request,
                                                         clock::time_point deadline) {
-    if (stopping_ || finished_)
+    if (stopping_ || finished_) {
+        core_.count_refused(request);
         return error_code(link_error::link_stopped);
+    }
     auto id = core_.add(request, deadline, clock::now(), &to_notify);
     if (!id)
         return id;

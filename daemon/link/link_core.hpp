@@ -67,6 +67,10 @@ class link_core {
     boost::system::result<std::uint64_t> add(const protocol::host_message& request,
                                              clock::time_point deadline, clock::time_point now,
                                              waiter* to_notify);
+    // The owner turned a request away without add() (its link has stopped): counted as refused.
+    void count_refused(const protocol::host_message& request) noexcept {
+        metrics_.record(request.index(), request_outcome::refused);
+    }
     // The caller stopped waiting: an unwritten request is removed, a written one abandoned.
     // The waiter is not completed.
     withdraw_outcome withdraw(std::uint64_t id, clock::time_point now);

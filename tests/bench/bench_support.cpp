@@ -203,94 +203,31 @@ fakeguest_process::~fakeguest_process() {
         process_->send_signal(SIGKILL);
 }
 
-event_stream::event_stream(const std::string& api_socket) {
-    fd_ = connect_unix(api_socket);
-    if (fd_ < 0)
-        throw std::runtime_error("cannot connect to " + api_socket);
-    if (!write_all(fd_, "GET /v1/events HTTP/1.0\r\nHost: localhost\r\n\r\n"))
-        throw std::runtime_error("cannot send the events request");
-    reader_ = std::thread([this] { read_loop(); });
-}
-
-event_stream::~event_stream() {
-    ::shutdown(fd_, SHUT_RDWR);
-    reader_.join();
-    ::close(fd_);
-}
-
-void event_stream::read_loop() {
-    std::string buffer;
-    bool in_body = false;
-    std::array<char, 64 * 1024> chunk;  // filled by recv before use
-    while (true) {
-        const auto n = ::recv(fd_, chunk.data(), chunk.size(), 0);
-        if (n <= 0)
-            break;
-        const auto now = bench_clock::now();
-        buffer.append(chunk.data(), static_cast<std::size_t>(n));
-        if (!in_body) {
-            const auto end = buffer.find("\r\n\r\n");
-            if (end == std::string::npos)
-                continue;
-            if (!buffer.starts_with("HTTP/1.0 200") && !buffer.starts_with("HTTP/1.1 200"))
-                break;
-            buffer.erase(0, end + 4);
-            in_body = true;
-        }
-        std::vector<daemon_event> parsed;
-        std::size_t start = 0;
-        for (auto newline = buffer.find('\n'); newline != std::string::npos;
-             newline = buffer.find('\n', start)) {
-            boost::system::error_code ec;
-            auto value = json::parse(std::string_view(buffer).substr(start, newline - start), ec);
-            start = newline + 1;
-            if (ec || !value.is_object())
-                continue;
-            const auto& object = value.get_object();
-            auto text = [&](const char* key) {
-                const auto* field = object.if_contains(key);
-                return field && field->is_string() ? std::string(field->get_string())
-                                                   : std::string();
-            };
-            daemon_event event{now, text("guest"), text("kind"), text("to"), text("from"), false};
-            if (const auto* snapshot = object.if_contains("snapshot"))
-                event.snapshot = snapshot->is_bool() && snapshot->get_bool();
-            parsed.push_back(std::move(event));
-        }
-        buffer.erase(0, start);
-        if (!parsed.empty()) {
-            std::lock_guard lock(mutex_);
-            for (auto& event : parsed) {
-                if (event.kind == "overflow")
-                    overflowed_ = true;
-                queue_.push_back(std::move(event));
-            }
-            arrived_.notify_all();
-        }
-    }
-    std::lock_guard lock(mutex_);
-    closed_ = true;
-    arrived_.notify_all();
+event_stream::event_stream(const std::string& api_socket) : capture_(api_socket) {
+    if (capture_.status() != 200)
+        throw std::runtime_error("GET /v1/events answered " + std::to_string(capture_.status()));
 }
 
 std::optional<daemon_event> event_stream::next(bench_clock::time_point deadline) {
-    std::unique_lock lock(mutex_);
-    arrived_.wait_until(lock, deadline, [&] { return !queue_.empty() || closed_; });
-    if (queue_.empty())
-        return std::nullopt;
-    auto event = std::move(queue_.front());
-    queue_.pop_front();
-    return event;
-}
-
-bool event_stream::closed() const {
-    std::lock_guard lock(mutex_);
-    return closed_ && queue_.empty();
-}
-
-bool event_stream::overflowed() const {
-    std::lock_guard lock(mutex_);
-    return overflowed_;
+    while (auto line = capture_.next(deadline)) {
+        boost::system::error_code ec;
+        auto value = json::parse(line->text, ec);
+        if (ec || !value.is_object())
+            continue;
+        const auto& object = value.get_object();
+        auto text = [&](const char* key) {
+            const auto* field = object.if_contains(key);
+            return field && field->is_string() ? std::string(field->get_string()) : std::string();
+        };
+        daemon_event event{line->received, text("guest"), text("kind"),
+                           text("to"),     text("from"),  false};
+        if (const auto* snapshot = object.if_contains("snapshot"))
+            event.snapshot = snapshot->is_bool() && snapshot->get_bool();
+        if (event.kind == "overflow")
+            overflowed_ = true;
+        return event;
+    }
+    return std::nullopt;
 }
 
 std::pair<unsigned, std::string> http_exchange(const std::string& api_socket,

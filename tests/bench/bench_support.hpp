@@ -6,17 +6,15 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "tests/support/child_process.hpp"
+#include "tests/support/unix_http.hpp"
 
 namespace stereos::bench {
 
@@ -105,31 +103,22 @@ struct daemon_event {
     bool snapshot = false;
 };
 
-// A subscriber to GET /v1/events (HTTP/1.0, so the body is plain ndjson) read on its own
-// thread. Reading never waits for the consumer, so a slow consumer cannot make the daemon drop
-// this subscriber; the daemon may still cut it off ("overflow") when it publishes faster than
-// one socket write per 1024 events, and then closed() becomes true.
+// A subscriber to GET /v1/events read on its own thread (testing::event_capture). Reading never
+// waits for the consumer, so a slow consumer cannot make the daemon drop this subscriber; the
+// daemon may still cut it off ("overflow") when it publishes faster than one socket write per
+// 1024 events; closed() is true once the stream ended and every event before the end was taken.
 class event_stream {
   public:
     explicit event_stream(const std::string& api_socket);
-    ~event_stream();
-    event_stream(const event_stream&) = delete;
 
     // The next event, or nullopt if none arrived by `deadline` or the stream ended.
     std::optional<daemon_event> next(bench_clock::time_point deadline);
-    bool closed() const;
-    // Events dropped by the daemon (an overflow marker was seen).
-    bool overflowed() const;
+    bool closed() const { return capture_.ended(); }
+    // Events dropped by the daemon (an overflow marker was among the events taken).
+    bool overflowed() const noexcept { return overflowed_; }
 
   private:
-    void read_loop();
-
-    int fd_ = -1;
-    std::thread reader_;
-    mutable std::mutex mutex_;
-    std::condition_variable arrived_;
-    std::deque<daemon_event> queue_;
-    bool closed_ = false;
+    testing::event_capture capture_;
     bool overflowed_ = false;
 };
 

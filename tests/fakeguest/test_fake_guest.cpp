@@ -2,21 +2,16 @@
 // captures, the 1 MiB limit, shutdown, the hybrid handshake, every fault switch, scripts, and the
 // stereos-fakeguest program as a real process.
 #define BOOST_TEST_MODULE stereos_fakeguest_tests
-#include <fcntl.h>
 #include <linux/vm_sockets.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -24,7 +19,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -1234,75 +1228,31 @@ BOOST_AUTO_TEST_SUITE_END()
 
 namespace {
 
-// stereos-fakeguest as a child process with its stdout on a pipe; killed if still running at
-// the end of the test.
-class fakeguest_process {
-  public:
-    fakeguest_process(asio::io_context& io, std::vector<std::string> args) {
-        std::array<int, 2> fds{};
-        BOOST_TEST_REQUIRE(::pipe2(fds.data(), O_CLOEXEC) == 0);
-        args.insert(args.begin(), STEREOS_FAKEGUEST_PROGRAM);
-        std::vector<char*> argv;
-        argv.reserve(args.size() + 1);
-        for (auto& arg : args)
-            argv.push_back(arg.data());
-        argv.push_back(nullptr);
-        const pid_t parent = ::getpid();
-        pid_ = ::fork();
-        BOOST_TEST_REQUIRE(pid_ >= 0);
-        if (pid_ == 0) {
-            // Dies with the test process even if that crashes, so ctest never waits on an
-            // orphan holding its output pipe.
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (::getppid() != parent)
-                ::_exit(126);
-            ::dup2(fds[1], STDOUT_FILENO);
-            ::execv(argv[0], argv.data());
-            ::_exit(127);
-        }
-        ::close(fds[1]);
-        out_.emplace(asio::posix::stream_descriptor(io, fds[0]));
-    }
-    ~fakeguest_process() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-    }
+// stereos-fakeguest as a child process, its output in `dir`; killed if still running at the
+// end of the test.
+stereos::testing::child_process start_fakeguest(const temp_dir& dir, const std::string& label,
+                                                std::vector<std::string> args) {
+    args.insert(args.begin(), STEREOS_FAKEGUEST_PROGRAM);
+    return stereos::testing::child_process(std::move(args), dir.path(), label);
+}
 
-    line_reader<asio::posix::stream_descriptor>& stdout_lines() { return *out_; }
+// The next line the program prints; fails the test if none comes.
+std::string expect_stdout_line(stereos::testing::child_process& process) {
+    auto line = process.next_stdout_line(20s);
+    BOOST_TEST_REQUIRE(line.has_value(), "no line on stdout; stderr: " << process.stderr_text());
+    return std::move(*line);
+}
 
-    void send_signal(int signal_number) { ::kill(pid_, signal_number); }
-
-    // The exit status after SIGTERM, or -1 when it did not exit within `limit`.
-    int terminate_and_wait(std::chrono::seconds limit) {
-        ::kill(pid_, SIGTERM);
-        const auto deadline = clock_type::now() + limit;
-        while (clock_type::now() < deadline) {
-            int status = 0;
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
-                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-            }
-            std::this_thread::sleep_for(10ms);
-        }
-        return -1;
-    }
-
-  private:
-    pid_t pid_ = -1;
-    std::optional<line_reader<asio::posix::stream_descriptor>> out_;
-};
-
-asio::awaitable<std::vector<std::string>> read_listening_lines(fakeguest_process& process,
-                                                               std::size_t count) {
+// The endpoints of the next `count` lines, each "listening <endpoint>".
+std::vector<std::string> read_listening_lines(stereos::testing::child_process& process,
+                                              std::size_t count) {
     std::vector<std::string> endpoints;
     while (endpoints.size() < count) {
-        const auto line = co_await process.stdout_lines().expect_line(20s);
+        const auto line = expect_stdout_line(process);
         BOOST_TEST_REQUIRE(line.starts_with("listening "), line);
         endpoints.push_back(line.substr(10));
     }
-    co_return endpoints;
+    return endpoints;
 }
 
 }  // namespace
@@ -1313,12 +1263,13 @@ BOOST_AUTO_TEST_CASE(prints_listening_lines_serves_each_guest_records_and_exits_
     asio::io_context io;
     temp_dir dir;
     const auto record = dir.file("received.ndjson");
-    fakeguest_process process(
-        io, {"--listen", "tcp:127.0.0.1:0", "--listen", "unix:" + dir.file("g%d.sock"), "--listen",
-             "hybrid:" + dir.file("h.sock") + ":1024", "--count", "1", "--health-state", "healthy",
-             "--record", record});
+    auto process =
+        start_fakeguest(dir, "fakeguest",
+                        {"--listen", "tcp:127.0.0.1:0", "--listen", "unix:" + dir.file("g%d.sock"),
+                         "--listen", "hybrid:" + dir.file("h.sock") + ":1024", "--count", "1",
+                         "--health-state", "healthy", "--record", record});
     run_io(io, [&]() -> asio::awaitable<void> {
-        const auto endpoints = co_await read_listening_lines(process, 3);
+        const auto endpoints = read_listening_lines(process, 3);
         BOOST_TEST(endpoints[0].starts_with("tcp:127.0.0.1:"));
         BOOST_TEST(endpoints[0] != "tcp:127.0.0.1:0");
         BOOST_TEST(endpoints[1] == "unix:" + dir.file("g%d.sock"));
@@ -1335,7 +1286,7 @@ BOOST_AUTO_TEST_CASE(prints_listening_lines_serves_each_guest_records_and_exits_
         co_await hybrid.send(ping_line);
         expect_reply<protocol::pong_reply>(co_await hybrid.expect_line());
     });
-    BOOST_TEST(process.terminate_and_wait(20s) == 0);
+    BOOST_TEST(process.stop(20s) == 0);
     std::ifstream in(record);
     std::vector<std::string> lines;
     for (std::string line; std::getline(in, line);)
@@ -1350,10 +1301,11 @@ BOOST_AUTO_TEST_CASE(prints_listening_lines_serves_each_guest_records_and_exits_
 BOOST_AUTO_TEST_CASE(count_starts_one_guest_per_index_and_faults_apply_to_all) {
     asio::io_context io;
     temp_dir dir;
-    fakeguest_process process(
-        io, {"--listen", "unix:" + dir.file("g%d.sock"), "--count", "3", "--wrong-reply-kind"});
+    auto process = start_fakeguest(
+        dir, "fakeguest",
+        {"--listen", "unix:" + dir.file("g%d.sock"), "--count", "3", "--wrong-reply-kind"});
     run_io(io, [&]() -> asio::awaitable<void> {
-        const auto endpoints = co_await read_listening_lines(process, 3);
+        const auto endpoints = read_listening_lines(process, 3);
         for (int i = 0; i < 3; ++i) {
             BOOST_TEST(endpoints[i] == "unix:" + dir.file("g" + std::to_string(i) + ".sock"));
             auto client = co_await connect(endpoints[i]);
@@ -1361,15 +1313,17 @@ BOOST_AUTO_TEST_CASE(count_starts_one_guest_per_index_and_faults_apply_to_all) {
             expect_reply<protocol::ack_payload>(co_await client.expect_line());
         }
     });
-    BOOST_TEST(process.terminate_and_wait(20s) == 0);
+    BOOST_TEST(process.stop(20s) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(a_lifecycle_script_pushes_events_and_get_health_agrees) {
     asio::io_context io;
-    fakeguest_process process(io, {"--listen", "tcp:127.0.0.1:0", "--lifecycle-script",
-                                   "1s:booting,1500ms:healthy", "--health-state", "booting"});
+    temp_dir dir;
+    auto process = start_fakeguest(dir, "fakeguest",
+                                   {"--listen", "tcp:127.0.0.1:0", "--lifecycle-script",
+                                    "1s:booting,1500ms:healthy", "--health-state", "booting"});
     run_io(io, [&]() -> asio::awaitable<void> {
-        const auto endpoints = co_await read_listening_lines(process, 1);
+        const auto endpoints = read_listening_lines(process, 1);
         auto client = co_await connect(endpoints[0]);
         co_await client.send(ping_line);
         expect_reply<protocol::pong_reply>(co_await client.expect_line());
@@ -1383,84 +1337,83 @@ BOOST_AUTO_TEST_CASE(a_lifecycle_script_pushes_events_and_get_health_agrees) {
         BOOST_TEST(expect_reply<protocol::health_payload>(co_await client.expect_line()).state ==
                    lifecycle_state::healthy);
     });
-    BOOST_TEST(process.terminate_and_wait(20s) == 0);
+    BOOST_TEST(process.stop(20s) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(stall_and_lifetime_flags_reach_every_guest) {
     asio::io_context io;
-    fakeguest_process stalling(io, {"--listen", "tcp:127.0.0.1:0", "--stall-mid-reply"});
-    fakeguest_process flapping(
-        io, {"--listen", "tcp:127.0.0.1:0", "--count", "2", "--connection-lifetime", "200ms"});
+    temp_dir dir;
+    auto stalling =
+        start_fakeguest(dir, "stalling", {"--listen", "tcp:127.0.0.1:0", "--stall-mid-reply"});
+    auto flapping = start_fakeguest(
+        dir, "flapping",
+        {"--listen", "tcp:127.0.0.1:0", "--count", "2", "--connection-lifetime", "200ms"});
     run_io(io, [&]() -> asio::awaitable<void> {
-        const auto stall_endpoint = (co_await read_listening_lines(stalling, 1)).at(0);
+        const auto stall_endpoint = read_listening_lines(stalling, 1).at(0);
         auto stalled = co_await connect(stall_endpoint);
         co_await stalled.send(ping_line);
         BOOST_TEST(co_await stalled.read_until_closed(1s) == asio::error::timed_out);
         BOOST_TEST(!stalled.buffered().empty());
         BOOST_TEST(stalled.buffered().find('\n') == std::string::npos);
 
-        for (const auto& endpoint : co_await read_listening_lines(flapping, 2)) {
+        for (const auto& endpoint : read_listening_lines(flapping, 2)) {
             auto client = co_await connect(endpoint);
             co_await client.send(ping_line);
             expect_reply<protocol::pong_reply>(co_await client.expect_line());
             BOOST_TEST(co_await client.read_until_closed(10s) == asio::error::eof);
         }
     });
-    BOOST_TEST(stalling.terminate_and_wait(20s) == 0);
-    BOOST_TEST(flapping.terminate_and_wait(20s) == 0);
+    BOOST_TEST(stalling.stop(20s) == 0);
+    BOOST_TEST(flapping.stop(20s) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(a_bad_argument_exits_non_zero) {
-    asio::io_context io;
-    fakeguest_process process(io, {"--listen", "vsock:ANY:port"});
-    run_io(io, [&]() -> asio::awaitable<void> {
-        // No listening line: stdout just ends when the program exits.
-        const auto got = co_await process.stdout_lines().read_line(20s);
-        BOOST_TEST(!got.line.has_value());
-        BOOST_TEST(got.end == asio::error::eof);
-    });
-    BOOST_TEST(process.terminate_and_wait(20s) == 1);
+    temp_dir dir;
+    auto process = start_fakeguest(dir, "fakeguest", {"--listen", "vsock:ANY:port"});
+    // No listening line: stdout just ends when the program exits.
+    BOOST_TEST(!process.next_stdout_line(20s).has_value());
+    BOOST_TEST(!process.running());
+    BOOST_TEST(process.stop(20s) == 1);
 }
 
 BOOST_AUTO_TEST_CASE(log_requests_prints_names_not_values_and_sigusr1_closes_connections) {
     asio::io_context io;
+    temp_dir dir;
     const std::string secret_value = "s3cr3t-on-the-console";
-    fakeguest_process process(io, {"--listen", "tcp:127.0.0.1:0", "--log-requests"});
+    auto process =
+        start_fakeguest(dir, "fakeguest", {"--listen", "tcp:127.0.0.1:0", "--log-requests"});
     run_io(io, [&]() -> asio::awaitable<void> {
-        const auto endpoint = (co_await read_listening_lines(process, 1)).at(0);
+        const auto endpoint = read_listening_lines(process, 1).at(0);
         auto client = co_await connect(endpoint);
         const std::string secret = encoded(protocol::secret_payload{"API_KEY", secret_value, 0});
         co_await client.send(secret);
         BOOST_TEST(expect_reply<protocol::ack_payload>(co_await client.expect_line()).ok);
-        const auto logged = co_await process.stdout_lines().expect_line(20s);
+        const auto logged = expect_stdout_line(process);
         BOOST_TEST(logged == "request inject_secret name=API_KEY");
 
         process.send_signal(SIGUSR1);
-        BOOST_TEST(co_await process.stdout_lines().expect_line(20s) ==
-                   "closing every connection (SIGUSR1)");
+        BOOST_TEST(expect_stdout_line(process) == "closing every connection (SIGUSR1)");
         BOOST_TEST(co_await client.read_until_closed(10s) == asio::error::eof);
         // Still serving after the blip.
         auto again = co_await connect(endpoint);
         co_await again.send(ping_line);
         expect_reply<protocol::pong_reply>(co_await again.expect_line());
-        BOOST_TEST(co_await process.stdout_lines().expect_line(20s) == "request ping");
+        BOOST_TEST(expect_stdout_line(process) == "request ping");
         BOOST_TEST(logged.find(secret_value) == std::string::npos);
     });
-    BOOST_TEST(process.terminate_and_wait(20s) == 0);
+    BOOST_TEST(process.stop(20s) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(power_off_on_shutdown_is_refused_outside_a_test_vm) {
     BOOST_TEST_REQUIRE(!std::filesystem::exists("/run/stereos-vm"),
                        "this machine is marked as a test VM");
-    asio::io_context io;
-    fakeguest_process process(io, {"--listen", "tcp:127.0.0.1:0", "--power-off-on-shutdown"});
-    run_io(io, [&]() -> asio::awaitable<void> {
-        // It exits before listening: no line, just the end of its output.
-        const auto got = co_await process.stdout_lines().read_line(20s);
-        BOOST_TEST(!got.line.has_value());
-        BOOST_TEST(got.end == asio::error::eof);
-    });
-    BOOST_TEST(process.terminate_and_wait(20s) == 1);
+    temp_dir dir;
+    auto process = start_fakeguest(dir, "fakeguest",
+                                   {"--listen", "tcp:127.0.0.1:0", "--power-off-on-shutdown"});
+    // It exits before listening: no line, just the end of its output.
+    BOOST_TEST(!process.next_stdout_line(20s).has_value());
+    BOOST_TEST(!process.running());
+    BOOST_TEST(process.stop(20s) == 1);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -490,6 +490,23 @@ BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_reques
     f.shut_down_and_expect_idle();
 }
 
+BOOST_AUTO_TEST_CASE(a_request_after_the_stop_is_refused_and_counted_as_refused) {
+    link_fixture f;
+    f.link = f.make_link("unix:" + (f.dir / "nobody-listens.sock").string());
+    request_result r;
+    f.run([&]() -> asio::awaitable<void> {
+        co_await f.link->async_stop();
+        const protocol::host_message ping = protocol::ping_request{};
+        const auto deadline = clock_type::now() + 30s;
+        r = co_await f.link->async_request(ping, deadline);
+    });
+    BOOST_TEST((r.error() == link_error::link_stopped));
+    const auto& ping_counts =
+        f.link->metrics().counts[protocol::host_message(protocol::ping_request{}).index()];
+    BOOST_TEST(ping_counts[static_cast<std::size_t>(daemon::request_outcome::refused)] == 1u);
+    f.shut_down_and_expect_idle();
+}
+
 BOOST_AUTO_TEST_CASE(reconnect_now_drops_a_silent_link_and_reconnects_at_once) {
     link_fixture f;
     auto options = f.quick_options();

@@ -2,7 +2,6 @@
 // config with a [secrets] section, provisioning from a credential and a file, stereosctl), also
 // down the failure paths (a refusing guest, a guest echoing them back, a silent or unreachable
 // guest, malformed requests, a bad config); then everything the daemon wrote is searched for them.
-#include <sys/socket.h>
 
 #include <array>
 #include <csignal>
@@ -14,10 +13,7 @@
 #include <thread>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
@@ -25,10 +21,9 @@
 #include "tests/integration/api/api_test_support.hpp"
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace bhttp = beast::http;
 namespace json = boost::json;
 using namespace stereos::api_test;
+using stereos::testing::event_capture;
 
 namespace {
 
@@ -107,42 +102,6 @@ struct outputs {
         add(where + " (stdout)", result.out);
         add(where + " (stderr)", result.err);
     }
-};
-
-// GET /v1/events read on its own thread until the daemon ends the stream (it stops).
-class event_capture {
-  public:
-    explicit event_capture(const std::string& socket) : socket_(io_) {
-        socket_.connect(asio::local::stream_protocol::endpoint(socket));
-        bhttp::request<bhttp::empty_body> request{bhttp::verb::get, "/v1/events", 11};
-        request.set(bhttp::field::host, "localhost");
-        bhttp::write(socket_, request);
-        reader_ = std::thread([this] {
-            beast::flat_buffer buffer;
-            bhttp::response_parser<bhttp::string_body> parser;
-            parser.body_limit(boost::none);
-            boost::system::error_code ec;
-            bhttp::read(socket_, buffer, parser, ec);  // ends when the daemon closes the stream
-            body_ = parser.get().body();
-        });
-    }
-    ~event_capture() {
-        if (reader_.joinable()) {
-            ::shutdown(socket_.native_handle(), SHUT_RDWR);
-            reader_.join();
-        }
-    }
-    // Call once the daemon has stopped.
-    std::string finish() {
-        reader_.join();
-        return body_;
-    }
-
-  private:
-    asio::io_context io_;
-    asio::local::stream_protocol::socket socket_;
-    std::thread reader_;
-    std::string body_;
 };
 
 // A guest that refuses what it is sent and quotes it back in its error text, as a compromised
@@ -479,7 +438,11 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
 
     // Stop everything, then gather what was written.
     BOOST_TEST(hostd.process().stop() == 0);
-    seen.add("events stream", events.finish());
+    std::string event_text;
+    for (const auto& line : events.read_to_end())
+        event_text += line + "\n";
+    BOOST_TEST(events.ended(), "the daemon did not end the event stream as it stopped");
+    seen.add("events stream", std::move(event_text));
     seen.add("daemon log (trace)", hostd.log());
     std::vector<std::string> state_files;
     seen.add("state dir", read_tree(hostd.state_dir(), state_files));

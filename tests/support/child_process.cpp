@@ -1,10 +1,11 @@
 #include "tests/support/child_process.hpp"
 
 #include <fcntl.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -56,42 +57,85 @@ int decode_status(int status) {
     return -1;
 }
 
+// Points `target` at `path` opened with `flags`; false (errno set) on failure. Async-signal-safe.
+bool redirect(int target, const char* path, int flags) {
+    const int fd = ::open(path, flags, 0644);
+    if (fd < 0)
+        return false;
+    if (fd != target) {
+        if (::dup2(fd, target) < 0)
+            return false;
+        ::close(fd);
+    }
+    return true;
+}
+
 pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::string>& extra_env,
             const std::filesystem::path& out, const std::filesystem::path& err, int stdin_fd) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    if (stdin_fd >= 0) {
-        posix_spawn_file_actions_adddup2(&actions, stdin_fd, STDIN_FILENO);
-    } else {
-        posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    }
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    // Nothing else of ours: a listener in this process (Asio opens sockets without CLOEXEC)
-    // would otherwise live on in the child and keep its port or path busy.
-    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-    posix_spawnattr_t attributes;
-    posix_spawnattr_init(&attributes);
-    // A clean signal state: the test runner may block or ignore some.
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attributes, &none);
-    posix_spawnattr_setsigdefault(&attributes, &all);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     auto env = environment_with(extra_env);
     auto c_argv = c_strings(argv);
     auto c_env = c_strings(env);
-    pid_t pid = -1;
-    // posix_spawnp: a bare name ("curl", "setpriv") is looked up in PATH.
-    const int rc =
-        posix_spawnp(&pid, c_argv[0], &actions, &attributes, c_argv.data(), c_env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attributes);
-    if (rc != 0) {
-        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
+    // The child writes its errno here if it cannot exec; a successful exec closes it (CLOEXEC).
+    std::array<int, 2> failure_pipe{};
+    if (::pipe2(failure_pipe.data(), O_CLOEXEC) != 0)
+        throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        const int error = errno;
+        ::close(failure_pipe[0]);
+        ::close(failure_pipe[1]);
+        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(error));
+    }
+    if (pid == 0) {
+        // Only async-signal-safe calls from here to exec: the test may run other threads.
+        // Killed when the test process dies, even by a crash, so no orphan outlives it holding
+        // a port, a socket path or ctest's output pipe. (The signal follows the death of the
+        // thread that started the child: start children from threads that outlive them.)
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        const int report = failure_pipe[1];
+        const auto fail = [report] {
+            const int error = errno;
+            [[maybe_unused]] const auto written = ::write(report, &error, sizeof error);
+            ::_exit(127);
+        };
+        if (::getppid() != parent)
+            ::_exit(126);  // the test process died before the line above
+        if (stdin_fd >= 0) {
+            if (::dup2(stdin_fd, STDIN_FILENO) < 0)
+                fail();
+        } else if (!redirect(STDIN_FILENO, "/dev/null", O_RDONLY)) {
+            fail();
+        }
+        if (!redirect(STDOUT_FILENO, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC) ||
+            !redirect(STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC)) {
+            fail();
+        }
+        // Nothing else of ours: a listener in this process (Asio opens sockets without CLOEXEC)
+        // would otherwise live on in the child and keep its port or path busy.
+        if (report > 3)
+            ::close_range(3, static_cast<unsigned>(report) - 1, 0);
+        ::close_range(static_cast<unsigned>(report) + 1, ~0U, 0);
+        // A clean signal state: the test runner may block or ignore some.
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        for (int signal_number = 1; signal_number < NSIG; ++signal_number)
+            ::signal(signal_number, SIG_DFL);
+        // execvpe: a bare name ("curl", "setpriv") is looked up in PATH.
+        ::execvpe(c_argv[0], c_argv.data(), c_env.data());
+        fail();
+    }
+    ::close(failure_pipe[1]);
+    int child_error = 0;
+    ssize_t n = 0;
+    do {
+        n = ::read(failure_pipe[0], &child_error, sizeof child_error);
+    } while (n < 0 && errno == EINTR);
+    ::close(failure_pipe[0]);
+    if (n == static_cast<ssize_t>(sizeof child_error)) {
+        ::waitpid(pid, nullptr, 0);
+        throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(child_error));
     }
     return pid;
 }
@@ -198,6 +242,23 @@ std::optional<std::size_t> child_process::wait_for_output(std::string_view needl
                 return pos + needle.size();
         }
         if (std::chrono::steady_clock::now() > end)
+            return std::nullopt;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+std::optional<std::string> child_process::next_stdout_line(std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (true) {
+        // Whether it ran is asked before reading, so output written before an exit is read.
+        const bool was_running = running();
+        const auto text = stdout_text();
+        if (const auto newline = text.find('\n', stdout_taken_); newline != std::string::npos) {
+            auto line = text.substr(stdout_taken_, newline - stdout_taken_);
+            stdout_taken_ = newline + 1;
+            return line;
+        }
+        if (!was_running || std::chrono::steady_clock::now() > end)
             return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }

@@ -1,6 +1,7 @@
 // Test support: real child processes (the daemon, the fake guest, curl, stereosctl) with their
 // stdout and stderr captured to files, so tests can wait for output and assert on it; commands
-// run to completion; private temporary directories.
+// run to completion; private temporary directories. Every child is killed when the test process
+// dies.
 #pragma once
 
 #include <sys/stat.h>
@@ -57,12 +58,17 @@ class child_process {
                                                bool in_stderr = true, std::size_t from = 0) const;
     // Lines of stdout starting with `prefix` (prefix removed).
     std::vector<std::string> stdout_lines_with(std::string_view prefix) const;
+    // The next whole line of stdout after the ones this returned before (without its newline);
+    // nullopt if none came within `limit`, or as soon as the process has exited without
+    // printing another.
+    std::optional<std::string> next_stdout_line(std::chrono::milliseconds limit);
 
   private:
     pid_t pid_ = -1;
     std::optional<int> exit_status_;
     std::filesystem::path out_file_;
     std::filesystem::path err_file_;
+    std::size_t stdout_taken_ = 0;  // bytes of stdout returned by next_stdout_line
 };
 
 // Runs a command to completion (bounded by `limit`) and returns {exit status, stdout, stderr}.

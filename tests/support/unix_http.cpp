@@ -178,6 +178,10 @@ bool event_reader::wait_readable(std::chrono::steady_clock::time_point end) {
     return ::poll(&p, 1, static_cast<int>(left.count())) > 0;
 }
 
+void event_reader::shut_down() {
+    ::shutdown(socket_.native_handle(), SHUT_RDWR);
+}
+
 void event_reader::take_body() {
     auto& body = parser_.get().body();
     pending_ += body;
@@ -188,6 +192,58 @@ void event_reader::take_body() {
         start = nl + 1;
     }
     pending_.erase(0, start);
+}
+
+event_capture::event_capture(const std::string& socket, const std::string& target)
+    : reader_(socket, target), status_(reader_.status()), thread_([this] { read_loop(); }) {}
+
+event_capture::~event_capture() {
+    reader_.shut_down();
+    thread_.join();
+}
+
+void event_capture::read_loop() {
+    while (true) {
+        auto line = reader_.next_line(std::chrono::hours(1));
+        if (!line) {
+            if (reader_.ended())
+                break;
+            continue;  // an hour without events: keep waiting
+        }
+        const auto received = std::chrono::steady_clock::now();
+        std::lock_guard lock(mutex_);
+        lines_.push_back(event_line{received, std::move(*line)});
+        arrived_.notify_all();
+    }
+    std::lock_guard lock(mutex_);
+    stream_ended_ = true;
+    arrived_.notify_all();
+}
+
+std::optional<event_line> event_capture::next(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock lock(mutex_);
+    arrived_.wait_until(lock, deadline, [&] { return !lines_.empty() || stream_ended_; });
+    if (lines_.empty())
+        return std::nullopt;
+    auto line = std::move(lines_.front());
+    lines_.pop_front();
+    return line;
+}
+
+bool event_capture::ended() const {
+    std::lock_guard lock(mutex_);
+    return stream_ended_ && lines_.empty();
+}
+
+std::vector<std::string> event_capture::read_to_end(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex_);
+    arrived_.wait_for(lock, limit, [&] { return stream_ended_; });
+    std::vector<std::string> rest;
+    rest.reserve(lines_.size());
+    for (auto& line : lines_)
+        rest.push_back(std::move(line.text));
+    lines_.clear();
+    return rest;
 }
 
 }  // namespace stereos::testing

@@ -1,12 +1,16 @@
 // Test support: HTTP/1.1 clients for the daemon's API on its unix socket: one request per
-// connection, raw bytes, and a reader of the chunked event stream.
+// connection, raw bytes, and readers of the chunked event stream (as the test asks for lines, or
+// on a thread of its own).
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -67,6 +71,9 @@ class event_reader {
     // The chunked body ended with its terminator (not a broken connection).
     bool ended_cleanly() const noexcept { return clean_end_; }
     void close() { socket_.close(); }
+    // Ends the connection both ways; safe from another thread while one reads (a read then
+    // finds the end of the stream).
+    void shut_down();
 
   private:
     bool wait_readable(std::chrono::steady_clock::time_point end);
@@ -80,6 +87,44 @@ class event_reader {
     std::deque<std::string> lines_;
     bool ended_ = false;
     bool clean_end_ = false;
+};
+
+// One line of the event stream and the moment it was read.
+struct event_line {
+    std::chrono::steady_clock::time_point received;
+    std::string text;
+};
+
+// A /v1/events subscriber read on its own thread until the server ends the stream. Reading never
+// waits for the consumer, so a slow consumer cannot make the daemon cut this subscriber off; the
+// daemon still ends the stream when it stops, or when it cannot keep up with the subscriber.
+class event_capture {
+  public:
+    // Throws if the daemon cannot be reached or sends no response header.
+    explicit event_capture(const std::string& socket, const std::string& target = "/v1/events");
+    ~event_capture();  // ends the connection and joins the thread
+    event_capture(const event_capture&) = delete;
+    event_capture& operator=(const event_capture&) = delete;
+
+    unsigned status() const noexcept { return status_; }
+    // The next line, or nullopt if none came by `deadline` or the stream ended.
+    std::optional<event_line> next(std::chrono::steady_clock::time_point deadline);
+    // The stream ended and every line of it was taken.
+    bool ended() const;
+    // Waits up to `limit` for the server to end the stream; the lines not taken before.
+    std::vector<std::string> read_to_end(
+        std::chrono::milliseconds limit = std::chrono::seconds(30));
+
+  private:
+    void read_loop();
+
+    event_reader reader_;
+    unsigned status_ = 0;
+    mutable std::mutex mutex_;
+    std::condition_variable arrived_;
+    std::deque<event_line> lines_;
+    bool stream_ended_ = false;
+    std::thread thread_;  // last: started once everything it uses exists
 };
 
 }  // namespace stereos::testing

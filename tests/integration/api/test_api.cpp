@@ -212,7 +212,7 @@ BOOST_AUTO_TEST_CASE(a_runtime_guest_is_added_persisted_provisioned_and_removed)
     BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
-BOOST_AUTO_TEST_CASE(link_errors_map_to_the_issue_codes) {
+BOOST_AUTO_TEST_CASE(each_failed_guest_request_gets_its_status_error_code_and_metric) {
     temp_dir dir;
     fake_guests good(dir, "good", 1);
     // Each answers the connection's handshake, then misbehaves.
