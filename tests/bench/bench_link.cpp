@@ -150,8 +150,12 @@ int run_bench(int argc, char** argv) {
     auto guard = asio::make_work_guard(guest_io);
     std::thread guest_thread([&] { guest_io.run(); });
 
-    std::printf("guest link round trips on loopback TCP (%u hardware threads, %.1f s per figure)\n",
-                std::thread::hardware_concurrency(), seconds);
+    std::array<double, 3> load{};
+    ::getloadavg(load.data(), static_cast<int>(load.size()));
+    std::printf(
+        "guest link round trips on loopback TCP (%u hardware threads, load average %.2f %.2f %.2f, "
+        "%.1f s per figure)\n",
+        std::thread::hardware_concurrency(), load[0], load[1], load[2], seconds);
     std::printf("%-26s %10s %10s %9s %12s %12s\n", "", "link rt/s", "raw rt/s", "link/raw",
                 "link CPU/rt", "raw CPU/rt");
     auto print = [](const char* label, figure link, figure raw) {
@@ -161,7 +165,7 @@ int run_bench(int argc, char** argv) {
     const auto lockstep_raw = raw_rate(port, 1, budget);
     const auto lockstep_link = link_rate(endpoint, 1, budget);
     print("lock-step (1 in flight)", lockstep_link, lockstep_raw);
-    std::printf("\n");
+    std::printf("   [target >= 0.85x raw]\n");
     for (int in_flight : {16, 256}) {
         const auto raw = raw_rate(port, in_flight, budget);
         const auto link = link_rate(endpoint, in_flight, budget);
