@@ -4,6 +4,8 @@
 # machine's) and shows each entry's subject and text (--list-catalog, --dump-catalog).
 #   catalog_test.sh SOURCE_DIR CATALOG
 set -euo pipefail
+# grep -q would exit at the first match, and the writer's SIGPIPE would fail the pipeline.
+quiet_grep() { grep "$@" >/dev/null; }
 source_dir=$1 catalog=$2
 fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v journalctl >/dev/null || { echo "SKIP: journalctl not installed"; exit 77; }
@@ -29,14 +31,14 @@ for id in $source_ids; do
     subject=$(awk -v id="$id" '$0 == "-- " id { found = 1; next }
                                found && /^Subject: / { sub(/^Subject: /, ""); print; exit }' "$catalog")
     [ -n "$subject" ] || fail "catalog entry $id has no Subject:"
-    printf '%s\n' "$listed" | grep -qxF "$id stereos-hostd: $subject" ||
+    printf '%s\n' "$listed" | quiet_grep -xF "$id stereos-hostd: $subject" ||
         fail "journalctl --list-catalog does not list $id with its subject: $listed"
     shown=$(journalctl --root="$root" --dump-catalog "$id")
     # The entry's own text, from its first blank line to the next entry, must all be shown.
     awk -v id="$id" '$0 == "-- " id { found = 1; next } found && /^-- / { exit }
                      found && body { print } found && /^$/ { body = 1 }' "$catalog" | grep -v '^$' |
         while IFS= read -r line; do
-            printf '%s\n' "$shown" | grep -qxF -- "$line" ||
+            printf '%s\n' "$shown" | quiet_grep -xF -- "$line" ||
                 fail "journalctl --dump-catalog $id lacks the line: $line"
         done
     [ "$(printf '%s\n' "$shown" | wc -l)" -ge 10 ] || fail "entry $id says too little: $shown"

@@ -6,6 +6,8 @@
 # With CATALOG, `journalctl -x` must explain the daemon's transitions from that catalog file.
 #   journald_test.sh HOSTD_BINARY FAKEGUEST_BINARY [CATALOG]
 set -euo pipefail
+# grep -q would exit at the first match, and the writer's SIGPIPE would fail the pipeline.
+quiet_grep() { grep "$@" >/dev/null; }
 hostd=$1 fakeguest=$2 catalog=${3:-}
 skip=77
 
@@ -83,8 +85,8 @@ pids+=($hostd_pid)
 
 # Wait until vm1 is provisioned and healthy, as the journal tells it.
 for _ in $(seq 300); do
-    if journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q '^vm1: provisioned' &&
-       journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | grep -q -- '-> healthy'; then
+    if journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | quiet_grep '^vm1: provisioned' &&
+       journalctl -D "$journal" GUEST=vm1 -o cat 2>/dev/null | quiet_grep -- '-> healthy'; then
         break
     fi
     sleep 0.05
@@ -93,7 +95,7 @@ done
 curl -s -o /dev/null --unix-socket "$work/api.sock" -X DELETE http://localhost/v1/guests/ghost ||
     fail "curl could not reach the API"
 for _ in $(seq 100); do
-    journalctl -D "$journal" API_PEER_UID=0 -o cat 2>/dev/null | grep -q 'DELETE /v1/guests/ghost' && break
+    journalctl -D "$journal" API_PEER_UID=0 -o cat 2>/dev/null | quiet_grep 'DELETE /v1/guests/ghost' && break
     sleep 0.05
 done
 kill -TERM $hostd_pid
@@ -103,15 +105,15 @@ vm1=$(journalctl -D "$journal" GUEST=vm1 -o json)
 [ -n "$vm1" ] || fail "no records with GUEST=vm1"
 lines=$(printf '%s\n' "$vm1" | wc -l)
 [ "$(printf '%s\n' "$vm1" | grep -c '"GUEST":"vm1"')" = "$lines" ] || fail "GUEST=vm1 let other records through"
-printf '%s\n' "$vm1" | grep -q '"MESSAGE":"vm1: provisioned"' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
-printf '%s\n' "$vm1" | grep -q '"SYSLOG_IDENTIFIER":"stereos-hostd"' || fail "no SYSLOG_IDENTIFIER"
-printf '%s\n' "$vm1" | grep -q '"CODE_FILE":"daemon/managed_guest.cpp"' || fail "no CODE_FILE relative to the source tree"
-printf '%s\n' "$vm1" | grep -q '"CODE_LINE":"[0-9]*"' || fail "no CODE_LINE"
+printf '%s\n' "$vm1" | quiet_grep '"MESSAGE":"vm1: provisioned"' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
+printf '%s\n' "$vm1" | quiet_grep '"SYSLOG_IDENTIFIER":"stereos-hostd"' || fail "no SYSLOG_IDENTIFIER"
+printf '%s\n' "$vm1" | quiet_grep '"CODE_FILE":"daemon/managed_guest.cpp"' || fail "no CODE_FILE relative to the source tree"
+printf '%s\n' "$vm1" | quiet_grep '"CODE_LINE":"[0-9]*"' || fail "no CODE_LINE"
 
-printf '%s\n' "$vm1" | grep -q '"CODE_FUNC":"stereos::daemon::managed_guest::[a-z_]*' ||
+printf '%s\n' "$vm1" | quiet_grep '"CODE_FUNC":"stereos::daemon::managed_guest::[a-z_]*' ||
     fail "no readable CODE_FUNC"
-if printf '%s\n' "$vm1" | grep -q '"CODE_FUNC":"[^"]*[( ]'; then fail "a CODE_FUNC is not just a name"; fi
-if journalctl -D "$journal" -o cat | grep -qx 'link up'; then fail "a line does not name its guest"; fi
+if printf '%s\n' "$vm1" | quiet_grep '"CODE_FUNC":"[^"]*[( ]'; then fail "a CODE_FUNC is not just a name"; fi
+if journalctl -D "$journal" -o cat | quiet_grep -x 'link up'; then fail "a line does not name its guest"; fi
 
 # The audit record: caller, route, guest and status, at notice.
 audit=$(journalctl -D "$journal" API_PEER_UID=0 -o json)
@@ -122,14 +124,14 @@ printf '%s\n' "$audit" | grep '"MESSAGE":"ghost: DELETE /v1/guests/ghost by uid 
 
 transitions=$(journalctl -D "$journal" MESSAGE_ID=7d9a3c4e1b2f4a6c8e0d5f1a2b3c4d5e -o json)
 [ "$(printf '%s\n' "$transitions" | grep -c '"GUEST_STATE":')" -ge 3 ] || fail "transitions lack GUEST_STATE"
-printf '%s\n' "$transitions" | grep '"GUEST":"vm1"' | grep -q '"GUEST_STATE":"healthy"' || fail "no healthy transition for vm1"
+printf '%s\n' "$transitions" | grep '"GUEST":"vm1"' | quiet_grep '"GUEST_STATE":"healthy"' || fail "no healthy transition for vm1"
 # vm2 never answers: it stays connecting, failed attempts are no transitions.
-printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | grep -q '"GUEST_STATE":"connecting"' || fail "no connecting transition for vm2"
-if printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | grep -q '"GUEST_STATE":"disconnected"'; then fail "vm2 never had a link, yet a disconnected transition was logged"; fi
+printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | quiet_grep '"GUEST_STATE":"connecting"' || fail "no connecting transition for vm2"
+if printf '%s\n' "$transitions" | grep '"GUEST":"vm2"' | quiet_grep '"GUEST_STATE":"disconnected"'; then fail "vm2 never had a link, yet a disconnected transition was logged"; fi
 
 # Priorities: info for "link up", warning (4) for vm2's connect failures.
-printf '%s\n' "$vm1" | grep '"MESSAGE":"vm1: link up' | grep -q '"PRIORITY":"6"' || fail "link up is not info"
-journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"vm2: cannot connect' | grep -q '"PRIORITY":"4"' || fail "connect failure is not a warning"
+printf '%s\n' "$vm1" | grep '"MESSAGE":"vm1: link up' | quiet_grep '"PRIORITY":"6"' || fail "link up is not info"
+journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"vm2: cannot connect' | quiet_grep '"PRIORITY":"4"' || fail "connect failure is not a warning"
 
 # The secret and the config's values never reach the journal, in any field.
 if journalctl -D "$journal" -o export | grep -a -q "$secret"; then fail "the secret value is in the journal"; fi
@@ -150,11 +152,11 @@ elif [ -n "$catalog" ]; then
     cp "$root/var/lib/systemd/catalog/database" /var/lib/systemd/catalog/database
     explained=$(journalctl -D "$journal" -x GUEST=vm1 GUEST_STATE=healthy \
         MESSAGE_ID=7d9a3c4e1b2f4a6c8e0d5f1a2b3c4d5e)
-    printf '%s\n' "$explained" | grep -q 'vm1: state connecting -> healthy' ||
+    printf '%s\n' "$explained" | quiet_grep 'vm1: state connecting -> healthy' ||
         fail "no vm1 transition to healthy in the journal: $explained"
-    printf '%s\n' "$explained" | grep -q 'Subject: Guest vm1 changed state to healthy' ||
+    printf '%s\n' "$explained" | quiet_grep 'Subject: Guest vm1 changed state to healthy' ||
         fail "journalctl -x shows no catalog subject for vm1's transition: $explained"
-    printf '%s\n' "$explained" | grep -q 'Everything about this guest: journalctl -u stereos-hostd GUEST=vm1' ||
+    printf '%s\n' "$explained" | quiet_grep 'Everything about this guest: journalctl -u stereos-hostd GUEST=vm1' ||
         fail "journalctl -x shows no catalog text for vm1's transition: $explained"
     catalog_note=", its transitions explained by journalctl -x"
 fi

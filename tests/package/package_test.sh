@@ -51,6 +51,8 @@ mkdir -p "$archives/partial"
 # Everything below runs inside the root. Each check prints what it checked.
 cat > "$root/check.sh" <<'INSIDE'
 set -euo pipefail
+# grep -q would exit at the first match, and the writer's SIGPIPE would fail the pipeline.
+quiet_grep() { grep "$@" >/dev/null; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 pkg=stereos-hostd
@@ -74,7 +76,7 @@ done
 if grep -E '^/usr/include/|\.a$|/cmake/stereos|/pkgconfig/' <<<"$files"; then
     fail "the client library (component dev) is in the daemon's package"
 fi
-dpkg-query -W -f='${Conffiles}\n' $pkg | grep -q '^ /etc/stereos-hostd/config.toml ' ||
+dpkg-query -W -f='${Conffiles}\n' $pkg | quiet_grep '^ /etc/stereos-hostd/config.toml ' ||
     fail "/etc/stereos-hostd/config.toml is not a conffile"
 echo "files: $(grep -c . <<<"$files") paths, config.toml a conffile, no client library"
 for extra in /usr/share/man/ /usr/share/bash-completion/ /usr/lib/systemd/catalog/ /lib/systemd/catalog/; do
@@ -87,7 +89,7 @@ catalog=$(grep -E '/systemd/catalog/.+\.catalog$' <<<"$files" | head -1 || true)
 if [ -n "$catalog" ]; then
     id=$(sed -n 's/^-- \([0-9a-fA-F]\{32\}\).*/\1/p' "$catalog" | head -1)
     [ -n "$id" ] || fail "$catalog holds no '-- MESSAGE_ID' entry"
-    journalctl --list-catalog 2>/dev/null | grep -qi "^$id " ||
+    journalctl --list-catalog 2>/dev/null | quiet_grep -i "^$id " ||
         fail "MESSAGE_ID $id of $catalog is not in the journal's catalog after install"
     echo "catalog $catalog compiled in (MESSAGE_ID $id listed)"
 fi

@@ -6,6 +6,8 @@
 # CASE: boot, reset, guest_restart, link_blip, shutdown, vsock. Exits 77 (skip) with the reason
 # when QEMU or the kernel is missing. STEREOS_VM_KEEP=1 keeps the work directory.
 set -euo pipefail
+# grep -q would exit at the first match, and the writer's SIGPIPE would fail the pipeline.
+quiet_grep() { grep "$@" >/dev/null; }
 case_name=$1 vm_hostd=$2 vm_ctl=$3 image_dir=$4 vm_kernel_dir=$5
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=harness.sh
@@ -29,7 +31,7 @@ boot_and_provision() {
 assert_no_state() {
     local state
     for state in "$@"; do
-        if vm_states | grep -qx "$state"; then
+        if vm_states | quiet_grep -x "$state"; then
             fail "the states went through $state: $(vm_states_line)"
         fi
     done
