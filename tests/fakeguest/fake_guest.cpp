@@ -131,7 +131,7 @@ const char* json_kind_name(json::kind kind) {
 }
 
 // Go's %q, close enough for error texts.
-std::string quoted(std::string_view text) {
+std::string in_quotes(std::string_view text) {
     std::string out = "\"";
     for (char c : text) {
         if (c == '"' || c == '\\')
@@ -193,7 +193,7 @@ protocol::ack_payload validate(const protocol::host_message& request,
             return ack("inject_secret", "secret name cannot be empty");
         if (secret->name.find_first_of("/\\") != std::string::npos || secret->name == "." ||
             secret->name == ".." || secret->name.find('\0') != std::string::npos)
-            return ack("inject_secret", "invalid secret name: " + quoted(secret->name) +
+            return ack("inject_secret", "invalid secret name: " + in_quotes(secret->name) +
                                             " (must be a simple filename)");
         return ack("inject_secret");
     }
@@ -204,18 +204,19 @@ protocol::ack_payload validate(const protocol::host_message& request,
                        "(e.g., ssh-ed25519)");
         if (!behaviour.known_users.contains(key->user))
             return ack("inject_ssh_key",
-                       "lookup user " + quoted(key->user) + ": user: unknown user " + key->user);
+                       "lookup user " + in_quotes(key->user) + ": user: unknown user " + key->user);
         return ack("inject_ssh_key");
     }
     if (const auto* mount = std::get_if<mount_payload>(&request)) {
         if (mount->tag.empty())
             return ack("mount", "mount tag cannot be empty");
         if (!mount->guest_path.starts_with('/'))
-            return ack("mount", "guest_path must be absolute: " + quoted(mount->guest_path));
+            return ack("mount", "guest_path must be absolute: " + in_quotes(mount->guest_path));
         if (is_system_directory(mount->guest_path))
-            return ack("mount", "cannot mount over system directory: " + quoted(mount->guest_path));
+            return ack("mount",
+                       "cannot mount over system directory: " + in_quotes(mount->guest_path));
         if (mount->fs_type != "virtiofs" && mount->fs_type != "9p")
-            return ack("mount", "unsupported filesystem type: " + quoted(mount->fs_type) +
+            return ack("mount", "unsupported filesystem type: " + in_quotes(mount->fs_type) +
                                     " (must be virtiofs or 9p)");
         if (behaviour.mount_exit_status != 0)
             return ack("mount", "mount " + mount->tag + " at " + mount->guest_path +
