@@ -4,15 +4,10 @@
 
 set(STEREOS_BOOST_TEST_DISCOVER "${CMAKE_CURRENT_LIST_DIR}/boost_test_discover.cmake")
 
-# Every test program's definitions; the precompiled header of the tests is built with them.
+# Every test program's definitions.
 set(STEREOS_BOOST_TEST_DEFINITIONS
     BOOST_TEST_DYN_LINK
     STEREOS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data")
-if(STEREOS_PCH)
-    stereos_pch_owner(stereos_pch_test "${STEREOS_PCH_TEST_HEADERS}"
-        Boost::unit_test_framework Boost::headers Boost::json)
-    target_compile_definitions(stereos_pch_test PRIVATE ${STEREOS_BOOST_TEST_DEFINITIONS})
-endif()
 
 # stereos_add_boost_test(TARGET <name> SOURCES <files...> [LIBRARIES <libs...>] [LABELS <l...>]
 #                        [TIMEOUT <seconds per case>])
@@ -37,15 +32,6 @@ function(stereos_add_boost_test)
     target_link_libraries(${arg_TARGET} PRIVATE
         ${main_library} ${arg_LIBRARIES} Boost::unit_test_framework stereos_build_flags)
     target_compile_definitions(${arg_TARGET} PRIVATE ${STEREOS_BOOST_TEST_DEFINITIONS})
-    stereos_use_pch(stereos_pch_test ${arg_TARGET})
-    # A runner defines BOOST_TEST_MODULE before it includes Boost.Test, which the precompiled
-    # header would already have included without it.
-    foreach(source IN LISTS sources)
-        file(STRINGS ${source} module_lines REGEX "BOOST_TEST_MODULE")
-        if(module_lines)
-            set_source_files_properties(${source} PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
-        endif()
-    endforeach()
 
     set(cases_file "${CMAKE_CURRENT_BINARY_DIR}/${arg_TARGET}_cases.cmake")
     set(include_file "${CMAKE_CURRENT_BINARY_DIR}/${arg_TARGET}_include.cmake")
