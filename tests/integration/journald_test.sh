@@ -120,7 +120,7 @@ audit=$(journalctl -D "$journal" API_PEER_UID=0 -o json)
 printf '%s\n' "$audit" | grep '"MESSAGE":"ghost: DELETE /v1/guests/ghost by uid 0 (root), gid 0, pid [0-9]*: 404 Not Found"' |
     grep '"REQUEST":"DELETE /v1/guests/ghost"' | grep '"GUEST":"ghost"' | grep '"API_PEER_USER":"root"' |
     grep '"API_PEER_GID":"0"' | grep '"API_PEER_PID":"[0-9]*"' | grep '"API_STATUS":"404"' |
-    grep -q '"PRIORITY":"5"' || fail "no complete audit record: $audit"
+    quiet_grep '"PRIORITY":"5"' || fail "no complete audit record: $audit"
 
 transitions=$(journalctl -D "$journal" MESSAGE_ID=7d9a3c4e1b2f4a6c8e0d5f1a2b3c4d5e -o json)
 [ "$(printf '%s\n' "$transitions" | grep -c '"GUEST_STATE":')" -ge 3 ] || fail "transitions lack GUEST_STATE"
@@ -134,7 +134,7 @@ printf '%s\n' "$vm1" | grep '"MESSAGE":"vm1: link up' | quiet_grep '"PRIORITY":"
 journalctl -D "$journal" GUEST=vm2 -o json | grep '"MESSAGE":"vm2: cannot connect' | quiet_grep '"PRIORITY":"4"' || fail "connect failure is not a warning"
 
 # The secret and the config's values never reach the journal, in any field.
-if journalctl -D "$journal" -o export | grep -a -q "$secret"; then fail "the secret value is in the journal"; fi
+if journalctl -D "$journal" -o export | quiet_grep -a -- "$secret"; then fail "the secret value is in the journal"; fi
 if grep -a -q "$secret" "$work/hostd.out"; then fail "the secret value is in the daemon's output"; fi
 # The catalog explains vm1's real transition records in `journalctl -x`, which reads the catalog
 # database at /var/lib/systemd/catalog whatever --root says: the database is built in a private

@@ -91,7 +91,8 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
         // Only async-signal-safe calls from here to exec: the test may run other threads.
         // Killed when the test process dies, even by a crash, so no orphan outlives it holding
         // a port, a socket path or ctest's output pipe. (The signal follows the death of the
-        // thread that started the child: start children from threads that outlive them.)
+        // thread that started the child: start children from threads that outlive them. A
+        // child that changes its uid, as setpriv --reuid does, loses it.)
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         const int report = failure_pipe[1];
         const auto fail = [report] {
@@ -116,12 +117,13 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
         if (report > 3)
             ::close_range(3, static_cast<unsigned>(report) - 1, 0);
         ::close_range(static_cast<unsigned>(report) + 1, ~0U, 0);
-        // A clean signal state: the test runner may block or ignore some.
+        // A clean signal state: the test runner may block or ignore some. Dispositions first,
+        // so a signal let through by the unmasking cannot run one of the parent's handlers.
+        for (int signal_number = 1; signal_number < NSIG; ++signal_number)
+            ::signal(signal_number, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        for (int signal_number = 1; signal_number < NSIG; ++signal_number)
-            ::signal(signal_number, SIG_DFL);
         // execvpe: a bare name ("curl", "setpriv") is looked up in PATH.
         ::execvpe(c_argv[0], c_argv.data(), c_env.data());
         fail();

@@ -1,7 +1,7 @@
 // Test support: real child processes (the daemon, the fake guest, curl, stereosctl) with their
 // stdout and stderr captured to files, so tests can wait for output and assert on it; commands
 // run to completion; private temporary directories. Every child is killed when the test process
-// dies.
+// dies, except one that changes its uid (setpriv --reuid): the kernel then clears the request.
 #pragma once
 
 #include <sys/stat.h>

@@ -150,6 +150,11 @@ std::optional<std::string> event_reader::next_line(std::chrono::milliseconds lim
         if (parser_.is_done() || ec) {
             ended_ = true;
             clean_end_ = parser_.is_done();
+            // An unterminated last line is still what the server sent: callers search it too.
+            if (!pending_.empty()) {
+                lines_.push_back(std::move(pending_));
+                pending_.clear();
+            }
         }
     }
     if (lines_.empty())
