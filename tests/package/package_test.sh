@@ -5,8 +5,9 @@
 # units; the user, group and config directory exist; the socket is enabled, not the service;
 # `dpkg -r` removes everything but the conffile; `dpkg -P` removes that and the state too.
 #   package_test.sh BUILD_DIR VERSION     (BUILD_DIR holds stereos-hostd_VERSION_ARCH.deb)
-# The bare root is cached as a tarball (shared with ../shared/fresh-machine's cache), and the
-# downloaded packages under BUILD_DIR/package-cache, so a rerun needs no download.
+# The bare root is cached as a tarball under /var/cache/fresh-machine (STEREOS_BARE_ROOT_TARBALL
+# overrides it), and the downloaded packages under BUILD_DIR/package-cache, so a rerun needs no
+# download.
 set -euo pipefail
 build_dir=$(realpath "$1") version=$2
 skip=77
@@ -20,7 +21,7 @@ deb=${debs[0]}
 [ "$(id -u)" = 0 ] || skip_because "needs root to make and enter a Debian root"
 command -v unshare >/dev/null || skip_because "unshare not installed (package util-linux)"
 
-# The same cache as ../shared/fresh-machine: whichever runs first makes it for the other.
+# A machine-wide cache: other tools that make the same bare root may share it.
 tarball=${STEREOS_BARE_ROOT_TARBALL:-/var/cache/fresh-machine/bookworm-minbase.tar}
 if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || skip_because "no cached Debian 12 root and no debootstrap"
