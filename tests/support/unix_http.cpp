@@ -134,12 +134,20 @@ void event_reader::read_head(std::chrono::milliseconds limit) {
 }
 
 std::optional<std::string> event_reader::next_line(std::chrono::milliseconds limit) {
+    auto line = next_event(limit);
+    if (!line)
+        return std::nullopt;
+    return std::move(line->text);
+}
+
+std::optional<event_line> event_reader::next_event(std::chrono::milliseconds limit) {
     const auto end = std::chrono::steady_clock::now() + limit;
     while (lines_.empty() && !ended_) {
         // Parses what is buffered first; reads the socket only when that is not enough.
         boost::system::error_code ec;
         bhttp::read_some(socket_, buffer_, parser_, ec);
-        take_body();
+        const auto read_at = std::chrono::steady_clock::now();
+        take_body(read_at);
         if (would_block(ec)) {
             if (!lines_.empty())
                 break;
@@ -152,7 +160,7 @@ std::optional<std::string> event_reader::next_line(std::chrono::milliseconds lim
             clean_end_ = parser_.is_done();
             // An unterminated last line is still what the server sent: callers search it too.
             if (!pending_.empty()) {
-                lines_.push_back(std::move(pending_));
+                lines_.push_back(event_line{read_at, std::move(pending_)});
                 pending_.clear();
             }
         }
@@ -187,13 +195,13 @@ void event_reader::shut_down() {
     ::shutdown(socket_.native_handle(), SHUT_RDWR);
 }
 
-void event_reader::take_body() {
+void event_reader::take_body(std::chrono::steady_clock::time_point read_at) {
     auto& body = parser_.get().body();
     pending_ += body;
     body.clear();
     std::size_t start = 0;
     for (auto nl = pending_.find('\n'); nl != std::string::npos; nl = pending_.find('\n', start)) {
-        lines_.push_back(pending_.substr(start, nl - start));
+        lines_.push_back(event_line{read_at, pending_.substr(start, nl - start)});
         start = nl + 1;
     }
     pending_.erase(0, start);
@@ -209,15 +217,14 @@ event_capture::~event_capture() {
 
 void event_capture::read_loop() {
     while (true) {
-        auto line = reader_.next_line(std::chrono::hours(1));
+        auto line = reader_.next_event(std::chrono::hours(1));
         if (!line) {
             if (reader_.ended())
                 break;
             continue;  // an hour without events: keep waiting
         }
-        const auto received = std::chrono::steady_clock::now();
         std::lock_guard lock(mutex_);
-        lines_.push_back(event_line{received, std::move(*line)});
+        lines_.push_back(std::move(*line));
         arrived_.notify_all();
     }
     std::lock_guard lock(mutex_);

@@ -49,6 +49,12 @@ inline http_answer post(const std::string& socket, const std::string& target,
 std::string raw_exchange(const std::string& socket, const std::string& bytes,
                          std::chrono::milliseconds limit = std::chrono::seconds(10));
 
+// One line of the event stream and the moment the socket read that completed it returned.
+struct event_line {
+    std::chrono::steady_clock::time_point received;
+    std::string text;
+};
+
 // A /v1/events client reading lines as they come, over a non-blocking socket.
 class event_reader {
   public:
@@ -62,6 +68,9 @@ class event_reader {
 
     // The next line, or nullopt when the stream ended or nothing came within `limit`.
     std::optional<std::string> next_line(
+        std::chrono::milliseconds limit = std::chrono::seconds(20));
+    // The same, with the time of its read: lines parsed from one read share that read's time.
+    std::optional<event_line> next_event(
         std::chrono::milliseconds limit = std::chrono::seconds(20));
     // Every remaining line until the server ends the stream.
     std::vector<std::string> read_to_end(
@@ -77,22 +86,16 @@ class event_reader {
 
   private:
     bool wait_readable(std::chrono::steady_clock::time_point end);
-    void take_body();
+    void take_body(std::chrono::steady_clock::time_point read_at);
 
     boost::asio::io_context io_;
     boost::asio::local::stream_protocol::socket socket_;
     boost::beast::flat_buffer buffer_;
     boost::beast::http::response_parser<boost::beast::http::string_body> parser_;
     std::string pending_;
-    std::deque<std::string> lines_;
+    std::deque<event_line> lines_;
     bool ended_ = false;
     bool clean_end_ = false;
-};
-
-// One line of the event stream and the moment it was read.
-struct event_line {
-    std::chrono::steady_clock::time_point received;
-    std::string text;
 };
 
 // A /v1/events subscriber read on its own thread until the server ends the stream. Reading never
