@@ -62,7 +62,7 @@ struct duration_range {
     std::optional<milliseconds> link_timeout_overrides::*override_field;
 };
 
-constexpr std::array<duration_range, 5> duration_ranges{{
+constexpr std::array<duration_range, 6> duration_ranges{{
     {"request_timeout", 10ms, 1h, &link_timeouts::request_timeout,
      &link_timeout_overrides::request_timeout},
     {"connect_timeout", 10ms, 5min, &link_timeouts::connect_timeout,
@@ -73,6 +73,8 @@ constexpr std::array<duration_range, 5> duration_ranges{{
      &link_timeout_overrides::health_interval},
     {"reconnect_max", 10ms, 1h, &link_timeouts::reconnect_max,
      &link_timeout_overrides::reconnect_max},
+    {"unresponsive_grace", 100ms, 24h, &link_timeouts::unresponsive_grace,
+     &link_timeout_overrides::unresponsive_grace},
 }};
 
 const duration_range* find_duration_range(std::string_view key) {
@@ -801,18 +803,17 @@ config_result load_config_file(const std::filesystem::path& path) {
 
 guest_diff diff_guests(const config& before, const config& after) {
     // What the daemon acts on; the endpoint's spelling and which timeouts were overrides are not.
-    const auto same = [](const guest_config& a, const guest_config& b) {
-        return a.endpoint == b.endpoint && a.timeouts == b.timeouts && a.provision == b.provision;
-    };
     guest_diff diff;
     for (const auto& guest : after.guests) {
         const guest_config* old = before.find_guest(guest.name);
         if (old == nullptr) {
             diff.added.push_back(guest.name);
-        } else if (same(*old, guest)) {
-            diff.unchanged.push_back(guest.name);
-        } else {
+        } else if (old->endpoint != guest.endpoint) {
             diff.changed.push_back(guest.name);
+        } else if (old->timeouts != guest.timeouts || old->provision != guest.provision) {
+            diff.updated.push_back(guest.name);
+        } else {
+            diff.unchanged.push_back(guest.name);
         }
     }
     for (const auto& guest : before.guests) {

@@ -39,6 +39,9 @@ struct link_timeouts {
     std::chrono::milliseconds keepalive_interval = 15s;  // ping after this long without traffic
     std::chrono::milliseconds health_interval = 5s;      // get_health poll period
     std::chrono::milliseconds reconnect_max = 5s;        // cap of the reconnect backoff
+    // How long an open connection is kept while the guest does not answer (a paused VM's
+    // connection carries on after `cont`); then it is dropped and reconnected.
+    std::chrono::milliseconds unresponsive_grace = 120s;
     bool operator==(const link_timeouts&) const = default;
 };
 
@@ -49,6 +52,7 @@ struct link_timeout_overrides {
     std::optional<std::chrono::milliseconds> keepalive_interval;
     std::optional<std::chrono::milliseconds> health_interval;
     std::optional<std::chrono::milliseconds> reconnect_max;
+    std::optional<std::chrono::milliseconds> unresponsive_grace;
     bool operator==(const link_timeout_overrides&) const = default;
 
     link_timeouts resolve(const link_timeouts& defaults) const;
@@ -152,13 +156,15 @@ config_result load_config_file(const std::filesystem::path& path);
 config_result load_config_text(std::string_view text, std::string_view source_name,
                                load_options options = {});
 
-// The guest lists of two configs compared by name, for SIGHUP reload. `changed` means any
-// effective setting differs (endpoint, effective timeouts, provisioning). Names are in the order
-// of `after` (removed: of `before`).
+// The guest lists of two configs compared by name, for SIGHUP reload. `changed`: the endpoint
+// differs (a new link). `updated`: the same endpoint, other effective settings differ (timeouts,
+// provisioning), which apply to the live link. Names are in the order of `after` (removed: of
+// `before`).
 struct guest_diff {
     std::vector<std::string> added;
     std::vector<std::string> removed;
     std::vector<std::string> changed;
+    std::vector<std::string> updated;
     std::vector<std::string> unchanged;
 };
 guest_diff diff_guests(const config& before, const config& after);

@@ -126,12 +126,16 @@ asio::awaitable<guest_reply> call_guest(api_context& /*context*/,
     co_return out;
 }
 
-// Requests answered by an ack: {"ok":true} once acked.
+// Requests answered by an ack: {"ok":true} once acked. What the guest acked is recorded in its
+// delivery ledger (`added_public_key`: the key an ssh-keys request added).
 asio::awaitable<http_response> acked_request(api_context& context,
                                              const std::shared_ptr<managed_guest>& guest,
                                              protocol::host_message& message, unsigned version,
-                                             http::status success = http::status::ok) {
+                                             http::status success = http::status::ok,
+                                             const std::string& added_public_key = {}) {
     auto outcome = co_await call_guest(context, guest, message, version);
+    if (!outcome.error)
+        guest->record_api_delivery(message, added_public_key);
     wipe_secrets(message);
     if (outcome.error)
         co_return std::move(*outcome.error);
@@ -455,14 +459,22 @@ asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
     if (found.error)
         co_return std::move(*found.error);
     body_fields body(call.request.body(), false);
-    protocol::ssh_key_payload key;
-    key.user = body.required_string("user");
-    key.public_key = body.required_string("public_key");
-    body.check("public_key", config::check_ssh_public_key(key.public_key));
+    const auto user = body.required_string("user");
+    const auto public_key = body.required_string("public_key");
+    body.check("public_key", config::check_ssh_public_key(public_key));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
-    protocol::host_message message = std::move(key);
-    co_return co_await acked_request(call.context, found.guest, message, call.version);
+    // stereosd rewrites the user's whole authorized_keys: send this key with the user's others.
+    auto request = found.guest->ssh_key_request(user, public_key);
+    if (!request) {
+        co_return error_response(500, "internal_error",
+                                 call.match.name + ": cannot gather the keys of " + user + ": " +
+                                     request.error(),
+                                 call.version);
+    }
+    protocol::host_message message = std::move(*request);
+    co_return co_await acked_request(call.context, found.guest, message, call.version,
+                                     http::status::ok, public_key);
 }
 
 asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
@@ -479,6 +491,25 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
     body.check("fs_type", config::check_fs_type(mount.fs_type));
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
+    // stereosd mounts again on every request, stacking mounts: never repeat one in a run.
+    switch (found.guest->plan_mount(mount)) {
+        case mount_plan::already_mounted:
+            co_return ok(json::object{{"ok", true},
+                                      {"guest", call.match.name},
+                                      {"sent", false},
+                                      {"message", "already mounted at " + mount.guest_path +
+                                                      " in this run of the guest; not sent again"}},
+                         call.version);
+        case mount_plan::conflict:
+            co_return error_response(409, "mount_conflict",
+                                     call.match.name + ": another mount is at " +
+                                         mount.guest_path +
+                                         " in this run of the guest; it stays until the guest "
+                                         "reboots",
+                                     call.version);
+        case mount_plan::send:
+            break;
+    }
     protocol::host_message message = std::move(mount);
     co_return co_await acked_request(call.context, found.guest, message, call.version);
 }
@@ -556,6 +587,14 @@ constexpr route_error guest_request_errors[] = {
     {400, "bad_request"},     {404, "guest_not_found"}, {413, "payload_too_large"},
     {502, "connection_lost"}, {502, "guest_error"},     {503, "guest_unavailable"},
     {504, "guest_timeout"}};
+constexpr route_error ssh_key_errors[] = {
+    {400, "bad_request"},     {404, "guest_not_found"}, {413, "payload_too_large"},
+    {500, "internal_error"},  {502, "connection_lost"}, {502, "guest_error"},
+    {503, "guest_unavailable"}, {504, "guest_timeout"}};
+constexpr route_error mount_errors[] = {
+    {400, "bad_request"},     {404, "guest_not_found"}, {409, "mount_conflict"},
+    {413, "payload_too_large"}, {502, "connection_lost"}, {502, "guest_error"},
+    {503, "guest_unavailable"}, {504, "guest_timeout"}};
 constexpr route_error provision_errors[] = {
     {400, "bad_request"}, {404, "guest_not_found"}, {409, "needs_values"}, {502, "guest_error"}};
 constexpr route_error set_provision_errors[] = {{400, "bad_request"},     {404, "guest_not_found"},
@@ -575,8 +614,8 @@ constexpr route route_table[] = {
     {get, "/v1/guests/{name}/health", handle_guest_health, 200, guest_request_errors, true},
     {put, "/v1/guests/{name}/config", handle_guest_config, 200, guest_request_errors, true},
     {post, "/v1/guests/{name}/secrets", handle_guest_secret, 200, guest_request_errors, true},
-    {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, guest_request_errors, true},
-    {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, guest_request_errors, true},
+    {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, ssh_key_errors, true},
+    {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, mount_errors, true},
     // Not cancelled by a hangup: the guest may act on a written shutdown, and the state machine
     // is to hear its answer.
     {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors},

@@ -1,6 +1,7 @@
 #include "daemon/guest_registry.hpp"
 
 #include <algorithm>
+#include <fstream>
 
 #include <boost/throw_exception.hpp>
 
@@ -76,8 +77,8 @@ std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config defin
                                                       guest_source source,
                                                       std::vector<std::string> missing_values) {
     auto name = definition.name;
-    auto guest =
-        managed_guest::create(executor_, std::move(definition), source, bus_, fast_retry_budget_);
+    auto guest = managed_guest::create(executor_, std::move(definition), source, bus_,
+                                       fast_retry_budget_, ledger_);
     if (!missing_values.empty())
         guest->hold_provisioning_for_values(std::move(missing_values));
     guests_[name] = guest;
@@ -85,15 +86,42 @@ std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config defin
     return guest;
 }
 
+namespace {
+std::string read_boot_id() {
+    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::string id;
+    std::getline(in, id);
+    return id;
+}
+}  // namespace
+
 std::vector<std::string> guest_registry::start(const config::config& initial) {
     std::vector<std::string> problems;
     config_ = initial;
+    auto loaded = store_.load();
+    if (loaded.unreadable)
+        throw std::runtime_error(*loaded.unreadable);
+    if (loaded.problem)
+        problems.push_back(*loaded.problem);
+
+    ledger_.store = &store_;
+    ledger_.boot_id = read_boot_id();
+    if (ledger_.boot_id.empty())
+        problems.push_back("cannot read the host's boot_id: a daemon restart cannot tell this "
+                           "host boot's guest runs from older ones, and provisions every guest");
+    auto digest = item_digest::load_or_create(store_.digest_key_file());
+    if (digest) {
+        ledger_.digest = std::make_shared<const item_digest>(*digest);
+    } else {
+        problems.push_back("delivery ledger: " + digest.error() +
+                           "; digests hold for this process only, so a restart provisions "
+                           "every guest again");
+        ledger_.digest = std::make_shared<const item_digest>(item_digest::with_random_key());
+        ledger_.store = nullptr;
+    }
     for (const auto& g : config_.guests)
         launch(g, guest_source::config);
 
-    auto loaded = store_.load();
-    if (loaded.problem)
-        problems.push_back(*loaded.problem);
     runtime_records_ = std::move(loaded.guests);
     for (const auto& record : runtime_records_) {
         if (guests_.contains(record.name)) {
@@ -135,22 +163,35 @@ asio::awaitable<std::optional<std::string>> guest_registry::async_apply(
             guests_.erase(it);
             log::info("reload: guest removed from the config", {.guest = name});
             co_await guest->async_stop();
+            if (!guests_.contains(name))
+                store_.remove_ledger(name);
         }
     }
+    // A new endpoint needs a new link; the ledger stays (the same VM behind a new address is
+    // the same run, by its start time).
     for (const auto& name : diff.changed) {
         if (auto it = guests_.find(name); it != guests_.end()) {
             auto guest = it->second;
             guests_.erase(it);
-            log::info("reload: guest changed, restarting its link", {.guest = name});
+            log::info("reload: guest endpoint changed, starting a new link", {.guest = name});
             co_await guest->async_stop();
         }
         launch(*config_.find_guest(name), guest_source::config);
+    }
+    // Every other guest keeps its link: new timings apply live, and its provisioning is compared
+    // with what its run was given, reading referenced files again (a rotated secret).
+    for (const auto* names : {&diff.updated, &diff.unchanged}) {
+        for (const auto& name : *names) {
+            if (auto it = guests_.find(name); it != guests_.end())
+                it->second->update_definition(*config_.find_guest(name));
+        }
     }
     for (const auto& name : diff.added)
         launch(*config_.find_guest(name), guest_source::config);
     log::info("reload applied: " + std::to_string(diff.added.size()) + " added, " +
               std::to_string(diff.removed.size()) + " removed, " +
-              std::to_string(diff.changed.size()) + " changed, " +
+              std::to_string(diff.changed.size()) + " with a new endpoint, " +
+              std::to_string(diff.updated.size()) + " updated, " +
               std::to_string(diff.unchanged.size()) + " unchanged");
     co_return std::nullopt;
 }
@@ -256,6 +297,8 @@ asio::awaitable<boost::system::result<void, registry_error>> guest_registry::asy
     guests_.erase(it);
     log::info("runtime guest removed", {.guest = name});
     co_await guest->async_stop();
+    if (!guests_.contains(name))
+        store_.remove_ledger(name);
     co_return result();
 }
 

@@ -65,6 +65,8 @@ class guest_registry {
 
     // Starts the config's guests and the persisted runtime guests. A runtime guest whose name
     // the config now uses is kept on disk but not started (reported in the returned messages).
+    // Throws std::runtime_error when the state file exists but cannot be read: starting without
+    // the guests it holds would lose them.
     std::vector<std::string> start(const config::config& initial);
 
     // Reload: starts added guests, stops removed ones, restarts changed ones. The caller has
@@ -108,6 +110,8 @@ class guest_registry {
     // Fast reconnect attempts per second across all guests: a host-wide outage of thousands of
     // guests retries at this rate in all, not 10/s each.
     std::shared_ptr<retry_budget> fast_retry_budget_ = std::make_shared<retry_budget>(1000.0);
+    // Filled by start(): the guests' ledgers are kept by store_ (unless its key is unusable).
+    ledger_services ledger_;
 };
 
 }  // namespace stereos::daemon

@@ -152,9 +152,19 @@ event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
     const bool after_shutdown = state_ == guest_state::shutdown;
     link_up_ = true;
     shutdown_acked_ = false;
+    const bool moved =
+        !started_within_ ||
+        shows_new_run(*started_within_, uptime_seconds_, last_heard_,
+                      start_interval_of(e.health.uptime_seconds, e.asked_at, e.answered_at),
+                      e.health.uptime_seconds);
     if (boot_ == 0) {
-        start_new_boot(result, false);
-    } else if (after_shutdown || restarted_since_last_answer(e.health, e.asked_at, e.answered_at)) {
+        if (moved) {
+            start_new_boot(result, false);
+        } else {
+            boot_ = 1;  // the remembered run: its deliveries stand
+            result.resumed_run = true;
+        }
+    } else if (after_shutdown || moved) {
         // Powered off before, or stereosd started again: what was provisioned is gone.
         start_new_boot(result, true);
     } else if (provisioning_ == provisioning_status::in_progress ||
@@ -173,33 +183,31 @@ event_result guest_state_machine::on_link_up(const guest_events::link_up& e,
     return result;
 }
 
-namespace {
-// [asked - uptime - 1 s, answered - uptime]: the guest counted its whole-second uptime at some
-// moment between asking and answering.
-std::pair<guest_events::steady_time, guest_events::steady_time> start_interval(
-    const protocol::health_payload& health, guest_events::steady_time asked_at,
-    guest_events::steady_time answered_at) {
+start_interval start_interval_of(std::int64_t uptime_seconds, guest_events::steady_time asked_at,
+                                 guest_events::steady_time answered_at) {
     if (asked_at == guest_events::steady_time{} || asked_at > answered_at)
         asked_at = answered_at;
-    const auto uptime = std::chrono::seconds(health.uptime_seconds);
+    // The codec refuses uptimes over 100 years; the clamp keeps the arithmetic defined anyway.
+    const auto uptime =
+        std::chrono::seconds(std::clamp<std::int64_t>(uptime_seconds, 0, protocol::max_uptime_seconds));
     return {asked_at - uptime - std::chrono::seconds(1), answered_at - uptime};
 }
-}  // namespace
 
-bool guest_state_machine::restarted_since_last_answer(const protocol::health_payload& health,
-                                                      guest_events::steady_time asked_at,
-                                                      guest_events::steady_time answered_at) const {
-    if (!started_within_)
-        return false;
-    const auto [earliest, latest] = start_interval(health, asked_at, answered_at);
-    const auto& [last_earliest, last_latest] = *started_within_;
+bool shows_new_run(const start_interval& last, std::optional<std::int64_t> last_uptime,
+                   guest_events::steady_time last_heard, const start_interval& now,
+                   std::int64_t uptime_seconds) {
     // The gap between the two intervals (zero when they overlap).
-    const auto gap = std::max({earliest - last_latest, last_earliest - latest,
+    const auto gap = std::max({now.earliest - last.latest, last.earliest - now.latest,
                                guest_events::steady_time::duration::zero()});
-    if (gap > restart_tolerance)
-        return true;
     // One run's uptime never decreases, however close together the answers are.
-    return uptime_seconds_ && health.uptime_seconds < *uptime_seconds_;
+    const bool moved = gap > restart_tolerance || (last_uptime && uptime_seconds < *last_uptime);
+    return moved && now.latest > last_heard;
+}
+
+void guest_state_machine::remember_run(start_interval started,
+                                       guest_events::steady_time last_heard) {
+    started_within_ = started;
+    last_heard_ = last_heard;
 }
 
 void guest_state_machine::record_health(const protocol::health_payload& health,
@@ -209,7 +217,8 @@ void guest_state_machine::record_health(const protocol::health_payload& health,
     uptime_seconds_ = health.uptime_seconds;
     uptime_at_ = now;
     // The latest reckoning, so slow drift between the clocks never adds up to a false restart.
-    started_within_ = start_interval(health, asked_at, answered_at);
+    started_within_ = start_interval_of(health.uptime_seconds, asked_at, answered_at);
+    last_heard_ = std::max(last_heard_, answered_at);
     agents_ = health.agents;
 }
 
@@ -219,6 +228,7 @@ event_result guest_state_machine::on_link_lost(const guest_events::link_lost& e,
     last_link_error_ = e.reason;
     link_up_ = false;
     reported_.reset();
+    last_heard_ = std::max(last_heard_, e.last_heard);
     // Unresponsive already says why the link went: the drop that follows is its consequence.
     if (state_ == guest_state::shutdown || state_ == guest_state::disconnected ||
         state_ == guest_state::unresponsive) {
@@ -259,9 +269,7 @@ event_result guest_state_machine::on_health(const guest_events::health_received&
     if (!accepts_guest_messages()) {
         return result;
     }
-    if (restarted_since_last_answer(e.payload, e.asked_at, e.answered_at)) {
-        start_new_boot(result, true);
-    }
+    // On the connection that is up: the same run whatever the uptime says (see the rules).
     record_health(e.payload, e.asked_at, e.answered_at, now);
     on_guest_report(result, e.payload.state,
                     "health: " + std::string(protocol::to_string(e.payload.state)), now);
@@ -358,6 +366,7 @@ void guest_state_machine::start_new_boot(event_result& result, bool seen_before)
     provisioning_ = provisioning_status::not_due;
     ++provisioning_attempt_;
     result.rebooted = result.rebooted || seen_before;
+    result.new_run = true;
 }
 
 void guest_state_machine::update_provisioning(event_result& result) {

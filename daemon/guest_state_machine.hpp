@@ -63,6 +63,8 @@ struct link_up {
 };
 struct link_lost {
     std::string reason;  // e.g. "connection reset by peer"
+    // When the guest last sent anything on that connection (unset: unknown).
+    steady_time last_heard{};
 };
 struct lifecycle_pushed {
     protocol::lifecycle_payload payload;
@@ -72,7 +74,8 @@ struct health_received {
     steady_time answered_at{};
     steady_time asked_at{};  // unset: the same as answered_at
 };
-// The link's one verdict that an up connection stopped answering (it drops it next).
+// The link's verdict that an up connection stopped answering. The connection stays open for a
+// grace period (a paused VM), then is dropped (link_lost) unless the guest answers again.
 struct link_unresponsive {
     std::string reason;  // e.g. "3 consecutive requests timed out"
 };
@@ -98,6 +101,28 @@ using guest_event =
 // How far apart two reckonings of the guest daemon's start time (each an interval, see above)
 // may be for the same run of it: margin for scheduling and the two clocks' rates.
 inline constexpr std::chrono::seconds restart_tolerance{2};
+
+// When stereosd started, by one health answer: no earlier than `earliest`, no later than
+// `latest` (host monotonic clock).
+struct start_interval {
+    guest_events::steady_time earliest{};
+    guest_events::steady_time latest{};
+    bool operator==(const start_interval&) const = default;
+};
+// [asked - uptime - 1 s, answered - uptime]: the guest counted its whole-second uptime at some
+// moment between asking and answering. `asked_at` unset: the same as `answered_at`.
+start_interval start_interval_of(std::int64_t uptime_seconds, guest_events::steady_time asked_at,
+                                 guest_events::steady_time answered_at);
+
+// Whether a new connection's first answer shows a new run of stereosd (a reboot or a restart),
+// given the last run's start interval and uptime and when that run was last heard from.
+// The start moved by more than restart_tolerance (or the uptime went down), and it moved to
+// after the last sign of the old run: a new process starts after the old one last spoke. A start
+// time that moved but stays before that is a pause (the guest's clocks stopped while ours ran)
+// or a broken guest, never a restart.
+bool shows_new_run(const start_interval& last, std::optional<std::int64_t> last_uptime,
+                   guest_events::steady_time last_heard, const start_interval& now,
+                   std::int64_t uptime_seconds);
 
 // A short name of the event kind for logs and test messages, e.g. "link_lost".
 std::string_view event_name(const guest_event& event);
@@ -125,6 +150,8 @@ struct event_result {
     std::optional<guest_transition> transition;  // set only when the state changed
     bool rebooted = false;                       // the guest booted again since it was last seen
     bool provisioning_due = false;               // this event made needs_provisioning() true
+    bool new_run = false;      // a run of stereosd began: nothing is delivered in it yet
+    bool resumed_run = false;  // the first link is to the run remembered by remember_run()
 };
 
 // Names one provisioning attempt, so that a result that arrives after the guest rebooted or the
@@ -150,12 +177,13 @@ struct provisioning_ticket {
 //   timeout changes nothing.
 // - shutdown_sent: any state with a link up -> shutting_down; shutdown_acked is recorded;
 //   shutdown_failed returns to the last reported state.
-// Boots: the first link ever and a link after shutdown start a new boot. Every health answer
-// (the handshake's first) bounds the guest daemon's start time to an interval; one more than
-// restart_tolerance apart from the last answer's, or an uptime lower than the last, means
-// stereosd started again (a reboot or a restart), whatever the order or spacing of the answers:
-// a new boot, provisioned again. A slow answer only widens its interval, so it never looks like
-// a restart. The same start time after a reconnect is the same boot.
+// Runs (boots): a link after shutdown starts a new run, and so does the first link, unless it
+// reaches the run remember_run() names (the delivery ledger's, after a daemon restart). Every
+// health answer bounds the guest daemon's start time to an interval. A new connection's first
+// answer is a new run when shows_new_run() says so; answers on one connection never are, since a
+// restarted stereosd cannot answer on its predecessor's connection: there they only re-anchor
+// the interval (after a pause it moved by the pause's length). A slow answer only widens its
+// interval. The same start time after a reconnect is the same run.
 // Provisioning: due when the guest is up (ready, healthy or degraded) in a boot that is not
 // provisioned. A failed or interrupted attempt is due again after the next link up.
 class guest_state_machine {
@@ -175,12 +203,8 @@ class guest_state_machine {
     const std::string& last_link_error() const noexcept { return last_link_error_; }
     // From the last health reply (kept across links, for reboot detection).
     std::optional<std::int64_t> uptime_seconds() const noexcept { return uptime_seconds_; }
-    // When the guest daemon started, reckoned from the last health reply: no earlier than
-    // first, no later than second.
-    std::optional<std::pair<guest_events::steady_time, guest_events::steady_time>>
-    guest_started_within() const noexcept {
-        return started_within_;
-    }
+    // When the guest daemon started, reckoned from the last health reply.
+    std::optional<start_interval> guest_started_within() const noexcept { return started_within_; }
     std::optional<clock::time_point> uptime_at() const noexcept { return uptime_at_; }
     const std::vector<protocol::agent_status>& agents() const noexcept { return agents_; }
     const std::optional<protocol::lifecycle_payload>& last_lifecycle() const noexcept {
@@ -205,6 +229,12 @@ class guest_state_machine {
     // Provision again in this boot (config changed, or an operator asked); due once up.
     event_result request_provisioning();
 
+    // Before the first event: the run the ledger last recorded for this guest in this host
+    // boot. The first link reaches the same run if shows_new_run() says it is not a new one.
+    void remember_run(start_interval started, guest_events::steady_time last_heard);
+    // The last time the current (or last) run was heard from; unset before any answer.
+    guest_events::steady_time last_heard() const noexcept { return last_heard_; }
+
   private:
     event_result on_link_connecting(clock::time_point now);
     event_result on_link_up(const guest_events::link_up& e, clock::time_point now);
@@ -215,10 +245,6 @@ class guest_state_machine {
     event_result on_lifecycle(const guest_events::lifecycle_pushed& e, clock::time_point now);
     event_result on_health(const guest_events::health_received& e, clock::time_point now);
     event_result on_unresponsive(const guest_events::link_unresponsive& e, clock::time_point now);
-    // Whether this health answer shows stereosd started again since the last one.
-    bool restarted_since_last_answer(const protocol::health_payload& health,
-                                     guest_events::steady_time asked_at,
-                                     guest_events::steady_time answered_at) const;
     void record_health(const protocol::health_payload& health, guest_events::steady_time asked_at,
                        guest_events::steady_time answered_at, clock::time_point now);
     event_result on_reply(clock::time_point now);
@@ -247,7 +273,8 @@ class guest_state_machine {
 
     std::optional<std::int64_t> uptime_seconds_;
     std::optional<clock::time_point> uptime_at_;
-    std::optional<std::pair<guest_events::steady_time, guest_events::steady_time>> started_within_;
+    std::optional<start_interval> started_within_;
+    guest_events::steady_time last_heard_{};
     std::vector<protocol::agent_status> agents_;
     std::optional<protocol::lifecycle_payload> last_lifecycle_;
     std::optional<clock::time_point> last_lifecycle_at_;

@@ -5,6 +5,7 @@
 
 #include "daemon/logging.hpp"
 #include "daemon/provisioning.hpp"
+#include "daemon/state_store.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/overloaded.hpp"
 #include "transport/completion_tokens.hpp"
@@ -27,6 +28,7 @@ guest_link_options link_options_for(const config::link_timeouts& t,
     o.request_timeout = t.request_timeout;
     o.keepalive_interval = t.keepalive_interval;
     o.reconnect_max = t.reconnect_max;
+    o.unresponsive_grace = t.unresponsive_grace;
     return o;
 }
 
@@ -38,8 +40,11 @@ std::string_view to_string(guest_source source) noexcept {
 
 std::shared_ptr<managed_guest> managed_guest::create(
     const asio::any_io_executor& executor, config::guest_config definition, guest_source source,
-    event_bus& bus, std::shared_ptr<retry_budget> fast_retry_budget) {
-    auto guest = std::make_shared<managed_guest>(executor, std::move(definition), source, bus);
+    event_bus& bus, std::shared_ptr<retry_budget> fast_retry_budget, ledger_services ledger) {
+    if (!ledger.digest)
+        ledger.digest = std::make_shared<const item_digest>(item_digest::with_random_key());
+    auto guest = std::make_shared<managed_guest>(executor, std::move(definition), source, bus,
+                                                 std::move(ledger));
     std::weak_ptr<managed_guest> weak = guest;
     guest->link_ = guest_link::create(
         executor, guest->definition_.endpoint,
@@ -50,17 +55,42 @@ std::shared_ptr<managed_guest> managed_guest::create(
         });
     if (!guest->definition_.provision.empty())
         guest->report_.state = "pending";
+    // What this guest's current run was given before the daemon (re)started.
+    if (auto* store = guest->services_.store) {
+        auto loaded = store->load_ledger(guest->name());
+        if (!loaded) {
+            log::error("delivery ledger: " + loaded.error() +
+                           "; the guest is treated as never provisioned",
+                       {.guest = guest->name()});
+        } else if (*loaded) {
+            guest->ledger_ = std::move(**loaded);
+            const auto& run = guest->ledger_.run();
+            if (run && run->boot_id == guest->services_.boot_id) {
+                guest->machine_.remember_run({run->started_earliest, run->started_latest},
+                                             run->last_heard);
+            }
+        }
+    }
     return guest;
 }
 
 managed_guest::managed_guest(asio::any_io_executor executor, config::guest_config definition,
-                             guest_source source, event_bus& bus)
+                             guest_source source, event_bus& bus, ledger_services ledger)
     : executor_(std::move(executor)),
       definition_(std::move(definition)),
       source_(source),
       bus_(bus),
+      services_(std::move(ledger)),
       health_timer_(executor_),
-      tasks_done_(executor_) {}
+      tasks_done_(executor_) {
+    // Never re-armed: waiters are woken by cancel() alone, so two waiters cannot cancel each
+    // other's wait by re-arming it (that spun a core).
+    tasks_done_.expires_at(asio::steady_timer::clock_type::time_point::max());
+}
+
+void managed_guest::wake_waiters() {
+    tasks_done_.cancel();
+}
 
 void managed_guest::start() {
     log::info("guest added (" + std::string(to_string(source_)) + "), endpoint " +
@@ -71,7 +101,7 @@ void managed_guest::start() {
     asio::co_spawn(executor_, health_loop(),
                    [self = shared_from_this()](const std::exception_ptr& e) {
                        --self->background_tasks_;
-                       self->tasks_done_.cancel();
+                       self->wake_waiters();
                        rethrow_if_failed(e);
                    });
 }
@@ -86,9 +116,12 @@ asio::awaitable<void> managed_guest::async_stop() {
     auto self = shared_from_this();
     begin_stop();
     co_await link_->async_stop();
-    while (background_tasks_ > 0) {
-        tasks_done_.expires_at(asio::steady_timer::clock_type::time_point::max());
+    while (background_tasks_ > 0)
         co_await tasks_done_.async_wait(use_tuple);
+    // The latest sign of life, for telling the next daemon's first answer from a restart.
+    if (auto run = current_run()) {
+        ledger_.update_run(*run);
+        save_ledger();
     }
     log::info("guest link stopped", {.guest = name()});
 }
@@ -98,6 +131,19 @@ void managed_guest::feed(const guest_event& event) {
     if (result.rebooted) {
         log::notice("guest restarted (stereosd has a new start time): provisioning will run again",
                     {.guest = name()});
+    }
+    if (result.new_run) {
+        ledger_.start_run(current_run().value_or(guest_run{services_.boot_id, {}, {}, {}}));
+        save_ledger();
+    } else if (result.resumed_run) {
+        log::info("the same run of the guest as before the daemon started: " +
+                      std::to_string(ledger_.items().size()) + " items already delivered",
+                  {.guest = name()});
+    }
+    if (std::holds_alternative<guest_events::link_up>(event) ||
+        std::holds_alternative<guest_events::health_received>(event)) {
+        if (auto run = current_run())
+            ledger_.update_run(*run);
     }
     if (const auto& t = result.transition) {
         const auto to = std::string(to_string(t->to));
@@ -144,12 +190,21 @@ void managed_guest::on_link_event(const link_event& event) {
                                  std::to_string(e.retry_in.count()) + " ms",
                              {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "down"}, {"reason", e.reason}});
-                feed(guest_events::link_lost{e.reason});
+                feed(guest_events::link_lost{e.reason, e.last_received});
             },
             [&](const link_events::unresponsive& e) {
-                log::warning("guest unresponsive: " + e.reason, {.guest = name()});
+                const auto grace = config::format_duration(definition_.timeouts.unresponsive_grace);
+                log::warning("guest unresponsive: " + e.reason + "; keeping the connection " +
+                                 grace + " for a late answer",
+                             {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "unresponsive"}, {"reason", e.reason}});
                 feed(guest_events::link_unresponsive{e.reason});
+            },
+            [&](const link_events::responsive&) {
+                log::notice("guest answers again on the same connection (paused, or slow)",
+                            {.guest = name()});
+                bus_.publish(name(), "link", {{"event", "responsive"}});
+                feed(guest_events::reply_received{});
             },
             [&](const link_events::protocol_violation& e) {
                 log::error("protocol error, resetting the connection: " + e.detail,
@@ -246,7 +301,7 @@ void managed_guest::maybe_start_provisioning() {
     auto ticket = machine_.begin_provisioning();
     if (!ticket)
         return;
-    if (definition_.provision.empty()) {
+    if (!has_anything_to_provision()) {
         machine_.mark_provisioned(*ticket);
         return;
     }
@@ -256,7 +311,7 @@ void managed_guest::maybe_start_provisioning() {
                    [self = shared_from_this()](const std::exception_ptr& e, bool) {
                        self->provisioning_running_ = false;
                        --self->background_tasks_;
-                       self->tasks_done_.cancel();
+                       self->wake_waiters();
                        rethrow_if_failed(e);
                        // It may have become due again meanwhile (a reboot during the run).
                        self->maybe_start_provisioning();
@@ -269,60 +324,261 @@ void managed_guest::publish_provisioning() {
         fields["step"] = report_.step;
     if (!report_.error.empty())
         fields["error"] = report_.error;
+    if (report_.state == "done" || report_.state == "failed") {
+        fields["sent"] = report_.sent;
+        fields["already"] = report_.already;
+    }
     bus_.publish(name(), "provision", std::move(fields));
+}
+
+std::string managed_guest::digest_of(const std::string& key,
+                                     const protocol::host_message& message) const {
+    std::string bytes = key;
+    bytes += '\0';
+    protocol::encode_into(bytes, message);
+    auto digest = services_.digest->of(bytes);
+    explicit_bzero(bytes.data(), bytes.size());
+    return digest;
+}
+
+std::optional<guest_run> managed_guest::current_run() const {
+    const auto started = machine_.guest_started_within();
+    if (!started)
+        return std::nullopt;
+    return guest_run{services_.boot_id, started->earliest, started->latest, machine_.last_heard()};
+}
+
+void managed_guest::save_ledger() {
+    if (services_.store == nullptr)
+        return;
+    if (auto error = services_.store->save_ledger(name(), ledger_)) {
+        log::error("cannot save the delivery ledger: " + *error +
+                       "; a daemon restart would send this run's items again",
+                   {.guest = name()});
+    }
+}
+
+managed_guest::provisioning_plan managed_guest::plan_provisioning() {
+    provisioning_plan plan;
+    plan.items = provisioning_items(definition_.provision, ledger_.api_keys());
+    undelivered_.clear();
+    for (const auto& item : plan.items) {
+        auto message = item.build();
+        if (!message) {
+            if (plan.failed_step.empty()) {
+                plan.failed_step = item.name;
+                plan.failure = message.error();
+            }
+            undelivered_[item.key] = "failed";
+            continue;
+        }
+        const auto digest = digest_of(item.key, *message);
+        wipe_secrets(*message);
+        if (ledger_.delivered(item.key, digest)) {
+            ++plan.already;
+            continue;
+        }
+        undelivered_[item.key] = ledger_.find(item.key) ? "changed" : "pending";
+        plan.to_send.push_back(&item - plan.items.data());
+    }
+    // Removed from the provisioning: the guest keeps it until it reboots (no removal message).
+    for (const auto& entry : std::vector<ledger_item>(ledger_.items())) {
+        const bool wanted = std::any_of(plan.items.begin(), plan.items.end(),
+                                        [&](const provisioning_item& i) { return i.key == entry.key; });
+        if (entry.origin == delivery_origin::provisioning && !wanted) {
+            ledger_.forget(entry.key);
+            plan.forgot = true;
+            log::notice("ledger: " + entry.key +
+                            " is no longer provisioned; the guest keeps it until it reboots",
+                        {.guest = name()});
+        }
+    }
+    return plan;
 }
 
 asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning_ticket> ticket) {
     auto self = shared_from_this();
-    auto steps = provisioning_steps(definition_.provision);
-    report_ = {"running", "", ""};
-    publish_provisioning();
-    log::info("provisioning: " + std::to_string(steps.size()) + " steps", {.guest = name()});
+    const auto previous_state = report_.state;
+    const auto run = machine_.boot_count();
+    auto plan = plan_provisioning();
+    auto failed_step = std::move(plan.failed_step);
+    auto failure = std::move(plan.failure);
+    const auto already = plan.already;
+    if (failed_step.empty() && plan.to_send.empty()) {
+        // Nothing is missing: no run to announce.
+        report_ = {"done", "", "", 0, already};
+        if (previous_state != "done")
+            publish_provisioning();
+        if (plan.forgot)
+            save_ledger();
+        if (ticket)
+            machine_.mark_provisioned(*ticket);
+        co_return true;
+    }
 
-    std::string failed_step, failure;
-    for (auto& step : steps) {
-        report_.step = step.name;
-        auto message = step.build();
+    std::size_t sent = 0;
+    if (failed_step.empty()) {
+        report_ = {"running", "", "", 0, already};
+        publish_provisioning();
+        log::info("provisioning: " + std::to_string(plan.to_send.size()) + " of " +
+                      std::to_string(plan.items.size()) + " items to send (" +
+                      std::to_string(already) + " already delivered in this run)",
+                  {.guest = name()});
+    }
+    for (const auto index : plan.to_send) {
+        const auto* item = &plan.items[index];
+        if (!failed_step.empty() || stopping_)
+            break;
+        report_.step = item->name;
+        auto message = item->build();  // again: what is sent is what is recorded
         if (!message) {
-            failed_step = step.name;
+            failed_step = item->name;
             failure = message.error();
+            undelivered_[item->key] = "failed";
             break;
         }
+        const auto digest = digest_of(item->key, *message);
         const auto type = std::string(protocol::type_name(*message));
         const auto asked_at = std::chrono::steady_clock::now();
         auto result = co_await link_->async_request(*message);
         note_reply(*message, result, asked_at);
         if (!result) {
-            failed_step = step.name;
+            failed_step = item->name;
             failure = result.error().message();
         } else if (const auto* ack = std::get_if<protocol::ack_payload>(&*result);
                    ack && !ack->ok) {
-            failed_step = step.name;
+            failed_step = item->name;
             failure = "guest refused: " + scrub_guest_error(ack->error, *message);
         }
         wipe_secrets(*message);
-        if (!failed_step.empty() || stopping_)
+        if (!failed_step.empty()) {
+            undelivered_[item->key] = "failed";
             break;
-        log::debug("provisioning step done: " + step.name, {.guest = name(), .message_type = type});
+        }
+        // Only an ack in the run the plan was for counts (a reboot meanwhile started a new one).
+        if (machine_.boot_count() == run) {
+            ledger_.record(
+                {item->key, digest, std::chrono::system_clock::now(), delivery_origin::provisioning});
+            undelivered_.erase(item->key);
+        }
+        ++sent;
+        log::debug("provisioning item delivered: " + item->name,
+                   {.guest = name(), .message_type = type});
     }
+    save_ledger();
 
     if (failed_step.empty() && stopping_)
         failure = "stopped", failed_step = report_.step;
     if (failed_step.empty()) {
-        report_ = {"done", "", ""};
+        report_ = {"done", "", "", sent, already};
         if (ticket)
             machine_.mark_provisioned(*ticket);
-        log::info("provisioned", {.guest = name()});
+        log::info("provisioned: " + std::to_string(sent) + " items sent, " +
+                      std::to_string(already) + " already delivered",
+                  {.guest = name()});
     } else {
-        report_ = {"failed", failed_step, failure};
+        report_ = {"failed", failed_step, failure, sent, already};
         if (ticket)
             machine_.mark_provisioning_failed(*ticket);
         log::error("provisioning failed at " + failed_step + ": " + failure +
-                       "; retried on the next boot or on demand",
+                       "; retried on the next connection or on demand",
                    {.guest = name()});
     }
     publish_provisioning();
     co_return failed_step.empty();
+}
+
+bool managed_guest::has_anything_to_provision() const {
+    if (!definition_.provision.empty() || !ledger_.api_keys().empty())
+        return true;
+    // Items provisioned before a reload emptied the provisioning are still to be forgotten.
+    return std::any_of(ledger_.items().begin(), ledger_.items().end(), [](const ledger_item& i) {
+        return i.origin == delivery_origin::provisioning;
+    });
+}
+
+void managed_guest::update_definition(config::guest_config definition) {
+    const bool retimed = definition.timeouts != definition_.timeouts;
+    const bool reprovisioned = definition.provision != definition_.provision;
+    definition_ = std::move(definition);
+    if (retimed) {
+        auto options = link_->options();
+        const auto& t = definition_.timeouts;
+        options.connect_timeout = t.connect_timeout;
+        options.request_timeout = t.request_timeout;
+        options.keepalive_interval = t.keepalive_interval;
+        options.reconnect_max = t.reconnect_max;
+        options.unresponsive_grace = t.unresponsive_grace;
+        link_->set_options(options);
+        health_timer_.cancel();  // the next poll follows the new interval
+        log::info("reload: new timings applied to the live link", {.guest = name()});
+    }
+    if (reprovisioned && !provisioning_running_) {
+        if (!has_anything_to_provision())
+            report_ = {"none", "", "", 0, 0};
+        else if (report_.state == "none")
+            report_.state = "pending";
+    }
+    // Referenced files are read again: a rotated secret is a changed item, sent alone.
+    recheck_provisioning();
+}
+
+void managed_guest::recheck_provisioning() {
+    if (!missing_values_.empty())
+        return;
+    const auto result = machine_.request_provisioning();
+    (void)result;
+    maybe_start_provisioning();
+}
+
+mount_plan managed_guest::plan_mount(const protocol::mount_payload& mount) const {
+    const auto* delivered = ledger_.find(mount_item_key(mount.guest_path));
+    if (delivered == nullptr)
+        return mount_plan::send;
+    const protocol::host_message message = mount;
+    return delivered->digest == digest_of(mount_item_key(mount.guest_path), message)
+               ? mount_plan::already_mounted
+               : mount_plan::conflict;
+}
+
+boost::system::result<protocol::host_message, std::string> managed_guest::ssh_key_request(
+    const std::string& user, const std::string& public_key) const {
+    auto keys = ledger_.api_keys();
+    auto& for_user = keys[user];
+    if (std::find(for_user.begin(), for_user.end(), public_key) == for_user.end())
+        for_user.push_back(public_key);
+    for (const auto& item : provisioning_items(definition_.provision, keys)) {
+        if (item.key == ssh_keys_item_key(user))
+            return item.build();
+    }
+    return boost::system::result<protocol::host_message, std::string>(
+        boost::system::in_place_error, "no keys for " + user);
+}
+
+void managed_guest::record_api_delivery(const protocol::host_message& sent,
+                                        const std::string& added_public_key) {
+    std::string key = std::visit(
+        overloaded{
+            [](const protocol::config_payload&) { return config_item_key(); },
+            [](const protocol::secret_payload& p) { return secret_item_key(p.name); },
+            [](const protocol::ssh_key_payload& p) { return ssh_keys_item_key(p.user); },
+            [](const protocol::mount_payload& p) { return mount_item_key(p.guest_path); },
+            [](const auto&) { return std::string(); },
+        },
+        sent);
+    if (key.empty() || !current_run())
+        return;
+    if (const auto* ssh = std::get_if<protocol::ssh_key_payload>(&sent);
+        ssh && !added_public_key.empty())
+        ledger_.add_api_key(ssh->user, added_public_key);
+    // A user's keys stay the provisioning's item: they still hold the configured keys.
+    const auto* before = ledger_.find(key);
+    const auto origin = before && before->origin == delivery_origin::provisioning &&
+                                std::holds_alternative<protocol::ssh_key_payload>(sent)
+                            ? delivery_origin::provisioning
+                            : delivery_origin::api;
+    ledger_.record({key, digest_of(key, sent), std::chrono::system_clock::now(), origin});
+    save_ledger();
 }
 
 void managed_guest::reconnect() {
@@ -333,18 +589,16 @@ void managed_guest::reconnect() {
 
 asio::awaitable<provisioning_report> managed_guest::provision_now() {
     auto self = shared_from_this();
-    while (provisioning_running_) {
-        tasks_done_.expires_at(asio::steady_timer::clock_type::time_point::max());
+    while (provisioning_running_)
         co_await tasks_done_.async_wait(use_tuple);
-    }
     if (!missing_values_.empty())
         co_return report_;
-    if (definition_.provision.empty())
-        co_return provisioning_report{"none", "", ""};
+    if (!has_anything_to_provision())
+        co_return provisioning_report{"none", "", "", 0, 0};
     provisioning_running_ = true;
     const bool ok = co_await run_provisioning(std::nullopt);
     provisioning_running_ = false;
-    tasks_done_.cancel();
+    wake_waiters();
     // Keep the automatic run from repeating what was just done for this boot.
     if (ok && machine_.needs_provisioning()) {
         if (auto ticket = machine_.begin_provisioning())
@@ -409,9 +663,51 @@ json::object managed_guest::status() const {
         status["uptime_seconds"] = nullptr;
     }
     status["agents"] = std::move(agents);
+    if (report_.state == "done" || report_.state == "failed") {
+        provision["sent"] = report_.sent;
+        provision["already"] = report_.already;
+    }
     status["provision"] = std::move(provision);
+    status["ledger"] = ledger_status();
     status["transitions"] = std::move(transitions);
     return status;
+}
+
+json::object managed_guest::ledger_status() const {
+    json::object out;
+    if (const auto& run = ledger_.run()) {
+        // The start time on the wall clock, for people; the ledger keeps the monotonic one.
+        const auto steady_now = std::chrono::steady_clock::now();
+        const auto wall_now = std::chrono::system_clock::now();
+        auto started = wall_now - std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                      steady_now - run->started_latest);
+        out["run"] = json::object{{"boot_id", run->boot_id},
+                                  {"started", run->boot_id != services_.boot_id ||
+                                                      run->started_latest ==
+                                                          decltype(run->started_latest){}
+                                                  ? json::value(nullptr)
+                                                  : json::value(format_utc(started))},
+                                  {"this_host_boot", run->boot_id == services_.boot_id}};
+    } else {
+        out["run"] = nullptr;
+    }
+    json::array items;
+    for (const auto& item : ledger_.items()) {
+        json::object entry{{"item", item.key},
+                           {"state", "delivered"},
+                           {"digest", item.digest.substr(0, 12)},
+                           {"at", format_utc(item.delivered_at)},
+                           {"origin", to_string(item.origin)}};
+        if (auto it = undelivered_.find(item.key); it != undelivered_.end())
+            entry["state"] = it->second;  // changed since, or its new content failed
+        items.push_back(std::move(entry));
+    }
+    for (const auto& [key, state] : undelivered_) {
+        if (ledger_.find(key) == nullptr)
+            items.push_back(json::object{{"item", key}, {"state", state}});
+    }
+    out["items"] = std::move(items);
+    return out;
 }
 
 json::object managed_guest::snapshot_event_fields() const {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,10 +15,13 @@
 #include <boost/json/object.hpp>
 
 #include "config/config.hpp"
+#include "daemon/delivery_ledger.hpp"
 #include "daemon/event_bus.hpp"
+#include "daemon/item_digest.hpp"
 #include "daemon/link/guest_link.hpp"
 #include "daemon/guest_state_machine.hpp"
 #include "daemon/log_throttle.hpp"
+#include "daemon/provisioning.hpp"
 
 namespace stereos::daemon {
 
@@ -28,15 +32,31 @@ struct provisioning_report {
     std::string state = "none";  // none | pending | running | done | failed | needs_values
     std::string step;            // the failed (or running) step
     std::string error;           // why it failed; secrets scrubbed
+    std::size_t sent = 0;        // items sent by the last run
+    std::size_t already = 0;     // items the last run found delivered in this guest run
 };
+
+class state_store;
+
+// Where a guest's delivery ledger lives and how its items are digested. Shared by the guests.
+struct ledger_services {
+    state_store* store = nullptr;  // null: the ledger is kept in memory only
+    std::shared_ptr<const item_digest> digest;
+    std::string boot_id;  // this host boot's
+};
+
+// What an API mount would do to the guest's current run.
+enum class mount_plan { send, already_mounted, conflict };
 
 class managed_guest : public std::enable_shared_from_this<managed_guest> {
   public:
     // `fast_retry_budget`: shared by the daemon's guests (see retry_budget.hpp); may be null.
+    // `ledger`: where the delivery ledger is kept; by default in memory only, with a random
+    // digest key.
     static std::shared_ptr<managed_guest> create(
         const boost::asio::any_io_executor& executor, config::guest_config definition,
         guest_source source, event_bus& bus,
-        std::shared_ptr<retry_budget> fast_retry_budget = nullptr);
+        std::shared_ptr<retry_budget> fast_retry_budget = nullptr, ledger_services ledger = {});
 
     void start();
     // Stops polling, provisioning and the link; never sends the guest anything. begin_stop()
@@ -51,9 +71,26 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     // "The VM just started": reconnect at once and retry fast (guest_link::reconnect_now).
     void reconnect();
 
-    // Runs the provisioning sequence now, whatever the boot; returns the report at the end.
-    // While values are missing it runs nothing and reports needs_values.
+    // Delivers now whatever of the provisioning the current run lacks (missing or changed items,
+    // by the ledger), whatever the boot; returns the report at the end. While values are missing
+    // it runs nothing and reports needs_values.
     boost::asio::awaitable<provisioning_report> provision_now();
+
+    // A reload's new definition for the same endpoint: new timings apply to the live link (no
+    // reconnect), and the provisioning is compared with the ledger, so that only changed or
+    // added items are sent, and removed ones are forgotten.
+    void update_definition(config::guest_config definition);
+
+    // API deliveries outside the provisioning, so the ledger knows what the run has.
+    mount_plan plan_mount(const protocol::mount_payload& mount) const;
+    // The inject_ssh_key that adds `public_key` for `user` without losing the user's other keys
+    // (stereosd rewrites the whole file): the configured keys, the API's earlier ones and this.
+    boost::system::result<protocol::host_message, std::string> ssh_key_request(
+        const std::string& user, const std::string& public_key) const;
+    // After the guest acked an API request: recorded in the ledger (an added key is kept).
+    void record_api_delivery(const protocol::host_message& sent,
+                             const std::string& added_public_key = {});
+    const delivery_ledger& ledger() const noexcept { return ledger_; }
 
     // A runtime guest restored without the values it was given (they are kept in memory only):
     // nothing is provisioned until replace_provision() supplies them. `missing` names them,
@@ -76,15 +113,33 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     const provisioning_report& provisioning() const noexcept { return report_; }
 
     managed_guest(boost::asio::any_io_executor executor, config::guest_config definition,
-                  guest_source source, event_bus& bus);
+                  guest_source source, event_bus& bus, ledger_services ledger);
 
   private:
     void on_link_event(const link_event& event);
     void feed(const guest_event& event);
     void maybe_start_provisioning();
     boost::asio::awaitable<void> health_loop();
+    struct provisioning_plan {
+        std::vector<provisioning_item> items;
+        std::vector<std::size_t> to_send;  // indices into items: missing or changed in the run
+        std::size_t already = 0;           // delivered in this run with the same content
+        std::string failed_step, failure;  // an item that cannot be built (a file unreadable)
+        bool forgot = false;               // items no longer provisioned left the ledger
+    };
+    // What the run lacks, by the digests of what the items hold now.
+    provisioning_plan plan_provisioning();
     boost::asio::awaitable<bool> run_provisioning(std::optional<provisioning_ticket> ticket);
     void publish_provisioning();
+    bool has_anything_to_provision() const;
+    // Provisioning is compared with the ledger again (when the guest is up in a run).
+    void recheck_provisioning();
+    // Wakes every waiter of tasks_done_; they look again at what they wait for.
+    void wake_waiters();
+    std::string digest_of(const std::string& key, const protocol::host_message& message) const;
+    std::optional<guest_run> current_run() const;
+    void save_ledger();
+    boost::json::object ledger_status() const;
     // `asked_at`: when the request was made, bounding when the guest answered (guest_events).
     void note_reply(const protocol::host_message& sent, const request_result& result,
                     std::chrono::steady_clock::time_point asked_at);
@@ -96,6 +151,10 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     std::shared_ptr<guest_link> link_;
     guest_state_machine machine_;
     provisioning_report report_;
+    ledger_services services_;
+    delivery_ledger ledger_;
+    // The provisioning's items by the last plan: key -> "pending", "changed" or "failed".
+    std::map<std::string, std::string, std::less<>> undelivered_;
     std::vector<std::string> missing_values_;  // while not empty, provisioning is held
     bool provisioning_running_ = false;
     bool stopping_ = false;

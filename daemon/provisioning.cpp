@@ -1,10 +1,12 @@
 #include "daemon/provisioning.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>  // also explicit_bzero (glibc)
 #include <fstream>
 #include <sstream>
 
+#include "daemon/delivery_ledger.hpp"
 #include "protocol/redact.hpp"
 
 namespace stereos::daemon {
@@ -64,15 +66,48 @@ boost::system::result<std::string, std::string> read_file(const std::filesystem:
     return result(boost::system::in_place_value, text.str());
 }
 
-std::vector<provisioning_step> provisioning_steps(const config::provision_config& provision) {
-    std::vector<provisioning_step> steps;
+boost::system::result<std::string, std::string> join_public_keys(
+    const std::vector<std::string>& keys) {
+    using result = boost::system::result<std::string, std::string>;
+    std::vector<std::string> lines;
+    std::size_t position = 0;
+    for (const auto& key : keys) {
+        std::istringstream split(key);
+        std::string line;
+        while (std::getline(split, line)) {
+            line = trim_line_end(std::move(line));
+            if (line.empty())
+                continue;
+            ++position;
+            if (auto checked = config::check_ssh_public_key(line); !checked) {
+                return result(boost::system::in_place_error,
+                              "key " + std::to_string(position) + ": " + checked.error().message);
+            }
+            if (std::find(lines.begin(), lines.end(), line) == lines.end())
+                lines.push_back(std::move(line));
+        }
+    }
+    std::string joined;
+    for (const auto& line : lines) {
+        if (!joined.empty())
+            joined += '\n';
+        joined += line;
+    }
+    return result(boost::system::in_place_value, std::move(joined));
+}
+
+std::vector<provisioning_item> provisioning_items(const config::provision_config& provision,
+                                                  const api_key_map& api_keys) {
+    std::vector<provisioning_item> items;
     using built = boost::system::result<protocol::host_message, std::string>;
     if (provision.config_content) {
-        steps.push_back({"set_config", [content = *provision.config_content]() -> built {
+        items.push_back({config_item_key(), "set_config",
+                         [content = *provision.config_content]() -> built {
                              return protocol::host_message{protocol::config_payload{content}};
                          }});
     } else if (provision.config_file) {
-        steps.push_back({"set_config", [path = *provision.config_file]() -> built {
+        items.push_back({config_item_key(), "set_config",
+                         [path = *provision.config_file]() -> built {
                              auto content = read_file(path);
                              if (!content)
                                  return content.error();
@@ -80,28 +115,56 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
                                  protocol::config_payload{std::move(*content)}};
                          }});
     }
+    // Users in the order they first appear, then those with keys from the API only.
+    std::vector<std::string> users;
     for (const auto& key : provision.ssh_keys) {
-        steps.push_back({"inject_ssh_key " + key.user, [key]() -> built {
-                             std::string public_key = key.public_key;
-                             if (!key.public_key_file.empty()) {
-                                 auto text = read_file(key.public_key_file);
-                                 if (!text)
-                                     return text.error();
-                                 public_key = trim_line_end(std::move(*text));
-                                 // The file may have changed since the config was loaded.
-                                 // Its content is never quoted: a wrong path may name a secret.
-                                 if (!config::check_ssh_public_key(public_key)) {
-                                     return key.public_key_file.string() +
-                                            ": does not hold one SSH public key line (content "
-                                            "not shown)";
-                                 }
-                             }
-                             return protocol::host_message{
-                                 protocol::ssh_key_payload{key.user, std::move(public_key)}};
-                         }});
+        if (std::find(users.begin(), users.end(), key.user) == users.end())
+            users.push_back(key.user);
+    }
+    for (const auto& [user, keys] : api_keys) {
+        if (std::find(users.begin(), users.end(), user) == users.end())
+            users.push_back(user);
+    }
+    for (const auto& user : users) {
+        std::vector<config::ssh_key_config> configured;
+        for (const auto& key : provision.ssh_keys) {
+            if (key.user == user)
+                configured.push_back(key);
+        }
+        std::vector<std::string> added;
+        if (auto it = api_keys.find(user); it != api_keys.end())
+            added = it->second;
+        items.push_back(
+            {ssh_keys_item_key(user), "inject_ssh_key " + user,
+             [user, configured = std::move(configured), added = std::move(added)]() -> built {
+                 std::vector<std::string> keys;
+                 for (const auto& key : configured) {
+                     if (key.public_key_file.empty()) {
+                         keys.push_back(key.public_key);
+                         continue;
+                     }
+                     auto text = read_file(key.public_key_file);
+                     if (!text)
+                         return text.error();
+                     // The file may have changed since the config was loaded. Its content is
+                     // never quoted: a wrong path may name a secret.
+                     auto line = trim_line_end(std::move(*text));
+                     if (!config::check_ssh_public_key(line)) {
+                         return key.public_key_file.string() +
+                                ": does not hold one SSH public key line (content not shown)";
+                     }
+                     keys.push_back(std::move(line));
+                 }
+                 keys.insert(keys.end(), added.begin(), added.end());
+                 auto joined = join_public_keys(keys);
+                 if (!joined)
+                     return "keys for " + user + ": " + joined.error();
+                 return protocol::host_message{protocol::ssh_key_payload{user, std::move(*joined)}};
+             }});
     }
     for (const auto& secret : provision.secrets) {
-        steps.push_back({"inject_secret " + secret.name, [secret]() -> built {
+        items.push_back({secret_item_key(secret.name), "inject_secret " + secret.name,
+                         [secret]() -> built {
                              if (secret.value) {
                                  return protocol::host_message{protocol::secret_payload{
                                      secret.name, *secret.value, secret.mode}};
@@ -114,10 +177,10 @@ std::vector<provisioning_step> provisioning_steps(const config::provision_config
                          }});
     }
     for (const auto& mount : provision.mounts) {
-        steps.push_back(
-            {"mount " + mount.tag, [mount]() -> built { return protocol::host_message{mount}; }});
+        items.push_back({mount_item_key(mount.guest_path), "mount " + mount.tag,
+                         [mount]() -> built { return protocol::host_message{mount}; }});
     }
-    return steps;
+    return items;
 }
 
 std::string scrub_guest_error(std::string text, const protocol::host_message& sent) {

@@ -1,10 +1,14 @@
-// The provisioning sequence the reference host sends when a guest comes up: set_config, then
-// inject_ssh_key per key, inject_secret per secret, mount per mount. Files (jcard.toml, key
-// files, secrets, credentials) are read when the step runs, so rotated secrets are picked up
-// on the next boot, and secret bytes read from files live only as long as the request. Values
-// given through the API are held in memory by the guest's definition.
+// A guest's provisioning as items, in the order the reference host sends them: set_config, one
+// inject_ssh_key per user (all of that user's keys, one per line: stereosd rewrites the whole
+// authorized_keys with each request), inject_secret per secret, mount per mount. Each item has
+// the delivery ledger's key. Files (jcard.toml, key files, secrets, credentials) are read each
+// time an item is built, so a rotated secret shows as a changed digest; secret bytes read from
+// files live only as long as the request. Values given through the API are held in memory by
+// the guest's definition.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,13 +19,25 @@
 
 namespace stereos::daemon {
 
-struct provisioning_step {
+struct provisioning_item {
+    std::string key;   // the delivery ledger's, e.g. "secret ANTHROPIC_API_KEY"
     std::string name;  // for status and logs, e.g. "inject_secret ANTHROPIC_API_KEY"
     // Builds the request; may read a file. The error text names the file, never its content.
     std::function<boost::system::result<protocol::host_message, std::string>()> build;
 };
 
-std::vector<provisioning_step> provisioning_steps(const config::provision_config& provision);
+// Public keys added through the API in the current run, per user (delivery_ledger::api_keys):
+// they are sent along with that user's configured keys.
+using api_key_map = std::map<std::string, std::vector<std::string>, std::less<>>;
+
+std::vector<provisioning_item> provisioning_items(const config::provision_config& provision,
+                                                  const api_key_map& api_keys = {});
+
+// One user's keys as stereosd takes them: every line checked (stereosd checks only the
+// first), duplicates dropped keeping the first, one per line. The error names the bad line's
+// position, never a key.
+boost::system::result<std::string, std::string> join_public_keys(
+    const std::vector<std::string>& keys);
 
 // Reads a whole file; the error is "cannot read PATH: reason".
 boost::system::result<std::string, std::string> read_file(const std::filesystem::path& path);

@@ -117,7 +117,10 @@ state_load_result state_store::load() {
     std::string problem;
     std::ifstream in(file_, std::ios::binary);
     if (!in) {
-        problem = "cannot be read: " + errno_text(errno);
+        result.unreadable = file_.string() + " cannot be read: " + errno_text(errno) +
+                            "; it holds the runtime guests, so the daemon does not start "
+                            "without it (fix its access and start again)";
+        return result;
     } else {
         std::stringstream text;
         text << in.rdbuf();
@@ -143,6 +146,90 @@ state_load_result state_store::load() {
     return result;
 }
 
+namespace {
+// Temp file and rename; `durable` also fsyncs the file and the directory.
+std::optional<std::string> replace_file(const std::filesystem::path& directory,
+                                        const std::filesystem::path& file, const std::string& text,
+                                        const std::string& temp_name, bool durable) {
+    const auto temp = directory / temp_name;
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return "cannot create " + temp.string() + ": " + errno_text(errno);
+    const bool written = write_all(fd, text) && (!durable || ::fsync(fd) == 0);
+    const int write_errno = errno;
+    ::close(fd);
+    if (!written) {
+        ::unlink(temp.c_str());
+        return "cannot write " + temp.string() + ": " + errno_text(write_errno);
+    }
+    if (::rename(temp.c_str(), file.c_str()) != 0) {
+        const int rename_errno = errno;
+        ::unlink(temp.c_str());
+        return "cannot replace " + file.string() + ": " + errno_text(rename_errno);
+    }
+    if (durable) {
+        // The rename is durable only once the directory entry is on disk.
+        const int dir = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir >= 0) {
+            ::fsync(dir);
+            ::close(dir);
+        }
+    }
+    return std::nullopt;
+}
+}  // namespace
+
+std::filesystem::path state_store::ledger_file(std::string_view guest) const {
+    // Guest names are [A-Za-z0-9._-]: the suffix keeps "." and ".." from naming a directory.
+    return directory_ / "ledgers" / (std::string(guest) + ".ledger.json");
+}
+
+boost::system::result<std::optional<delivery_ledger>, std::string> state_store::load_ledger(
+    std::string_view guest) const {
+    using result = boost::system::result<std::optional<delivery_ledger>, std::string>;
+    const auto file = ledger_file(guest);
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+        if (errno == ENOENT)
+            return result(boost::system::in_place_value, std::nullopt);
+        return result(boost::system::in_place_error,
+                      "cannot read " + file.string() + ": " + errno_text(errno));
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    boost::system::error_code ec;
+    auto doc = json::parse(text.str(), ec);
+    auto ledger = ec ? boost::system::result<delivery_ledger, std::string>(
+                           boost::system::in_place_error, "not valid JSON: " + ec.message())
+                     : delivery_ledger::from_json(doc);
+    if (ledger)
+        return result(boost::system::in_place_value, std::move(*ledger));
+    auto aside = file;
+    aside += ".corrupt-" + utc_stamp();
+    std::error_code moved;
+    std::filesystem::rename(file, aside, moved);
+    return result(boost::system::in_place_error,
+                  file.string() + " is corrupt (" + ledger.error() + "); " +
+                      (moved ? "it could not be moved aside" : "moved to " + aside.string()));
+}
+
+std::optional<std::string> state_store::save_ledger(std::string_view guest,
+                                                    const delivery_ledger& ledger) const {
+    const auto directory = directory_ / "ledgers";
+    std::error_code ec;
+    std::filesystem::create_directories(directory, ec);
+    if (ec)
+        return "cannot create " + directory.string() + ": " + ec.message();
+    return replace_file(directory, ledger_file(guest), json::serialize(ledger.to_json()) + "\n",
+                        std::string(guest) + ".ledger.json.tmp-" + std::to_string(::getpid()),
+                        false);
+}
+
+void state_store::remove_ledger(std::string_view guest) const {
+    std::error_code ignored;
+    std::filesystem::remove(ledger_file(guest), ignored);
+}
+
 std::optional<std::string> state_store::save(const std::vector<runtime_guest_record>& guests) {
     json::array list;
     for (const auto& g : guests) {
@@ -163,29 +250,7 @@ std::optional<std::string> state_store::save(const std::vector<runtime_guest_rec
         json::serialize(json::object{{"version", format_version}, {"guests", std::move(list)}}) +
         "\n";
 
-    const auto temp = directory_ / (temp_prefix + std::to_string(::getpid()));
-    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return "cannot create " + temp.string() + ": " + errno_text(errno);
-    const bool written = write_all(fd, text) && ::fsync(fd) == 0;
-    const int write_errno = errno;
-    ::close(fd);
-    if (!written) {
-        ::unlink(temp.c_str());
-        return "cannot write " + temp.string() + ": " + errno_text(write_errno);
-    }
-    if (::rename(temp.c_str(), file_.c_str()) != 0) {
-        const int rename_errno = errno;
-        ::unlink(temp.c_str());
-        return "cannot replace " + file_.string() + ": " + errno_text(rename_errno);
-    }
-    // The rename is durable only once the directory entry is on disk.
-    const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-        ::fsync(dir);
-        ::close(dir);
-    }
-    return std::nullopt;
+    return replace_file(directory_, file_, text, temp_prefix + std::to_string(::getpid()), true);
 }
 
 }  // namespace stereos::daemon

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include <boost/json/object.hpp>
+#include <boost/system/result.hpp>
+
+#include "daemon/delivery_ledger.hpp"
 
 namespace stereos::daemon {
 
@@ -29,18 +32,34 @@ struct runtime_guest_record {
 
 struct state_load_result {
     std::vector<runtime_guest_record> guests;
-    // Set when the file was corrupt or unreadable: what happened and where it was moved.
+    // Set when the file was corrupt: what happened and where it was moved.
     std::optional<std::string> problem;
+    // Set when the file exists but cannot be read (EACCES, EIO): the daemon must not start
+    // without the guests it holds, nor move it aside.
+    std::optional<std::string> unreadable;
 };
 
 class state_store {
   public:
     explicit state_store(std::filesystem::path directory);
 
-    // Reads guests.json (a missing file is an empty list). A corrupt or unreadable file is
-    // renamed to guests.json.corrupt-<UTC time> and reported, never silently emptied.
-    // Leftover temp files of an interrupted write are removed.
+    // Reads guests.json (a missing file is an empty list). A corrupt file is renamed to
+    // guests.json.corrupt-<UTC time> and reported, never silently emptied; one that cannot be
+    // read is left in place and reported as `unreadable`. Leftover temp files of an interrupted
+    // write are removed.
     state_load_result load();
+
+    // Delivery ledgers, one file per guest under ledgers/. Written atomically (temp file,
+    // rename) but not fsynced: only a host crash could lose a write, and a host reboot starts
+    // every guest's run over anyway (a new boot_id).
+    // nullopt: no ledger yet. An error names the file and what is wrong; the file is moved aside.
+    boost::system::result<std::optional<delivery_ledger>, std::string> load_ledger(
+        std::string_view guest) const;
+    std::optional<std::string> save_ledger(std::string_view guest,
+                                           const delivery_ledger& ledger) const;
+    void remove_ledger(std::string_view guest) const;
+    // The key of the ledger's digests: made on first use, kept in the state directory.
+    std::filesystem::path digest_key_file() const { return directory_ / "ledger.key"; }
 
     // Replaces guests.json atomically; on failure the previous file is intact and the error
     // is returned.
@@ -49,6 +68,8 @@ class state_store {
     const std::filesystem::path& file() const noexcept { return file_; }
 
   private:
+    std::filesystem::path ledger_file(std::string_view guest) const;
+
     std::filesystem::path directory_;
     std::filesystem::path file_;
 };

@@ -321,6 +321,11 @@ decode_result<health_payload> decode_payload(const json::object& o, std::string_
         }
     }
     STEREOS_TRY(r.integer("uptime_seconds", h.uptime_seconds, true));
+    if (h.uptime_seconds < 0 || h.uptime_seconds > max_uptime_seconds) {
+        return fail(error::value_out_of_range,
+                    r.path("uptime_seconds") + ": " + std::to_string(h.uptime_seconds) +
+                        " is outside 0.." + std::to_string(max_uptime_seconds) + " (100 years)");
+    }
     return h;
 }
 template <>

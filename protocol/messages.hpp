@@ -70,10 +70,14 @@ struct agent_status {
     std::string error;
     bool operator==(const agent_status&) const = default;
 };
+// A guest reporting an uptime outside [0, this] is broken: the decoder refuses it, since the
+// value goes into time arithmetic (an int64 of nanoseconds holds about 292 years).
+inline constexpr std::int64_t max_uptime_seconds = 100LL * 366 * 24 * 3600;  // 100 years
+
 struct health_payload {
     lifecycle_state state = lifecycle_state::booting;
     std::vector<agent_status> agents;
-    std::int64_t uptime_seconds = 0;
+    std::int64_t uptime_seconds = 0;  // 0..max_uptime_seconds
     bool operator==(const health_payload&) const = default;
 };
 struct ack_payload {

@@ -185,6 +185,13 @@ asio::awaitable<void> guest_link::deadline_loop() {
     }
 }
 
+void guest_link::set_options(guest_link_options options) {
+    options.fast_retry_budget = core_.options().fast_retry_budget;
+    core_.set_options(options);
+    backoff_ = reconnect_backoff(options.reconnect_initial, options.reconnect_max, link_seed());
+    deadline_at(core_.next_deadline());
+}
+
 void guest_link::after_core_call() {
     if (core_.drop_requested())
         close_socket();
@@ -382,7 +389,7 @@ asio::awaitable<void> guest_link::connection_loop() {
                 if (clock::now() - up_since_ >= options.stable_after)
                     open_fast_retry_window();
                 retry_in = next_retry_delay();
-                emit(link_events::down{ended.reason, ended.detail, retry_in});
+                emit(link_events::down{ended.reason, ended.detail, retry_in, core_.last_received()});
             }
         }
         co_await wait_before_retry(retry_in);

@@ -122,7 +122,13 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     // short, and retries fast for fast_retry_window.
     void reconnect_now();
 
+    // New timings (a reload) for the live link: the connection is kept; the fast-retry budget
+    // stays the one it was created with.
+    void set_options(guest_link_options options);
+
     bool is_up() const noexcept { return core_.is_up(); }
+    bool is_unresponsive() const noexcept { return core_.is_unresponsive(); }
+    clock::time_point last_received() const noexcept { return core_.last_received(); }
     bool is_stopped() const noexcept { return finished_; }
     const link_stats& stats() const noexcept { return core_.stats(); }
     const request_metrics& metrics() const noexcept { return core_.metrics(); }

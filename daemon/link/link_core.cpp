@@ -190,6 +190,13 @@ void link_core::on_read(std::size_t size, clock::time_point now) {
     framer_.commit(size);
     if (size > 0)
         last_received_ = now;
+    if (size > 0 && declared_unresponsive_ && phase_ == phase::serving && !drop_requested()) {
+        // Any byte proves the guest is back (a paused VM resumed): the grace ends.
+        declared_unresponsive_ = false;
+        consecutive_timeouts_ = 0;
+        if (on_event_)
+            on_event_(link_events::responsive{});
+    }
     while (!drop_requested()) {
         auto line = framer_.next_line();
         if (!line) {
@@ -357,6 +364,7 @@ void link_core::queue_keepalive(clock::time_point now) {
 }
 
 void link_core::on_deadline(clock::time_point now) {
+    last_deadline_check_ = now;
     if (phase_ == phase::handshaking && now >= handshake_deadline_ && !drop_requested()) {
         metrics_.record(get_health_index, request_outcome::timeout);
         drop(link_error::handshake_timeout, "connected, but no answer to get_health within " +
@@ -398,6 +406,12 @@ void link_core::on_deadline(clock::time_point now) {
             link_error::keepalive_timeout,
             "keepalive ping unanswered within " + describe_ms(options_.request_timeout));
     }
+    if (declared_unresponsive_ && phase_ == phase::serving &&
+        now >= unresponsive_since_ + options_.unresponsive_grace) {
+        drop(link_error::guest_unresponsive,
+             "no answer for " + describe_ms(options_.unresponsive_grace) +
+                 " after the guest became unresponsive");
+    }
     if (phase_ == phase::serving && !drop_requested() && !keepalive_outstanding_ &&
         now >= last_received_ + options_.keepalive_interval) {
         queue_keepalive(now);
@@ -418,6 +432,8 @@ link_core::clock::time_point link_core::next_deadline() const {
         if (e.state != entry_state::abandoned)
             next = std::min(next, e.deadline);
     }
+    if (declared_unresponsive_ && phase_ == phase::serving)
+        next = std::min(next, unresponsive_since_ + options_.unresponsive_grace);
     return next;
 }
 
@@ -425,9 +441,9 @@ void link_core::declare_unresponsive(error_code cause, std::string reason) {
     if (phase_ != phase::serving || declared_unresponsive_)
         return;
     declared_unresponsive_ = true;
+    unresponsive_since_ = last_deadline_check_;
     if (on_event_)
-        on_event_(link_events::unresponsive{cause, reason});
-    drop(cause, std::move(reason));
+        on_event_(link_events::unresponsive{cause, std::move(reason)});
 }
 
 void link_core::drop(error_code reason, std::string detail) {

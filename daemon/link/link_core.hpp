@@ -122,6 +122,10 @@ class link_core {
     const link_stats& stats() const noexcept { return stats_; }
     const request_metrics& metrics() const noexcept { return metrics_; }
     const guest_link_options& options() const noexcept { return options_; }
+    // New timings (a reload): they apply to requests queued from now on and to the next
+    // deadline check; the connection is kept.
+    void set_options(const guest_link_options& options) { options_ = options; }
+    bool is_unresponsive() const noexcept { return declared_unresponsive_; }
 
   private:
     enum class entry_state : std::uint8_t { unwritten, written, abandoned };
@@ -164,7 +168,9 @@ class link_core {
     clock::time_point last_received_{};
     bool keepalive_outstanding_ = false;
     unsigned consecutive_timeouts_ = 0;
-    bool declared_unresponsive_ = false;  // on this connection
+    bool declared_unresponsive_ = false;  // on this connection, until it answers again
+    clock::time_point unresponsive_since_{};
+    clock::time_point last_deadline_check_{};  // the `now` of the running on_deadline()
     boost::system::error_code drop_reason_;
     std::string drop_detail_;
 

@@ -36,6 +36,9 @@ struct guest_link_options {
     // backs off as outside the window. Null: no bound.
     std::shared_ptr<retry_budget> fast_retry_budget;
     unsigned unresponsive_after_timeouts = 3;  // consecutive written-request timeouts
+    // An unresponsive connection stays open this long for a late answer (a paused VM answers
+    // after `cont`, and a connection that never broke cannot span a restart of the guest).
+    std::chrono::milliseconds unresponsive_grace{120000};
     std::size_t max_queued_requests = 4096;
     std::size_t max_queued_bytes = 8 * 1024 * 1024;
 };
@@ -58,13 +61,18 @@ struct down {
     boost::system::error_code error;
     std::string reason;
     std::chrono::milliseconds retry_in;
+    // When the guest last sent anything on the lost connection: its stereosd was alive then.
+    std::chrono::steady_clock::time_point last_received;
 };
-// Emitted once per connection, which is then dropped: `cause` is guest_unresponsive (that many
-// consecutive request timeouts) or keepalive_timeout.
+// The connection stopped answering: `cause` is guest_unresponsive (that many consecutive request
+// timeouts) or keepalive_timeout. It stays open for unresponsive_grace, then is dropped, unless
+// the guest answers first (then `responsive`).
 struct unresponsive {
     boost::system::error_code cause;
     std::string reason;
 };
+// An unresponsive connection answered again (a late reply counts): it was never broken.
+struct responsive {};
 struct protocol_violation {
     std::string detail;  // printable and bounded; the connection is reset after this
 };
@@ -78,7 +86,8 @@ struct unknown_message {
 
 using link_event =
     std::variant<link_events::connecting, link_events::connect_failed, link_events::up,
-                 link_events::down, link_events::unresponsive, link_events::protocol_violation,
+                 link_events::down, link_events::unresponsive, link_events::responsive,
+                 link_events::protocol_violation,
                  link_events::lifecycle, link_events::unknown_message>;
 using link_event_handler = std::function<void(const link_event&)>;
 

@@ -399,8 +399,8 @@ BOOST_AUTO_TEST_CASE(health_replies_update_uptime_and_agents_without_a_transitio
     BOOST_TEST((d.machine.uptime_at() == d.now));
     const auto started = d.machine.guest_started_within();
     BOOST_TEST_REQUIRE(started.has_value());
-    BOOST_TEST((started->first == d.steady_now - 102s));
-    BOOST_TEST((started->second == d.steady_now - 101s));
+    BOOST_TEST((started->earliest == d.steady_now - 102s));
+    BOOST_TEST((started->latest == d.steady_now - 101s));
     BOOST_TEST_REQUIRE(d.machine.agents().size() == 1u);
     BOOST_TEST(d.machine.agents()[0].restarts == 2);
 }

@@ -34,7 +34,7 @@ BOOST_AUTO_TEST_CASE(values_given_through_the_api_are_sent_without_reading_any_f
     config::provision_config p;
     p.config_content = "mixtape = \"inline\"\n";
     p.secrets = {{"API_KEY", {}, "", 0600, "in-memory-value"}};
-    auto steps = daemon::provisioning_steps(p);
+    auto steps = daemon::provisioning_items(p);
     BOOST_TEST_REQUIRE(steps.size() == 2u);
     auto config = steps[0].build();
     BOOST_TEST_REQUIRE(config.has_value());
@@ -49,7 +49,7 @@ BOOST_AUTO_TEST_CASE(a_key_file_that_is_not_a_public_key_fails_its_step_before_s
     temp_file not_a_key("-----BEGIN OPENSSH PRIVATE KEY-----\n");
     config::provision_config p;
     p.ssh_keys = {{"admin", "", not_a_key.path}};
-    auto steps = daemon::provisioning_steps(p);
+    auto steps = daemon::provisioning_items(p);
     BOOST_TEST_REQUIRE(steps.size() == 1u);
     auto built = steps[0].build();
     BOOST_TEST_REQUIRE(built.has_error());
@@ -62,14 +62,14 @@ BOOST_AUTO_TEST_CASE(a_key_file_holding_a_secret_is_refused_without_quoting_it) 
     temp_file token("ghp_TopSecretTokenValue123\n");
     config::provision_config p;
     p.ssh_keys = {{"admin", "", token.path}};
-    auto steps = daemon::provisioning_steps(p);
+    auto steps = daemon::provisioning_items(p);
     BOOST_TEST_REQUIRE(steps.size() == 1u);
     auto built = steps[0].build();
     BOOST_TEST_REQUIRE(built.has_error());
     BOOST_TEST(built.error().find("TopSecret") == std::string::npos, built.error());
 }
 
-BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
+BOOST_AUTO_TEST_CASE(items_follow_the_reference_host_order) {
     temp_file jcard("mixtape = \"base\"\n");
     temp_file key("ssh-ed25519 AAAAkey user@host\n");
     temp_file secret("hunter2");
@@ -78,7 +78,7 @@ BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
     p.ssh_keys = {{"admin", "ssh-ed25519 AAAAinline", {}}, {"root", "", key.path}};
     p.secrets = {{"API_KEY", secret.path, "", 0600, std::nullopt}};
     p.mounts = {{"share0", "/w", "9p", false}};
-    auto steps = daemon::provisioning_steps(p);
+    auto steps = daemon::provisioning_items(p);
     std::vector<std::string> names;
     names.reserve(steps.size());
     for (const auto& s : steps)
@@ -100,10 +100,49 @@ BOOST_AUTO_TEST_CASE(steps_follow_the_reference_host_order) {
                 protocol::secret_payload{"API_KEY", "hunter2", 0600}));
 }
 
+// stereosd rewrites a user's authorized_keys with each request: all of a user's keys go in one
+// request, one per line, duplicates once, keys added through the API included.
+BOOST_AUTO_TEST_CASE(all_of_a_users_keys_go_in_one_request) {
+    temp_file key("ssh-ed25519 AAAAfile admin@laptop\n");
+    config::provision_config p;
+    p.ssh_keys = {{"admin", "ssh-ed25519 AAAAfirst admin@desk", {}},
+                  {"root", "ssh-rsa AAAAroot root@host", {}},
+                  {"admin", "", key.path},
+                  {"admin", "ssh-ed25519 AAAAfirst admin@desk", {}}};
+    const daemon::api_key_map api_keys{{"admin", {"ssh-ed25519 AAAAapi admin@ci"}},
+                                       {"deploy", {"ssh-ed25519 AAAAdeploy ci"}}};
+    auto items = daemon::provisioning_items(p, api_keys);
+    std::vector<std::string> keys;
+    for (const auto& item : items)
+        keys.push_back(item.key);
+    BOOST_TEST(keys == (std::vector<std::string>{"ssh_keys admin", "ssh_keys root",
+                                                 "ssh_keys deploy"}),
+               boost::test_tools::per_element());
+    auto admin = items[0].build();
+    BOOST_TEST_REQUIRE(admin.has_value());
+    BOOST_TEST(std::get<protocol::ssh_key_payload>(*admin).public_key ==
+               "ssh-ed25519 AAAAfirst admin@desk\nssh-ed25519 AAAAfile admin@laptop\n"
+               "ssh-ed25519 AAAAapi admin@ci");
+    auto deploy = items[2].build();
+    BOOST_TEST_REQUIRE(deploy.has_value());
+    BOOST_TEST(std::get<protocol::ssh_key_payload>(*deploy).public_key ==
+               "ssh-ed25519 AAAAdeploy ci");
+}
+
+// stereosd checks only the start of the payload: every line is checked here.
+BOOST_AUTO_TEST_CASE(every_key_line_is_checked_not_only_the_first) {
+    auto joined = daemon::join_public_keys({"ssh-ed25519 AAAAgood a", "not a key at all"});
+    BOOST_TEST_REQUIRE(joined.has_error());
+    BOOST_TEST(joined.error().find("key 2") == 0u, joined.error());
+    auto several = daemon::join_public_keys({"ssh-ed25519 AAAAone a\nssh-rsa AAAAtwo b\n\n"});
+    BOOST_TEST_REQUIRE(several.has_value());
+    BOOST_TEST(*several == "ssh-ed25519 AAAAone a\nssh-rsa AAAAtwo b");
+}
+
 BOOST_AUTO_TEST_CASE(a_missing_file_fails_its_step_naming_the_file_only) {
     config::provision_config p;
     p.secrets = {{"K", "/nonexistent/secret-file", "", 0, std::nullopt}};
-    auto steps = daemon::provisioning_steps(p);
+    auto steps = daemon::provisioning_items(p);
     auto built = steps.at(0).build();
     BOOST_TEST_REQUIRE(built.has_error());
     BOOST_TEST(built.error() == "cannot read /nonexistent/secret-file: No such file or directory");
