@@ -145,4 +145,16 @@ std::vector<scheduled_lifecycle> parse_lifecycle_script(std::string_view text) {
     return events;
 }
 
+std::vector<std::int64_t> parse_uptime_sequence(std::string_view text) {
+    std::vector<std::int64_t> uptimes;
+    const std::string_view whole = text;
+    for (;;) {
+        const auto comma = text.find(',');
+        uptimes.push_back(parse_number<std::int64_t>(whole, text.substr(0, comma), "each uptime"));
+        if (comma == std::string_view::npos)
+            return uptimes;
+        text.remove_prefix(comma + 1);
+    }
+}
+
 }  // namespace stereos::testing

@@ -1,5 +1,6 @@
 // The text forms the stereos-fakeguest program reads: listen addresses (with --count
-// expansion), durations like "250ms", and lifecycle scripts like "1s:booting,2s:ready".
+// expansion), durations like "250ms", lifecycle scripts like "1s:booting,2s:ready", and uptime
+// sequences like "5,9223372036854775807".
 #pragma once
 
 #include <chrono>
@@ -52,5 +53,10 @@ struct scheduled_lifecycle {
 
 // "1s:booting,2s:ready,4s:healthy" -> events sorted by offset. Throws std::invalid_argument.
 std::vector<scheduled_lifecycle> parse_lifecycle_script(std::string_view text);
+
+// "5,9223372036854775807" -> {5, 9223372036854775807}, in order. Any 64-bit integers, negative
+// ones too: the sequence plays a broken guest. Throws std::invalid_argument on an empty item or
+// anything that is not such a number.
+std::vector<std::int64_t> parse_uptime_sequence(std::string_view text);
 
 }  // namespace stereos::testing

@@ -1,13 +1,17 @@
 #include "tests/fakeguest/fake_guest.hpp"
 
+#include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <deque>
 #include <iostream>
 #include <map>
@@ -230,6 +234,8 @@ struct answer {
     std::string request_type;  // "" for lines without a usable type
     protocol::guest_message reply;
     bool starts_shutdown = false;
+    // The decoded request, for the guest to act on when the reply is an ok ack.
+    std::optional<protocol::host_message> request = std::nullopt;
 };
 
 answer answer_line(std::string_view raw_line, const guest_behaviour& behaviour,
@@ -267,7 +273,99 @@ answer answer_line(std::string_view raw_line, const guest_behaviour& behaviour,
     }
     answer result{type, validate(*decoded->message, behaviour)};
     result.starts_shutdown = type == "shutdown";
+    result.request = std::move(*decoded->message);
     return result;
+}
+
+// ---- what the real guest does with what it accepts ---------------------------------------------
+
+// The "keys=N" of a delivery summary: a payload holds one key per line.
+std::size_t count_key_lines(std::string_view keys) {
+    std::size_t count = 0;
+    while (!keys.empty()) {
+        const auto nl = keys.find('\n');
+        const auto line = keys.substr(0, nl);
+        if (line.find_first_not_of(" \t\r") != std::string_view::npos)
+            ++count;
+        keys.remove_prefix(nl == std::string_view::npos ? keys.size() : nl + 1);
+    }
+    return count;
+}
+
+std::error_code last_error() {
+    return {errno, std::system_category()};
+}
+
+// sshd reads authorized_keys as the user: when the fake guest runs as root (inside a test VM),
+// .ssh and the file must be the user's, as stereosd makes them. A user the system does not know
+// (a test's made-up one) keeps root as owner.
+std::optional<std::pair<uid_t, gid_t>> owner_for(const std::string& user) {
+    if (::geteuid() != 0)
+        return std::nullopt;
+    passwd entry{};
+    passwd* found = nullptr;
+    std::array<char, 4096> buffer{};
+    if (::getpwnam_r(user.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
+        return std::nullopt;
+    return std::pair{found->pw_uid, found->pw_gid};
+}
+
+// As stereosd: the payload becomes the whole file, written beside it and renamed over it, so
+// sshd never reads half a file and no earlier key survives.
+std::error_code write_authorized_keys(const std::filesystem::path& root, const std::string& user,
+                                      std::string_view content) {
+    namespace fs = std::filesystem;
+    const fs::path home = user == "root" ? root / "root" : root / "home" / user;
+    const fs::path ssh_dir = home / ".ssh";
+    const fs::path target = ssh_dir / "authorized_keys";
+    const fs::path temp = ssh_dir / "authorized_keys.tmp";
+    std::error_code ec;
+    fs::create_directories(home, ec);
+    if (ec)
+        return ec;
+    const auto owner = owner_for(user);
+    // A .ssh that exists is left as it is; a new one is 0700 whatever the umask.
+    if (::mkdir(ssh_dir.c_str(), 0700) == 0) {
+        if (::chmod(ssh_dir.c_str(), 0700) != 0)
+            return last_error();
+        if (owner && ::chown(ssh_dir.c_str(), owner->first, owner->second) != 0)
+            return last_error();
+    } else if (errno != EEXIST) {
+        return last_error();
+    }
+    const int fd =
+        ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return last_error();
+    auto fail = [&](std::error_code error) {
+        ::close(fd);
+        ::unlink(temp.c_str());
+        return error;
+    };
+    // A left-over temp file keeps its old mode and owner through O_TRUNC: set both.
+    if (::fchmod(fd, 0600) != 0)
+        return fail(last_error());
+    if (owner && ::fchown(fd, owner->first, owner->second) != 0)
+        return fail(last_error());
+    while (!content.empty()) {
+        const auto written = ::write(fd, content.data(), content.size());
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written < 0)
+            return fail(last_error());
+        content.remove_prefix(static_cast<std::size_t>(written));
+    }
+    if (::close(fd) != 0) {
+        const auto error = last_error();
+        ::unlink(temp.c_str());
+        return error;
+    }
+    if (::rename(temp.c_str(), target.c_str()) != 0) {
+        const auto error = last_error();
+        ::unlink(temp.c_str());
+        return error;
+    }
+    return {};
 }
 
 std::string encode_line(const protocol::guest_message& message) {
@@ -432,7 +530,11 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     std::vector<std::string> endpoints;
     std::function<void(const received_line&)> observer;
     std::function<void()> shutdown_observer;
+    std::function<void(const std::string&)> delivery_observer;
     std::size_t accepted = 0;
+    // What the guest holds of what it accepted; see fake_guest::authorized_keys() and mounts().
+    std::map<std::string, std::string, std::less<>> authorized_keys;
+    std::vector<protocol::mount_payload> mounts;
 
     std::size_t open_count() const { return connections_.size(); }
     bool shut_down() const { return shutdown_started_; }
@@ -495,7 +597,12 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         shutdown_started_ = false;
         close_all_connections();
         booted_at_ = clock_type::now();
+        uptime_turn_ = 0;
         behaviour.health_state = state;
+        // A reboot loses what was only in memory or mounted; keys written to disk stay there.
+        mounts.clear();
+        if (!behaviour.root_directory)
+            authorized_keys.clear();
         reopen_listeners();
     }
 
@@ -731,6 +838,11 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
             }
         }
 
+        // A step that sets the answer replaces the guest's handling; otherwise the guest acts
+        // on the request now, whatever the fault switches later do to the reply.
+        if (!step || step->mode_ == script_step::reply_mode::default_reply)
+            act_on(answered);
+
         // The first faults_after_lines lines of a connection are answered as a healthy guest
         // would, so a link's handshake succeeds and the fault hits an established connection.
         fault_switches active = faults;
@@ -797,6 +909,49 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         }
         conn->wake.cancel();
         return true;
+    }
+
+    // What the real guest does besides answering: report the (scripted) uptime, write keys,
+    // mount. May turn an ok ack into a failed one, as a write error does in stereosd.
+    void act_on(answer& answered) {
+        if (auto* health = std::get_if<protocol::health_payload>(&answered.reply)) {
+            const auto& sequence = behaviour.uptime_sequence;
+            if (!sequence.empty())
+                health->uptime_seconds = sequence[uptime_turn_++ % sequence.size()];
+            return;
+        }
+        auto* acked = std::get_if<protocol::ack_payload>(&answered.reply);
+        if (!acked || !acked->ok || !answered.request)
+            return;
+        std::string summary;
+        if (const auto* key = std::get_if<protocol::ssh_key_payload>(&*answered.request)) {
+            if (behaviour.root_directory) {
+                if (const auto ec = write_authorized_keys(*behaviour.root_directory, key->user,
+                                                          key->public_key)) {
+                    *acked = ack("inject_ssh_key", "write authorized_keys: " + ec.message());
+                    return;
+                }
+            }
+            authorized_keys.insert_or_assign(key->user, key->public_key);
+            summary = "inject_ssh_key user=" + key->user +
+                      " keys=" + std::to_string(count_key_lines(key->public_key));
+        } else if (const auto* mount = std::get_if<protocol::mount_payload>(&*answered.request)) {
+            mounts.push_back(*mount);
+            const auto stacked =
+                std::count_if(mounts.begin(), mounts.end(), [&](const protocol::mount_payload& m) {
+                    return m.guest_path == mount->guest_path;
+                });
+            summary = "mount tag=" + mount->tag + " path=" + mount->guest_path +
+                      " stacked=" + std::to_string(stacked);
+        } else if (const auto* secret = std::get_if<protocol::secret_payload>(&*answered.request)) {
+            summary = "inject_secret name=" + secret->name;  // never the value
+        } else if (std::holds_alternative<protocol::config_payload>(*answered.request)) {
+            summary = "set_config";  // never the content: it carries secrets
+        } else {
+            return;  // shutdown: an ack, not a delivery
+        }
+        if (delivery_observer)
+            delivery_observer(summary);
     }
 
     void run_actions(const std::shared_ptr<connection>& conn,
@@ -969,6 +1124,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     bool shutdown_started_ = false;
     bool stopped_ = false;
     bool flood_running_ = false;
+    std::size_t uptime_turn_ = 0;  // the next index into behaviour.uptime_sequence
 };
 
 }  // namespace detail
@@ -1072,6 +1228,9 @@ void fake_guest::set_line_observer(std::function<void(const received_line&)> obs
 void fake_guest::set_shutdown_observer(std::function<void()> observer) {
     core_->shutdown_observer = std::move(observer);
 }
+void fake_guest::set_delivery_observer(std::function<void(const std::string& summary)> observer) {
+    core_->delivery_observer = std::move(observer);
+}
 
 const std::vector<received_line>& fake_guest::received() const noexcept {
     return core_->received;
@@ -1097,6 +1256,15 @@ std::chrono::seconds fake_guest::uptime() const noexcept {
 }
 const std::vector<std::string>& fake_guest::endpoints() const noexcept {
     return core_->endpoints;
+}
+std::optional<std::string> fake_guest::authorized_keys(std::string_view user) const {
+    const auto found = core_->authorized_keys.find(user);
+    if (found == core_->authorized_keys.end())
+        return std::nullopt;
+    return found->second;
+}
+const std::vector<protocol::mount_payload>& fake_guest::mounts() const noexcept {
+    return core_->mounts;
 }
 
 }  // namespace stereos::testing

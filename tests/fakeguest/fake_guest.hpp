@@ -1,11 +1,14 @@
 // A scripted fake `stereosd` for tests of the host daemon: it listens on TCP, unix, hybrid
 // vsock or AF_VSOCK sockets, answers like the real guest by default, and can be scripted or told to
-// misbehave.
+// misbehave. Like the real guest it keeps what it was given: inject_ssh_key rewrites the user's
+// whole authorized_keys (optionally as a real file under a root directory), and every mount
+// stacks on what is already mounted, so a test sees what re-sending does to a guest.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -31,11 +34,22 @@ struct guest_behaviour {
     std::vector<protocol::agent_status> agents;
     // inject_ssh_key for any other user is refused like the real guest's failed user lookup.
     std::set<std::string, std::less<>> known_users = {"root", "admin"};
+    // Set: each accepted inject_ssh_key also replaces ROOT/home/USER/.ssh/authorized_keys
+    // (ROOT/root/.ssh/authorized_keys for root) as stereosd does: directories created as needed
+    // (.ssh 0700), the payload written to authorized_keys.tmp (0600) and renamed over the file.
+    // When run as root, .ssh and the file go to the user if the system knows it, so that sshd can
+    // read them. A write error becomes the ack's error. "/" inside a test VM.
+    std::optional<std::filesystem::path> root_directory;
     // Non-zero: a valid mount fails as "mount TAG at PATH: exit status N", as in the captures
     // (that guest had no mount device and mount(8) exited 32). Zero: mounts succeed.
     int mount_exit_status = 0;
     // Between the shutdown ack and closing every connection; the real guest took ~15 ms.
     milliseconds shutdown_linger{15};
+    // Not empty: each health reply the guest gives (a client's handshake get_health included)
+    // reports the next of these uptimes, cycling, instead of the real one; the turn is the
+    // guest's, across connections, and reboot() starts it again. Plays a broken guest, e.g. one
+    // whose answers alternate between 5 and INT64_MAX.
+    std::vector<std::int64_t> uptime_sequence;
     // Keep every received line in memory for received(); a program serving thousands of guests
     // turns this off and uses a line observer instead.
     bool keep_received_lines = true;
@@ -99,7 +113,9 @@ class guest_core;
 //   guest.expect("set_config").reply(protocol::ack_payload{"set_config", false, "bad toml"});
 //   guest.expect("get_health").no_reply();
 // A step's reply still goes through the fault switches (garbage, wrong kind...), except that a
-// step's own delay replaces `reply_delay`.
+// step's own delay replaces `reply_delay`. A step that sets the answer (reply, reply_raw,
+// no_reply) replaces the guest's handling too: the request takes no effect (no key written, no
+// mount, no delivery observed, no turn of the uptime sequence).
 class script_step {
   public:
     explicit script_step(std::string type) : type_(std::move(type)) {}
@@ -191,8 +207,10 @@ class fake_guest {
     // Closes the listeners so new connections are refused (ECONNREFUSED), and re-opens them on
     // the same addresses after `duration`. Open connections are untouched.
     void refuse_connections_for(milliseconds duration);
-    // Like a guest reboot: closes every connection, uptime restarts at 0, the health state
-    // becomes `state`, and listeners accept again (also after a shutdown).
+    // Like a guest reboot: closes every connection, uptime restarts at 0 (an uptime_sequence at
+    // its first value), the health state becomes `state`, the mounts are gone, and listeners
+    // accept again (also after a shutdown). Written keys are forgotten only without a
+    // root_directory (see authorized_keys()); files on disk are left alone.
     void reboot(lifecycle_state state = lifecycle_state::ready);
     // Closes listeners (removing unix socket files), connections and timers so the io_context
     // can run out of work. Final: the guest does not listen again.
@@ -202,6 +220,13 @@ class fake_guest {
     void set_line_observer(std::function<void(const received_line&)> observer);
     // Called once a shutdown has closed every connection, as the real guest then powers off.
     void set_shutdown_observer(std::function<void()> observer);
+    // Called once per request the guest accepts (its own ack is ok:true) with a summary that
+    // names things and never carries a value: "inject_ssh_key user=admin keys=2" (non-blank
+    // lines of the payload), "mount tag=T path=/p stacked=N" (mounts now stacked at that path),
+    // "inject_secret name=NAME", "set_config". The request has taken effect by then. A fault
+    // switch that garbles or withholds the reply does not undo it: the guest did the work and
+    // the answer was lost, which is what makes a host re-send.
+    void set_delivery_observer(std::function<void(const std::string& summary)> observer);
 
     // ---- observations
     const std::vector<received_line>& received() const noexcept;
@@ -214,6 +239,13 @@ class fake_guest {
     std::chrono::seconds uptime() const noexcept;
     // The listener endpoints, in the order they were added.
     const std::vector<std::string>& endpoints() const noexcept;
+    // What the last accepted inject_ssh_key for `user` wrote as its whole authorized_keys;
+    // nullopt if none did. reboot() forgets it unless behaviour.root_directory is set: then the
+    // file is on disk, and a real VM's /home survives a reboot (only /run is lost).
+    std::optional<std::string> authorized_keys(std::string_view user) const;
+    // Every accepted mount in order, repeats included: a mount over a path already mounted
+    // stacks on it, as mount(8) does. reboot() clears them.
+    const std::vector<protocol::mount_payload>& mounts() const noexcept;
 
   private:
     explicit fake_guest(std::shared_ptr<detail::guest_core> core);
@@ -223,6 +255,8 @@ class fake_guest {
 
 // The reply the real guest gives to one request line (without its "\n") under `behaviour`;
 // `uptime_seconds` goes into health replies. Exposed to check default answers without sockets.
+// Has no memory and no effects: it writes no file, ignores behaviour.uptime_sequence (whose turn
+// belongs to a fake_guest) and answers as if a write would succeed.
 protocol::guest_message default_reply(std::string_view line, const guest_behaviour& behaviour,
                                       std::int64_t uptime_seconds);
 

@@ -1,11 +1,15 @@
 // stereos-fakeguest: fake stereosd guests as a real process, for integration tests, the demo,
 // benchmarks and the real-VM tests. Prints "listening <endpoint>" per guest, runs until SIGINT or
-// SIGTERM (exit 0). SIGUSR1 closes every connection, a link blip that keeps the uptime.
+// SIGTERM (exit 0). SIGUSR1 closes every connection, a link blip that keeps the uptime. With
+// --log-requests it prints "request <summary>" per received line and "delivered <summary>" per
+// request a guest accepted, so a test can count deliveries; never a value. With --root DIR the
+// guests write authorized_keys files under DIR as stereosd does ("--root /" inside a test VM).
 #include <sys/reboot.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -54,6 +58,8 @@ struct program_options {
     bool log_requests = false;
     bool power_off_on_shutdown = false;
     int mount_exit_status = 0;
+    std::string root_directory;
+    std::string uptime_sequence;
 };
 
 std::string listen_on(fake_guest& guest, const listen_spec& spec) {
@@ -153,12 +159,22 @@ int main(int argc, char** argv) {
                        "push lifecycle events at offsets from start, e.g. 1s:booting,2s:ready");
         app.add_option("--record", opt.record, "append every received line to FILE");
         app.add_flag("--log-requests", opt.log_requests,
-                     "print \"request TYPE [name=...]\" per received line, never a value");
+                     "print \"request TYPE [name=...]\" per received line and \"delivered TYPE "
+                     "...\" per accepted request (keys=N, stacked=N for mounts), never a value");
         app.add_flag("--power-off-on-shutdown", opt.power_off_on_shutdown,
                      "power the machine off after acking shutdown (as a VM's guest daemon; "
                      "only where /run/stereos-vm exists)");
         app.add_option("--mount-exit-status", opt.mount_exit_status,
                        "make valid mounts fail with this exit status (0: they succeed)");
+        app.add_option("--root", opt.root_directory,
+                       "write each accepted inject_ssh_key as DIR/home/USER/.ssh/authorized_keys "
+                       "(DIR/root/... for root), replacing it through a temp file and rename as "
+                       "stereosd; \"/\" inside a test VM. All guests share it")
+            ->type_name("DIR");
+        app.add_option("--uptime-sequence", opt.uptime_sequence,
+                       "health replies report these uptimes in turn, cycling, instead of the real "
+                       "one, e.g. 5,9223372036854775807 (a broken guest)")
+            ->type_name("N,N...");
         CLI11_PARSE(app, argc, argv);
 
         if (opt.power_off_on_shutdown && ::access(vm_marker, F_OK) != 0) {
@@ -172,6 +188,9 @@ int main(int argc, char** argv) {
         const auto reply_delay = parse_duration(opt.reply_delay);
         const auto connection_lifetime = parse_duration(opt.connection_lifetime);
         const auto lifecycle_events = parse_lifecycle_script(opt.lifecycle_script);
+        const auto uptime_sequence = opt.uptime_sequence.empty()
+                                         ? std::vector<std::int64_t>{}
+                                         : parse_uptime_sequence(opt.uptime_sequence);
         std::vector<listen_spec> specs;
         for (const auto& text : opt.listen) {
             for (auto& spec : expand_listen_spec(parse_listen_spec(text), opt.count))
@@ -195,6 +214,9 @@ int main(int argc, char** argv) {
             guest->behaviour.health_state = *state;
             guest->behaviour.mount_exit_status = opt.mount_exit_status;
             guest->behaviour.keep_received_lines = false;  // thousands of guests, long runs
+            guest->behaviour.uptime_sequence = uptime_sequence;
+            if (!opt.root_directory.empty())
+                guest->behaviour.root_directory = opt.root_directory;
             auto& faults = guest->faults;
             faults.reply_delay = reply_delay;
             faults.never_reply = opt.never_reply;
@@ -218,6 +240,12 @@ int main(int argc, char** argv) {
                     }
                     if (opt.log_requests)
                         std::cout << "request " << request_summary(line.text) << std::endl;
+                });
+            }
+            if (opt.log_requests) {
+                // After the request's own line: a test counts these to see what took effect.
+                guest->set_delivery_observer([](const std::string& summary) {
+                    std::cout << "delivered " << summary << std::endl;
                 });
             }
             if (opt.power_off_on_shutdown)

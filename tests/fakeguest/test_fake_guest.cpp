@@ -1,9 +1,11 @@
 // The scripted fake guest over real sockets: its default answers against the real guest's
-// captures, the 1 MiB limit, shutdown, the hybrid handshake, every fault switch, scripts, and the
+// captures, the 1 MiB limit, what it keeps (authorized_keys rewritten, mounts stacked, scripted
+// uptimes, deliveries), shutdown, the hybrid handshake, every fault switch, scripts, and the
 // stereos-fakeguest program as a real process.
 #define BOOST_TEST_MODULE stereos_fakeguest_tests
 #include <linux/vm_sockets.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <boost/asio/co_spawn.hpp>
@@ -501,6 +504,264 @@ BOOST_AUTO_TEST_CASE(every_received_line_is_recorded_with_its_connection) {
     BOOST_TEST(guest.received() == expected, boost::test_tools::per_element());
     BOOST_TEST(observed == expected, boost::test_tools::per_element());
     BOOST_TEST(guest.connections_accepted() == 2u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---- what the guest keeps: keys, mounts, uptimes, deliveries --------------------------------
+
+namespace {
+
+// Sends one request line and returns the guest's ack. Pass a named string: g++ 12 mishandles
+// temporaries built in the argument list of an awaited coroutine.
+asio::awaitable<protocol::ack_payload> send_for_ack(test_client& client, std::string_view line) {
+    BOOST_TEST_REQUIRE(!co_await client.send(line));
+    co_return expect_reply<protocol::ack_payload>(co_await client.expect_line());
+}
+
+asio::awaitable<std::int64_t> health_uptime(test_client& client) {
+    co_await client.send(get_health_line);
+    co_return expect_reply<protocol::health_payload>(co_await client.expect_line()).uptime_seconds;
+}
+
+// Permission bits of a file, as ls shows them (0700...).
+unsigned mode_of(const std::filesystem::path& path) {
+    struct stat info {};
+    BOOST_TEST_REQUIRE(::stat(path.c_str(), &info) == 0, path << ": " << std::strerror(errno));
+    return info.st_mode & 07777;
+}
+
+std::string key_line(const std::string& user, const std::string& keys) {
+    return encoded(protocol::ssh_key_payload{user, keys});
+}
+
+const std::string first_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFirst first@host";
+const std::string second_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISecond second@host";
+const std::string never_written = "(never written)";
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(guest_state)
+
+BOOST_AUTO_TEST_CASE(two_separate_key_requests_for_one_user_leave_only_the_second) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    const auto endpoint = guest.listen_tcp();
+    const auto first = key_line("admin", first_key);
+    const auto second = key_line("admin", second_key);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        BOOST_TEST((co_await send_for_ack(client, first)).ok);
+        BOOST_TEST((co_await send_for_ack(client, second)).ok);
+    });
+    BOOST_TEST(guest.authorized_keys("admin").value_or(never_written) == second_key);
+    BOOST_TEST(!guest.authorized_keys("root").has_value());
+    // Without a root directory the keys were only in memory: a reboot forgets them.
+    guest.reboot();
+    BOOST_TEST(!guest.authorized_keys("admin").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(a_payload_of_several_keys_installs_them_all_since_only_its_start_is_checked) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    std::vector<std::string> delivered;
+    guest.set_delivery_observer([&](const std::string& summary) { delivered.push_back(summary); });
+    const auto endpoint = guest.listen_tcp();
+    const std::string two_keys = first_key + "\n" + second_key + "\n";
+    const std::string good_then_junk = second_key + "\nnot a key\n";
+    const auto both = key_line("admin", two_keys);
+    const auto bad_first_line = key_line("admin", "not a key\n" + first_key);
+    const auto bad_second_line = key_line("root", good_then_junk);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        BOOST_TEST((co_await send_for_ack(client, both)).ok);
+        // A bad first line is refused and changes nothing; a bad later line is not even seen.
+        BOOST_TEST(!(co_await send_for_ack(client, bad_first_line)).ok);
+        BOOST_TEST(guest.authorized_keys("admin").value_or(never_written) == two_keys);
+        BOOST_TEST((co_await send_for_ack(client, bad_second_line)).ok);
+    });
+    BOOST_TEST(guest.authorized_keys("root").value_or(never_written) == good_then_junk);
+    const std::vector<std::string> expected = {"inject_ssh_key user=admin keys=2",
+                                               "inject_ssh_key user=root keys=2"};
+    BOOST_TEST(delivered == expected, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(with_a_root_directory_keys_replace_the_file_through_a_rename_owner_only) {
+    asio::io_context io;
+    temp_dir root;
+    fake_guest guest(io.get_executor());
+    guest.behaviour.root_directory = root.path();
+    const auto endpoint = guest.listen_tcp();
+    const auto ssh_dir = root.path() / "home" / "admin" / ".ssh";
+    const auto file = ssh_dir / "authorized_keys";
+    const auto earlier = root.path() / "earlier-authorized_keys";
+    const auto admin_first = key_line("admin", first_key);
+    const auto admin_second = key_line("admin", second_key);
+    const auto root_first = key_line("root", first_key);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        BOOST_TEST((co_await send_for_ack(client, admin_first)).ok);
+        BOOST_TEST_REQUIRE(std::filesystem::exists(file));
+        BOOST_TEST(read_text_file(file) == first_key);
+        // A second name for the first file: a rewrite in place would change it too, a rename
+        // leaves it alone.
+        std::filesystem::create_hard_link(file, earlier);
+        BOOST_TEST((co_await send_for_ack(client, admin_second)).ok);
+        BOOST_TEST((co_await send_for_ack(client, root_first)).ok);
+    });
+    BOOST_TEST(read_text_file(file) == second_key);
+    BOOST_TEST(read_text_file(earlier) == first_key);
+    BOOST_TEST(!std::filesystem::exists(ssh_dir / "authorized_keys.tmp"));
+    BOOST_TEST(mode_of(ssh_dir) == 0700u);
+    BOOST_TEST(mode_of(file) == 0600u);
+    const auto root_file = root.path() / "root" / ".ssh" / "authorized_keys";
+    BOOST_TEST_REQUIRE(std::filesystem::exists(root_file));
+    BOOST_TEST(read_text_file(root_file) == first_key);
+    BOOST_TEST(mode_of(root_file) == 0600u);
+    // The files outlive a reboot, and so does what the guest says it wrote.
+    guest.reboot();
+    BOOST_TEST(guest.authorized_keys("admin").value_or(never_written) == second_key);
+    BOOST_TEST(read_text_file(file) == second_key);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_write_of_authorized_keys_is_the_acks_error) {
+    asio::io_context io;
+    temp_dir dir;
+    // A plain file where the root directory should be: nothing can be created under it, even
+    // by root.
+    const auto not_a_directory = dir.write("not-a-directory", "x");
+    fake_guest guest(io.get_executor());
+    guest.behaviour.root_directory = not_a_directory;
+    std::vector<std::string> delivered;
+    guest.set_delivery_observer([&](const std::string& summary) { delivered.push_back(summary); });
+    const auto endpoint = guest.listen_tcp();
+    const auto request = key_line("admin", first_key);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        const auto ack = co_await send_for_ack(client, request);
+        BOOST_TEST(ack.reply_to == "inject_ssh_key");
+        BOOST_TEST(!ack.ok);
+        BOOST_TEST(ack.error == "write authorized_keys: " + std::string(std::strerror(ENOTDIR)));
+    });
+    BOOST_TEST(!guest.authorized_keys("admin").has_value());
+    BOOST_TEST(delivered.empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_identical_mount_twice_stacks_two_and_a_reboot_clears_them) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    std::vector<std::string> delivered;
+    guest.set_delivery_observer([&](const std::string& summary) { delivered.push_back(summary); });
+    const auto endpoint = guest.listen_tcp();
+    const protocol::mount_payload work{"share0", "/work", "virtiofs", false};
+    const protocol::mount_payload data{"share1", "/data", "9p", true};
+    const auto mount_work = encoded(work);
+    const auto mount_data = encoded(data);
+    const auto mount_etc = encoded(protocol::mount_payload{"x", "/etc", "virtiofs"});
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        BOOST_TEST((co_await send_for_ack(client, mount_work)).ok);
+        BOOST_TEST((co_await send_for_ack(client, mount_data)).ok);
+        BOOST_TEST((co_await send_for_ack(client, mount_work)).ok);
+        // Refused mounts are not mounted.
+        BOOST_TEST(!(co_await send_for_ack(client, mount_etc)).ok);
+        guest.behaviour.mount_exit_status = 32;
+        BOOST_TEST(!(co_await send_for_ack(client, mount_work)).ok);
+    });
+    const std::vector<protocol::mount_payload> expected_mounts = {work, data, work};
+    BOOST_TEST((guest.mounts() == expected_mounts));
+    const std::vector<std::string> expected = {"mount tag=share0 path=/work stacked=1",
+                                               "mount tag=share1 path=/data stacked=1",
+                                               "mount tag=share0 path=/work stacked=2"};
+    BOOST_TEST(delivered == expected, boost::test_tools::per_element());
+    guest.reboot();
+    BOOST_TEST(guest.mounts().empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_uptime_sequence_cycles_through_health_replies_across_connections) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    constexpr auto huge = std::numeric_limits<std::int64_t>::max();
+    guest.behaviour.uptime_sequence = {5, huge};
+    const auto endpoint = guest.listen_tcp();
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto first = co_await connect(endpoint);
+        BOOST_TEST(co_await health_uptime(first) == 5);  // a client's handshake sees it too
+        BOOST_TEST(co_await health_uptime(first) == huge);
+        BOOST_TEST(co_await health_uptime(first) == 5);
+        // The turn is the guest's: a new connection carries on where the last reply left off.
+        auto second = co_await connect(endpoint);
+        BOOST_TEST(co_await health_uptime(second) == huge);
+        // Other requests take no turn.
+        co_await second.send(ping_line);
+        expect_reply<protocol::pong_reply>(co_await second.expect_line());
+        BOOST_TEST(co_await health_uptime(second) == 5);
+        // A reboot starts the sequence again; an empty one reports the real uptime.
+        BOOST_TEST(co_await health_uptime(second) == huge);
+        guest.reboot();
+        auto third = co_await connect(endpoint);
+        BOOST_TEST(co_await health_uptime(third) == 5);
+        guest.behaviour.uptime_sequence.clear();
+        BOOST_TEST(co_await health_uptime(third) == 0);
+    });
+    // default_reply has no memory: it reports the uptime it is given.
+    const auto reply = default_reply(R"({"type":"get_health"})", guest.behaviour, 42);
+    BOOST_TEST(std::get<protocol::health_payload>(reply).uptime_seconds == 42);
+}
+
+BOOST_AUTO_TEST_CASE(the_delivery_observer_names_accepted_deliveries_and_never_a_value) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    std::vector<std::string> delivered;
+    guest.set_delivery_observer([&](const std::string& summary) { delivered.push_back(summary); });
+    const auto endpoint = guest.listen_tcp();
+    const std::string secret_value = "s3cr3t-value-never-observed";
+    const auto secret = encoded(protocol::secret_payload{"API_KEY", secret_value});
+    const auto config = encoded(protocol::config_payload{"token = \"" + secret_value + "\""});
+    const auto bad_secret = encoded(protocol::secret_payload{"a/b", secret_value});
+    const auto unknown_user = key_line("nobody", first_key);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        BOOST_TEST((co_await send_for_ack(client, secret)).ok);
+        BOOST_TEST((co_await send_for_ack(client, config)).ok);
+        // Refused: no delivery.
+        BOOST_TEST(!(co_await send_for_ack(client, bad_secret)).ok);
+        BOOST_TEST(!(co_await send_for_ack(client, unknown_user)).ok);
+        // Answered, but not deliveries.
+        co_await client.send(ping_line);
+        co_await client.expect_line();
+        co_await health_uptime(client);
+    });
+    const std::vector<std::string> expected = {"inject_secret name=API_KEY", "set_config"};
+    BOOST_TEST(delivered == expected, boost::test_tools::per_element());
+    for (const auto& summary : delivered)
+        BOOST_TEST(summary.find(secret_value) == std::string::npos, summary);
+}
+
+BOOST_AUTO_TEST_CASE(a_lost_reply_still_takes_effect_and_a_scripted_reply_takes_none) {
+    asio::io_context io;
+    fake_guest guest(io.get_executor());
+    guest.faults.never_reply = true;
+    const auto endpoint = guest.listen_tcp();
+    const auto mount = encoded(protocol::mount_payload{"share0", "/work", "virtiofs", false});
+    const auto key = key_line("admin", first_key);
+    run_io(io, [&]() -> asio::awaitable<void> {
+        auto client = co_await connect(endpoint);
+        co_await client.send(mount);
+        BOOST_TEST(co_await client.quiet_for(300ms));
+        BOOST_TEST(guest.mounts().size() == 1u);  // done, though the host never heard so
+
+        guest.faults.never_reply = false;
+        guest.expect("mount").reply(protocol::ack_payload{"mount", true, {}});
+        guest.expect("inject_ssh_key").no_reply();
+        guest.expect("mount").reply_after(10ms);  // the guest's own answer, just later
+        BOOST_TEST((co_await send_for_ack(client, mount)).ok);
+        co_await client.send(key);
+        BOOST_TEST((co_await send_for_ack(client, mount)).ok);
+        BOOST_TEST(guest.script_finished());
+    });
+    BOOST_TEST(guest.mounts().size() == 2u);
+    BOOST_TEST(!guest.authorized_keys("admin").has_value());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -1222,6 +1483,19 @@ BOOST_AUTO_TEST_CASE(lifecycle_scripts_parse_into_sorted_events) {
     BOOST_TEST(parse_lifecycle_script("").empty());
 }
 
+BOOST_AUTO_TEST_CASE(uptime_sequences_are_comma_separated_64_bit_integers) {
+    const std::vector<std::int64_t> expected = {5, 9223372036854775807, -1};
+    BOOST_TEST(parse_uptime_sequence("5,9223372036854775807,-1") == expected,
+               boost::test_tools::per_element());
+    BOOST_TEST(parse_uptime_sequence("7") == std::vector<std::int64_t>{7},
+               boost::test_tools::per_element());
+    BOOST_CHECK_THROW(parse_uptime_sequence("9223372036854775808"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_uptime_sequence("5,,9"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_uptime_sequence("5,"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_uptime_sequence("5s"), std::invalid_argument);
+    BOOST_CHECK_THROW(parse_uptime_sequence(""), std::invalid_argument);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---- the program ----------------------------------------------------------------------------
@@ -1390,6 +1664,8 @@ BOOST_AUTO_TEST_CASE(log_requests_prints_names_not_values_and_sigusr1_closes_con
         BOOST_TEST(expect_reply<protocol::ack_payload>(co_await client.expect_line()).ok);
         const auto logged = expect_stdout_line(process);
         BOOST_TEST(logged == "request inject_secret name=API_KEY");
+        const auto delivered = expect_stdout_line(process);
+        BOOST_TEST(delivered == "delivered inject_secret name=API_KEY");
 
         process.send_signal(SIGUSR1);
         BOOST_TEST(expect_stdout_line(process) == "closing every connection (SIGUSR1)");
@@ -1400,8 +1676,61 @@ BOOST_AUTO_TEST_CASE(log_requests_prints_names_not_values_and_sigusr1_closes_con
         expect_reply<protocol::pong_reply>(co_await again.expect_line());
         BOOST_TEST(expect_stdout_line(process) == "request ping");
         BOOST_TEST(logged.find(secret_value) == std::string::npos);
+        BOOST_TEST(delivered.find(secret_value) == std::string::npos);
     });
     BOOST_TEST(process.stop(20s) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(log_requests_prints_delivered_lines_and_root_and_uptime_sequence_apply) {
+    asio::io_context io;
+    temp_dir dir;
+    const auto root = dir.path() / "root";
+    const std::string secret_value = "s3cr3t-never-delivered-to-the-console";
+    auto process = start_fakeguest(dir, "fakeguest",
+                                   {"--listen", "tcp:127.0.0.1:0", "--log-requests", "--root",
+                                    root.string(), "--uptime-sequence", "5,9223372036854775807"});
+    const std::string two_keys = first_key + "\n" + second_key + "\n";
+    const auto keys = key_line("admin", two_keys);
+    const auto mount_work = encoded(protocol::mount_payload{"share0", "/work", "virtiofs", false});
+    const auto mount_etc = encoded(protocol::mount_payload{"x", "/etc", "virtiofs"});
+    const auto secret = encoded(protocol::secret_payload{"API_KEY", secret_value});
+    std::vector<std::string> printed;
+    run_io(io, [&]() -> asio::awaitable<void> {
+        const auto endpoint = read_listening_lines(process, 1).at(0);
+        auto client = co_await connect(endpoint);
+        BOOST_TEST(co_await health_uptime(client) == 5);
+        BOOST_TEST(co_await health_uptime(client) == 9223372036854775807);
+        BOOST_TEST((co_await send_for_ack(client, keys)).ok);
+        BOOST_TEST((co_await send_for_ack(client, mount_work)).ok);
+        BOOST_TEST((co_await send_for_ack(client, mount_work)).ok);
+        BOOST_TEST(!(co_await send_for_ack(client, mount_etc)).ok);
+        BOOST_TEST((co_await send_for_ack(client, secret)).ok);
+        // Every reply is in, so every line is printed; the last one marks the end.
+        co_await client.send(ping_line);
+        expect_reply<protocol::pong_reply>(co_await client.expect_line());
+        for (std::string line; line != "request ping";) {
+            line = expect_stdout_line(process);
+            printed.push_back(line);
+        }
+    });
+    BOOST_TEST(process.stop(20s) == 0);
+    const std::vector<std::string> expected = {"request get_health",
+                                               "request get_health",
+                                               "request inject_ssh_key user=admin",
+                                               "delivered inject_ssh_key user=admin keys=2",
+                                               "request mount tag=share0",
+                                               "delivered mount tag=share0 path=/work stacked=1",
+                                               "request mount tag=share0",
+                                               "delivered mount tag=share0 path=/work stacked=2",
+                                               "request mount tag=x",
+                                               "request inject_secret name=API_KEY",
+                                               "delivered inject_secret name=API_KEY",
+                                               "request ping"};
+    BOOST_TEST(printed == expected, boost::test_tools::per_element());
+    BOOST_TEST(process.stdout_text().find(secret_value) == std::string::npos);
+    const auto file = root / "home" / "admin" / ".ssh" / "authorized_keys";
+    BOOST_TEST_REQUIRE(std::filesystem::exists(file));
+    BOOST_TEST(read_text_file(file) == two_keys);
 }
 
 BOOST_AUTO_TEST_CASE(power_off_on_shutdown_is_refused_outside_a_test_vm) {
