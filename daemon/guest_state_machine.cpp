@@ -201,7 +201,7 @@ bool shows_new_run(const start_interval& last, std::optional<std::int64_t> last_
                                guest_events::steady_time::duration::zero()});
     // One run's uptime never decreases, however close together the answers are.
     const bool moved = gap > restart_tolerance || (last_uptime && uptime_seconds < *last_uptime);
-    return moved && now.latest > last_heard;
+    return moved && now.latest >= last_heard;
 }
 
 void guest_state_machine::remember_run(start_interval started,

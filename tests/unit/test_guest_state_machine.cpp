@@ -543,19 +543,39 @@ BOOST_AUTO_TEST_CASE(a_restart_of_stereosd_alone_is_a_restart) {
 }
 
 BOOST_AUTO_TEST_CASE(start_times_within_the_tolerance_are_the_same_run) {
-    for (const std::int64_t uptime : {99, 100, 101, 102, 103, 104, 105, 106}) {
+    for (const std::int64_t uptime : {0, 1, 2, 3, 50, 97, 98, 99, 100, 101, 102, 103, 104, 105}) {
         BOOST_TEST_CONTEXT("uptime " << uptime) {
             driver d;
             // Answered at t2: started within [t2 - 101, t2 - 100].
             d.feed_all({ev::link_connecting{}, up(L::healthy, 100)});
             d.machine.mark_provisioned(*d.machine.begin_provisioning());
-            // Answered at t3 = t2 + 1: started within [t2 - uptime, t2 - uptime + 1], apart from
-            // the first by max(100 - uptime, uptime - 102) seconds; a lower uptime is a restart
-            // whatever the gap.
+            d.feed(ev::link_lost{"reset", d.steady_now});  // t3, heard last at t2
+            // Answered at t4 = t2 + 2: started within [t2 + 1 - uptime, t2 + 2 - uptime], apart
+            // from the first by max(99 - uptime, uptime - 103) seconds; a lower uptime counts
+            // whatever the gap. Either is a restart only if the new start can be after the old
+            // run last spoke (t2); before that, it is a pause.
+            const auto result = d.feed(up(L::healthy, uptime));
+            const auto gap = std::max<std::int64_t>({99 - uptime, uptime - 103, 0});
+            const bool moved = gap > restart_tolerance.count() || uptime < 100;
+            const bool after_last_word = 2 - uptime >= 0;
+            BOOST_TEST(result.rebooted == (moved && after_last_word));
+        }
+    }
+}
+
+// Answers on one connection never show a restart: a restarted stereosd cannot answer on its
+// predecessor's connection. Whatever they say, they re-anchor the start time.
+BOOST_AUTO_TEST_CASE(answers_on_one_connection_are_one_run_whatever_their_uptime) {
+    for (const std::int64_t uptime : {0, 3, 99, 100, 150, 100000}) {
+        BOOST_TEST_CONTEXT("uptime " << uptime) {
+            driver d;
+            d.feed_all(path_to(guest_state::healthy));
+            d.machine.mark_provisioned(*d.machine.begin_provisioning());
             const auto result = d.feed(health(L::healthy, uptime));
-            const auto gap = std::max<std::int64_t>({100 - uptime, uptime - 102, 0});
-            const bool restart = gap > restart_tolerance.count() || uptime < 100;
-            BOOST_TEST(result.rebooted == restart);
+            BOOST_TEST(!result.rebooted);
+            BOOST_TEST(!result.new_run);
+            BOOST_TEST(!result.provisioning_due);
+            BOOST_TEST(d.machine.boot_count() == 1u);
         }
     }
 }
@@ -572,11 +592,11 @@ BOOST_AUTO_TEST_CASE(a_late_health_answer_is_not_a_restart) {
     BOOST_TEST(!result.rebooted);
     BOOST_TEST(!result.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 1u);
-    // Had it been answered at once, 105 s at t2 + 11 would be a start 6 s later: a restart.
-    driver prompt;
-    prompt.feed_all(path_to(guest_state::healthy));
-    prompt.wait(10s);
-    BOOST_TEST(prompt.feed(health(L::healthy, 105)).rebooted);
+    // On a new connection, the late answer's wide interval still overlaps the last one.
+    d.feed(ev::link_lost{"reset", d.steady_now});
+    d.wait(3s);
+    const auto later = d.steady_now + 1s;  // t2 + 16
+    BOOST_TEST(!d.feed(ev::link_up{{L::healthy, {}, 108}, later, later - 6s}).rebooted);
 }
 
 BOOST_AUTO_TEST_CASE(slow_clock_drift_over_days_is_not_a_restart) {
@@ -594,17 +614,18 @@ BOOST_AUTO_TEST_CASE(slow_clock_drift_over_days_is_not_a_restart) {
     BOOST_TEST(d.machine.boot_count() == 1u);
 }
 
-BOOST_AUTO_TEST_CASE(uptime_going_backwards_on_the_same_link_is_a_restart) {
+BOOST_AUTO_TEST_CASE(uptime_going_backwards_after_a_reconnect_is_a_restart) {
     driver d;
     d.feed_all(path_to(guest_state::healthy));
     d.machine.mark_provisioned(*d.machine.begin_provisioning());
-    const auto result = d.feed(health(L::healthy, 3));
-    BOOST_TEST(!result.transition.has_value());  // still healthy
+    d.feed(ev::link_lost{"the guest closed the connection", d.steady_now});
+    const auto result = d.feed(up(L::healthy, 0));
     BOOST_TEST(result.rebooted);
+    BOOST_TEST(result.new_run);
     BOOST_TEST(result.provisioning_due);
     BOOST_TEST(d.machine.boot_count() == 2u);
     // The next answer from the same new run is the same boot.
-    BOOST_TEST(!d.feed(health(L::healthy, 4)).rebooted);
+    BOOST_TEST(!d.feed(health(L::healthy, 1)).rebooted);
     BOOST_TEST(d.machine.boot_count() == 2u);
 }
 
@@ -721,7 +742,9 @@ BOOST_AUTO_TEST_CASE(a_ticket_from_before_a_restart_is_stale) {
     driver d;
     d.feed_all(path_to(guest_state::healthy));
     const auto old_ticket = d.machine.begin_provisioning();
-    const auto restarted = d.feed(health(L::healthy, 1));
+    d.feed(ev::link_lost{"the guest closed the connection", d.steady_now});
+    d.wait(5s);
+    const auto restarted = d.feed(up(L::healthy, 1));
     BOOST_TEST(restarted.rebooted);
     BOOST_TEST(!d.machine.mark_provisioned(*old_ticket));
     BOOST_TEST(d.machine.needs_provisioning());

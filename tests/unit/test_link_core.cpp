@@ -299,9 +299,55 @@ BOOST_AUTO_TEST_CASE(three_consecutive_timeouts_make_one_unresponsive_verdict) {
     const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
     BOOST_TEST((verdict.cause == error_code(link_error::guest_unresponsive)));
     BOOST_TEST(verdict.reason == "3 consecutive requests timed out");
-    const auto end = f.core.on_connection_ended(false, t0 + 13s);
+    // Kept open for the grace period (a paused VM answers after `cont`), then dropped.
+    BOOST_TEST(!f.core.drop_requested());
+    BOOST_TEST((f.core.next_deadline() <= t0 + 13s + 120s));
+    f.core.on_deadline(t0 + 13s + 120s - 1ms);
+    BOOST_TEST(!f.core.drop_requested());
+    f.core.on_deadline(t0 + 13s + 120s);
+    BOOST_TEST(f.core.drop_requested());
+    const auto end = f.core.on_connection_ended(false, t0 + 133s);
     BOOST_TEST(end.was_up);
     BOOST_TEST((end.reason == error_code(link_error::guest_unresponsive)));
+    BOOST_TEST(end.detail == "no answer for 120s after the guest became unresponsive");
+}
+
+// A paused VM: its late answers arrive on the same connection, which was never broken.
+BOOST_AUTO_TEST_CASE(an_answer_within_the_grace_ends_it_and_keeps_the_connection) {
+    core_fixture f;
+    f.bring_up();
+    recording_waiter w[3], after;
+    for (auto& waiter : w)
+        f.core.add(ping, t0 + 10s, t0, &waiter);
+    f.written();
+    f.core.on_deadline(t0 + 10s);
+    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
+    BOOST_TEST(f.core.is_unresponsive());
+    // 20 s later the guest resumes and answers everything in order: the abandoned requests'
+    // replies are consumed, and the next request gets its own.
+    f.core.add(ping, t0 + 40s, t0 + 29s, &after);
+    f.written();
+    std::string four;
+    for (int i = 0; i < 4; ++i)
+        four += pong_line;
+    f.core.on_bytes(four, t0 + 30s);
+    BOOST_TEST(f.count<daemon::link_events::responsive>() == 1u);
+    BOOST_TEST(!f.core.is_unresponsive());
+    BOOST_TEST(after.calls == 1);
+    f.core.on_deadline(t0 + 200s);
+    BOOST_TEST(!f.core.drop_requested());
+    BOOST_TEST(f.core.stats().late_replies_dropped == 3u);
+}
+
+// A reload's new timings reach the live connection.
+BOOST_AUTO_TEST_CASE(new_options_apply_to_the_live_connection) {
+    core_fixture f;
+    f.bring_up();
+    auto options = f.core.options();
+    options.keepalive_interval = 2s;
+    f.core.set_options(options);
+    BOOST_TEST(f.core.is_up());
+    BOOST_TEST((f.core.keepalive_due() == t0 + 2s));
 }
 
 BOOST_AUTO_TEST_CASE(any_reply_resets_the_timeout_count_a_late_one_too) {
@@ -483,9 +529,10 @@ BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_is_a_keepalive_timeout) {
     BOOST_TEST(!f.core.drop_requested());
     f.core.on_deadline(t0 + 25s);
     BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    const auto end = f.core.on_connection_ended(false, t0 + 25s);
-    BOOST_TEST((end.reason == error_code(link_error::keepalive_timeout)));
-    BOOST_TEST(end.detail == "keepalive ping unanswered within 10s");
+    const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
+    BOOST_TEST((verdict.cause == error_code(link_error::keepalive_timeout)));
+    BOOST_TEST(verdict.reason == "keepalive ping unanswered within 10s");
+    BOOST_TEST(!f.core.drop_requested());  // until the grace period ends
 }
 
 BOOST_AUTO_TEST_CASE(a_keepalive_timeout_that_is_also_the_nth_timeout_is_one_verdict) {
@@ -498,8 +545,8 @@ BOOST_AUTO_TEST_CASE(a_keepalive_timeout_that_is_also_the_nth_timeout_is_one_ver
     f.written();
     f.core.on_deadline(t0 + 25s);
     BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    const auto end = f.core.on_connection_ended(false, t0 + 25s);
-    BOOST_TEST((end.reason == error_code(link_error::guest_unresponsive)));
+    const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
+    BOOST_TEST((verdict.cause == error_code(link_error::guest_unresponsive)));
 }
 
 BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_written_requests_get) {
