@@ -406,6 +406,9 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
     const auto already = plan.already;
     if (failed_step.empty() && plan.to_send.empty()) {
         // Nothing is missing: no run to announce.
+        log::debug("provisioning: nothing missing in this run (" + std::to_string(already) +
+                       " items delivered)",
+                   {.guest = name()});
         report_ = {"done", "", "", 0, already};
         if (previous_state != "done")
             publish_provisioning();

@@ -1,6 +1,7 @@
 // stereos-hostd as a real process with real fake-guest processes over TCP, a unix socket and
 // hybrid vsock: states, provisioning (the exact messages the guest received), guest restarts,
 // SIGHUP reloads and a clean stop. The daemon's stderr log is how the tests observe it.
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <sstream>
@@ -223,7 +224,8 @@ BOOST_AUTO_TEST_CASE(sighup_adds_and_removes_guests_and_a_bad_reload_is_rejected
                                              guest_section("vm3", g3.endpoint));
     hostd->send_signal(SIGHUP);
     BOOST_TEST(hostd
-                   ->wait_for_output("reload applied: 1 added, 1 removed, 0 changed, 1 unchanged",
+                   ->wait_for_output("reload applied: 1 added, 1 removed, 0 with a new "
+                                     "endpoint, 0 updated, 1 unchanged",
                                      patience)
                    .has_value(),
                hostd->stderr_text());
@@ -275,10 +277,12 @@ BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
     // No clean stop: the state file must already hold both guests, and nothing half-written.
     hostd->send_signal(SIGKILL);
     hostd->wait_exit(patience);
+    // Beside it: the delivery ledgers and their digest key.
     std::vector<std::string> state_files;
     for (const auto& e : std::filesystem::directory_iterator(dir / "state"))
         state_files.push_back(e.path().filename().string());
-    BOOST_TEST(state_files == std::vector<std::string>{"guests.json"},
+    std::sort(state_files.begin(), state_files.end());
+    BOOST_TEST(state_files == (std::vector<std::string>{"guests.json", "ledger.key", "ledgers"}),
                boost::test_tools::per_element());
 
     auto restarted = start_daemon(dir, "hostd-2");
@@ -289,6 +293,147 @@ BOOST_AUTO_TEST_CASE(runtime_guests_survive_sigkill_and_restart) {
     BOOST_TEST(status.out.find("\"source\":\"runtime\"") != std::string::npos, status.out);
     restarted->send_signal(SIGTERM);
     BOOST_TEST(restarted->wait_exit(patience).value_or(-1) == 0);
+}
+
+// ---- exactly once per run of the guest ----------------------------------------------------
+
+namespace {
+std::string provisioned_guest_config(const temp_directory& dir, const std::string& endpoint,
+                                     const std::string& daemon_extra = "") {
+    return testing::test_daemon_section(
+               dir, "health_interval = \"200ms\"\nlog_level = \"debug\"\n" + daemon_extra) +
+           guest_section("vm1", endpoint) + "[guest.provision]\nconfig_file = \"" +
+           (dir / "jcard.toml").string() +
+           "\"\n"
+           "ssh_keys = [ { user = \"admin\", public_key = \"ssh-ed25519 AAAAfirst one@desk\" },\n"
+           "             { user = \"admin\", public_key = \"ssh-ed25519 AAAAsecond two@laptop\" } ]\n"
+           "secrets = [ { name = \"K1\", file = \"" +
+           (dir / "secret").string() +
+           "\" } ]\n"
+           "mounts = [ { tag = \"work\", guest_path = \"/work\", fs_type = \"virtiofs\" } ]\n";
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_daemon_restart_sends_nothing_again_and_a_new_host_boot_sends_all) {
+    temp_directory dir("stereos-daemon");
+    guest_process guest(dir, "guest", "tcp:127.0.0.1:0");
+    write_text_file(dir / "jcard.toml", "mixtape = \"base\"\n");
+    write_text_file(dir / "secret", "ledger-secret-9c1e");
+    write_text_file(dir / "config.toml", provisioned_guest_config(dir, guest.endpoint));
+    auto hostd = start_daemon(dir);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm1: provisioned", patience).has_value(),
+                       hostd->stderr_text());
+    const auto first = guest.received_commands();
+    // Both of admin's keys in one request: stereosd rewrites the file with each.
+    BOOST_TEST(first == (std::vector<std::string>{
+                            line_of(protocol::config_payload{"mixtape = \"base\"\n"}),
+                            line_of(protocol::ssh_key_payload{
+                                "admin", "ssh-ed25519 AAAAfirst one@desk\n"
+                                         "ssh-ed25519 AAAAsecond two@laptop"}),
+                            line_of(protocol::secret_payload{"K1", "ledger-secret-9c1e", 0}),
+                            line_of(protocol::mount_payload{"work", "/work", "virtiofs", false})}),
+               boost::test_tools::per_element());
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST_REQUIRE(hostd->wait_exit(patience).value_or(-1) == 0);
+    const auto ledger_file = dir / "state" / "ledgers" / "vm1.ledger.json";
+    const auto ledger = read_text_file(ledger_file);
+    BOOST_TEST(ledger.find("secret K1") != std::string::npos, ledger);
+    BOOST_TEST(ledger.find("ledger-secret-9c1e") == std::string::npos, "a value in the ledger");
+
+    // Restarted, the guest untouched: the same run, nothing sent again.
+    auto again = start_daemon(dir, "hostd-2");
+    BOOST_TEST_REQUIRE(
+        again->wait_for_output("vm1: the same run of the guest as before the daemon started: 4 "
+                               "items already delivered",
+                               patience)
+            .has_value(),
+        again->stderr_text());
+    BOOST_TEST_REQUIRE(
+        again->wait_for_output("vm1: provisioning: nothing missing in this run", patience)
+            .has_value(),
+        again->stderr_text());
+    std::this_thread::sleep_for(1s);  // five health polls
+    BOOST_TEST(guest.received_commands().size() == first.size());
+    again->send_signal(SIGTERM);
+    BOOST_TEST_REQUIRE(again->wait_exit(patience).value_or(-1) == 0);
+
+    // A ledger from another host boot: every guest restarted since, so all of it is sent.
+    auto text = read_text_file(ledger_file);
+    const auto at = text.find("\"boot_id\":\"");
+    BOOST_TEST_REQUIRE(at != std::string::npos, text);
+    text.replace(at + 11, 8, "00000000");
+    write_text_file(ledger_file, text);
+    auto third = start_daemon(dir, "hostd-3");
+    BOOST_TEST_REQUIRE(third->wait_for_output("vm1: provisioned: 4 items sent", patience).has_value(),
+                       third->stderr_text());
+    BOOST_TEST(guest.received_commands().size() == 2 * first.size());
+    third->send_signal(SIGTERM);
+    BOOST_TEST(third->wait_exit(patience).value_or(-1) == 0);
+    for (const auto* log : {&hostd, &again, &third})
+        BOOST_TEST((*log)->stderr_text().find("ledger-secret-9c1e") == std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_reload_sends_only_what_changed_and_keeps_the_link) {
+    temp_directory dir("stereos-daemon");
+    guest_process guest(dir, "guest", "tcp:127.0.0.1:0");
+    write_text_file(dir / "jcard.toml", "mixtape = \"base\"\n");
+    write_text_file(dir / "secret", "before-rotation-1111");
+    write_text_file(dir / "config.toml", provisioned_guest_config(dir, guest.endpoint));
+    auto hostd = start_daemon(dir);
+    auto provisioned = hostd->wait_for_output("vm1: provisioned", patience);
+    BOOST_TEST_REQUIRE(provisioned.has_value(), hostd->stderr_text());
+    const auto sent_before = guest.received_commands().size();
+
+    // Only an interval changes: applied to the live link, nothing sent, no reconnect.
+    write_text_file(dir / "config.toml",
+                    provisioned_guest_config(dir, guest.endpoint, "keepalive_interval = \"3s\"\n"));
+    hostd->send_signal(SIGHUP);
+    auto reloaded = hostd->wait_for_output("reload applied", patience, true, *provisioned);
+    BOOST_TEST_REQUIRE(reloaded.has_value(), hostd->stderr_text());
+    BOOST_TEST(hostd->stderr_text().find("new timings applied to the live link", *provisioned) !=
+               std::string::npos);
+    std::this_thread::sleep_for(1s);
+    BOOST_TEST(guest.received_commands().size() == sent_before);
+
+    // The secret file rotated: that secret alone goes to the running guest.
+    write_text_file(dir / "secret", "after-rotation-2222");
+    hostd->send_signal(SIGHUP);
+    auto rotated = hostd->wait_for_output("vm1: provisioned: 1 items sent, 3 already delivered",
+                                          patience, true, *reloaded);
+    BOOST_TEST_REQUIRE(rotated.has_value(), hostd->stderr_text());
+    const auto commands = guest.received_commands();
+    BOOST_TEST_REQUIRE(commands.size() == sent_before + 1);
+    BOOST_TEST(commands.back() == line_of(protocol::secret_payload{"K1", "after-rotation-2222", 0}));
+    // One connection throughout: the link was never restarted.
+    BOOST_TEST(occurrences(hostd->stderr_text(), "vm1: link up") == 1u, hostd->stderr_text());
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+}
+
+// A guest whose uptime answers alternate between 5 and 2^63-1: the wild value is a protocol
+// violation, and the link resets; the 5 after each reconnect is an earlier start than the
+// guest's last word, so it is never taken for a restart.
+BOOST_AUTO_TEST_CASE(wild_uptimes_are_protocol_errors_not_a_provisioning_storm) {
+    temp_directory dir("stereos-daemon");
+    guest_process guest(dir, "guest", "tcp:127.0.0.1:0",
+                        {"--uptime-sequence", "5,9223372036854775807"});
+    write_text_file(dir / "secret", "storm-secret-3c3c");
+    write_text_file(dir / "config.toml",
+                    daemon_section(dir) + guest_section("vm1", guest.endpoint) +
+                        "[guest.provision]\nsecrets = [ { name = \"K\", file = \"" +
+                        (dir / "secret").string() + "\" } ]\n");
+    auto hostd = start_daemon(dir);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("vm1: provisioned", patience).has_value(),
+                       hostd->stderr_text());
+    std::this_thread::sleep_for(6s);  // dozens of 200 ms polls, each other one wild
+    const auto log = hostd->stderr_text();
+    BOOST_TEST(log.find("uptime_seconds: 9223372036854775807 is outside 0..") != std::string::npos,
+               log);
+    BOOST_TEST(occurrences(log, "protocol error") >= 2u, log);
+    BOOST_TEST(guest.received_commands().size() == 1u);
+    BOOST_TEST(occurrences(log, "guest restarted") == 0u);
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(an_invalid_config_stops_start_up_with_every_error_named) {

@@ -115,9 +115,11 @@ vm_console() {
 }
 
 # Starts stereos-hostd with one guest "vm" at ENDPOINT, provisioned with a config file and a
-# secret, and short timeouts so that the cases run quickly; then follows its events.
+# secret, and short timeouts so that the cases run quickly; then follows its events. Further
+# arguments are extra lines for the [guest.provision] table. $vm_hostd_pid is the daemon.
 hostd_start() {
     local endpoint=$1
+    shift
     printf 'mixtape = "vm-test"\n' > "$vm_work/jcard.toml"
     printf 'vm-secret-value-%s' "$RANDOM$RANDOM" > "$vm_work/secret"
     cat > "$vm_work/config.toml" <<TOML
@@ -139,13 +141,56 @@ endpoint = "$endpoint"
 config_file = "$vm_work/jcard.toml"
 secrets = [ { name = "VM_SECRET", file = "$vm_work/secret" } ]
 TOML
-    "$vm_hostd" --config "$vm_work/config.toml" --log stderr > "$vm_work/hostd.log" 2>&1 &
-    vm_pids+=($!)
-    wait_until 20 test -S "$vm_work/api.sock" || fail "stereos-hostd did not start"
-    "$vm_ctl" --socket "$vm_work/api.sock" events vm > "$vm_work/events.txt" 2>&1 &
-    vm_pids+=($!)
-    wait_until 10 grep -q ' state ' "$vm_work/events.txt" || fail "no event stream"
+    [ $# -eq 0 ] || printf '%s\n' "$@" >> "$vm_work/config.toml"
+    hostd_run
     echo "[$(elapsed)] stereos-hostd running, guest vm at $endpoint"
+}
+
+# Runs stereos-hostd on the written config and follows its events, appending to the logs.
+hostd_run() {
+    "$vm_hostd" --config "$vm_work/config.toml" --log stderr >> "$vm_work/hostd.log" 2>&1 &
+    vm_hostd_pid=$!
+    vm_pids+=("$vm_hostd_pid")
+    # The events from here on: a restarted daemon's stream follows the old one's.
+    vm_events_from=1
+    [ ! -f "$vm_work/events.txt" ] || vm_events_from=$(($(wc -l < "$vm_work/events.txt") + 1))
+    wait_until 20 eval 'ctl status vm >/dev/null 2>&1' || fail "stereos-hostd did not start"
+    "$vm_ctl" --socket "$vm_work/api.sock" events vm >> "$vm_work/events.txt" 2>&1 &
+    vm_events_pid=$!
+    vm_pids+=("$vm_events_pid")
+    wait_until 10 eval 'vm_new_events | quiet_grep " state "' || fail "no event stream"
+}
+
+# Stops stereos-hostd with SIGTERM and starts it again on the same config and state directory,
+# the guest running on.
+hostd_restart() {
+    kill -TERM "$vm_hostd_pid"
+    wait_until 20 child_exited "$vm_hostd_pid" || fail "stereos-hostd did not exit on SIGTERM"
+    local status=0
+    wait "$vm_hostd_pid" || status=$?
+    [ "$status" = 0 ] || fail "stereos-hostd exited with status $status on SIGTERM"
+    # The old stream has ended: its follower has written all it will.
+    wait_until 10 child_exited "$vm_events_pid" || fail "stereosctl events outlived the daemon"
+    wait "$vm_events_pid" || true
+    vm_forget_pid "$vm_hostd_pid"
+    vm_forget_pid "$vm_events_pid"
+    echo "[$(elapsed)] stereos-hostd stopped (SIGTERM); starting it again"
+    echo "--- stereos-hostd restarted" | tee -a "$vm_work/hostd.log" >> "$vm_work/events.txt"
+    hostd_run
+}
+
+# A reaped child's pid may be reused: the cleanup must not kill it.
+vm_forget_pid() {
+    local kept=() pid
+    for pid in "${vm_pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+    vm_pids=("${kept[@]}")
+}
+
+# Whether our child PID has exited: it stays a zombie until waited for, so kill -0 cannot tell.
+child_exited() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    [ "$(echo "$stat" | cut -d' ' -f3)" = Z ]
 }
 
 ctl() { "$vm_ctl" --socket "$vm_work/api.sock" "$@"; }
@@ -155,6 +200,8 @@ vm_states() {
     [ -f "$vm_work/events.txt" ] || return 0
     sed -n 's/^[^ ]* vm state \(.* -> \)\{0,1\}\([a-z_]*\).*/\2/p' "$vm_work/events.txt"
 }
+# The event lines of the daemon started last.
+vm_new_events() { tail -n "+${vm_events_from:-1}" "$vm_work/events.txt" 2>/dev/null || true; }
 vm_state_now() { vm_states | tail -n 1; }
 vm_state_is() { [ "$(vm_state_now)" = "$1" ]; }
 vm_states_line() { vm_states | tr '\n' ' ' | sed 's/ $//'; }

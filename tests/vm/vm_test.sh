@@ -3,7 +3,8 @@
 # host (or, for `vsock`, inside the VM). Each case asserts the guest's states from the event
 # stream and what the guest daemon received from its own log on the serial console.
 #   vm_test.sh CASE HOSTD CTL IMAGE_DIR KERNEL_DIR
-# CASE: boot, reset, guest_restart, link_blip, shutdown, vsock. Exits 77 (skip) with the reason
+# CASE: boot, reset, guest_restart, link_blip, shutdown, hostd_restart, pause, two_keys, vsock.
+# Exits 77 (skip) with the reason
 # when QEMU or the kernel is missing. STEREOS_VM_KEEP=1 keeps the work directory.
 set -euo pipefail
 # grep -q would exit at the first match, and the writer's SIGPIPE would fail the pipeline.
@@ -18,11 +19,11 @@ vsock_image=$image_dir/initramfs-vsock.cpio.gz
 secret_request="request inject_secret name=VM_SECRET"
 
 # Boots the VM behind user-mode forwarding with the daemon on the host, and waits until the
-# guest is healthy and provisioned once.
+# guest is healthy and provisioned once. Arguments: extra [guest.provision] lines.
 boot_and_provision() {
     vm_require "$guest_image"
     vm_boot "$guest_image"
-    hostd_start "tcp:127.0.0.1:$vm_port"
+    hostd_start "tcp:127.0.0.1:$vm_port" "$@"
     wait_provisioned_times 1 120 || fail "the guest was not provisioned within 120 s"
     wait_until 30 vm_state_is healthy || fail "the guest did not become healthy"
     echo "[$(elapsed)] healthy and provisioned: $(vm_states_line)"
@@ -121,6 +122,91 @@ case_shutdown() {
     sleep 3  # the daemon must not take it for a lost link afterwards
     vm_state_is shutdown || fail "the state left shutdown"
     echo "PASS: powered off, state shutdown; states $(vm_states_line)"
+}
+
+# The guest daemon's log shows each provisioning item received once in all: nothing re-sent.
+assert_sent_once() {
+    local request
+    for request in "$secret_request" "request set_config"; do
+        [ "$(serial_count "$request")" = 1 ] ||
+            fail "$1: the guest got \"$request\" $(serial_count "$request") times, not once"
+    done
+    [ "$(serial_count "stereos-vm: guest daemon start")" = 1 ] || fail "the guest daemon restarted"
+}
+
+# A restart of stereos-hostd while the guest runs on: its ledger in the state directory says
+# this run of the guest daemon has everything, so it sends nothing again.
+case_hostd_restart() {
+    boot_and_provision
+    hostd_restart
+    wait_until 30 vm_state_is healthy || fail "not healthy after stereos-hostd restarted"
+    echo "[$(elapsed)] healthy again after the restart: $(vm_states_line)"
+    # Several health polls by the new daemon: time enough to re-send, were it mistaken.
+    sleep 6
+    assert_sent_once "after a restart of stereos-hostd"
+    local status ledger item
+    status=$(ctl --json status vm) || fail "stereosctl status failed"
+    ledger=$(echo "$status" | grep -o '"ledger":{.*' | sed 's/,"transitions":.*//')
+    echo "$ledger" | quiet_grep -F '"ledger":{"run":{' || fail "the ledger has no run: $ledger"
+    for item in config "secret VM_SECRET"; do
+        echo "$ledger" | quiet_grep -F "{\"item\":\"$item\",\"state\":\"delivered\"" ||
+            fail "the ledger does not show $item delivered: $ledger"
+    done
+    echo "PASS: nothing re-sent after a restart of stereos-hostd; states $(vm_states_line)"
+}
+
+# A VM paused (QMP stop) for less than unresponsive_grace keeps its connection: unresponsive,
+# then healthy again on cont, with nothing re-sent.
+case_pause() {
+    boot_and_provision
+    local ups_before pause=20
+    ups_before=$(grep -c ' vm link up' "$vm_work/events.txt" || true)
+    vm_qmp stop > "$vm_work/qmp.out" || fail "QMP stop failed"
+    quiet_grep '"return"' "$vm_work/qmp.out" || fail "QMP answered $(cat "$vm_work/qmp.out")"
+    local paused=$SECONDS
+    echo "[$(elapsed)] vm paused"
+    # request_timeout 3 s, health_interval 1 s: unresponsive within a few seconds.
+    wait_until 15 vm_state_is unresponsive || fail "not unresponsive while paused"
+    echo "[$(elapsed)] unresponsive after $((SECONDS - paused)) s of pause"
+    [ $((paused + pause - SECONDS)) -le 0 ] || sleep $((paused + pause - SECONDS))
+    vm_state_is unresponsive || fail "the state left unresponsive during the pause"
+    vm_qmp cont > "$vm_work/qmp.out" || fail "QMP cont failed"
+    quiet_grep '"return"' "$vm_work/qmp.out" || fail "QMP answered $(cat "$vm_work/qmp.out")"
+    local resumed=$SECONDS
+    # Two health intervals and much slack: TCG on a busy machine.
+    wait_until 20 vm_state_is healthy || fail "not healthy within 20 s of cont"
+    echo "[$(elapsed)] healthy $((SECONDS - resumed)) s after cont: $(vm_states_line)"
+    sleep 4  # health polls on the kept link, time enough to re-send were it mistaken
+    assert_sent_once "after a pause"
+    assert_no_state disconnected
+    if quiet_grep ' vm link down' "$vm_work/events.txt"; then
+        fail "the link went down during the pause"
+    fi
+    [ "$(grep -c ' vm link up' "$vm_work/events.txt")" = "$ups_before" ] ||
+        fail "the link was made anew after the pause"
+    echo "PASS: paused $pause s, kept the link, nothing re-sent; states $(vm_states_line)"
+}
+
+# All of a user's keys go in one request, as the one authorized_keys file stereosd rewrites.
+case_two_keys() {
+    local first="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFirstKeyFirstKeyFirstKeyFirstKeyFirstKe first@test"
+    local second="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISecondKeySecondKeySecondKeySecondKeySe second@test"
+    boot_and_provision "ssh_keys = [ { user = \"admin\", public_key = \"$first\" }," \
+        "    { user = \"admin\", public_key = \"$second\" } ]"
+    wait_until 30 serial_count_at_least "delivered inject_ssh_key user=admin" 1 ||
+        fail "the guest daemon accepted no keys for admin"
+    vm_console "sed 's/^/authkey: /' /home/admin/.ssh/authorized_keys"
+    wait_until 20 eval 'serial_text | quiet_grep -xF "authkey: $second"' ||
+        fail "/home/admin/.ssh/authorized_keys does not hold the second key"
+    serial_text | quiet_grep -xF "authkey: $first" ||
+        fail "/home/admin/.ssh/authorized_keys does not hold the first key"
+    [ "$(serial_text | grep -c '^authkey: ')" = 2 ] ||
+        fail "authorized_keys holds other lines: $(serial_text | grep '^authkey: ')"
+    [ "$(serial_count "request inject_ssh_key user=admin")" = 1 ] ||
+        fail "the keys came in $(serial_count "request inject_ssh_key") requests, not one"
+    [ "$(serial_count "delivered inject_ssh_key user=admin keys=2")" = 1 ] ||
+        fail "no single delivery of both keys: $(serial_text | grep 'delivered inject_ssh_key')"
+    echo "PASS: both keys in one request, both in authorized_keys; states $(vm_states_line)"
 }
 
 # The daemon and the guest daemon in one VM over AF_VSOCK loopback (CID 1); tests/vm/vsock-case
