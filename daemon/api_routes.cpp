@@ -290,6 +290,10 @@ asio::awaitable<http_response> provision_and_report(api_context& /*context*/,
     json::object provision{{"state", report.state}};
     if (!report.step.empty())
         provision["step"] = report.step;
+    if (report.state == "done") {
+        provision["sent"] = report.sent;  // missing or changed in this run of the guest
+        provision["already"] = report.already;
+    }
     co_return ok(json::object{{"guest", guest->name()}, {"provision", std::move(provision)}},
                  version);
 }

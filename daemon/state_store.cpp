@@ -111,6 +111,10 @@ state_load_result state_store::load() {
             std::filesystem::remove(entry.path(), ec);
         }
     }
+    for (const auto& entry : std::filesystem::directory_iterator(directory_ / "ledgers", ec)) {
+        if (entry.path().filename().string().find(".ledger.json.tmp-") != std::string::npos)
+            std::filesystem::remove(entry.path(), ec);
+    }
     if (!std::filesystem::exists(file_, ec))
         return result;
 

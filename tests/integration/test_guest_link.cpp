@@ -325,6 +325,7 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     fake_guest healthy_guest(f.io.get_executor());
     auto options = f.quick_options();
     options.unresponsive_after_timeouts = 3;
+    options.unresponsive_grace = 300ms;  // then dropped, and the reconnect's handshake fails
     f.link = f.make_link(f.guest.listen_tcp(), options);
     std::vector<link_event> other_events;
     auto other = f.make_link(healthy_guest.listen_unix((f.dir / "healthy.sock").string()), {},

@@ -152,6 +152,9 @@ case_hostd_restart() {
         echo "$ledger" | quiet_grep -F "{\"item\":\"$item\",\"state\":\"delivered\"" ||
             fail "the ledger does not show $item delivered: $ledger"
     done
+    # The new daemon's own account: everything already there, nothing sent.
+    echo "$status" | quiet_grep -F '"provision":{"state":"done","sent":0,"already":2}' ||
+        fail "the restarted daemon's provisioning: $(echo "$status" | grep -o '"provision":{[^}]*}')"
     echo "PASS: nothing re-sent after a restart of stereos-hostd; states $(vm_states_line)"
 }
 
@@ -195,7 +198,8 @@ case_two_keys() {
         "    { user = \"admin\", public_key = \"$second\" } ]"
     wait_until 30 serial_count_at_least "delivered inject_ssh_key user=admin" 1 ||
         fail "the guest daemon accepted no keys for admin"
-    vm_console "sed 's/^/authkey: /' /home/admin/.ssh/authorized_keys"
+    # The echo: the daemon sends the keys without a final newline, and the prompt would follow.
+    vm_console "sed 's/^/authkey: /' /home/admin/.ssh/authorized_keys; echo"
     wait_until 20 eval 'serial_text | quiet_grep -xF "authkey: $second"' ||
         fail "/home/admin/.ssh/authorized_keys does not hold the second key"
     serial_text | quiet_grep -xF "authkey: $first" ||

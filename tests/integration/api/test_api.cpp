@@ -141,10 +141,22 @@ BOOST_AUTO_TEST_CASE(every_guest_request_route_reaches_the_guest) {
     check_error(bad_fs, 400, "bad_request");
     BOOST_TEST(bad_fs.error_message().find("fs_type") != std::string::npos);
 
-    // No provisioning configured: nothing to do, and it says so.
+    // The same mount again in this run: not sent (stereosd would stack it); another at the
+    // same path: refused.
+    auto again = post(sock, "/v1/guests/vm1/mounts",
+                      R"({"tag":"share0","guest_path":"/work","fs_type":"virtiofs","read_only":true})");
+    BOOST_TEST(again.status == 200u, again.body);
+    BOOST_TEST(again.json().at("sent").as_bool() == false, again.body);
+    check_error(post(sock, "/v1/guests/vm1/mounts",
+                     R"({"tag":"other","guest_path":"/work","fs_type":"9p"})"),
+                409, "mount_conflict");
+
+    // No provisioning configured: the key added above is all this run has, and it is not sent
+    // again.
     auto provision = post(sock, "/v1/guests/vm1/provision");
     BOOST_TEST(provision.status == 200u, provision.body);
-    BOOST_TEST(provision.json().at("provision").at("state").as_string() == "none");
+    BOOST_TEST(provision.json().at("provision").at("state").as_string() == "done");
+    BOOST_TEST(provision.json().at("provision").at("sent").as_int64() == 0, provision.body);
 
     auto shutdown = post(sock, "/v1/guests/vm1/shutdown", R"({"reason":"test over"})");
     BOOST_TEST(shutdown.status == 202u, shutdown.body);
