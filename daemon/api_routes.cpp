@@ -329,9 +329,16 @@ asio::awaitable<api_outcome> handle_ping(route_call& call) {
 }
 
 asio::awaitable<api_outcome> handle_list_guests(route_call& call) {
-    json::array guests;
+    std::vector<std::pair<std::string, json::object>> listed;
     for (const auto& g : call.context.registry.all())
-        guests.push_back(g->status());
+        listed.emplace_back(g->name(), g->status());
+    for (auto& invalid : call.context.registry.invalid_statuses())
+        listed.emplace_back(std::string(invalid.at("name").as_string()), std::move(invalid));
+    std::stable_sort(listed.begin(), listed.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    json::array guests;
+    for (auto& [name, status] : listed)
+        guests.push_back(std::move(status));
     co_return ok(json::object{{"guests", std::move(guests)}}, call.version);
 }
 
@@ -374,6 +381,8 @@ asio::awaitable<api_outcome> handle_metrics(route_call& call) {
 }
 
 asio::awaitable<api_outcome> handle_show_guest(route_call& call) {
+    if (auto invalid = call.context.registry.invalid_status(call.match.name))
+        co_return ok(*invalid, call.version);
     auto found = guest_of(call);
     if (found.error)
         co_return std::move(*found.error);
@@ -382,7 +391,7 @@ asio::awaitable<api_outcome> handle_show_guest(route_call& call) {
 
 asio::awaitable<api_outcome> handle_remove_guest(route_call& call) {
     auto found = guest_of(call);
-    if (found.error)
+    if (found.error && !call.context.registry.invalid_status(call.match.name))
         co_return std::move(*found.error);
     const auto& name = call.match.name;
     auto removed = co_await call.context.registry.async_remove_runtime(name);
@@ -540,7 +549,8 @@ asio::awaitable<api_outcome> handle_guest_provision(route_call& call) {
 
 asio::awaitable<api_outcome> handle_guest_set_provision(route_call& call) {
     auto found = guest_of(call);
-    if (found.error)
+    const bool invalid = call.context.registry.invalid_status(call.match.name).has_value();
+    if (found.error && !invalid)
         co_return std::move(*found.error);
     // The body has POST /v1/guests's shape for its provision and the same rules; it may carry
     // secret values, so nothing of it is logged or echoed.
@@ -553,9 +563,9 @@ asio::awaitable<api_outcome> handle_guest_set_provision(route_call& call) {
         call.context.registry.replace_provision(name, provision, caller_of(call.access));
     if (!replaced)
         co_return registry_error_response(replaced.error(), call.version);
-    // Sent now if the guest is there; otherwise at its next boot.
-    if (found.guest->link().is_up())
-        co_return co_await provision_and_report(call.context, found.guest, call.version);
+    // Sent now if the guest is there; otherwise at its next boot (an invalid guest starts now).
+    if (!invalid && (*replaced)->link().is_up())
+        co_return co_await provision_and_report(call.context, *replaced, call.version);
     co_return ok(json::object{{"guest", name}, {"provision", json::object{{"state", "pending"}}}},
                  call.version);
 }

@@ -138,7 +138,9 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
                                                    config_.daemon, caller);
         if (!definition) {
             problems.push_back("runtime guest \"" + record.name +
-                               "\" is not started: " + definition.error().message);
+                               "\" is not started: " + definition.error().message +
+                               " (shown in state invalid: replace its provisioning or remove it)");
+            invalid_[record.name] = definition.error().message;
             continue;
         }
         launch(std::move(*definition), guest_source::runtime, record.withheld_values);
@@ -200,6 +202,13 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
     const std::string& name, const std::string& endpoint, const json::object& provision,
     provision_caller caller) {
     using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
+    if (invalid_.contains(name)) {
+        return result(boost::system::in_place_error,
+                      registry_error{registry_error::kind::exists,
+                                     "guest \"" + name +
+                                         "\" already exists, in state invalid; remove it or "
+                                         "replace its provisioning"});
+    }
     if (auto it = guests_.find(name); it != guests_.end()) {
         const bool from_config = it->second->source() == guest_source::config;
         return result(boost::system::in_place_error,
@@ -229,6 +238,8 @@ guest_registry::replace_provision(const std::string& name, const json::object& p
                                   provision_caller caller) {
     using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
     auto it = guests_.find(name);
+    if (it == guests_.end() && invalid_.contains(name))
+        return replace_invalid(name, provision, caller);
     if (it == guests_.end()) {
         return result(
             boost::system::in_place_error,
@@ -269,9 +280,82 @@ guest_registry::replace_provision(const std::string& name, const json::object& p
     return result(boost::system::in_place_value, std::move(guest));
 }
 
+boost::system::result<std::shared_ptr<managed_guest>, registry_error>
+guest_registry::replace_invalid(const std::string& name, const json::object& provision,
+                                provision_caller caller) {
+    using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
+    auto record = std::find_if(runtime_records_.begin(), runtime_records_.end(),
+                               [&](const runtime_guest_record& r) { return r.name == name; });
+    if (record == runtime_records_.end()) {
+        return result(
+            boost::system::in_place_error,
+            registry_error{registry_error::kind::not_found, "no guest named \"" + name + "\""});
+    }
+    auto definition =
+        runtime_guest_definition(name, record->endpoint, provision, config_.daemon, caller);
+    if (!definition)
+        return result(boost::system::in_place_error, refusal(definition.error()));
+    auto split = split_out_values(provision);
+    auto kept = *record;
+    record->provision = std::move(split.persisted);
+    record->withheld_values = std::move(split.withheld_values);
+    record->references_trusted = caller == provision_caller::host_trusted;
+    if (auto error = persist()) {
+        *record = std::move(kept);
+        return result(boost::system::in_place_error,
+                      registry_error{registry_error::kind::persist_failed,
+                                     "cannot persist the provisioning: " + *error});
+    }
+    invalid_.erase(name);
+    log::notice("runtime guest was invalid; its new provisioning is valid: starting it",
+                {.guest = name});
+    return result(boost::system::in_place_value,
+                  launch(std::move(*definition), guest_source::runtime));
+}
+
+std::optional<json::object> guest_registry::invalid_status(std::string_view name) const {
+    auto it = invalid_.find(name);
+    if (it == invalid_.end())
+        return std::nullopt;
+    std::string endpoint;
+    for (const auto& r : runtime_records_) {
+        if (r.name == name)
+            endpoint = r.endpoint;
+    }
+    return json::object{{"name", it->first},
+                        {"endpoint", endpoint},
+                        {"source", "runtime"},
+                        {"state", "invalid"},
+                        {"reason", "its record in the state directory is refused: " + it->second},
+                        {"link", json::object{{"up", false}}},
+                        {"provision", json::object{{"state", "none"}}}};
+}
+
+std::vector<json::object> guest_registry::invalid_statuses() const {
+    std::vector<json::object> out;
+    for (const auto& [name, reason] : invalid_)
+        out.push_back(*invalid_status(name));
+    return out;
+}
+
 asio::awaitable<boost::system::result<void, registry_error>> guest_registry::async_remove_runtime(
     const std::string& name) {
     using result = boost::system::result<void, registry_error>;
+    if (invalid_.contains(name)) {
+        auto kept = runtime_records_;
+        std::erase_if(runtime_records_,
+                      [&](const runtime_guest_record& r) { return r.name == name; });
+        if (auto error = persist()) {
+            runtime_records_ = std::move(kept);
+            co_return result(boost::system::in_place_error,
+                             registry_error{registry_error::kind::persist_failed,
+                                            "cannot persist the removal: " + *error});
+        }
+        invalid_.erase(name);
+        store_.remove_ledger(name);
+        log::info("invalid runtime guest removed", {.guest = name});
+        co_return result();
+    }
     auto it = guests_.find(name);
     if (it == guests_.end()) {
         co_return result(

@@ -84,6 +84,10 @@ class guest_registry {
         const std::string& name);
 
     std::shared_ptr<managed_guest> find(std::string_view name) const;
+    // A persisted runtime guest whose record failed validation at start: not managed, shown in
+    // state `invalid` with the reason; it can be removed, or its provisioning replaced.
+    std::optional<boost::json::object> invalid_status(std::string_view name) const;
+    std::vector<boost::json::object> invalid_statuses() const;
     // In name order.
     std::vector<std::shared_ptr<managed_guest>> all() const;
     // Visits every guest in name order without copying the list (cheap at 10k guests).
@@ -100,6 +104,8 @@ class guest_registry {
     std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
                                           std::vector<std::string> missing_values = {});
     std::optional<std::string> persist();
+    boost::system::result<std::shared_ptr<managed_guest>, registry_error> replace_invalid(
+        const std::string& name, const boost::json::object& provision, provision_caller caller);
 
     boost::asio::any_io_executor executor_;
     event_bus& bus_;
@@ -107,6 +113,7 @@ class guest_registry {
     config::config config_;
     std::map<std::string, std::shared_ptr<managed_guest>, std::less<>> guests_;
     std::vector<runtime_guest_record> runtime_records_;
+    std::map<std::string, std::string, std::less<>> invalid_;  // name -> why it was refused
     // Fast reconnect attempts per second across all guests: a host-wide outage of thousands of
     // guests retries at this rate in all, not 10/s each.
     std::shared_ptr<retry_budget> fast_retry_budget_ = std::make_shared<retry_budget>(1000.0);

@@ -193,6 +193,9 @@ void print_status(const json::object& s) {
             std::cout << " at " << field(prov, "step");
         if (prov.contains("error"))
             std::cout << ": " << field(prov, "error");
+        if (prov.contains("sent"))
+            std::cout << " (last run: " << field(prov, "sent") << " sent, "
+                      << field(prov, "already") << " already delivered)";
         if (const auto* missing = prov.if_contains("missing"); missing && missing->is_array()) {
             std::cout << " (missing:";
             for (const auto& m : missing->get_array())
@@ -202,6 +205,31 @@ void print_status(const json::object& s) {
         std::cout << "\n";
         if (prov.contains("message"))
             std::cout << "             " << field(prov, "message") << "\n";
+    }
+    // What this run of the guest has been given: digests only, never values.
+    if (const auto* l = s.if_contains("ledger"); l && l->is_object()) {
+        const auto& ledger = l->get_object();
+        std::cout << "run:         ";
+        if (const auto* run = ledger.if_contains("run"); run && run->is_object()) {
+            const auto& r = run->get_object();
+            std::cout << "started " << field(r, "started") << ", host boot "
+                      << field(r, "boot_id").substr(0, 8)
+                      << (field(r, "this_host_boot") == "true" ? "" : " (an earlier host boot)");
+        } else {
+            std::cout << "not seen yet";
+        }
+        std::cout << "\n";
+        if (const auto* items = ledger.if_contains("items");
+            items && items->is_array() && !items->get_array().empty()) {
+            std::vector<std::vector<std::string>> rows{
+                {"  ITEM", "STATE", "DIGEST", "DELIVERED", "ORIGIN"}};
+            for (const auto& item : items->get_array()) {
+                const auto& o = item.get_object();
+                rows.push_back({"  " + field(o, "item"), field(o, "state"), field(o, "digest"),
+                                field(o, "at"), field(o, "origin")});
+            }
+            std::cout << "delivered in this run:\n" << format_table(rows);
+        }
     }
     if (const auto* a = s.if_contains("agents"); a && a->is_array() && !a->get_array().empty()) {
         std::vector<std::vector<std::string>> rows{{"  AGENT", "RUNNING", "RESTARTS", "ERROR"}};

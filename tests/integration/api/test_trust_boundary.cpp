@@ -199,7 +199,6 @@ BOOST_AUTO_TEST_CASE(a_state_record_without_the_trust_mark_does_not_follow_host_
     hostd_process hostd(dir, {}, "info", quick_daemon, "", files.daemon_env(dir));
     const auto& sock = hostd.socket();
     BOOST_TEST(eventually([&] { return provision_state(sock, "marked") == "done"; }, 30s));
-    BOOST_TEST(get(sock, "/v1/guests/legacy").status == 404u);
     BOOST_TEST(eventually([&] {
                    return hostd.log().find("runtime guest \"legacy\" is not started") !=
                           std::string::npos;
@@ -208,8 +207,43 @@ BOOST_AUTO_TEST_CASE(a_state_record_without_the_trust_mark_does_not_follow_host_
     // Only the marked guest's listener received the file's content.
     const auto received = read_text(guests.record_file());
     BOOST_TEST(count_of(received, files.secret_token) == 1u, received);
-    // The refused record is kept, not lost.
+    // The refused record is kept, not lost: shown in state invalid with its reason.
     BOOST_TEST(read_text(dir.file("state") + "/guests.json").find("legacy") != std::string::npos);
+    const auto legacy = get(sock, "/v1/guests/legacy");
+    BOOST_TEST_REQUIRE(legacy.status == 200u, legacy.body);
+    BOOST_TEST(legacy.json().at("state").as_string() == "invalid", legacy.body);
+    const auto listed = json::serialize(get(sock, "/v1/guests").json());
+    BOOST_TEST(listed.find("\"name\":\"legacy\"") != std::string::npos, listed);
+    // Its name is taken: a new guest of that name is a conflict, not a duplicate record.
+    check_error(post(sock, "/v1/guests", add_body("legacy", guests.endpoints()[0], "{}")), 409,
+                "guest_exists");
+    // Values-only provisioning replaces the refused one, and the guest starts.
+    const auto replaced = http(sock, "PUT", "/v1/guests/legacy/provision",
+                               R"({"provision":{"secrets":[{"name":"S","value":"v4lue"}]}})");
+    BOOST_TEST(replaced.status == 200u, replaced.body);
+    BOOST_TEST(eventually([&] { return provision_state(sock, "legacy") == "done"; }, 30s));
+    BOOST_TEST(count_of(read_text(dir.file("state") + "/guests.json"), "legacy") == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(an_invalid_runtime_record_can_be_removed) {
+    temp_dir dir;
+    fake_guests guests(dir, "fg", 1);
+    std::filesystem::create_directories(dir.file("state"));
+    write_text(dir.file("state") + "/guests.json",
+               R"({"version":1,"guests":[{"name":"broken","endpoint":"tcp:not-an-endpoint"}]})"
+               "\n");
+    hostd_process hostd(dir, {}, "info", quick_daemon);
+    const auto& sock = hostd.socket();
+    const auto shown = get(sock, "/v1/guests/broken");
+    BOOST_TEST_REQUIRE(shown.status == 200u, shown.body);
+    BOOST_TEST(shown.json().at("state").as_string() == "invalid");
+    BOOST_TEST(std::string(shown.json().at("reason").as_string()).find("endpoint") !=
+                   std::string::npos,
+               shown.body);
+    const auto removed = http(sock, "DELETE", "/v1/guests/broken");
+    BOOST_TEST(removed.status == 200u, removed.body);
+    BOOST_TEST(get(sock, "/v1/guests/broken").status == 404u);
+    BOOST_TEST(read_text(dir.file("state") + "/guests.json").find("broken") == std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(values_stay_out_of_the_state_dir_and_are_asked_for_after_a_restart) {
