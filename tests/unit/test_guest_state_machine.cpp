@@ -782,3 +782,95 @@ BOOST_AUTO_TEST_CASE(a_failed_shutdown_returns_to_the_reported_state) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// The decisions the delivery ledger rests on, in virtual time: which first answer after a daemon
+// start or a reconnect is the same run of stereosd (nothing re-sent) and which is a new one.
+BOOST_AUTO_TEST_SUITE(guest_runs)
+
+// A daemon's first view of a guest the ledger knows: the run was last reckoned to have started
+// at `started` and was heard from at `heard` (both on the host's monotonic clock).
+struct run_case {
+    const char* what;
+    std::int64_t uptime_at_first_answer;  // answered `later` after the remembered answer
+    std::chrono::seconds later;
+    bool remembered;  // false: the ledger is from another host boot (not passed on)
+    bool new_run;
+};
+
+BOOST_AUTO_TEST_CASE(the_first_answer_after_a_daemon_start_is_matched_with_the_ledger) {
+    // The remembered run: up 100 s when last answered, at T.
+    const std::vector<run_case> cases{
+        {"daemon restarted 5 s later, guest untouched", 105, 5s, true, false},
+        {"daemon down for an hour, guest untouched", 3700, 3600s, true, false},
+        {"guest answered slowly (start 1 s later)", 104, 5s, true, false},
+        {"stereosd restarted alone meanwhile", 3, 60s, true, true},
+        {"guest rebooted meanwhile", 20, 600s, true, true},
+        {"guest paused 30 s while the daemon was down", 75, 5s + 0s, true, false},
+        {"host rebooted: ledger from another boot", 105, 5s, false, true},
+    };
+    for (const auto& c : cases) {
+        BOOST_TEST_CONTEXT(c.what) {
+            driver d;
+            const auto T = d.steady_now;
+            if (c.remembered)
+                d.machine.remember_run({T - 101s, T - 100s}, T);
+            d.wait(c.later - 1s);
+            const auto result = d.feed(up(L::healthy, c.uptime_at_first_answer));
+            BOOST_TEST(result.new_run == c.new_run);
+            BOOST_TEST(result.resumed_run == !c.new_run);
+            BOOST_TEST(!result.rebooted);  // the first contact of this daemon
+            BOOST_TEST(d.machine.boot_count() == 1u);
+            BOOST_TEST(result.provisioning_due);  // the plan decides what, if anything, to send
+        }
+    }
+}
+
+// A VM paused (QMP stop): its clocks stop, ours run on. The connection stays open through the
+// grace period; answers on it are one run. If the grace ran out and the link reconnected, the
+// start time moved by the pause: still not a restart while it stays before the run's last word.
+BOOST_AUTO_TEST_CASE(a_pause_shorter_or_longer_than_the_grace_is_not_a_restart) {
+    {
+        driver d;  // shorter: the same connection
+        d.feed_all(path_to(guest_state::healthy));  // uptime 100 at t2
+        d.machine.mark_provisioned(*d.machine.begin_provisioning());
+        d.feed(unresponsive());
+        d.wait(20s);
+        const auto back = d.feed(ev::reply_received{});
+        BOOST_TEST((d.machine.state() == guest_state::healthy));
+        BOOST_TEST(!back.rebooted);
+        const auto health_after = d.feed(health(L::healthy, 103));  // 20 s of guest time lost
+        BOOST_TEST(!health_after.rebooted);
+        BOOST_TEST(!health_after.provisioning_due);
+    }
+    {
+        // Longer: dropped after the grace, then a reconnect. The guest has been up 1000 s, longer
+        // than the pause.
+        driver d;
+        d.feed_all({ev::link_connecting{}, up(L::healthy, 1000)});
+        d.machine.mark_provisioned(*d.machine.begin_provisioning());
+        const auto last_word = d.steady_now;
+        d.feed(unresponsive());
+        d.wait(120s);
+        d.feed(ev::link_lost{"no answer for 2m after the guest became unresponsive", last_word});
+        d.wait(30s);  // paused about 150 s in all, then resumed
+        const auto result = d.feed(up(L::healthy, 1003));
+        BOOST_TEST(!result.rebooted);
+        BOOST_TEST(!result.provisioning_due);
+    }
+    {
+        // Longer than the guest's uptime: the start moved past its last word, and a pause cannot
+        // be told from a restart. The safe side: a new run, provisioned again.
+        driver d;
+        d.feed_all({ev::link_connecting{}, up(L::healthy, 10)});
+        d.machine.mark_provisioned(*d.machine.begin_provisioning());
+        const auto last_word = d.steady_now;
+        d.feed(unresponsive());
+        d.wait(120s);
+        d.feed(ev::link_lost{"no answer", last_word});
+        const auto result = d.feed(up(L::healthy, 11));
+        BOOST_TEST(result.rebooted);
+        BOOST_TEST(result.provisioning_due);
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
