@@ -283,7 +283,7 @@ asio::awaitable<http_response> provision_and_report(api_context& /*context*/,
         co_return error_response(409, "needs_values",
                                  guest->name() +
                                      ": its provisioning values were lost in a daemon restart; "
-                                     "supply them with PUT /v1/guests/" +
+                                     "supply them with PATCH /v1/guests/" +
                                      guest->name() + "/provision",
                                  version);
     }
@@ -570,6 +570,39 @@ asio::awaitable<api_outcome> handle_guest_set_provision(route_call& call) {
                  call.version);
 }
 
+// The provisioning as the daemon holds it, values redacted.
+asio::awaitable<api_outcome> handle_guest_show_provision(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    auto shown = found.guest->redacted_provision();
+    shown["guest"] = found.guest->name();
+    shown["source"] = to_string(found.guest->source());
+    co_return ok(shown, call.version);
+}
+
+// Values only ({"values": {"config"?, "secrets"?: [{name, value, mode?}]}}): the rest stays.
+asio::awaitable<api_outcome> handle_guest_supply_values(route_call& call) {
+    auto found = guest_of(call);
+    if (found.error)
+        co_return std::move(*found.error);
+    body_fields body(call.request.body(), false);
+    auto values = body.required_object("values");
+    if (!body.ok())
+        co_return error_response(400, "bad_request", body.problem(), call.version);
+    auto supplied = call.context.registry.supply_values(call.match.name, values);
+    if (!supplied)
+        co_return registry_error_response(supplied.error(), call.version);
+    const auto& guest = *supplied;
+    if (guest->missing_values().empty() && guest->link().is_up())
+        co_return co_await provision_and_report(call.context, guest, call.version);
+    auto shown = guest->redacted_provision();
+    co_return ok(json::object{{"guest", guest->name()},
+                              {"provision", json::object{{"state", guest->provisioning().state}}},
+                              {"missing", shown.at("missing")}},
+                 call.version);
+}
+
 asio::awaitable<api_outcome> handle_guest_reconnect(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
@@ -635,6 +668,8 @@ constexpr route route_table[] = {
     {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors},
     {post, "/v1/guests/{name}/provision", handle_guest_provision, 200, provision_errors},
     {put, "/v1/guests/{name}/provision", handle_guest_set_provision, 200, set_provision_errors},
+    {patch, "/v1/guests/{name}/provision", handle_guest_supply_values, 200, set_provision_errors},
+    {get, "/v1/guests/{name}/provision", handle_guest_show_provision, 200, guest_errors},
     {post, "/v1/guests/{name}/reconnect", handle_guest_reconnect, 202, guest_errors},
     {get, "/v1/guests/{name}/wait", handle_guest_wait, 200, wait_errors, true},
     {get, "/v1/events", handle_events, 200, guest_errors},

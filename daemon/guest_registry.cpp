@@ -281,6 +281,127 @@ guest_registry::replace_provision(const std::string& name, const json::object& p
 }
 
 boost::system::result<std::shared_ptr<managed_guest>, registry_error>
+guest_registry::supply_values(const std::string& name, const json::object& values) {
+    using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
+    auto fail = [](registry_error::kind kind, std::string message) {
+        return result(boost::system::in_place_error, registry_error{kind, std::move(message)});
+    };
+    using kind = registry_error::kind;
+    auto guest = find(name);
+    if (!guest)
+        return fail(kind::not_found, "no guest named \"" + name + "\"");
+    if (guest->source() == guest_source::config) {
+        return fail(kind::config_guest, "guest \"" + name +
+                                             "\" is defined in the config file, whose values are "
+                                             "read from files; change them there and reload");
+    }
+    auto record = std::find_if(runtime_records_.begin(), runtime_records_.end(),
+                               [&](const runtime_guest_record& r) { return r.name == name; });
+    if (record == runtime_records_.end())
+        return fail(kind::persist_failed,
+                    "guest \"" + name + "\" has no record in the state directory");
+    const auto withheld = [&](const std::string& slot) {
+        return std::find(record->withheld_values.begin(), record->withheld_values.end(), slot) !=
+               record->withheld_values.end();
+    };
+    const auto& missing = guest->missing_values();
+    const auto in_memory = [&](const std::string& slot) {
+        return std::find(missing.begin(), missing.end(), slot) == missing.end();
+    };
+
+    // What was given, checked against the slots the record withholds.
+    std::optional<std::string> config_value;
+    std::vector<json::object> secret_values;
+    for (const auto& [key, value] : values) {
+        if (key == "config") {
+            if (!value.is_string())
+                return fail(kind::bad_request, "values.config: must be a string");
+            if (!withheld("config"))
+                return fail(kind::bad_request,
+                            "values.config: this guest's provisioning has no jcard.toml value "
+                            "(it has a config_file, or none); change it with PUT");
+            config_value = std::string(value.get_string());
+        } else if (key == "secrets") {
+            if (!value.is_array())
+                return fail(kind::bad_request, "values.secrets: must be an array");
+            for (std::size_t i = 0; i < value.get_array().size(); ++i) {
+                const auto where = "values.secrets[" + std::to_string(i) + "]";
+                const auto* secret = value.get_array()[i].if_object();
+                const auto* secret_name = secret ? secret->if_contains("name") : nullptr;
+                const auto* secret_value = secret ? secret->if_contains("value") : nullptr;
+                if (!secret_name || !secret_name->is_string() || !secret_value)
+                    return fail(kind::bad_request, where + ": needs a name and a value");
+                for (const auto& [field, ignored] : *secret) {
+                    if (field != "name" && field != "value" && field != "mode")
+                        return fail(kind::bad_request,
+                                    where + "." + std::string(field) +
+                                        ": only values are supplied here; change the rest "
+                                        "with PUT");
+                }
+                const auto slot = "secret " + std::string(secret_name->get_string());
+                if (!withheld(slot))
+                    return fail(kind::bad_request,
+                                where + ": " + slot +
+                                    " is not one of this guest's values; change the "
+                                    "provisioning with PUT");
+                secret_values.push_back(*secret);
+            }
+        } else {
+            return fail(kind::bad_request, "values." + std::string(key) +
+                                               ": only \"config\" and \"secrets\" hold values");
+        }
+    }
+
+    // The whole provisioning: the record, the values given now, and those still in memory.
+    json::object merged = record->provision;
+    const auto& held = guest->definition().provision;
+    if (config_value)
+        merged["config"] = *config_value;
+    else if (withheld("config") && in_memory("config") && held.config_content)
+        merged["config"] = *held.config_content;
+    json::array secrets;
+    if (const auto* persisted = merged.if_contains("secrets"); persisted && persisted->is_array())
+        secrets = persisted->get_array();
+    std::vector<std::string> still_missing;
+    for (const auto& slot : record->withheld_values) {
+        if (slot == "config") {
+            if (!merged.contains("config"))
+                still_missing.push_back(slot);
+            continue;
+        }
+        const auto secret_name = slot.substr(std::string_view("secret ").size());
+        auto given = std::find_if(secret_values.begin(), secret_values.end(), [&](const auto& o) {
+            return o.at("name").as_string() == secret_name;
+        });
+        if (given != secret_values.end()) {
+            secrets.push_back(*given);
+            continue;
+        }
+        auto kept = std::find_if(held.secrets.begin(), held.secrets.end(),
+                                 [&](const auto& sc) { return sc.name == secret_name; });
+        if (in_memory(slot) && kept != held.secrets.end() && kept->value) {
+            json::object o{{"name", kept->name}, {"value", *kept->value}};
+            if (kept->mode != 0)
+                o["mode"] = kept->mode;
+            secrets.push_back(std::move(o));
+        } else {
+            still_missing.push_back(slot);
+        }
+    }
+    if (!secrets.empty())
+        merged["secrets"] = std::move(secrets);
+    auto definition = runtime_guest_definition(
+        name, record->endpoint, merged, config_.daemon,
+        record->references_trusted ? provision_caller::host_trusted : provision_caller::values_only);
+    if (!definition)
+        return result(boost::system::in_place_error, refusal(definition.error()));
+    guest->replace_provision(std::move(definition->provision));
+    if (!still_missing.empty())
+        guest->hold_provisioning_for_values(std::move(still_missing));
+    return result(boost::system::in_place_value, std::move(guest));
+}
+
+boost::system::result<std::shared_ptr<managed_guest>, registry_error>
 guest_registry::replace_invalid(const std::string& name, const json::object& provision,
                                 provision_caller caller) {
     using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;

@@ -80,6 +80,12 @@ class guest_registry {
     // persisted without its values. The caller decides when it runs.
     boost::system::result<std::shared_ptr<managed_guest>, registry_error> replace_provision(
         const std::string& name, const boost::json::object& provision, provision_caller caller);
+    // Supplies values of a runtime guest's provisioning (the jcard.toml given as `config`, a
+    // secret's `value`) without touching the rest: `values` is {"config"?: text, "secrets"?:
+    // [{name, value, mode?}]}, each naming one of the values its record withholds. Values held in
+    // memory and not given again are kept. Nothing is persisted: the record holds no value.
+    boost::system::result<std::shared_ptr<managed_guest>, registry_error> supply_values(
+        const std::string& name, const boost::json::object& values);
     boost::asio::awaitable<boost::system::result<void, registry_error>> async_remove_runtime(
         const std::string& name);
 

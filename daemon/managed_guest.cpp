@@ -7,6 +7,7 @@
 #include "daemon/provisioning.hpp"
 #include "daemon/state_store.hpp"
 #include "protocol/codec.hpp"
+#include "protocol/redact.hpp"
 #include "protocol/overloaded.hpp"
 #include "transport/completion_tokens.hpp"
 
@@ -643,8 +644,9 @@ json::object managed_guest::status() const {
         provision["missing"] = std::move(missing);
         provision["message"] =
             "values given through the API are kept only in memory and were lost when the daemon "
-            "restarted; supply them again with PUT /v1/guests/" +
-            name() + "/provision (stereosctl provision " + name() + " --set FILE)";
+            "restarted; supply them again with PATCH /v1/guests/" +
+            name() + "/provision (stereosctl provision " + name() +
+            " --values FILE), which keeps the rest of the provisioning";
     }
     json::array transitions;
     for (const auto& t : machine_.history()) {
@@ -674,6 +676,50 @@ json::object managed_guest::status() const {
     status["ledger"] = ledger_status();
     status["transitions"] = std::move(transitions);
     return status;
+}
+
+json::object managed_guest::redacted_provision() const {
+    const auto& p = definition_.provision;
+    json::object provision;
+    if (p.config_file)
+        provision["config_file"] = p.config_file->string();
+    if (p.config_content)
+        provision["config"] = protocol::redaction_marker(p.config_content->size());
+    json::array keys;
+    for (const auto& key : p.ssh_keys) {
+        json::object k{{"user", key.user}};
+        if (key.public_key_file.empty())
+            k["public_key"] = key.public_key;  // public: not secret
+        else
+            k["public_key_file"] = key.public_key_file.string();
+        keys.push_back(std::move(k));
+    }
+    if (!keys.empty())
+        provision["ssh_keys"] = std::move(keys);
+    json::array secrets;
+    for (const auto& secret : p.secrets) {
+        json::object o{{"name", secret.name}};
+        if (secret.value)
+            o["value"] = protocol::redaction_marker(secret.value->size());
+        else if (!secret.credential.empty())
+            o["credential"] = secret.credential;
+        else
+            o["file"] = secret.file.string();
+        if (secret.mode != 0)
+            o["mode"] = secret.mode;
+        secrets.push_back(std::move(o));
+    }
+    if (!secrets.empty())
+        provision["secrets"] = std::move(secrets);
+    json::array mounts;
+    for (const auto& mount : p.mounts)
+        mounts.push_back(json::value_from(mount));
+    if (!mounts.empty())
+        provision["mounts"] = std::move(mounts);
+    json::array missing;
+    for (const auto& m : missing_values_)
+        missing.emplace_back(m);
+    return {{"provision", std::move(provision)}, {"missing", std::move(missing)}};
 }
 
 json::object managed_guest::ledger_status() const {

@@ -99,6 +99,11 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     // New provisioning for later runs (a run in progress finishes with what it had); releases
     // a hold. Starts nothing itself: it runs at the next boot, or now through provision_now().
     void replace_provision(config::provision_config provision);
+    // What hold_provisioning_for_values() still waits for (empty: every value is in memory).
+    const std::vector<std::string>& missing_values() const noexcept { return missing_values_; }
+    // The provisioning as the daemon holds it, values replaced by a redaction marker, and the
+    // values still missing: {"provision": {...}, "missing": [...]}.
+    boost::json::object redacted_provision() const;
 
     // {name, endpoint, source, state, reason, since, link, uptime_seconds, agents, provision,
     // transitions}

@@ -118,24 +118,40 @@ state_load_result state_store::load() {
     if (!std::filesystem::exists(file_, ec))
         return result;
 
-    std::string problem;
-    std::ifstream in(file_, std::ios::binary);
-    if (!in) {
-        result.unreadable = file_.string() + " cannot be read: " + errno_text(errno) +
-                            "; it holds the runtime guests, so the daemon does not start "
-                            "without it (fix its access and start again)";
-        return result;
-    } else {
-        std::stringstream text;
-        text << in.rdbuf();
-        std::vector<runtime_guest_record> guests;
-        if (auto error = parse_records(text.str(), guests)) {
-            problem = "is corrupt: " + *error;
-        } else {
-            result.guests = std::move(guests);
-            return result;
+    // Read with the system calls, so that a read error (EACCES, EIO, EISDIR) is told from
+    // content that does not parse: only the latter is moved aside.
+    std::string text;
+    const int fd = ::open(file_.c_str(), O_RDONLY | O_CLOEXEC);
+    int read_errno = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        std::array<char, 65536> chunk{};
+        while (true) {
+            const auto n = ::read(fd, chunk.data(), chunk.size());
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                read_errno = errno;
+                break;
+            }
+            if (n == 0)
+                break;
+            text.append(chunk.data(), static_cast<std::size_t>(n));
         }
+        ::close(fd);
     }
+    if (read_errno != 0) {
+        result.unreadable = file_.string() + " cannot be read: " + errno_text(read_errno) +
+                            "; it holds the runtime guests, so the daemon does not start "
+                            "without it (fix it and start again)";
+        return result;
+    }
+    std::vector<runtime_guest_record> guests;
+    const auto error = parse_records(text, guests);
+    if (!error) {
+        result.guests = std::move(guests);
+        return result;
+    }
+    const std::string problem = "is corrupt: " + *error;
 
     auto aside = file_;
     aside += ".corrupt-" + utc_stamp();

@@ -329,9 +329,21 @@ int run_stereosctl(int argc, char** argv) {
                            "guest's provisioning "
                            "(e.g. its values again after a daemon restart) and run it");
     provision->add_option("NAME", name)->required();
-    provision->add_option("--set", from_file,
-                          "JSON file (or - for stdin) with the provision object; its values are "
-                          "kept only in the daemon's memory");
+    auto* set_option = provision->add_option(
+        "--set", from_file,
+        "JSON file (or - for stdin) with the provision object; its values are kept only in "
+        "the daemon's memory");
+    std::string values_file;
+    provision
+        ->add_option("--values", values_file,
+                     "JSON file (or - for stdin) with only the values: {\"config\": ..., "
+                     "\"secrets\": [{\"name\": ..., \"value\": ...}]}; the rest of the "
+                     "provisioning stays")
+        ->excludes(set_option);
+    bool show_provision = false;
+    provision->add_flag("--show", show_provision,
+                        "print the provisioning as the daemon holds it, values redacted")
+        ->excludes(set_option);
     auto* reconnect = app.add_subcommand(
         "reconnect", "reconnect to a guest now and retry fast (for a hook when its VM starts)");
     reconnect->add_option("NAME", name)->required();
@@ -464,6 +476,30 @@ int run_stereosctl(int argc, char** argv) {
             return acked(
                 run.call(http::verb::post, guest_path + "/shutdown", json::serialize(body)),
                 name + " is shutting down");
+        }
+        if (provision->parsed() && show_provision) {
+            return run.print(run.call(http::verb::get, guest_path + "/provision"),
+                             [&](const json::value& v) {
+                                 std::cout << json::serialize(v.at("provision")) << "\n";
+                                 const auto& missing = v.at("missing").as_array();
+                                 if (!missing.empty())
+                                     std::cout << "missing: " << json::serialize(missing) << "\n";
+                             });
+        }
+        if (provision->parsed() && !values_file.empty()) {
+            auto text = read_source(values_file);
+            boost::system::error_code ec;
+            auto values = json::parse(text, ec);
+            std::fill(text.begin(), text.end(), '\0');
+            if (ec || !values.is_object())
+                throw usage_error(values_file + " is not a JSON object");
+            auto body = json::serialize(json::object{{"values", std::move(values)}});
+            auto result = run.call(http::verb::patch, guest_path + "/provision", body);
+            std::fill(body.begin(), body.end(), '\0');
+            return run.print(result, [&](const json::value& v) {
+                std::cout << name << ": values supplied, provisioning "
+                          << field(v.at("provision").as_object(), "state") << "\n";
+            });
         }
         if (provision->parsed() && !from_file.empty()) {
             json::object body{{"provision", read_provision_file(from_file)}};

@@ -436,6 +436,20 @@ BOOST_AUTO_TEST_CASE(wild_uptimes_are_protocol_errors_not_a_provisioning_storm) 
     BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
 }
 
+// A state file that exists but cannot be read holds guests the daemon must not lose: it stops
+// with the reason, and leaves the file where it is.
+BOOST_AUTO_TEST_CASE(an_unreadable_state_file_stops_start_up) {
+    temp_directory dir("stereos-daemon");
+    std::filesystem::create_directories(dir / "state" / "guests.json");
+    write_text_file(dir / "config.toml", daemon_section(dir));
+    auto hostd = start_daemon(dir);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 1);
+    BOOST_TEST(hostd->stderr_text().find("guests.json cannot be read: Is a directory") !=
+                   std::string::npos,
+               hostd->stderr_text());
+    BOOST_TEST(std::filesystem::is_directory(dir / "state" / "guests.json"));
+}
+
 BOOST_AUTO_TEST_CASE(an_invalid_config_stops_start_up_with_every_error_named) {
     temp_directory dir("stereos-daemon");
     write_text_file(dir / "config.toml", daemon_section(dir) +

@@ -14,6 +14,8 @@ namespace fs = std::filesystem;
 using stereos::daemon::runtime_guest_record;
 using stereos::daemon::state_store;
 
+using namespace std::chrono_literals;
+
 namespace {
 // The state directory is the daemon's own: owner-only, as in production.
 struct temp_dir : stereos::testing::temp_directory {
@@ -125,6 +127,48 @@ BOOST_AUTO_TEST_CASE(a_failed_save_leaves_the_previous_file_intact) {
     auto loaded = state_store(dir.path()).load();
     BOOST_TEST_REQUIRE(loaded.guests.size() == 1u);
     BOOST_TEST(loaded.guests[0].name == "vm1");
+}
+
+// A file that exists but cannot be read (here: a directory in its place, EISDIR; EACCES and EIO
+// take the same path) is not corrupt: nothing is moved aside, and the caller must not start.
+BOOST_AUTO_TEST_CASE(an_unreadable_file_is_reported_and_left_alone) {
+    temp_dir dir;
+    fs::create_directory(dir.path() / "guests.json");
+    auto loaded = state_store(dir.path()).load();
+    BOOST_TEST(!loaded.problem.has_value());
+    BOOST_TEST_REQUIRE(loaded.unreadable.has_value());
+    BOOST_TEST(loaded.unreadable->find("cannot be read: Is a directory") != std::string::npos,
+               *loaded.unreadable);
+    BOOST_TEST(names_in(dir.path()) == std::vector<std::string>{"guests.json"},
+               boost::test_tools::per_element());
+}
+
+// A guest's delivery ledger: digests and the run, round-tripped; no file is no ledger; a
+// corrupt one is set aside and reported.
+BOOST_AUTO_TEST_CASE(ledgers_load_back_and_a_corrupt_one_is_set_aside) {
+    temp_dir dir;
+    const state_store store(dir.path());
+    BOOST_TEST_REQUIRE(store.load_ledger("vm1").has_value());
+    BOOST_TEST(!store.load_ledger("vm1")->has_value());
+    stereos::daemon::delivery_ledger ledger;
+    using steady = std::chrono::steady_clock;
+    ledger.start_run({"boot-1", steady::time_point{} + 5s, steady::time_point{} + 6s,
+                      steady::time_point{} + 90s});
+    ledger.record({"secret K", "ab12", std::chrono::system_clock::time_point{} + 7s,
+                   stereos::daemon::delivery_origin::provisioning});
+    ledger.add_api_key("admin", "ssh-ed25519 AAAAkey a@b");
+    BOOST_TEST(!store.save_ledger("vm1", ledger).has_value());
+    auto loaded = store.load_ledger("vm1");
+    BOOST_TEST_REQUIRE(loaded.has_value());
+    BOOST_TEST_REQUIRE(loaded->has_value());
+    BOOST_TEST((**loaded == ledger));
+
+    write_text_file(dir.path() / "ledgers" / "vm2.ledger.json", "{\"version\":1,\"items\":5}");
+    auto corrupt = store.load_ledger("vm2");
+    BOOST_TEST_REQUIRE(corrupt.has_error());
+    BOOST_TEST(corrupt.error().find("\"items\" is missing or not an array") != std::string::npos,
+               corrupt.error());
+    BOOST_TEST(!fs::exists(dir.path() / "ledgers" / "vm2.ledger.json"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

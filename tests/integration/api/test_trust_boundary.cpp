@@ -277,7 +277,7 @@ BOOST_AUTO_TEST_CASE(values_stay_out_of_the_state_dir_and_are_asked_for_after_a_
     BOOST_TEST(prov.at("state").as_string() == "needs_values", status);
     const auto missing = json::serialize(prov.at("missing"));
     BOOST_TEST(missing == R"(["config","secret API_KEY"])");
-    BOOST_TEST(std::string(prov.at("message").as_string()).find("PUT /v1/guests/rt/provision") !=
+    BOOST_TEST(std::string(prov.at("message").as_string()).find("PATCH /v1/guests/rt/provision") !=
                std::string::npos);
     // Nothing is provisioned while values are missing, even once the guest is up.
     BOOST_TEST(eventually([&] { return status_of(sock, "rt").at("link").at("up").as_bool(); }));
@@ -290,12 +290,24 @@ BOOST_AUTO_TEST_CASE(values_stay_out_of_the_state_dir_and_are_asked_for_after_a_
     BOOST_TEST(shown.exit_code == 0, shown.err);
     BOOST_TEST(shown.out.find("needs_values") != std::string::npos, shown.out);
     BOOST_TEST(shown.out.find("secret API_KEY") != std::string::npos, shown.out);
+    // Only the values: the mount and the rest of the provisioning stay as they are.
     const auto values_file = dir.file("values.json");
-    write_text(values_file, provision);
+    write_text(values_file, R"({"config":"token = \")" + config_value +
+                                R"(\"\n","secrets":[{"name":"API_KEY","value":")" + secret +
+                                R"(","mode":384}]})");
     auto supplied =
-        run_command({program_ctl(), "--socket", sock, "provision", "rt", "--set", values_file});
+        run_command({program_ctl(), "--socket", sock, "provision", "rt", "--values", values_file});
     BOOST_TEST(supplied.exit_code == 0, supplied.out << supplied.err);
     BOOST_TEST(supplied.out.find("done") != std::string::npos, supplied.out);
+    // The provisioning as held, values redacted.
+    auto held = run_command({program_ctl(), "--socket", sock, "provision", "rt", "--show"});
+    BOOST_TEST(held.exit_code == 0, held.err);
+    BOOST_TEST(held.out.find("\"guest_path\":\"/data\"") != std::string::npos, held.out);
+    BOOST_TEST(held.out.find("\"name\":\"API_KEY\"") != std::string::npos, held.out);
+    BOOST_TEST(held.out.find("<redacted") != std::string::npos, held.out);
+    BOOST_TEST(held.out.find(secret) == std::string::npos, held.out);
+    BOOST_TEST(held.out.find(config_value) == std::string::npos, held.out);
+    BOOST_TEST(held.out.find("missing") == std::string::npos, held.out);
     const auto after = status_of(sock, "rt").at("provision").as_object();
     BOOST_TEST(after.at("state").as_string() == "done");
     BOOST_TEST(!after.contains("missing"));
