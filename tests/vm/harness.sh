@@ -118,11 +118,23 @@ vm_console() {
 # secret, and short timeouts so that the cases run quickly; then follows its events. Further
 # arguments are extra lines for the [guest.provision] table. $vm_hostd_pid is the daemon.
 hostd_start() {
-    local endpoint=$1
+    vm_endpoint=$1
     shift
+    vm_provision_lines=("$@")
     printf 'mixtape = "vm-test"\n' > "$vm_work/jcard.toml"
-    printf 'vm-secret-value-%s' "$RANDOM$RANDOM" > "$vm_work/secret"
-    cat > "$vm_work/config.toml" <<TOML
+    write_secret vm-secret-value
+    hostd_write_config
+    hostd_run
+    echo "[$(elapsed)] stereos-hostd running, guest vm at $vm_endpoint"
+}
+
+# Writes config.toml from $vm_endpoint, $vm_health_interval and $vm_provision_lines (extra
+# [guest.provision] lines): a case changes one and reloads. Renamed into place, so that a reload
+# never reads half a file.
+vm_health_interval=1s
+vm_provision_lines=()
+hostd_write_config() {
+    cat > "$vm_work/config.toml.new" <<TOML
 [daemon]
 api_socket = "$vm_work/api.sock"
 api_group = ""
@@ -131,19 +143,30 @@ log_level = "debug"
 request_timeout = "3s"
 connect_timeout = "2s"
 keepalive_interval = "2s"
-health_interval = "1s"
+health_interval = "$vm_health_interval"
 reconnect_max = "1s"
 
 [[guest]]
 name = "vm"
-endpoint = "$endpoint"
+endpoint = "$vm_endpoint"
 [guest.provision]
 config_file = "$vm_work/jcard.toml"
 secrets = [ { name = "VM_SECRET", file = "$vm_work/secret" } ]
 TOML
-    [ $# -eq 0 ] || printf '%s\n' "$@" >> "$vm_work/config.toml"
-    hostd_run
-    echo "[$(elapsed)] stereos-hostd running, guest vm at $endpoint"
+    [ ${#vm_provision_lines[@]} -eq 0 ] ||
+        printf '%s\n' "${vm_provision_lines[@]}" >> "$vm_work/config.toml.new"
+    mv "$vm_work/config.toml.new" "$vm_work/config.toml"
+}
+
+# Writes a new random value, PREFIX-NUMBER, to $vm_work/secret; $vm_secret_values keeps every
+# value written, for the final check that none reached a log.
+vm_secret_values=()
+write_secret() {
+    local value
+    value=$1-$RANDOM$RANDOM$RANDOM
+    printf '%s' "$value" > "$vm_work/secret.new"
+    mv "$vm_work/secret.new" "$vm_work/secret"
+    vm_secret_values+=("$value")
 }
 
 # Runs stereos-hostd on the written config and follows its events, appending to the logs.
@@ -179,6 +202,17 @@ hostd_restart() {
     hostd_run
 }
 
+# Sends SIGHUP to stereos-hostd and waits until it has applied the reload; $vm_log_mark is where
+# the daemon log stood before, for hostd_log_since_mark. Argument: what changed, for the output.
+hostd_reload() {
+    vm_log_mark=$(($(wc -l < "$vm_work/hostd.log") + 1))
+    kill -HUP "$vm_hostd_pid"
+    wait_until 20 eval 'hostd_log_since_mark | quiet_grep -F "reload applied"' ||
+        fail "stereos-hostd did not apply the reload ($1) within 20 s"
+    echo "[$(elapsed)] reloaded ($1): $(hostd_log_since_mark | grep -o 'reload applied.*')"
+}
+hostd_log_since_mark() { tail -n "+${vm_log_mark:-1}" "$vm_work/hostd.log"; }
+
 # A reaped child's pid may be reused: the cleanup must not kill it.
 vm_forget_pid() {
     local kept=() pid
@@ -205,7 +239,8 @@ vm_new_events() { tail -n "+${vm_events_from:-1}" "$vm_work/events.txt" 2>/dev/n
 vm_state_now() { vm_states | tail -n 1; }
 vm_state_is() { [ "$(vm_state_now)" = "$1" ]; }
 vm_states_line() { vm_states | tr '\n' ' ' | sed 's/ $//'; }
-# Counts provisioning runs the daemon reported done.
+# Counts the links made, and provisioning runs the daemon reported done.
+link_ups() { grep -c ' vm link up' "$vm_work/events.txt" || true; }
 provisions_done() { grep -c ' vm provision done' "$vm_work/events.txt" || true; }
 
 # Waits until the guest daemon in the VM has received the whole provisioning the N-th time,
