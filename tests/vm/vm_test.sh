@@ -3,7 +3,8 @@
 # host (or, for `vsock`, inside the VM). Each case asserts the guest's states from the event
 # stream and what the guest daemon received from its own log on the serial console.
 #   vm_test.sh CASE HOSTD CTL IMAGE_DIR KERNEL_DIR
-# CASE: boot, reset, guest_restart, link_blip, shutdown, hostd_restart, pause, two_keys, vsock.
+# CASE: boot, reset, guest_restart, link_blip, shutdown, hostd_restart, pause, two_keys, reload,
+# wild_uptime, vsock.
 # Exits 77 (skip) with the reason
 # when QEMU or the kernel is missing. STEREOS_VM_KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -213,6 +214,85 @@ case_two_keys() {
     echo "PASS: both keys in one request, both in authorized_keys; states $(vm_states_line)"
 }
 
+# A reload (SIGHUP) that changes only health_interval applies it to the live link: no new link,
+# nothing sent. A rotated secret file is then a changed item, sent alone on the same link.
+case_reload() {
+    boot_and_provision
+    local ups sets secrets delivered polls since
+    ups=$(link_ups)
+    sets=$(serial_count "request set_config")
+    secrets=$(serial_count "$secret_request")
+    delivered=$(serial_count "delivered inject_secret name=VM_SECRET")
+    polls=$(serial_count "request get_health")
+    vm_health_interval=3s
+    hostd_write_config
+    since=$SECONDS
+    hostd_reload "health_interval 1s -> 3s"
+    hostd_log_since_mark | quiet_grep -F "vm: reload: new timings applied to the live link" ||
+        fail "the daemon did not apply the new timings to the live link"
+    hostd_log_since_mark | quiet_grep -F " 0 with a new endpoint" ||
+        fail "the reload took the guest for one with a new endpoint"
+    sleep 6  # health polls at the new interval, time enough to re-send were it mistaken
+    polls=$(($(serial_count "request get_health") - polls))
+    echo "[$(elapsed)] $polls health polls in the $((SECONDS - since)) s since the SIGHUP"
+    # The reload's own poll, then one each 3 s: at most 4 (the old 1 s would give 6 or more).
+    [ "$polls" -le 4 ] || fail "$polls health polls in $((SECONDS - since)) s: not each 3 s"
+    [ "$(serial_count "request set_config")" = "$sets" ] || fail "the config was sent again"
+    [ "$(serial_count "$secret_request")" = "$secrets" ] || fail "the secret was sent again"
+    [ "$(link_ups)" = "$ups" ] || fail "the link was made anew by a reload of timings only"
+    vm_state_is healthy || fail "not healthy after the reload: $(vm_states_line)"
+
+    write_secret vm-secret-rotated
+    hostd_reload "the secret file rotated"
+    wait_until 30 serial_count_at_least "delivered inject_secret name=VM_SECRET" $((delivered + 1)) ||
+        fail "the guest daemon did not get the rotated secret"
+    wait_until 10 eval 'hostd_log_since_mark |
+            quiet_grep -F "vm: provisioned: 1 items sent, 1 already delivered"' ||
+        fail "the daemon did not report the rotated secret alone sent"
+    sleep 3  # time enough for a stray second send
+    [ "$(serial_count "$secret_request")" = $((secrets + 1)) ] ||
+        fail "the rotated secret came $(($(serial_count "$secret_request") - secrets)) times, not once"
+    [ "$(serial_count "request set_config")" = "$sets" ] ||
+        fail "the unchanged config was sent again with the rotated secret"
+    [ "$(link_ups)" = "$ups" ] || fail "the link was made anew for the rotated secret"
+    [ "$(serial_count "stereos-vm: guest daemon start")" = 1 ] || fail "the guest daemon restarted"
+    echo "PASS: timings reloaded on the live link, the rotated secret alone sent; states $(vm_states_line)"
+}
+
+# A guest whose health answers alternate between uptimes 5 and 2^63-1 (stereos.uptime_sequence,
+# the fake guest's --uptime-sequence): each wild answer is a protocol error that resets the link,
+# and each 5 after a reconnect is a start earlier than the guest's last word, never a restart.
+# Provisioned once, then never again: no storm.
+case_wild_uptime() {
+    local sequence=5,9223372036854775807
+    vm_require "$guest_image"
+    vm_boot "$guest_image" "stereos.uptime_sequence=$sequence"
+    hostd_start "tcp:127.0.0.1:$vm_port"
+    wait_until 60 serial_count_at_least "guest daemon start 1 (--uptime-sequence $sequence)" 1 ||
+        fail "the guest daemon did not start with --uptime-sequence $sequence"
+    # The handshake may get either value (a first connect may fail and retry).
+    wait_provisioned_times 1 120 || fail "the guest was not provisioned within 120 s"
+    echo "[$(elapsed)] provisioned: $(vm_states_line)"
+    sleep 12  # a dozen 1 s polls, every other one wild
+    local log=$vm_work/hostd.log resets
+    resets=$(grep -c "protocol error, resetting the connection" "$log" || true)
+    echo "[$(elapsed)] $resets protocol error resets, $(link_ups) links; states $(vm_states_line)"
+    [ "$resets" -ge 2 ] || fail "$resets protocol error resets, not at least 2"
+    quiet_grep -F "uptime_seconds: 9223372036854775807 is outside 0.." "$log" ||
+        fail "the daemon log does not name the wild uptime"
+    # Links made again after the resets, each time without taking the guest for restarted.
+    [ "$(link_ups)" -ge 3 ] || fail "only $(link_ups) links were made: the resets were not retried"
+    if quiet_grep -F "guest restarted" "$log"; then
+        fail "a wild uptime was taken for a restart: $(grep -F "guest restarted" "$log" | head -3)"
+    fi
+    assert_sent_once "with wild uptimes"
+    [ "$(serial_count "delivered inject_secret name=VM_SECRET")" = 1 ] ||
+        fail "the secret was delivered $(serial_count "delivered inject_secret") times"
+    vm_states | quiet_grep -x healthy || fail "never healthy: $(vm_states_line)"
+    kill -0 "$vm_hostd_pid" || fail "stereos-hostd died"
+    echo "PASS: wild uptimes reset the link $resets times, provisioned once; states $(vm_states_line)"
+}
+
 # The daemon and the guest daemon in one VM over AF_VSOCK loopback (CID 1); tests/vm/vsock-case
 # runs the steps inside and reports each on the console.
 case_vsock() {
@@ -237,15 +317,15 @@ case_vsock() {
 }
 
 # The guest daemon's console log names secrets; neither it nor the daemon's log, events or
-# output may carry a value.
+# output may carry a value, the rotated ones' included.
 assert_no_secret_value() {
-    [ -f "$vm_work/secret" ] || return 0
     local value file
-    value=$(cat "$vm_work/secret")
-    for file in serial.log hostd.log events.txt; do
-        if [ -f "$vm_work/$file" ] && grep -qF -- "$value" "$vm_work/$file"; then
-            fail "the secret value appears in $file"
-        fi
+    for value in "${vm_secret_values[@]}"; do
+        for file in serial.log hostd.log events.txt; do
+            if [ -f "$vm_work/$file" ] && grep -qF -- "$value" "$vm_work/$file"; then
+                fail "the secret value appears in $file"
+            fi
+        done
     done
 }
 
