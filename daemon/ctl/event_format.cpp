@@ -54,6 +54,9 @@ std::string format_event(const json::object& event) {
         const auto step = text_of(event, "step");
         append(line, {" ", text_of(event, "state"), step.empty() ? "" : " at ", step,
                       in_parens(text_of(event, "error"))});
+        if (event.contains("sent"))
+            append(line, {": ", text_of(event, "sent"), " sent, ", text_of(event, "already"),
+                          " already delivered in this run"});
     } else if (kind == "overflow") {
         append(line, {": ", text_of(event, "reason")});
     } else {

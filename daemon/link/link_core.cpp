@@ -346,6 +346,15 @@ std::string_view link_core::prepare_write() {
 
 void link_core::commit_write(std::size_t size) {
     writing_.erase(0, size);
+    release_spare_capacity();
+}
+
+void link_core::release_spare_capacity() {
+    // A large request (or a backed-up queue) must not keep its megabytes per guest afterwards.
+    if (writing_.empty() && writing_.capacity() > keep_write_capacity)
+        std::string().swap(writing_);
+    if (staged_.empty() && staged_.capacity() > keep_write_capacity)
+        std::string().swap(staged_);
 }
 
 bool link_core::has_bytes_to_write() const noexcept {
@@ -416,6 +425,7 @@ void link_core::on_deadline(clock::time_point now) {
         now >= last_received_ + options_.keepalive_interval) {
         queue_keepalive(now);
     }
+    release_spare_capacity();
 }
 
 link_core::clock::time_point link_core::keepalive_due() const noexcept {
@@ -514,8 +524,7 @@ link_core::connection_end link_core::on_connection_ended(bool stopping, clock::t
             finish(e, written_error, outcome, now);
     }
     writing_.clear();
-    if (writing_.capacity() > keep_write_capacity)
-        std::string().swap(writing_);
+    release_spare_capacity();
     framer_.reset();
     early_pushes_.clear();
     drop_reason_ = {};

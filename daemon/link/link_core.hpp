@@ -150,6 +150,8 @@ class link_core {
     std::size_t staged_offset(std::size_t index) const;
     void erase_unwritten(std::size_t index);
     void queue_keepalive(clock::time_point now);
+    // Gives back the buffers' memory once they are empty and large.
+    void release_spare_capacity();
 
     guest_link_options options_;
     link_event_handler on_event_;

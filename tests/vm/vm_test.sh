@@ -217,7 +217,15 @@ case_two_keys() {
 # A reload (SIGHUP) that changes only health_interval applies it to the live link: no new link,
 # nothing sent. A rotated secret file is then a changed item, sent alone on the same link.
 case_reload() {
-    boot_and_provision
+    vm_require "$guest_image"
+    vm_boot "$guest_image"
+    # The daemon starts once the guest daemon listens: a handshake that failed before would leave
+    # its get_health in user-mode networking's buffer, reaching the guest seconds later as an
+    # extra poll, and the polls are counted here.
+    wait_until 120 serial_count_at_least "listening tcp:" 1 || fail "the guest daemon did not listen"
+    hostd_start "tcp:127.0.0.1:$vm_port"
+    wait_provisioned_times 1 60 || fail "the guest was not provisioned within 60 s"
+    wait_until 30 vm_state_is healthy || fail "the guest did not become healthy"
     local ups sets secrets delivered polls since
     ups=$(link_ups)
     sets=$(serial_count "request set_config")
