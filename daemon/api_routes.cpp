@@ -132,7 +132,7 @@ asio::awaitable<http_response> acked_request(api_context& context,
                                              const std::shared_ptr<managed_guest>& guest,
                                              protocol::host_message& message, unsigned version,
                                              http::status success = http::status::ok,
-                                             const std::string& added_public_key = {}) {
+                                             std::string_view added_public_key = {}) {
     auto outcome = co_await call_guest(context, guest, message, version);
     if (!outcome.error)
         guest->record_api_delivery(message, added_public_key);
@@ -523,7 +523,14 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
         case mount_plan::send:
             break;
     }
-    protocol::host_message message = std::move(mount);
+    struct in_flight {
+        managed_guest& guest;
+        const protocol::mount_payload& mount;
+        ~in_flight() { guest.end_api_mount(mount); }
+    };
+    found.guest->begin_api_mount(mount);
+    const in_flight marked{*found.guest, mount};
+    protocol::host_message message = mount;
     co_return co_await acked_request(call.context, found.guest, message, call.version);
 }
 

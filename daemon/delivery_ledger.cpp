@@ -48,8 +48,18 @@ std::string secret_item_key(std::string_view name) {
 std::string ssh_keys_item_key(std::string_view user) {
     return "ssh_keys " + std::string(user);
 }
+std::string mount_point(std::string_view guest_path) {
+    std::string path;
+    for (const char c : guest_path) {
+        if (c != '/' || path.empty() || path.back() != '/')
+            path += c;
+    }
+    if (path.size() > 1 && path.back() == '/')
+        path.pop_back();
+    return path;
+}
 std::string mount_item_key(std::string_view guest_path) {
-    return "mount " + std::string(guest_path);
+    return "mount " + mount_point(guest_path);
 }
 
 void delivery_ledger::start_run(guest_run run) {

@@ -45,6 +45,9 @@ std::string config_item_key();
 std::string secret_item_key(std::string_view name);
 std::string ssh_keys_item_key(std::string_view user);
 std::string mount_item_key(std::string_view guest_path);
+// A mount's directory however it is spelled: "/work", "/work/" and "//work" are one mount point
+// to mount(8). The input rules already refuse "." and ".." components.
+std::string mount_point(std::string_view guest_path);
 
 class delivery_ledger {
   public:

@@ -152,7 +152,8 @@ asio::awaitable<std::optional<std::string>> guest_registry::async_apply(
     const config::config& next) {
     for (const auto& g : next.guests) {
         auto it = guests_.find(g.name);
-        if (it != guests_.end() && it->second->source() == guest_source::runtime) {
+        if ((it != guests_.end() && it->second->source() == guest_source::runtime) ||
+            invalid_.contains(g.name)) {
             co_return "guest \"" + g.name +
                 "\" is defined in the config and was also added at run time; remove one first";
         }

@@ -303,6 +303,12 @@ event_result guest_state_machine::on_reply(clock::time_point now) {
     event_result result;
     if (state_ == guest_state::unresponsive && link_up_) {
         move_to(result, state_after_recovery(), "reply received: recovered", now);
+        // An attempt that failed while the guest was silent (a pause) is due again now, on the
+        // same connection: the run goes on.
+        if (provisioning_ == provisioning_status::failed) {
+            provisioning_ = provisioning_status::not_due;
+            ++provisioning_attempt_;
+        }
         update_provisioning(result);
     }
     return result;

@@ -185,7 +185,8 @@ struct provisioning_ticket {
 // the interval (after a pause it moved by the pause's length). A slow answer only widens its
 // interval. The same start time after a reconnect is the same run.
 // Provisioning: due when the guest is up (ready, healthy or degraded) in a boot that is not
-// provisioned. A failed or interrupted attempt is due again after the next link up.
+// provisioned. A failed or interrupted attempt is due again after the next link up, or when an
+// unresponsive guest answers again.
 class guest_state_machine {
   public:
     using clock = std::chrono::system_clock;

@@ -15,6 +15,7 @@ namespace stereos::daemon {
 
 namespace asio = boost::asio;
 namespace json = boost::json;
+using namespace std::chrono_literals;
 
 namespace {
 using protocol::overloaded;
@@ -60,13 +61,21 @@ std::shared_ptr<managed_guest> managed_guest::create(
     if (auto* store = guest->services_.store) {
         auto loaded = store->load_ledger(guest->name());
         if (!loaded) {
+            // A file that is still there could not be read: keep it, and do not write over it.
+            const bool kept = std::filesystem::exists(store->ledger_file(guest->name()));
+            if (kept)
+                guest->ledger_writable_ = false;
             log::error("delivery ledger: " + loaded.error() +
-                           "; the guest is treated as never provisioned",
+                           "; the guest is treated as never provisioned" +
+                           (kept ? " and its ledger is not written until the daemon restarts"
+                                 : ""),
                        {.guest = guest->name()});
         } else if (*loaded) {
             guest->ledger_ = std::move(**loaded);
             const auto& run = guest->ledger_.run();
-            if (run && run->boot_id == guest->services_.boot_id) {
+            // Without a boot_id a run from an earlier host boot cannot be told apart.
+            if (run && !guest->services_.boot_id.empty() &&
+                run->boot_id == guest->services_.boot_id) {
                 guest->machine_.remember_run({run->started_earliest, run->started_latest},
                                              run->last_heard);
             }
@@ -135,6 +144,7 @@ void managed_guest::feed(const guest_event& event) {
     }
     if (result.new_run) {
         ledger_.start_run(current_run().value_or(guest_run{services_.boot_id, {}, {}, {}}));
+        undelivered_.clear();
         save_ledger();
     } else if (result.resumed_run) {
         log::info("the same run of the guest as before the daemon started: " +
@@ -143,8 +153,16 @@ void managed_guest::feed(const guest_event& event) {
     }
     if (std::holds_alternative<guest_events::link_up>(event) ||
         std::holds_alternative<guest_events::health_received>(event)) {
-        if (auto run = current_run())
+        if (auto run = current_run()) {
+            // The reckoned start drifts slowly (the two clocks' rates) and jumps after a pause:
+            // a daemon that dies without a clean stop must find the run where it now is.
+            const auto& saved = ledger_.run();
+            const bool moved = !saved || run->started_latest - saved->started_latest > 1s ||
+                               saved->started_latest - run->started_latest > 1s;
             ledger_.update_run(*run);
+            if (moved && !result.new_run)
+                save_ledger();
+        }
     }
     if (const auto& t = result.transition) {
         const auto to = std::string(to_string(t->to));
@@ -332,13 +350,27 @@ void managed_guest::publish_provisioning() {
     bus_.publish(name(), "provision", std::move(fields));
 }
 
-std::string managed_guest::digest_of(const std::string& key,
-                                     const protocol::host_message& message) const {
-    std::string bytes = key;
-    bytes += '\0';
-    protocol::encode_into(bytes, message);
+std::string managed_guest::digest_of(const std::string& key, const protocol::host_message& message,
+                                     delivery_origin origin) const {
+    std::string line;
+    if (const auto* mount = std::get_if<protocol::mount_payload>(&message)) {
+        auto same_point = *mount;  // one mount however its path is spelled
+        same_point.guest_path = mount_point(mount->guest_path);
+        protocol::encode_into(line, protocol::host_message{std::move(same_point)});
+    } else {
+        protocol::encode_into(line, message);
+    }
+    // A value an API caller sent is digested apart from the provisioning's: comparing digests
+    // must not let a caller test guesses of a secret it was never given.
+    const bool secret = std::holds_alternative<protocol::secret_payload>(message) ||
+                        std::holds_alternative<protocol::config_payload>(message);
+    const std::string_view domain = secret && origin == delivery_origin::api ? "api" : "";
+    std::string bytes;
+    bytes.reserve(domain.size() + key.size() + 2 + line.size());
+    bytes.append(domain).append(1, '\0').append(key).append(1, '\0').append(line);
     auto digest = services_.digest->of(bytes);
     explicit_bzero(bytes.data(), bytes.size());
+    explicit_bzero(line.data(), line.size());
     return digest;
 }
 
@@ -350,7 +382,7 @@ std::optional<guest_run> managed_guest::current_run() const {
 }
 
 void managed_guest::save_ledger() {
-    if (services_.store == nullptr)
+    if (services_.store == nullptr || !ledger_writable_)
         return;
     if (auto error = services_.store->save_ledger(name(), ledger_)) {
         log::error("cannot save the delivery ledger: " + *error +
@@ -430,9 +462,15 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
                   {.guest = name()});
     }
     for (const auto index : plan.to_send) {
-        const auto* item = &plan.items[index];
         if (!failed_step.empty() || stopping_)
             break;
+        // Built again from what holds now: an API delivery meanwhile (a key added, the same
+        // mount) is part of it, or has made it unneeded.
+        const auto key = plan.items[index].key;
+        auto current = find_item(key);
+        if (!current)
+            continue;  // gone from the provisioning (a reload meanwhile)
+        const auto* item = &*current;
         report_.step = item->name;
         auto message = item->build();  // again: what is sent is what is recorded
         if (!message) {
@@ -442,9 +480,18 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
             break;
         }
         const auto digest = digest_of(item->key, *message);
+        if (ledger_.delivered(item->key, digest)) {
+            wipe_secrets(*message);
+            undelivered_.erase(item->key);
+            continue;
+        }
         const auto type = std::string(protocol::type_name(*message));
         const auto asked_at = std::chrono::steady_clock::now();
-        auto result = co_await link_->async_request(*message);
+        // No client waits on provisioning: an answer is awaited as long as the connection may
+        // live (a paused guest answers after `cont`), so an item the guest applied is recorded.
+        const auto deadline = asked_at + definition_.timeouts.request_timeout +
+                              definition_.timeouts.unresponsive_grace;
+        auto result = co_await link_->async_request(*message, deadline);
         note_reply(*message, result, asked_at);
         if (!result) {
             failed_step = item->name;
@@ -464,12 +511,14 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
             ledger_.record(
                 {item->key, digest, std::chrono::system_clock::now(), delivery_origin::provisioning});
             undelivered_.erase(item->key);
+            save_ledger();  // at once: a daemon killed now must not send it again
         }
         ++sent;
         log::debug("provisioning item delivered: " + item->name,
                    {.guest = name(), .message_type = type});
     }
-    save_ledger();
+    if (plan.forgot)
+        save_ledger();
 
     if (failed_step.empty() && stopping_)
         failure = "stopped", failed_step = report_.step;
@@ -490,6 +539,14 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
     }
     publish_provisioning();
     co_return failed_step.empty();
+}
+
+std::optional<provisioning_item> managed_guest::find_item(std::string_view key) const {
+    for (auto& item : provisioning_items(definition_.provision, ledger_.api_keys())) {
+        if (item.key == key)
+            return std::move(item);
+    }
+    return std::nullopt;
 }
 
 bool managed_guest::has_anything_to_provision() const {
@@ -536,11 +593,15 @@ void managed_guest::recheck_provisioning() {
 }
 
 mount_plan managed_guest::plan_mount(const protocol::mount_payload& mount) const {
-    const auto* delivered = ledger_.find(mount_item_key(mount.guest_path));
+    const auto key = mount_item_key(mount.guest_path);
+    if (mounts_in_flight_.contains(key))
+        return mount_plan::conflict;  // the same path is being mounted now
+    // Before the first link of this daemon, the ledger may be an earlier run's.
+    const auto* delivered = machine_.link_is_up() ? ledger_.find(key) : nullptr;
     if (delivered == nullptr)
         return mount_plan::send;
     const protocol::host_message message = mount;
-    return delivered->digest == digest_of(mount_item_key(mount.guest_path), message)
+    return delivered->digest == digest_of(key, message)
                ? mount_plan::already_mounted
                : mount_plan::conflict;
 }
@@ -560,7 +621,7 @@ boost::system::result<protocol::host_message, std::string> managed_guest::ssh_ke
 }
 
 void managed_guest::record_api_delivery(const protocol::host_message& sent,
-                                        const std::string& added_public_key) {
+                                        std::string_view added_public_key) {
     std::string key = std::visit(
         overloaded{
             [](const protocol::config_payload&) { return config_item_key(); },
@@ -574,14 +635,14 @@ void managed_guest::record_api_delivery(const protocol::host_message& sent,
         return;
     if (const auto* ssh = std::get_if<protocol::ssh_key_payload>(&sent);
         ssh && !added_public_key.empty())
-        ledger_.add_api_key(ssh->user, added_public_key);
+        ledger_.add_api_key(ssh->user, std::string(added_public_key));
     // A user's keys stay the provisioning's item: they still hold the configured keys.
     const auto* before = ledger_.find(key);
     const auto origin = before && before->origin == delivery_origin::provisioning &&
                                 std::holds_alternative<protocol::ssh_key_payload>(sent)
                             ? delivery_origin::provisioning
                             : delivery_origin::api;
-    ledger_.record({key, digest_of(key, sent), std::chrono::system_clock::now(), origin});
+    ledger_.record({key, digest_of(key, sent, origin), std::chrono::system_clock::now(), origin});
     save_ledger();
 }
 
@@ -593,21 +654,22 @@ void managed_guest::reconnect() {
 
 asio::awaitable<provisioning_report> managed_guest::provision_now() {
     auto self = shared_from_this();
-    while (provisioning_running_)
+    while (provisioning_running_ && !stopping_)
         co_await tasks_done_.async_wait(use_tuple);
+    if (stopping_)
+        co_return provisioning_report{"failed", "", "stopped", 0, 0};
     if (!missing_values_.empty())
         co_return report_;
     if (!has_anything_to_provision())
         co_return provisioning_report{"none", "", "", 0, 0};
     provisioning_running_ = true;
-    const bool ok = co_await run_provisioning(std::nullopt);
+    ++background_tasks_;  // async_stop waits for it, as for the automatic runs
+    co_await run_provisioning(std::nullopt);
     provisioning_running_ = false;
+    --background_tasks_;
     wake_waiters();
-    // Keep the automatic run from repeating what was just done for this boot.
-    if (ok && machine_.needs_provisioning()) {
-        if (auto ticket = machine_.begin_provisioning())
-            machine_.mark_provisioned(*ticket);
-    }
+    // Due meanwhile (a reload, a new run)? The automatic run compares with the ledger again:
+    // whatever this run already sent is not sent twice.
     maybe_start_provisioning();
     co_return report_;
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <optional>
 #include <string>
 
@@ -89,7 +90,15 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
         const std::string& user, const std::string& public_key) const;
     // After the guest acked an API request: recorded in the ledger (an added key is kept).
     void record_api_delivery(const protocol::host_message& sent,
-                             const std::string& added_public_key = {});
+                             std::string_view added_public_key = {});
+    // An API mount being sent: plan_mount() answers conflict for its path meanwhile, so two
+    // concurrent identical requests cannot both reach the guest (stereosd would stack them).
+    void begin_api_mount(const protocol::mount_payload& mount) {
+        mounts_in_flight_.insert(mount_item_key(mount.guest_path));
+    }
+    void end_api_mount(const protocol::mount_payload& mount) {
+        mounts_in_flight_.erase(mount_item_key(mount.guest_path));
+    }
     const delivery_ledger& ledger() const noexcept { return ledger_; }
 
     // A runtime guest restored without the values it was given (they are kept in memory only):
@@ -137,11 +146,14 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     boost::asio::awaitable<bool> run_provisioning(std::optional<provisioning_ticket> ticket);
     void publish_provisioning();
     bool has_anything_to_provision() const;
+    // The provisioning's item of that ledger key as the definition and ledger say now.
+    std::optional<provisioning_item> find_item(std::string_view key) const;
     // Provisioning is compared with the ledger again (when the guest is up in a run).
     void recheck_provisioning();
     // Wakes every waiter of tasks_done_; they look again at what they wait for.
     void wake_waiters();
-    std::string digest_of(const std::string& key, const protocol::host_message& message) const;
+    std::string digest_of(const std::string& key, const protocol::host_message& message,
+                          delivery_origin origin = delivery_origin::provisioning) const;
     std::optional<guest_run> current_run() const;
     void save_ledger();
     boost::json::object ledger_status() const;
@@ -158,6 +170,8 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     provisioning_report report_;
     ledger_services services_;
     delivery_ledger ledger_;
+    bool ledger_writable_ = true;
+    std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight  // false: its file exists but could not be read
     // The provisioning's items by the last plan: key -> "pending", "changed" or "failed".
     std::map<std::string, std::string, std::less<>> undelivered_;
     std::vector<std::string> missing_values_;  // while not empty, provisioning is held

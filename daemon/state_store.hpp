@@ -67,8 +67,9 @@ class state_store {
 
     const std::filesystem::path& file() const noexcept { return file_; }
 
-  private:
     std::filesystem::path ledger_file(std::string_view guest) const;
+
+  private:
 
     std::filesystem::path directory_;
     std::filesystem::path file_;

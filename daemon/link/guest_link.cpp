@@ -186,9 +186,15 @@ asio::awaitable<void> guest_link::deadline_loop() {
 }
 
 void guest_link::set_options(guest_link_options options) {
-    options.fast_retry_budget = core_.options().fast_retry_budget;
+    const auto& before = core_.options();
+    options.fast_retry_budget = before.fast_retry_budget;
+    // A new backoff starts over: only when its bounds change, so a reload that changes other
+    // timings does not make every disconnected guest retry at once.
+    const bool new_backoff = options.reconnect_initial != before.reconnect_initial ||
+                             options.reconnect_max != before.reconnect_max;
     core_.set_options(options);
-    backoff_ = reconnect_backoff(options.reconnect_initial, options.reconnect_max, link_seed());
+    if (new_backoff)
+        backoff_ = reconnect_backoff(options.reconnect_initial, options.reconnect_max, link_seed());
     deadline_at(core_.next_deadline());
 }
 

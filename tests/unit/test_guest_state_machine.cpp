@@ -873,4 +873,21 @@ BOOST_AUTO_TEST_CASE(a_pause_shorter_or_longer_than_the_grace_is_not_a_restart) 
     }
 }
 
+// A provisioning item that times out while the guest is paused fails the attempt; when the guest
+// answers again on the same connection, the rest is due at once, without waiting for a
+// reconnect that may never come.
+BOOST_AUTO_TEST_CASE(a_failed_attempt_is_due_again_when_a_paused_guest_answers) {
+    driver d;
+    d.feed_all(path_to(guest_state::healthy));
+    const auto ticket = d.machine.begin_provisioning();
+    BOOST_TEST_REQUIRE(ticket.has_value());
+    d.feed(unresponsive());
+    BOOST_TEST(d.machine.mark_provisioning_failed(*ticket));
+    BOOST_TEST(!d.machine.needs_provisioning());
+    const auto back = d.feed(ev::reply_received{});
+    BOOST_TEST(back.provisioning_due);
+    BOOST_TEST(d.machine.needs_provisioning());
+    BOOST_TEST(d.machine.boot_count() == 1u);  // the same run
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -8,6 +8,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include "daemon/delivery_ledger.hpp"
 #include "daemon/log_throttle.hpp"
 #include "daemon/provisioning.hpp"
 
@@ -137,6 +138,14 @@ BOOST_AUTO_TEST_CASE(every_key_line_is_checked_not_only_the_first) {
     auto several = daemon::join_public_keys({"ssh-ed25519 AAAAone a\nssh-rsa AAAAtwo b\n\n"});
     BOOST_TEST_REQUIRE(several.has_value());
     BOOST_TEST(*several == "ssh-ed25519 AAAAone a\nssh-rsa AAAAtwo b");
+}
+
+// One ledger key per mount point however the path is spelled: mount(8) sees one directory.
+BOOST_AUTO_TEST_CASE(mount_keys_name_the_directory_not_its_spelling) {
+    BOOST_TEST(daemon::mount_item_key("/work") == "mount /work");
+    BOOST_TEST(daemon::mount_item_key("/work/") == "mount /work");
+    BOOST_TEST(daemon::mount_item_key("//work//data/") == "mount /work/data");
+    BOOST_TEST(daemon::mount_item_key("/") == "mount /");
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_file_fails_its_step_naming_the_file_only) {

@@ -147,6 +147,10 @@ BOOST_AUTO_TEST_CASE(every_guest_request_route_reaches_the_guest) {
                       R"({"tag":"share0","guest_path":"/work","fs_type":"virtiofs","read_only":true})");
     BOOST_TEST(again.status == 200u, again.body);
     BOOST_TEST(again.json().at("sent").as_bool() == false, again.body);
+    auto respelled = post(sock, "/v1/guests/vm1/mounts",
+                          R"({"tag":"share0","guest_path":"/work/","fs_type":"virtiofs","read_only":true})");
+    BOOST_TEST(respelled.status == 200u, respelled.body);
+    BOOST_TEST(respelled.json().at("sent").as_bool() == false, respelled.body);
     check_error(post(sock, "/v1/guests/vm1/mounts",
                      R"({"tag":"other","guest_path":"/work","fs_type":"9p"})"),
                 409, "mount_conflict");
