@@ -72,6 +72,8 @@ std::shared_ptr<managed_guest> managed_guest::create(
                        {.guest = guest->name()});
         } else if (*loaded) {
             guest->ledger_ = std::move(**loaded);
+            if (const auto& run = guest->ledger_.run())
+                guest->saved_started_latest_ = run->started_latest;
             const auto& run = guest->ledger_.run();
             // Without a boot_id a run from an earlier host boot cannot be told apart.
             if (run && !guest->services_.boot_id.empty() &&
@@ -156,11 +158,9 @@ void managed_guest::feed(const guest_event& event) {
         if (auto run = current_run()) {
             // The reckoned start drifts slowly (the two clocks' rates) and jumps after a pause:
             // a daemon that dies without a clean stop must find the run where it now is.
-            const auto& saved = ledger_.run();
-            const bool moved = !saved || run->started_latest - saved->started_latest > 1s ||
-                               saved->started_latest - run->started_latest > 1s;
+            const auto drift = run->started_latest - saved_started_latest_;
             ledger_.update_run(*run);
-            if (moved && !result.new_run)
+            if (!result.new_run && (drift > 1s || drift < -1s))
                 save_ledger();
         }
     }
@@ -384,6 +384,8 @@ std::optional<guest_run> managed_guest::current_run() const {
 void managed_guest::save_ledger() {
     if (services_.store == nullptr || !ledger_writable_)
         return;
+    if (const auto& run = ledger_.run())
+        saved_started_latest_ = run->started_latest;
     if (auto error = services_.store->save_ledger(name(), ledger_)) {
         log::error("cannot save the delivery ledger: " + *error +
                        "; a daemon restart would send this run's items again",

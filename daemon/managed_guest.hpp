@@ -170,8 +170,10 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     provisioning_report report_;
     ledger_services services_;
     delivery_ledger ledger_;
-    bool ledger_writable_ = true;
-    std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight  // false: its file exists but could not be read
+    bool ledger_writable_ = true;  // false: its file exists but could not be read
+    // The run's reckoned start as last written: saved again once it has moved by a second.
+    std::chrono::steady_clock::time_point saved_started_latest_{};
+    std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight
     // The provisioning's items by the last plan: key -> "pending", "changed" or "failed".
     std::map<std::string, std::string, std::less<>> undelivered_;
     std::vector<std::string> missing_values_;  // while not empty, provisioning is held

@@ -187,17 +187,19 @@ hostd_run() {
 # Stops stereos-hostd with SIGTERM and starts it again on the same config and state directory,
 # the guest running on.
 hostd_restart() {
-    kill -TERM "$vm_hostd_pid"
-    wait_until 20 child_exited "$vm_hostd_pid" || fail "stereos-hostd did not exit on SIGTERM"
+    local signal=${1:-TERM}  # KILL: a crash, with no clean stop to write anything
+    kill -"$signal" "$vm_hostd_pid"
+    wait_until 20 child_exited "$vm_hostd_pid" || fail "stereos-hostd did not exit on SIG$signal"
     local status=0
     wait "$vm_hostd_pid" || status=$?
-    [ "$status" = 0 ] || fail "stereos-hostd exited with status $status on SIGTERM"
+    [ "$signal" != TERM ] || [ "$status" = 0 ] ||
+        fail "stereos-hostd exited with status $status on SIGTERM"
     # The old stream has ended: its follower has written all it will.
     wait_until 10 child_exited "$vm_events_pid" || fail "stereosctl events outlived the daemon"
     wait "$vm_events_pid" || true
     vm_forget_pid "$vm_hostd_pid"
     vm_forget_pid "$vm_events_pid"
-    echo "[$(elapsed)] stereos-hostd stopped (SIGTERM); starting it again"
+    echo "[$(elapsed)] stereos-hostd stopped (SIG$signal); starting it again"
     echo "--- stereos-hostd restarted" | tee -a "$vm_work/hostd.log" >> "$vm_work/events.txt"
     hostd_run
 }

@@ -188,7 +188,14 @@ case_pause() {
     fi
     [ "$(grep -c ' vm link up' "$vm_work/events.txt")" = "$ups_before" ] ||
         fail "the link was made anew after the pause"
-    echo "PASS: paused $pause s, kept the link, nothing re-sent; states $(vm_states_line)"
+    # The pause moved the guest's reckoned start by its length: a daemon killed now (no clean
+    # stop) must still find the run where it is, and send nothing.
+    hostd_restart KILL
+    wait_until 30 vm_state_is healthy || fail "not healthy after the daemon was killed"
+    sleep 4
+    assert_sent_once "after a pause and a killed daemon"
+    echo "PASS: paused $pause s, kept the link, nothing re-sent, not after a crash either;" \
+        "states $(vm_states_line)"
 }
 
 # All of a user's keys go in one request, as the one authorized_keys file stereosd rewrites.
