@@ -57,6 +57,17 @@ BOOST_AUTO_TEST_CASE(concurrent_provisioning_and_stop_waits_end_without_spinning
                                                  daemon::guest_source::runtime, bus);
     int finished = 0;
     std::optional<std::size_t> sent_by_second;
+    // Two waiters, as lambdas of this scope: a coroutine lambda's captures live in the lambda
+    // object, which must outlive the coroutine.
+    auto first = [&]() -> asio::awaitable<void> {
+        co_await managed->provision_now();
+        ++finished;
+    };
+    auto second = [&]() -> asio::awaitable<void> {
+        const auto report = co_await managed->provision_now();
+        sent_by_second = report.sent;
+        ++finished;
+    };
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
@@ -70,15 +81,6 @@ BOOST_AUTO_TEST_CASE(concurrent_provisioning_and_stop_waits_end_without_spinning
                 return changed;
             }());
             auto ex = co_await asio::this_coro::executor;
-            auto first = [&]() -> asio::awaitable<void> {
-                co_await managed->provision_now();
-                ++finished;
-            };
-            auto second = [&]() -> asio::awaitable<void> {
-                const auto report = co_await managed->provision_now();
-                sent_by_second = report.sent;
-                ++finished;
-            };
             asio::co_spawn(ex, first(), rethrow);
             asio::co_spawn(ex, second(), rethrow);
             co_await sleep_for(50ms);
