@@ -79,6 +79,16 @@ void delivery_ledger::update_run(const guest_run& run) {
     run_->last_heard = std::max(run_->last_heard, run.last_heard);
 }
 
+void delivery_ledger::update_reckoning(std::chrono::steady_clock::time_point started_earliest,
+                                       std::chrono::steady_clock::time_point started_latest,
+                                       std::chrono::steady_clock::time_point last_heard) noexcept {
+    if (!run_)
+        return;
+    run_->started_earliest = started_earliest;
+    run_->started_latest = started_latest;
+    run_->last_heard = std::max(run_->last_heard, last_heard);
+}
+
 const ledger_item* delivery_ledger::find(std::string_view key) const noexcept {
     auto it = std::find_if(items_.begin(), items_.end(),
                            [&](const ledger_item& item) { return item.key == key; });

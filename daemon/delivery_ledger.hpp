@@ -56,6 +56,10 @@ class delivery_ledger {
     void start_run(guest_run run);
     // The same run, better known (a newer start-time reckoning, a later sign of life).
     void update_run(const guest_run& run);
+    // The same, for the run already recorded (no-op without one): allocates nothing.
+    void update_reckoning(std::chrono::steady_clock::time_point started_earliest,
+                          std::chrono::steady_clock::time_point started_latest,
+                          std::chrono::steady_clock::time_point last_heard) noexcept;
 
     const std::vector<ledger_item>& items() const noexcept { return items_; }
     const ledger_item* find(std::string_view key) const noexcept;

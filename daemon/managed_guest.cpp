@@ -72,6 +72,7 @@ std::shared_ptr<managed_guest> managed_guest::create(
                        {.guest = guest->name()});
         } else if (*loaded) {
             guest->ledger_ = std::move(**loaded);
+            guest->ledger_on_disk_ = true;
             if (const auto& run = guest->ledger_.run())
                 guest->saved_started_latest_ = run->started_latest;
             const auto& run = guest->ledger_.run();
@@ -155,11 +156,12 @@ void managed_guest::feed(const guest_event& event) {
     }
     if (std::holds_alternative<guest_events::link_up>(event) ||
         std::holds_alternative<guest_events::health_received>(event)) {
-        if (auto run = current_run()) {
+        if (const auto started = machine_.guest_started_within()) {
+            // Every poll: no allocation here (the run's boot_id stays as it is).
+            ledger_.update_reckoning(started->earliest, started->latest, machine_.last_heard());
             // The reckoned start drifts slowly (the two clocks' rates) and jumps after a pause:
             // a daemon that dies without a clean stop must find the run where it now is.
-            const auto drift = run->started_latest - saved_started_latest_;
-            ledger_.update_run(*run);
+            const auto drift = started->latest - saved_started_latest_;
             if (!result.new_run && (drift > 1s || drift < -1s))
                 save_ledger();
         }
@@ -384,8 +386,13 @@ std::optional<guest_run> managed_guest::current_run() const {
 void managed_guest::save_ledger() {
     if (services_.store == nullptr || !ledger_writable_)
         return;
+    // A run given nothing has nothing to protect from being sent twice: no file (10,000 guests
+    // without provisioning write nothing at start or stop).
+    if (!ledger_on_disk_ && ledger_.items().empty() && ledger_.api_keys().empty())
+        return;
     if (const auto& run = ledger_.run())
         saved_started_latest_ = run->started_latest;
+    ledger_on_disk_ = true;  // even a failed write may have left a file to be replaced
     if (auto error = services_.store->save_ledger(name(), ledger_)) {
         log::error("cannot save the delivery ledger: " + *error +
                        "; a daemon restart would send this run's items again",

@@ -171,6 +171,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     ledger_services services_;
     delivery_ledger ledger_;
     bool ledger_writable_ = true;  // false: its file exists but could not be read
+    bool ledger_on_disk_ = false;  // a file exists (loaded or written)
     // The run's reckoned start as last written: saved again once it has moved by a second.
     std::chrono::steady_clock::time_point saved_started_latest_{};
     std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight
