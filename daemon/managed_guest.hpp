@@ -172,7 +172,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     delivery_ledger ledger_;
     bool ledger_writable_ = true;  // false: its file exists but could not be read
     bool ledger_on_disk_ = false;  // a file exists (loaded or written)
-    // The run's reckoned start as last written: saved again once it has moved by a second.
+    // The run's reckoned start as last written: saved again once it has moved by 1.5 s.
     std::chrono::steady_clock::time_point saved_started_latest_{};
     std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight
     // The provisioning's items by the last plan: key -> "pending", "changed" or "failed".
