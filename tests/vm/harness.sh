@@ -66,33 +66,49 @@ serial_count_at_least() { [ "$(serial_count "$1")" -ge "$2" ]; }
 vm_boot() {
     local initramfs=$1
     shift
-    local kernel
+    local kernel attempt
     kernel=$(compgen -G "$vm_kernel_dir/boot/vmlinuz-*" | head -1)
-    local network=()
-    if [ "${vm_forward:-1}" = 1 ]; then
-        # A free port now; QEMU owns it from its start, as on a real host.
-        vm_port=$(free_tcp_port)
-        network=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$vm_port-:1024"
-            -device virtio-net-pci,netdev=net0,romfile=)
-    fi
-    qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -no-user-config -display none \
-        -kernel "$kernel" -initrd "$initramfs" \
-        -append "console=ttyS0 quiet panic=-1 mitigations=off no_timer_check $*" \
-        -chardev "socket,id=serial0,path=$vm_work/serial.sock,server=on,wait=off,logfile=$vm_work/serial.log" \
-        -serial chardev:serial0 \
-        -qmp "unix:$vm_work/qmp.sock,server=on,wait=off" \
-        "${network[@]}" > "$vm_work/qemu.log" 2>&1 &
-    vm_qemu_pid=$!
-    vm_pids+=("$vm_qemu_pid")
-    wait_until 20 test -S "$vm_work/qmp.sock" || fail "qemu did not start"
-    echo "[$(elapsed)] vm booting (qemu pid $vm_qemu_pid${vm_port:+, guest port 1024 at 127.0.0.1:$vm_port})"
+    # A port free when checked may be taken before QEMU binds it (another case's connections
+    # run beside it): QEMU then exits, and the boot is tried again on another port.
+    for attempt in 1 2 3 4 5; do
+        local network=()
+        if [ "${vm_forward:-1}" = 1 ]; then
+            # A free port now; QEMU owns it from its start, as on a real host.
+            vm_port=$(free_tcp_port)
+            network=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$vm_port-:1024"
+                -device virtio-net-pci,netdev=net0,romfile=)
+        fi
+        rm -f "$vm_work/qmp.sock" "$vm_work/serial.sock"
+        qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -no-user-config -display none \
+            -kernel "$kernel" -initrd "$initramfs" \
+            -append "console=ttyS0 quiet panic=-1 mitigations=off no_timer_check $*" \
+            -chardev "socket,id=serial0,path=$vm_work/serial.sock,server=on,wait=off,logfile=$vm_work/serial.log" \
+            -serial chardev:serial0 \
+            -qmp "unix:$vm_work/qmp.sock,server=on,wait=off" \
+            "${network[@]}" > "$vm_work/qemu.log" 2>&1 &
+        vm_qemu_pid=$!
+        vm_pids+=("$vm_qemu_pid")
+        wait_until 20 test -S "$vm_work/qmp.sock" || fail "qemu did not start"
+        # The forwarding rule is set up after the QMP socket: give a failure time to show.
+        sleep 0.5
+        if vm_running && ! grep -q "Could not set up host forwarding" "$vm_work/qemu.log"; then
+            echo "[$(elapsed)] vm booting (qemu pid $vm_qemu_pid${vm_port:+, guest port 1024 at 127.0.0.1:$vm_port})"
+            return 0
+        fi
+        echo "[$(elapsed)] qemu could not start on port ${vm_port:-?} (attempt $attempt): $(tr '\n' ' ' < "$vm_work/qemu.log")"
+        kill -9 "$vm_qemu_pid" 2>/dev/null || true
+        wait "$vm_qemu_pid" 2>/dev/null || true
+        vm_forget_pid "$vm_qemu_pid"
+    done
+    fail "qemu did not start in 5 attempts"
 }
 
 # A port nothing listens on now (QEMU fails to start if it is taken meanwhile).
 free_tcp_port() {
     local port
     for _ in $(seq 50); do
-        port=$((20000 + RANDOM % 40000))
+        # Below Linux's ephemeral range (32768-60999), where connections take their ports.
+        port=$((20000 + RANDOM % 12000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
