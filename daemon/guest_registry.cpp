@@ -107,8 +107,9 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
     ledger_.store = &store_;
     ledger_.boot_id = read_boot_id();
     if (ledger_.boot_id.empty())
-        problems.push_back("cannot read the host's boot_id: a daemon restart cannot tell this "
-                           "host boot's guest runs from older ones, and provisions every guest");
+        problems.push_back(
+            "cannot read the host's boot_id: a daemon restart cannot tell this "
+            "host boot's guest runs from older ones, and provisions every guest");
     auto digest = item_digest::load_or_create(store_.digest_key_file());
     if (digest) {
         ledger_.digest = std::make_shared<const item_digest>(*digest);
@@ -234,6 +235,27 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
                   launch(std::move(*definition), guest_source::runtime));
 }
 
+boost::system::result<config::guest_config, registry_error> guest_registry::rewrite_record(
+    runtime_guest_record& record, const json::object& provision, provision_caller caller) {
+    using result = boost::system::result<config::guest_config, registry_error>;
+    auto definition =
+        runtime_guest_definition(record.name, record.endpoint, provision, config_.daemon, caller);
+    if (!definition)
+        return result(boost::system::in_place_error, refusal(definition.error()));
+    auto split = split_out_values(provision);
+    auto kept = record;
+    record.provision = std::move(split.persisted);
+    record.withheld_values = std::move(split.withheld_values);
+    record.references_trusted = caller == provision_caller::host_trusted;
+    if (auto error = persist()) {
+        record = std::move(kept);
+        return result(boost::system::in_place_error,
+                      registry_error{registry_error::kind::persist_failed,
+                                     "cannot persist the provisioning: " + *error});
+    }
+    return result(boost::system::in_place_value, std::move(*definition));
+}
+
 boost::system::result<std::shared_ptr<managed_guest>, registry_error>
 guest_registry::replace_provision(const std::string& name, const json::object& provision,
                                   provision_caller caller) {
@@ -262,27 +284,15 @@ guest_registry::replace_provision(const std::string& name, const json::object& p
             registry_error{registry_error::kind::persist_failed,
                            "guest \"" + name + "\" has no record in the state directory"});
     }
-    auto definition =
-        runtime_guest_definition(name, record->endpoint, provision, config_.daemon, caller);
+    auto definition = rewrite_record(*record, provision, caller);
     if (!definition)
-        return result(boost::system::in_place_error, refusal(definition.error()));
-    auto split = split_out_values(provision);
-    auto kept = *record;
-    record->provision = std::move(split.persisted);
-    record->withheld_values = std::move(split.withheld_values);
-    record->references_trusted = caller == provision_caller::host_trusted;
-    if (auto error = persist()) {
-        *record = std::move(kept);
-        return result(boost::system::in_place_error,
-                      registry_error{registry_error::kind::persist_failed,
-                                     "cannot persist the provisioning: " + *error});
-    }
+        return result(boost::system::in_place_error, definition.error());
     guest->replace_provision(std::move(definition->provision));
     return result(boost::system::in_place_value, std::move(guest));
 }
 
-boost::system::result<std::shared_ptr<managed_guest>, registry_error>
-guest_registry::supply_values(const std::string& name, const json::object& values) {
+boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_registry::supply_values(
+    const std::string& name, const json::object& values) {
     using result = boost::system::result<std::shared_ptr<managed_guest>, registry_error>;
     auto fail = [](registry_error::kind kind, std::string message) {
         return result(boost::system::in_place_error, registry_error{kind, std::move(message)});
@@ -293,8 +303,8 @@ guest_registry::supply_values(const std::string& name, const json::object& value
         return fail(kind::not_found, "no guest named \"" + name + "\"");
     if (guest->source() == guest_source::config) {
         return fail(kind::config_guest, "guest \"" + name +
-                                             "\" is defined in the config file, whose values are "
-                                             "read from files; change them there and reload");
+                                            "\" is defined in the config file, whose values are "
+                                            "read from files; change them there and reload");
     }
     auto record = std::find_if(runtime_records_.begin(), runtime_records_.end(),
                                [&](const runtime_guest_record& r) { return r.name == name; });
@@ -391,9 +401,10 @@ guest_registry::supply_values(const std::string& name, const json::object& value
     }
     if (!secrets.empty())
         merged["secrets"] = std::move(secrets);
-    auto definition = runtime_guest_definition(
-        name, record->endpoint, merged, config_.daemon,
-        record->references_trusted ? provision_caller::host_trusted : provision_caller::values_only);
+    auto definition =
+        runtime_guest_definition(name, record->endpoint, merged, config_.daemon,
+                                 record->references_trusted ? provision_caller::host_trusted
+                                                            : provision_caller::values_only);
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
     guest->replace_provision(std::move(definition->provision));
@@ -413,21 +424,9 @@ guest_registry::replace_invalid(const std::string& name, const json::object& pro
             boost::system::in_place_error,
             registry_error{registry_error::kind::not_found, "no guest named \"" + name + "\""});
     }
-    auto definition =
-        runtime_guest_definition(name, record->endpoint, provision, config_.daemon, caller);
+    auto definition = rewrite_record(*record, provision, caller);
     if (!definition)
-        return result(boost::system::in_place_error, refusal(definition.error()));
-    auto split = split_out_values(provision);
-    auto kept = *record;
-    record->provision = std::move(split.persisted);
-    record->withheld_values = std::move(split.withheld_values);
-    record->references_trusted = caller == provision_caller::host_trusted;
-    if (auto error = persist()) {
-        *record = std::move(kept);
-        return result(boost::system::in_place_error,
-                      registry_error{registry_error::kind::persist_failed,
-                                     "cannot persist the provisioning: " + *error});
-    }
+        return result(boost::system::in_place_error, definition.error());
     invalid_.erase(name);
     log::notice("runtime guest was invalid; its new provisioning is valid: starting it",
                 {.guest = name});

@@ -16,8 +16,8 @@
 
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/managed_guest.hpp"
 #include "daemon/link/retry_budget.hpp"
+#include "daemon/managed_guest.hpp"
 #include "daemon/state_store.hpp"
 
 namespace stereos::daemon {
@@ -110,6 +110,11 @@ class guest_registry {
     std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
                                           std::vector<std::string> missing_values = {});
     std::optional<std::string> persist();
+    // Validates `provision` for the record's guest, then stores it in the record without its
+    // values and persists; on any failure the record is as it was.
+    boost::system::result<config::guest_config, registry_error> rewrite_record(
+        runtime_guest_record& record, const boost::json::object& provision,
+        provision_caller caller);
     boost::system::result<std::shared_ptr<managed_guest>, registry_error> replace_invalid(
         const std::string& name, const boost::json::object& provision, provision_caller caller);
 
