@@ -21,8 +21,8 @@
 
 #include <toml++/toml.h>
 
+#include <stereos/protocol/codec.hpp>
 #include "config/model_reader.hpp"
-#include "protocol/codec.hpp"
 
 namespace stereos::config {
 

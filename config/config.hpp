@@ -14,9 +14,9 @@
 #include <boost/assert/source_location.hpp>
 #include <boost/system/result.hpp>
 
+#include <stereos/protocol/messages.hpp>
+#include <stereos/transport/endpoint.hpp>
 #include "config/input_rules.hpp"
-#include "protocol/messages.hpp"
-#include "transport/endpoint.hpp"
 
 namespace stereos::config {
 

@@ -10,7 +10,7 @@
 #include <boost/json/object.hpp>
 #include <boost/system/result.hpp>
 
-#include "transport/endpoint.hpp"
+#include <stereos/transport/endpoint.hpp>
 
 namespace stereos::config {
 

@@ -17,8 +17,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <stereos/util/completion_tokens.hpp>
 #include "daemon/logging.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 

@@ -14,10 +14,10 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "config/config.hpp"
-#include "daemon/api_server.hpp"
+#include "daemon/api/server.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_registry.hpp"
-#include "daemon/state_store.hpp"
+#include "daemon/guest/guest_registry.hpp"
+#include "daemon/guest/state_store.hpp"
 
 namespace stereos::daemon {
 

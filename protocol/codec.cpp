@@ -1,4 +1,4 @@
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
 
 #include <array>
 #include <cctype>

@@ -12,8 +12,8 @@
 #include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
-#include "protocol/error.hpp"
-#include "protocol/messages.hpp"
+#include <stereos/protocol/error.hpp>
+#include <stereos/protocol/messages.hpp>
 
 namespace stereos::protocol {
 

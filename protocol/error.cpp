@@ -1,4 +1,4 @@
-#include "protocol/error.hpp"
+#include <stereos/protocol/error.hpp>
 
 #include <boost/system/system_error.hpp>
 #include <boost/throw_exception.hpp>

@@ -1,4 +1,4 @@
-#include "protocol/line_framer.hpp"
+#include <stereos/protocol/line_framer.hpp>
 
 #include <algorithm>
 #include <cstring>

@@ -12,7 +12,7 @@
 
 #include <boost/system/result.hpp>
 
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
 
 namespace stereos::protocol {
 

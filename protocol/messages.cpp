@@ -1,9 +1,9 @@
-#include "protocol/messages.hpp"
+#include <stereos/protocol/messages.hpp>
 
 #include <array>
 #include <utility>
 
-#include "protocol/overloaded.hpp"
+#include <stereos/util/overloaded.hpp>
 
 namespace stereos::protocol {
 

@@ -1,9 +1,9 @@
-#include "protocol/redact.hpp"
+#include <stereos/protocol/redact.hpp>
 
 #include <array>
 #include <cstdio>
 
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
 
 namespace stereos::protocol {
 

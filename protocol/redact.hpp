@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "protocol/messages.hpp"
+#include <stereos/protocol/messages.hpp>
 
 namespace stereos::protocol {
 

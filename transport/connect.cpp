@@ -1,4 +1,4 @@
-#include "transport/connect.hpp"
+#include <stereos/transport/connect.hpp>
 
 #include <linux/vm_sockets.h>
 #include <sys/socket.h>
@@ -20,8 +20,8 @@
 #include <boost/system/system_error.hpp>
 #include <boost/throw_exception.hpp>
 
-#include "protocol/redact.hpp"
-#include "transport/completion_tokens.hpp"
+#include <stereos/protocol/redact.hpp>
+#include <stereos/util/completion_tokens.hpp>
 
 namespace stereos::transport {
 

@@ -14,7 +14,7 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 
-#include "transport/endpoint.hpp"
+#include <stereos/transport/endpoint.hpp>
 
 namespace stereos::transport {
 

@@ -1,4 +1,4 @@
-#include "transport/endpoint.hpp"
+#include <stereos/transport/endpoint.hpp>
 
 #include <sys/un.h>
 
@@ -9,7 +9,7 @@
 #include <boost/asio/ip/address_v6.hpp>
 #include <boost/throw_exception.hpp>
 
-#include "protocol/redact.hpp"
+#include <stereos/protocol/redact.hpp>
 
 namespace stereos::transport {
 

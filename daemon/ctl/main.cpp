@@ -341,8 +341,9 @@ int run_stereosctl(int argc, char** argv) {
                      "provisioning stays")
         ->excludes(set_option);
     bool show_provision = false;
-    provision->add_flag("--show", show_provision,
-                        "print the provisioning as the daemon holds it, values redacted")
+    provision
+        ->add_flag("--show", show_provision,
+                   "print the provisioning as the daemon holds it, values redacted")
         ->excludes(set_option);
     auto* reconnect = app.add_subcommand(
         "reconnect", "reconnect to a guest now and retry fast (for a hook when its VM starts)");

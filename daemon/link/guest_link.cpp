@@ -1,4 +1,4 @@
-#include "daemon/link/guest_link.hpp"
+#include <stereos/link/guest_link.hpp>
 
 #include <sys/inotify.h>
 #include <unistd.h>
@@ -15,9 +15,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include "transport/completion_tokens.hpp"
+#include <stereos/util/completion_tokens.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
@@ -395,7 +395,8 @@ asio::awaitable<void> guest_link::connection_loop() {
                 if (clock::now() - up_since_ >= options.stable_after)
                     open_fast_retry_window();
                 retry_in = next_retry_delay();
-                emit(link_events::down{ended.reason, ended.detail, retry_in, core_.last_received()});
+                emit(
+                    link_events::down{ended.reason, ended.detail, retry_in, core_.last_received()});
             }
         }
         co_await wait_before_retry(retry_in);
@@ -427,4 +428,4 @@ asio::awaitable<void> guest_link::read_loop() {
     }
 }
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

@@ -39,15 +39,15 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/system/result.hpp>
 
-#include "daemon/link/link_core.hpp"
-#include "daemon/link/link_error.hpp"
-#include "daemon/link/link_events.hpp"
-#include "daemon/link/reconnect_backoff.hpp"
-#include "protocol/messages.hpp"
-#include "transport/connect.hpp"
-#include "transport/endpoint.hpp"
+#include <stereos/link/link_core.hpp>
+#include <stereos/link/link_error.hpp>
+#include <stereos/link/link_events.hpp>
+#include <stereos/link/reconnect_backoff.hpp>
+#include <stereos/protocol/messages.hpp>
+#include <stereos/transport/connect.hpp>
+#include <stereos/transport/endpoint.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 // A request's outcome: the guest's reply (an ack with ok:false included), or a link error.
 using request_result = boost::system::result<protocol::guest_message>;
@@ -283,4 +283,4 @@ class request_op final : public link_core::waiter {
 
 }  // namespace link_detail
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

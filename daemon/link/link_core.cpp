@@ -1,14 +1,14 @@
-#include "daemon/link/link_core.hpp"
+#include <stereos/link/link_core.hpp>
 
 #include <array>
 #include <utility>
 
 #include <boost/asio/error.hpp>
 
-#include "protocol/codec.hpp"
-#include "protocol/redact.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/redact.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 using boost::system::error_code;
 
@@ -417,9 +417,9 @@ void link_core::on_deadline(clock::time_point now) {
     }
     if (declared_unresponsive_ && phase_ == phase::serving &&
         now >= unresponsive_since_ + options_.unresponsive_grace) {
-        drop(link_error::guest_unresponsive,
-             "no answer for " + describe_ms(options_.unresponsive_grace) +
-                 " after the guest became unresponsive");
+        drop(link_error::guest_unresponsive, "no answer for " +
+                                                 describe_ms(options_.unresponsive_grace) +
+                                                 " after the guest became unresponsive");
     }
     if (phase_ == phase::serving && !drop_requested() && !keepalive_outstanding_ &&
         now >= last_received_ + options_.keepalive_interval) {
@@ -546,4 +546,4 @@ void link_core::fail_all(error_code error, clock::time_point now) {
     }
 }
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

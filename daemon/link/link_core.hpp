@@ -25,12 +25,12 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 
-#include "daemon/link/link_error.hpp"
-#include "daemon/link/link_events.hpp"
-#include "protocol/line_framer.hpp"
-#include "protocol/messages.hpp"
+#include <stereos/link/link_error.hpp>
+#include <stereos/link/link_events.hpp>
+#include <stereos/protocol/line_framer.hpp>
+#include <stereos/protocol/messages.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 class link_core {
   public:
@@ -180,4 +180,4 @@ class link_core {
     request_metrics metrics_;
 };
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

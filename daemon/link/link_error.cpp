@@ -1,8 +1,8 @@
-#include "daemon/link/link_error.hpp"
+#include <stereos/link/link_error.hpp>
 
 #include <string>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 namespace {
 class category final : public boost::system::error_category {
@@ -47,4 +47,4 @@ const boost::system::error_category& link_category() noexcept {
     return instance;
 }
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

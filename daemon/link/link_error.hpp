@@ -4,7 +4,7 @@
 
 #include <boost/system/error_code.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 enum class link_error {
     request_timeout = 1,  // written, but no reply within the deadline
@@ -28,7 +28,7 @@ inline boost::system::error_code make_error_code(link_error e) noexcept {
     return {static_cast<int>(e), link_category()};
 }
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link
 
 template <>
-struct boost::system::is_error_code_enum<stereos::daemon::link_error> : std::true_type {};
+struct boost::system::is_error_code_enum<stereos::link::link_error> : std::true_type {};

@@ -16,10 +16,10 @@
 
 #include <boost/system/error_code.hpp>
 
-#include "daemon/link/retry_budget.hpp"
-#include "protocol/messages.hpp"
+#include <stereos/link/retry_budget.hpp>
+#include <stereos/protocol/messages.hpp>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 struct guest_link_options {
     std::chrono::milliseconds connect_timeout{2000};      // connect and handshake together
@@ -84,11 +84,10 @@ struct unknown_message {
 };
 }  // namespace link_events
 
-using link_event =
-    std::variant<link_events::connecting, link_events::connect_failed, link_events::up,
-                 link_events::down, link_events::unresponsive, link_events::responsive,
-                 link_events::protocol_violation,
-                 link_events::lifecycle, link_events::unknown_message>;
+using link_event = std::variant<link_events::connecting, link_events::connect_failed,
+                                link_events::up, link_events::down, link_events::unresponsive,
+                                link_events::responsive, link_events::protocol_violation,
+                                link_events::lifecycle, link_events::unknown_message>;
 using link_event_handler = std::function<void(const link_event&)>;
 
 struct link_stats {
@@ -151,4 +150,4 @@ struct request_metrics {
     }
 };
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <random>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 class reconnect_backoff {
   public:
@@ -54,4 +54,4 @@ class reconnect_backoff {
     std::minstd_rand random_;
 };
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

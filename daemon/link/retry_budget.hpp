@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <chrono>
 
-namespace stereos::daemon {
+namespace stereos::link {
 
 class retry_budget {
   public:
@@ -38,4 +38,4 @@ class retry_budget {
     clock::time_point last_{};
 };
 
-}  // namespace stereos::daemon
+}  // namespace stereos::link

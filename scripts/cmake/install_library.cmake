@@ -2,15 +2,15 @@
 # an exported CMake package (find_package(stereos CONFIG) -> stereos::NAME) and stereos.pc.
 
 set(STEREOS_CMAKE_PACKAGE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/stereos)
-set(STEREOS_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR}/stereos)
+set(STEREOS_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR})
 
 # stereos_install_library(TARGET NAME): installs TARGET as stereos::NAME and the *.hpp of the
-# folder that defines it under include/stereos/<folder>/, so "protocol/codec.hpp" keeps working.
-# Call it after the target's target_include_directories(), e.g.
-#   stereos_install_library(stereos_link link)      -> stereos::link, include/stereos/daemon/link/
+# folder that defines it under include/stereos/NAME/, the path the source tree includes too
+# (<stereos/link/guest_link.hpp>). Call it after the target's target_include_directories(), e.g.
+#   stereos_install_library(stereos_link link)      -> stereos::link, include/stereos/link/
 function(stereos_install_library target name)
     set_target_properties(${target} PROPERTIES EXPORT_NAME ${name})
-    target_compile_features(${target} PUBLIC cxx_std_20)
+    target_compile_features(${target} INTERFACE cxx_std_20)
     # Source-tree include paths hold for the build only; installed, the headers live here.
     get_target_property(includes ${target} INTERFACE_INCLUDE_DIRECTORIES)
     set(rewritten)
@@ -27,10 +27,13 @@ function(stereos_install_library target name)
     install(TARGETS ${target} EXPORT stereosTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
     get_target_property(source_dir ${target} SOURCE_DIR)
-    file(RELATIVE_PATH folder ${PROJECT_SOURCE_DIR} ${source_dir})
     file(GLOB headers CONFIGURE_DEPENDS ${source_dir}/*.hpp)
-    install(FILES ${headers} DESTINATION ${STEREOS_INSTALL_INCLUDEDIR}/${folder} COMPONENT dev)
-    set_property(GLOBAL APPEND PROPERTY STEREOS_INSTALLED_LIBRARIES ${target})
+    install(FILES ${headers} DESTINATION ${STEREOS_INSTALL_INCLUDEDIR}/stereos/${name} COMPONENT dev)
+    # pkg-config lists the archives: a header-only library has none.
+    get_target_property(type ${target} TYPE)
+    if(NOT type STREQUAL "INTERFACE_LIBRARY")
+        set_property(GLOBAL APPEND PROPERTY STEREOS_INSTALLED_LIBRARIES ${target})
+    endif()
 endfunction()
 
 # Called once, after every stereos_install_library(): the package files themselves.

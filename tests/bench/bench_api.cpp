@@ -32,10 +32,10 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/bench/bench_support.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;

@@ -11,8 +11,8 @@
 #include <thread>
 #include <variant>
 
-#include "protocol/codec.hpp"
-#include "protocol/messages.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/messages.hpp>
 
 using namespace stereos::protocol;
 using bench_clock = std::chrono::steady_clock;

@@ -19,9 +19,9 @@
 
 #include <boost/asio.hpp>
 
-#include "daemon/link/guest_link.hpp"
+#include <stereos/link/guest_link.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/fakeguest/fake_guest.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace stereos;
@@ -93,8 +93,8 @@ figure raw_rate(std::uint16_t port, int in_flight, std::chrono::milliseconds bud
 // Round trips per second through guest_link with `in_flight` coroutines each sending pings.
 figure link_rate(const std::string& endpoint, int in_flight, std::chrono::milliseconds budget) {
     asio::io_context io(1);
-    auto link = daemon::guest_link::create(io.get_executor(), *transport::parse_endpoint(endpoint),
-                                           {}, nullptr);
+    auto link = link::guest_link::create(io.get_executor(), *transport::parse_endpoint(endpoint),
+                                         {}, nullptr);
     link->start();
     std::uint64_t round_trips = 0, failures = 0;
     bench_clock::time_point start;

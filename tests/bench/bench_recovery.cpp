@@ -29,8 +29,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
+#include <stereos/link/guest_link.hpp>
 #include "config/config.hpp"
-#include "daemon/link/guest_link.hpp"
 #include "tests/bench/bench_support.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
 
@@ -191,7 +191,7 @@ int run_bench(int argc, char** argv) {
         }
     }
 
-    const daemon::guest_link_options link_defaults;
+    const link::guest_link_options link_defaults;
     const config::link_timeouts config_defaults;
     print_header("bench_recovery: guests back after an absence -> state ready, default policy");
     std::printf(

@@ -56,8 +56,8 @@ export PKG_CONFIG_PATH
 PKG_CONFIG_PATH=$(dirname "$(find "$prefix" -name stereos.pc)")
 cat >"$work/one_file.cpp" <<'CPP'
 #include <iostream>
-#include "protocol/codec.hpp"
-#include "transport/endpoint.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/transport/endpoint.hpp>
 int main() {
     auto line = stereos::protocol::encode(stereos::protocol::host_message{stereos::protocol::ping_request{}});
     auto target = stereos::transport::parse_endpoint("vsock:3");

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "protocol/messages.hpp"
+#include <stereos/protocol/messages.hpp>
 
 namespace stereos::testing {
 

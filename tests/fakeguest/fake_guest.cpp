@@ -31,9 +31,9 @@
 #include <boost/json/value.hpp>
 #include <boost/system/system_error.hpp>
 
-#include "protocol/codec.hpp"
-#include "protocol/line_framer.hpp"
-#include "transport/completion_tokens.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/line_framer.hpp>
+#include <stereos/util/completion_tokens.hpp>
 
 namespace stereos::testing {
 

@@ -19,7 +19,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
-#include "protocol/messages.hpp"
+#include <stereos/protocol/messages.hpp>
 
 namespace stereos::testing {
 

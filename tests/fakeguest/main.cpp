@@ -26,9 +26,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/fakeguest/command_line.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace stereos::testing;

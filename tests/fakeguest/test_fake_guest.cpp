@@ -29,11 +29,11 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/fakeguest/command_line.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
 #include "tests/support/child_process.hpp"
-#include "transport/completion_tokens.hpp"
 
 // Printers for Boost.Test messages.
 namespace stereos::protocol {

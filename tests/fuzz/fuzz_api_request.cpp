@@ -27,12 +27,12 @@
 #include <boost/log/core/core.hpp>
 
 #include "config/config.hpp"
-#include "daemon/api_request.hpp"
-#include "daemon/api_routes.hpp"
+#include "daemon/api/metrics.hpp"
+#include "daemon/api/request.hpp"
+#include "daemon/api/routes.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_registry.hpp"
-#include "daemon/metrics.hpp"
-#include "daemon/state_store.hpp"
+#include "daemon/guest/guest_registry.hpp"
+#include "daemon/guest/state_store.hpp"
 
 namespace {
 

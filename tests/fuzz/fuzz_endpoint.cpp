@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "transport/endpoint.hpp"
+#include <stereos/transport/endpoint.hpp>
 
 namespace {
 

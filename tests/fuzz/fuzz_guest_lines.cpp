@@ -13,9 +13,9 @@
 #include <string_view>
 #include <vector>
 
-#include "protocol/codec.hpp"
-#include "protocol/line_framer.hpp"
-#include "protocol/redact.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/line_framer.hpp>
+#include <stereos/protocol/redact.hpp>
 
 namespace {
 

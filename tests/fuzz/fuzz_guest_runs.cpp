@@ -14,8 +14,8 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/guest_state_machine.hpp"
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
+#include "daemon/guest/guest_state_machine.hpp"
 
 namespace {
 
@@ -113,8 +113,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (!decoded)
                     break;
                 if (auto* h = std::get_if<protocol::health_payload>(&*decoded)) {
-                    check(h->uptime_seconds >= 0 && h->uptime_seconds <= protocol::max_uptime_seconds,
-                          "the codec let an uptime outside [0, 100 years] through");
+                    check(
+                        h->uptime_seconds >= 0 && h->uptime_seconds <= protocol::max_uptime_seconds,
+                        "the codec let an uptime outside [0, 100 years] through");
                     if (link_up) {
                         health_on_up_link = true;
                         result = machine.handle(ev::health_received{*h, now, now}, now_wall);
@@ -156,8 +157,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 result = machine.request_provisioning();
                 break;
             case 11:
-                result = machine.handle(ev::lifecycle_pushed{{protocol::lifecycle_state::ready, {}}},
-                                        now_wall);
+                result = machine.handle(
+                    ev::lifecycle_pushed{{protocol::lifecycle_state::ready, {}}}, now_wall);
                 break;
         }
         now += 1s;

@@ -107,7 +107,7 @@ lines=$(printf '%s\n' "$vm1" | wc -l)
 [ "$(printf '%s\n' "$vm1" | grep -c '"GUEST":"vm1"')" = "$lines" ] || fail "GUEST=vm1 let other records through"
 printf '%s\n' "$vm1" | quiet_grep '"MESSAGE":"vm1: provisioned: ' || fail "vm1 was not provisioned: $(journalctl -D $journal -o cat)"
 printf '%s\n' "$vm1" | quiet_grep '"SYSLOG_IDENTIFIER":"stereos-hostd"' || fail "no SYSLOG_IDENTIFIER"
-printf '%s\n' "$vm1" | quiet_grep '"CODE_FILE":"daemon/managed_guest.cpp"' || fail "no CODE_FILE relative to the source tree"
+printf '%s\n' "$vm1" | quiet_grep '"CODE_FILE":"daemon/guest/managed_guest.cpp"' || fail "no CODE_FILE relative to the source tree"
 printf '%s\n' "$vm1" | quiet_grep '"CODE_LINE":"[0-9]*"' || fail "no CODE_LINE"
 
 printf '%s\n' "$vm1" | quiet_grep '"CODE_FUNC":"stereos::daemon::managed_guest::[a-z_]*' ||

@@ -11,7 +11,7 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include "protocol/codec.hpp"
+#include <stereos/protocol/codec.hpp>
 #include "tests/support/child_process.hpp"
 
 using namespace std::chrono_literals;
@@ -307,7 +307,8 @@ std::string provisioned_guest_config(const temp_directory& dir, const std::strin
            (dir / "jcard.toml").string() +
            "\"\n"
            "ssh_keys = [ { user = \"admin\", public_key = \"ssh-ed25519 AAAAfirst one@desk\" },\n"
-           "             { user = \"admin\", public_key = \"ssh-ed25519 AAAAsecond two@laptop\" } ]\n"
+           "             { user = \"admin\", public_key = \"ssh-ed25519 AAAAsecond two@laptop\" } "
+           "]\n"
            "secrets = [ { name = \"K1\", file = \"" +
            (dir / "secret").string() +
            "\" } ]\n"
@@ -328,9 +329,9 @@ BOOST_AUTO_TEST_CASE(a_daemon_restart_sends_nothing_again_and_a_new_host_boot_se
     // Both of admin's keys in one request: stereosd rewrites the file with each.
     BOOST_TEST(first == (std::vector<std::string>{
                             line_of(protocol::config_payload{"mixtape = \"base\"\n"}),
-                            line_of(protocol::ssh_key_payload{
-                                "admin", "ssh-ed25519 AAAAfirst one@desk\n"
-                                         "ssh-ed25519 AAAAsecond two@laptop"}),
+                            line_of(protocol::ssh_key_payload{"admin",
+                                                              "ssh-ed25519 AAAAfirst one@desk\n"
+                                                              "ssh-ed25519 AAAAsecond two@laptop"}),
                             line_of(protocol::secret_payload{"K1", "ledger-secret-9c1e", 0}),
                             line_of(protocol::mount_payload{"work", "/work", "virtiofs", false})}),
                boost::test_tools::per_element());
@@ -344,9 +345,10 @@ BOOST_AUTO_TEST_CASE(a_daemon_restart_sends_nothing_again_and_a_new_host_boot_se
     // Restarted, the guest untouched: the same run, nothing sent again.
     auto again = start_daemon(dir, "hostd-2");
     BOOST_TEST_REQUIRE(
-        again->wait_for_output("vm1: the same run of the guest as before the daemon started: 4 "
-                               "items already delivered",
-                               patience)
+        again
+            ->wait_for_output("vm1: the same run of the guest as before the daemon started: 4 "
+                              "items already delivered",
+                              patience)
             .has_value(),
         again->stderr_text());
     BOOST_TEST_REQUIRE(
@@ -365,8 +367,9 @@ BOOST_AUTO_TEST_CASE(a_daemon_restart_sends_nothing_again_and_a_new_host_boot_se
     text.replace(at + 11, 8, "00000000");
     write_text_file(ledger_file, text);
     auto third = start_daemon(dir, "hostd-3");
-    BOOST_TEST_REQUIRE(third->wait_for_output("vm1: provisioned: 4 items sent", patience).has_value(),
-                       third->stderr_text());
+    BOOST_TEST_REQUIRE(
+        third->wait_for_output("vm1: provisioned: 4 items sent", patience).has_value(),
+        third->stderr_text());
     BOOST_TEST(guest.received_commands().size() == 2 * first.size());
     third->send_signal(SIGTERM);
     BOOST_TEST(third->wait_exit(patience).value_or(-1) == 0);
@@ -404,7 +407,8 @@ BOOST_AUTO_TEST_CASE(a_reload_sends_only_what_changed_and_keeps_the_link) {
     BOOST_TEST_REQUIRE(rotated.has_value(), hostd->stderr_text());
     const auto commands = guest.received_commands();
     BOOST_TEST_REQUIRE(commands.size() == sent_before + 1);
-    BOOST_TEST(commands.back() == line_of(protocol::secret_payload{"K1", "after-rotation-2222", 0}));
+    BOOST_TEST(commands.back() ==
+               line_of(protocol::secret_payload{"K1", "after-rotation-2222", 0}));
     // One connection throughout: the link was never restarted.
     BOOST_TEST(occurrences(hostd->stderr_text(), "vm1: link up") == 1u, hostd->stderr_text());
     hostd->send_signal(SIGTERM);

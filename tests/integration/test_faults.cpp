@@ -740,8 +740,8 @@ BOOST_AUTO_TEST_CASE(sigkill_under_load_then_restart_brings_every_runtime_guest_
     // Nothing half-written is left: a temp file of the killed write is cleared at start.
     for (const auto& entry : std::filesystem::recursive_directory_iterator(dir.path / "state")) {
         const auto name = entry.path().filename().string();
-        const bool ledger = entry.path().parent_path().filename() == "ledgers" &&
-                            name.ends_with(".ledger.json");
+        const bool ledger =
+            entry.path().parent_path().filename() == "ledgers" && name.ends_with(".ledger.json");
         BOOST_TEST((name == "guests.json" || name == "ledger.key" || name == "ledgers" || ledger),
                    "left in the state dir: " << entry.path());
     }

@@ -12,18 +12,18 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/link/guest_link.hpp"
+#include <stereos/link/guest_link.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/fakeguest/fake_guest.hpp"
 #include "tests/support/child_process.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using namespace stereos;
-using daemon::guest_link;
-using daemon::link_error;
-using daemon::link_event;
-using daemon::request_result;
+using link::guest_link;
+using link::link_error;
+using link::link_event;
+using link::request_result;
 using protocol::lifecycle_state;
 using testing::fake_guest;
 using transport::use_tuple;
@@ -51,12 +51,12 @@ asio::awaitable<bool> eventually(std::function<bool()> condition,
 struct link_fixture {
     asio::io_context io;
     fake_guest guest{io.get_executor()};
-    std::vector<link_event> events;
-    std::shared_ptr<guest_link> link;
+    std::vector<link::link_event> events;
+    std::shared_ptr<link::guest_link> link;
     testing::temp_directory dir{"stereos-link"};  // private directory for unix sockets
 
-    daemon::guest_link_options quick_options() const {
-        daemon::guest_link_options o;
+    link::guest_link_options quick_options() const {
+        link::guest_link_options o;
         o.connect_timeout = 2s;
         o.request_timeout = 10s;
         o.keepalive_interval = 60s;  // out of the way unless a test is about it
@@ -65,20 +65,21 @@ struct link_fixture {
         return o;
     }
 
-    std::shared_ptr<guest_link> make_link(const std::string& endpoint,
-                                          std::optional<daemon::guest_link_options> options = {},
-                                          std::vector<link_event>* sink = nullptr) {
+    std::shared_ptr<link::guest_link> make_link(
+        const std::string& endpoint, std::optional<link::guest_link_options> options = {},
+        std::vector<link::link_event>* sink = nullptr) {
         auto target = transport::parse_endpoint(endpoint);
         BOOST_TEST_REQUIRE(target.has_value(), endpoint);
         auto* into = sink ? sink : &events;
-        auto l = guest_link::create(io.get_executor(), *target, options.value_or(quick_options()),
-                                    [into](const link_event& e) { into->push_back(e); });
+        auto l =
+            link::guest_link::create(io.get_executor(), *target, options.value_or(quick_options()),
+                                     [into](const link::link_event& e) { into->push_back(e); });
         l->start();
         return l;
     }
 
     template <class Event>
-    std::size_t count(const std::vector<link_event>& list) const {
+    std::size_t count(const std::vector<link::link_event>& list) const {
         std::size_t n = 0;
         for (const auto& e : list)
             n += std::holds_alternative<Event>(e) ? 1 : 0;
@@ -127,7 +128,7 @@ struct link_fixture {
 };
 
 template <class Event>
-const Event* first_of(const std::vector<link_event>& events) {
+const Event* first_of(const std::vector<link::link_event>& events) {
     for (const auto& e : events) {
         if (const auto* found = std::get_if<Event>(&e))
             return found;
@@ -135,7 +136,7 @@ const Event* first_of(const std::vector<link_event>& events) {
     return nullptr;
 }
 
-bool is_pong(const request_result& r) {
+bool is_pong(const link::request_result& r) {
     return r && std::holds_alternative<protocol::pong_reply>(*r);
 }
 
@@ -231,7 +232,7 @@ BOOST_AUTO_TEST_CASE(cancelling_a_waiting_request_withdraws_it_and_its_late_repl
 BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_restart) {
     link_fixture f;
     f.link = f.make_link(f.guest.listen_tcp());
-    request_result r;
+    link::request_result r;
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }));
         f.guest.reboot();
@@ -244,7 +245,7 @@ BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_res
     BOOST_TEST(std::holds_alternative<protocol::health_payload>(*r));
     BOOST_TEST(f.link->stats().connects == 2u);
     BOOST_TEST(f.link->stats().connect_failures >= 1u);
-    BOOST_TEST(f.count<daemon::link_events::down>() == 1u);
+    BOOST_TEST(f.count<link::link_events::down>() == 1u);
     // Each connection's handshake, then the queued request on the second.
     const std::vector<std::string> expected(3, "{\"type\":\"get_health\"}");
     BOOST_TEST(f.guest.received_texts() == expected, boost::test_tools::per_element());
@@ -254,7 +255,7 @@ BOOST_AUTO_TEST_CASE(unwritten_requests_wait_for_the_reconnect_after_a_guest_res
 BOOST_AUTO_TEST_CASE(a_guest_dropping_mid_reply_fails_the_request_and_the_link_recovers) {
     link_fixture f;
     f.link = f.make_link(f.guest.listen_tcp());
-    request_result dropped, after;
+    link::request_result dropped, after;
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
         f.guest.faults.drop_mid_reply = true;
@@ -262,7 +263,7 @@ BOOST_AUTO_TEST_CASE(a_guest_dropping_mid_reply_fails_the_request_and_the_link_r
         f.guest.faults.drop_mid_reply = false;
         after = co_await f.link->async_request(protocol::ping_request{});
     });
-    BOOST_TEST((dropped.error() == link_error::connection_lost));
+    BOOST_TEST((dropped.error() == link::link_error::connection_lost));
     BOOST_TEST(is_pong(after));
     f.shut_down_and_expect_idle();
 }
@@ -301,7 +302,7 @@ BOOST_AUTO_TEST_CASE(every_protocol_error_fails_outstanding_requests_and_reconne
         BOOST_TEST_CONTEXT(c.name) {
             link_fixture f;
             f.link = f.make_link(f.guest.listen_tcp());
-            request_result failed, after;
+            link::request_result failed, after;
             f.run([&]() -> asio::awaitable<void> {
                 BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
                 c.misbehave(f.guest);
@@ -309,9 +310,9 @@ BOOST_AUTO_TEST_CASE(every_protocol_error_fails_outstanding_requests_and_reconne
                 c.behave(f.guest);
                 after = co_await f.link->async_request(protocol::ping_request{});
             });
-            BOOST_TEST((failed.error() == link_error::protocol_error ||
-                        failed.error() == link_error::connection_lost));
-            BOOST_TEST(f.count<daemon::link_events::protocol_violation>() >= 1u);
+            BOOST_TEST((failed.error() == link::link_error::protocol_error ||
+                        failed.error() == link::link_error::connection_lost));
+            BOOST_TEST(f.count<link::link_events::protocol_violation>() >= 1u);
             BOOST_TEST(f.link->stats().protocol_errors >= 1u);
             BOOST_TEST(is_pong(after));
             BOOST_TEST(f.link->stats().connects >= 2u);
@@ -327,10 +328,10 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     options.unresponsive_after_timeouts = 3;
     options.unresponsive_grace = 300ms;  // then dropped, and the reconnect's handshake fails
     f.link = f.make_link(f.guest.listen_tcp(), options);
-    std::vector<link_event> other_events;
+    std::vector<link::link_event> other_events;
     auto other = f.make_link(healthy_guest.listen_unix((f.dir / "healthy.sock").string()), {},
                              &other_events);
-    std::vector<request_result> hung;
+    std::vector<link::request_result> hung;
     int other_ok = 0;
     clock_type::duration slowest_other{};
     f.run([&]() -> asio::awaitable<void> {
@@ -364,14 +365,14 @@ BOOST_AUTO_TEST_CASE(a_hung_guest_times_out_without_blocking_another_guests_link
     });
     BOOST_TEST(hung.size() == 3u);
     for (const auto& r : hung)
-        BOOST_TEST((r.error() == link_error::request_timeout));
+        BOOST_TEST((r.error() == link::link_error::request_timeout));
     BOOST_TEST(other_ok == 100);
     // Far below the hung guest's 300 ms deadline: the other link never waited on it.
     BOOST_TEST(std::chrono::duration_cast<std::chrono::milliseconds>(slowest_other).count() < 250);
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>(other_events) == 0u);
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
+    BOOST_TEST(f.count<link::link_events::unresponsive>(other_events) == 0u);
     // The reconnects that follow are attempts the silent guest never answers: not links.
-    BOOST_TEST(f.count<daemon::link_events::up>() == 1u);
+    BOOST_TEST(f.count<link::link_events::up>() == 1u);
     f.shut_down_and_expect_idle();
 }
 
@@ -380,7 +381,7 @@ BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_the_deadline) {
     auto options = f.quick_options();
     options.unresponsive_after_timeouts = 2;
     f.link = f.make_link(f.guest.listen_tcp(), options);
-    std::vector<request_result> results;
+    std::vector<link::request_result> results;
     f.run([&]() -> asio::awaitable<void> {
         co_await eventually([&] { return f.link->is_up(); });
         // From here on the guest reads nothing on this connection.
@@ -393,18 +394,18 @@ BOOST_AUTO_TEST_CASE(a_guest_that_never_reads_is_noticed_within_the_deadline) {
             results.push_back(co_await f.link->async_request(config, clock_type::now() + 400ms));
             BOOST_TEST((clock_type::now() - start < 5s));
         }
-        BOOST_TEST(co_await eventually(
-            [&] { return f.count<daemon::link_events::unresponsive>() == 1u; }));
+        BOOST_TEST(
+            co_await eventually([&] { return f.count<link::link_events::unresponsive>() == 1u; }));
     });
     for (const auto& r : results)
-        BOOST_TEST((r.error() == link_error::request_timeout));
+        BOOST_TEST((r.error() == link::link_error::request_timeout));
     f.shut_down_and_expect_idle();
 }
 
 BOOST_AUTO_TEST_CASE(the_hybrid_vsock_handshake_carries_the_link) {
     link_fixture f;
     f.link = f.make_link(f.guest.listen_hybrid((f.dir / "v.sock").string(), 1024));
-    request_result r;
+    link::request_result r;
     f.run([&]() -> asio::awaitable<void> {
         r = co_await f.link->async_request(protocol::get_health_request{});
     });
@@ -418,16 +419,16 @@ BOOST_AUTO_TEST_CASE(a_failed_hybrid_handshake_keeps_the_link_retrying) {
     const auto endpoint = f.guest.listen_hybrid((f.dir / "v.sock").string(), 1024);
     // Ask for port 2048, which the proxy does not serve.
     f.link = f.make_link(endpoint.substr(0, endpoint.rfind(':')) + ":2048");
-    request_result r;
+    link::request_result r;
     f.run([&]() -> asio::awaitable<void> {
         r = co_await f.link->async_request(protocol::ping_request{}, clock_type::now() + 500ms);
     });
-    BOOST_TEST((r.error() == link_error::guest_unavailable));
+    BOOST_TEST((r.error() == link::link_error::guest_unavailable));
     BOOST_TEST(f.link->stats().connects == 0u);
-    BOOST_TEST(f.count<daemon::link_events::connect_failed>() >= 2u);
-    const auto& failure = std::get<daemon::link_events::connect_failed>(
-        *std::find_if(f.events.begin(), f.events.end(), [](const link_event& e) {
-            return std::holds_alternative<daemon::link_events::connect_failed>(e);
+    BOOST_TEST(f.count<link::link_events::connect_failed>() >= 2u);
+    const auto& failure = std::get<link::link_events::connect_failed>(
+        *std::find_if(f.events.begin(), f.events.end(), [](const link::link_event& e) {
+            return std::holds_alternative<link::link_events::connect_failed>(e);
         }));
     BOOST_TEST((failure.error == transport::error::hybrid_handshake_failed));
     f.shut_down_and_expect_idle();
@@ -436,7 +437,7 @@ BOOST_AUTO_TEST_CASE(a_failed_hybrid_handshake_keeps_the_link_retrying) {
 BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
     link_fixture f;
     f.link = f.make_link(f.guest.listen_tcp());
-    std::vector<request_result> results;
+    std::vector<link::request_result> results;
     clock_type::duration stop_took{};
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
@@ -462,7 +463,7 @@ BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
     });
     BOOST_TEST(results.size() == 10u);
     for (const auto& r : results)
-        BOOST_TEST((r.error() == link_error::link_stopped));
+        BOOST_TEST((r.error() == link::link_error::link_stopped));
     BOOST_TEST((stop_took < 2s));
     BOOST_TEST(f.link->is_stopped());
     f.shut_down_and_expect_idle();
@@ -471,7 +472,7 @@ BOOST_AUTO_TEST_CASE(stopping_with_requests_in_flight_completes_them_promptly) {
 BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_requests) {
     link_fixture f;
     f.link = f.make_link("unix:" + (f.dir / "nobody-listens.sock").string());
-    request_result r;
+    link::request_result r;
     f.run([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         asio::co_spawn(
@@ -486,25 +487,25 @@ BOOST_AUTO_TEST_CASE(stopping_a_link_that_cannot_connect_fails_its_queued_reques
             });
         r = co_await f.link->async_request(protocol::ping_request{}, clock_type::now() + 30s);
     });
-    BOOST_TEST((r.error() == link_error::link_stopped));
-    BOOST_TEST(f.count<daemon::link_events::connect_failed>() >= 1u);
+    BOOST_TEST((r.error() == link::link_error::link_stopped));
+    BOOST_TEST(f.count<link::link_events::connect_failed>() >= 1u);
     f.shut_down_and_expect_idle();
 }
 
 BOOST_AUTO_TEST_CASE(a_request_after_the_stop_is_refused_and_counted_as_refused) {
     link_fixture f;
     f.link = f.make_link("unix:" + (f.dir / "nobody-listens.sock").string());
-    request_result r;
+    link::request_result r;
     f.run([&]() -> asio::awaitable<void> {
         co_await f.link->async_stop();
         const protocol::host_message ping = protocol::ping_request{};
         const auto deadline = clock_type::now() + 30s;
         r = co_await f.link->async_request(ping, deadline);
     });
-    BOOST_TEST((r.error() == link_error::link_stopped));
+    BOOST_TEST((r.error() == link::link_error::link_stopped));
     const auto& ping_counts =
         f.link->metrics().counts[protocol::host_message(protocol::ping_request{}).index()];
-    BOOST_TEST(ping_counts[static_cast<std::size_t>(daemon::request_outcome::refused)] == 1u);
+    BOOST_TEST(ping_counts[static_cast<std::size_t>(link::request_outcome::refused)] == 1u);
     f.shut_down_and_expect_idle();
 }
 
@@ -531,9 +532,9 @@ BOOST_AUTO_TEST_CASE(reconnect_now_drops_a_silent_link_and_reconnects_at_once) {
         took = clock_type::now() - start;
     });
     BOOST_TEST((took < 4s));
-    const auto* down = first_of<daemon::link_events::down>(f.events);
+    const auto* down = first_of<link::link_events::down>(f.events);
     BOOST_TEST_REQUIRE(down != nullptr);
-    BOOST_TEST((down->error == link_error::reconnect_requested));
+    BOOST_TEST((down->error == link::link_error::reconnect_requested));
     f.shut_down_and_expect_idle();
 }
 
@@ -548,7 +549,7 @@ BOOST_AUTO_TEST_CASE(reconnect_now_cuts_a_retry_wait_short) {
     clock_type::duration took{};
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually(
-            [&] { return f.count<daemon::link_events::connect_failed>() == 1u; }));
+            [&] { return f.count<link::link_events::connect_failed>() == 1u; }));
         co_await sleep_for(1s);  // the guest listens again; the link waits at least 10 s more
         BOOST_TEST(!f.link->is_up());
         const auto start = clock_type::now();
@@ -557,7 +558,7 @@ BOOST_AUTO_TEST_CASE(reconnect_now_cuts_a_retry_wait_short) {
         took = clock_type::now() - start;
     });
     BOOST_TEST((took < 5s));
-    BOOST_TEST(f.count<daemon::link_events::connect_failed>() == 1u);
+    BOOST_TEST(f.count<link::link_events::connect_failed>() == 1u);
     f.shut_down_and_expect_idle();
 }
 
@@ -572,7 +573,7 @@ BOOST_AUTO_TEST_CASE(a_unix_socket_file_appearing_ends_the_wait) {
     clock_type::duration took{};
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually(
-            [&] { return f.count<daemon::link_events::connect_failed>() == 1u; }));
+            [&] { return f.count<link::link_events::connect_failed>() == 1u; }));
         co_await sleep_for(300ms);
         const auto start = clock_type::now();
         f.guest.listen_unix(path);
@@ -593,7 +594,7 @@ BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched)
     std::filesystem::create_directories(vm_dir);
     const auto path = (vm_dir / "vm.sock").string();
     f.link = f.make_link("unix:" + path, options);
-    auto failures = [&] { return f.count<daemon::link_events::connect_failed>(); };
+    auto failures = [&] { return f.count<link::link_events::connect_failed>(); };
     clock_type::duration took{};
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually([&] { return failures() == 1u; }));
@@ -613,7 +614,7 @@ BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched)
 }
 
 // Options for the retry-window cases: 40 ms first step, a 1.5 s window after a stable link.
-daemon::guest_link_options window_options(const link_fixture& f) {
+link::guest_link_options window_options(const link_fixture& f) {
     auto options = f.quick_options();
     options.reconnect_initial = 40ms;
     options.reconnect_max = 5s;
@@ -624,7 +625,7 @@ daemon::guest_link_options window_options(const link_fixture& f) {
 
 // Connect attempts in the 1.5 s after a stable link is lost, and in the 1.5 s after that.
 std::pair<std::size_t, std::size_t> attempts_after_a_loss(link_fixture& f,
-                                                          const daemon::guest_link_options& o) {
+                                                          const link::guest_link_options& o) {
     f.link = f.make_link(f.guest.listen_tcp(), o);
     std::size_t in_window = 0, after_window = 0;
     f.run([&]() -> asio::awaitable<void> {
@@ -655,7 +656,7 @@ BOOST_AUTO_TEST_CASE(losing_a_stable_link_retries_fast_then_backs_off) {
 BOOST_AUTO_TEST_CASE(an_empty_retry_budget_makes_the_fast_window_back_off) {
     link_fixture f;
     auto options = window_options(f);
-    options.fast_retry_budget = std::make_shared<daemon::retry_budget>(5.0);
+    options.fast_retry_budget = std::make_shared<link::retry_budget>(5.0);
     const auto [in_window, after_window] = attempts_after_a_loss(f, options);
     // About 50 attempts unbounded (the case above); a budget of 5 a second allows its 5, 7 more
     // as it refills, and the exponential steps once it is spent.

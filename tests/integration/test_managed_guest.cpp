@@ -7,10 +7,10 @@
 #include <boost/asio.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <stereos/util/completion_tokens.hpp>
 #include "daemon/event_bus.hpp"
-#include "daemon/managed_guest.hpp"
+#include "daemon/guest/managed_guest.hpp"
 #include "tests/fakeguest/fake_guest.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;

@@ -29,10 +29,10 @@
 #include <boost/asio/write.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <stereos/transport/connect.hpp>
+#include <stereos/transport/endpoint.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/support/child_process.hpp"
-#include "transport/completion_tokens.hpp"
-#include "transport/connect.hpp"
-#include "transport/endpoint.hpp"
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;

@@ -5,8 +5,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "protocol/codec.hpp"
-#include "protocol/redact.hpp"
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/redact.hpp>
 
 namespace json = boost::json;
 using namespace stereos::protocol;

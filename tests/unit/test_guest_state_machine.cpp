@@ -9,7 +9,7 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/guest_state_machine.hpp"
+#include "daemon/guest/guest_state_machine.hpp"
 
 using namespace stereos::daemon;
 using stereos::protocol::lifecycle_state;
@@ -830,7 +830,7 @@ BOOST_AUTO_TEST_CASE(the_first_answer_after_a_daemon_start_is_matched_with_the_l
 // start time moved by the pause: still not a restart while it stays before the run's last word.
 BOOST_AUTO_TEST_CASE(a_pause_shorter_or_longer_than_the_grace_is_not_a_restart) {
     {
-        driver d;  // shorter: the same connection
+        driver d;                                   // shorter: the same connection
         d.feed_all(path_to(guest_state::healthy));  // uptime 100 at t2
         d.machine.mark_provisioned(*d.machine.begin_provisioning());
         d.feed(unresponsive());

@@ -4,7 +4,7 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include "protocol/line_framer.hpp"
+#include <stereos/protocol/line_framer.hpp>
 
 using stereos::protocol::error;
 using stereos::protocol::line_framer;

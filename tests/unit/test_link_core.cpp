@@ -9,27 +9,27 @@
 #include <boost/asio/error.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/link/link_core.hpp"
-#include "daemon/link/link_error.hpp"
-#include "daemon/link/reconnect_backoff.hpp"
-#include "protocol/codec.hpp"
+#include <stereos/link/link_core.hpp>
+#include <stereos/link/link_error.hpp>
+#include <stereos/link/reconnect_backoff.hpp>
+#include <stereos/protocol/codec.hpp>
 
 using namespace stereos;
 using namespace std::chrono_literals;
 using boost::system::error_code;
-using daemon::link_core;
-using daemon::link_error;
-using daemon::link_event;
-using daemon::request_outcome;
+using link::link_core;
+using link::link_error;
+using link::link_event;
+using link::request_outcome;
 using protocol::guest_message;
 
 namespace {
 
-using time_point = link_core::clock::time_point;
+using time_point = link::link_core::clock::time_point;
 const time_point t0 = time_point{} + 1000h;
 
 // What a waiter was completed with.
-struct recording_waiter final : link_core::waiter {
+struct recording_waiter final : link::link_core::waiter {
     std::optional<error_code> error;
     std::optional<guest_message> reply;
     int calls = 0;
@@ -40,7 +40,7 @@ struct recording_waiter final : link_core::waiter {
         else
             reply = std::move(message);
     }
-    bool failed_with(link_error e) const { return error && *error == error_code(e); }
+    bool failed_with(link::link_error e) const { return error && *error == error_code(e); }
 };
 
 const protocol::host_message ping{protocol::ping_request{}};
@@ -56,15 +56,15 @@ std::string health_with_uptime(int uptime) {
 }
 
 struct core_fixture {
-    daemon::guest_link_options options = [] {
-        daemon::guest_link_options o;
+    link::guest_link_options options = [] {
+        link::guest_link_options o;
         o.connect_timeout = 2s;
         o.request_timeout = 10s;
         o.keepalive_interval = 15s;
         return o;
     }();
-    std::vector<link_event> events;
-    link_core core{options, [this](const link_event& e) { events.push_back(e); }};
+    std::vector<link::link_event> events;
+    link::link_core core{options, [this](const link::link_event& e) { events.push_back(e); }};
 
     template <class Event>
     std::size_t count() const {
@@ -118,11 +118,11 @@ BOOST_AUTO_TEST_CASE(a_health_answer_brings_the_link_up_and_earlier_pushes_follo
     f.core.on_bytes(health_line, t0 + 2ms);
     BOOST_TEST_REQUIRE(f.core.is_up());
     BOOST_TEST_REQUIRE(f.events.size() == 2u);
-    const auto* up = std::get_if<daemon::link_events::up>(&f.events[0]);
+    const auto* up = std::get_if<link::link_events::up>(&f.events[0]);
     BOOST_TEST_REQUIRE(up != nullptr);
     BOOST_TEST(up->health.uptime_seconds == 5);
     BOOST_TEST((up->asked_at == t0));
-    BOOST_TEST(std::holds_alternative<daemon::link_events::lifecycle>(f.events[1]));
+    BOOST_TEST(std::holds_alternative<link::link_events::lifecycle>(f.events[1]));
     BOOST_TEST(f.core.stats().connects == 1u);
     // Now the queued request leaves.
     BOOST_TEST(f.written() == "{\"type\":\"ping\"}\n");
@@ -136,7 +136,7 @@ BOOST_AUTO_TEST_CASE(garbage_instead_of_an_answer_fails_the_attempt) {
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 1ms);
     BOOST_TEST(!end.was_up);
-    BOOST_TEST((end.reason == error_code(link_error::protocol_error)));
+    BOOST_TEST((end.reason == error_code(link::link_error::protocol_error)));
     BOOST_TEST(end.detail.find("undecodable line from guest") != std::string::npos);
     BOOST_TEST(f.events.empty());
 }
@@ -147,7 +147,7 @@ BOOST_AUTO_TEST_CASE(a_reply_of_another_kind_fails_the_attempt) {
     f.written();
     f.core.on_bytes(pong_line, t0 + 1ms);
     const auto end = f.core.on_connection_ended(false, t0 + 1ms);
-    BOOST_TEST((end.reason == error_code(link_error::handshake_failed)));
+    BOOST_TEST((end.reason == error_code(link::link_error::handshake_failed)));
     BOOST_TEST(end.detail.find("guest answered get_health with") != std::string::npos);
 }
 
@@ -162,7 +162,7 @@ BOOST_AUTO_TEST_CASE(silence_until_the_deadline_is_a_handshake_timeout) {
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 2s);
     BOOST_TEST(!end.was_up);
-    BOOST_TEST((end.reason == error_code(link_error::handshake_timeout)));
+    BOOST_TEST((end.reason == error_code(link::link_error::handshake_timeout)));
     BOOST_TEST(end.detail == "connected, but no answer to get_health within 2s of connecting");
 }
 
@@ -173,7 +173,7 @@ BOOST_AUTO_TEST_CASE(eof_before_the_answer_is_a_failed_attempt) {
     f.core.on_lost(boost::asio::error::eof, "read");
     const auto end = f.core.on_connection_ended(false, t0 + 1ms);
     BOOST_TEST(!end.was_up);
-    BOOST_TEST((end.reason == error_code(link_error::handshake_failed)));
+    BOOST_TEST((end.reason == error_code(link::link_error::handshake_failed)));
     BOOST_TEST(end.detail == "connected, but the connection closed before the guest answered");
     BOOST_TEST(f.core.stats().disconnects == 0u);
 }
@@ -186,7 +186,7 @@ BOOST_AUTO_TEST_CASE(lines_after_the_answer_in_the_same_read_are_served) {
         std::string(health_line) + "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\"}}\n",
         t0 + 1ms);
     BOOST_TEST(f.core.is_up());
-    BOOST_TEST(f.count<daemon::link_events::lifecycle>() == 1u);
+    BOOST_TEST(f.count<link::link_events::lifecycle>() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -221,9 +221,10 @@ BOOST_AUTO_TEST_CASE(replies_complete_requests_in_fifo_order_from_one_gathered_w
     BOOST_TEST(std::get<protocol::ack_payload>(*c.reply).error == "no such tag");
     BOOST_TEST(f.core.queued_requests() == 0u);
     const auto& m = f.core.metrics();
-    BOOST_TEST(m.counts[mount.index()][static_cast<std::size_t>(request_outcome::guest_error)] ==
-               1u);
-    BOOST_TEST(m.counts[ping.index()][static_cast<std::size_t>(request_outcome::ok)] == 1u);
+    BOOST_TEST(
+        m.counts[mount.index()][static_cast<std::size_t>(link::request_outcome::guest_error)] ==
+        1u);
+    BOOST_TEST(m.counts[ping.index()][static_cast<std::size_t>(link::request_outcome::ok)] == 1u);
     // Three requests and the handshake, each within 500 µs or 5 ms.
     BOOST_TEST(m.latency_count == 4u);
     BOOST_TEST(m.latency_buckets[0] == 1u);  // the handshake, answered at once
@@ -239,7 +240,7 @@ BOOST_AUTO_TEST_CASE(a_request_times_out_at_its_deadline_and_its_late_reply_is_d
     f.written();
     BOOST_TEST((f.core.next_deadline() == t0 + 10s));
     f.core.on_deadline(t0 + 10s);
-    BOOST_TEST(first.failed_with(link_error::request_timeout));
+    BOOST_TEST(first.failed_with(link::link_error::request_timeout));
     BOOST_TEST(second.calls == 0);
     BOOST_TEST(f.core.stats().timeouts == 1u);
     // The late reply to the first request must not reach the second.
@@ -258,7 +259,7 @@ BOOST_AUTO_TEST_CASE(an_unwritten_request_past_its_deadline_is_unavailable_and_r
     f.core.add(ping, t0 + 1s, t0, &a);
     f.core.add(health, t0 + 5s, t0, &b);
     f.core.on_deadline(t0 + 1s);
-    BOOST_TEST(a.failed_with(link_error::guest_unavailable));
+    BOOST_TEST(a.failed_with(link::link_error::guest_unavailable));
     BOOST_TEST(f.core.queued_requests() == 1u);
     f.bring_up(t0 + 2s);
     BOOST_TEST(f.written() == "{\"type\":\"get_health\"}\n");
@@ -272,10 +273,11 @@ BOOST_AUTO_TEST_CASE(withdrawing_removes_an_unwritten_request_and_abandons_a_wri
     f.written();
     const auto unwritten_id = *f.core.add(mount, t0 + 10s, t0, &unwritten);
     f.core.add(health, t0 + 10s, t0, &last);
+    BOOST_TEST((f.core.withdraw(unwritten_id, t0) ==
+                link::link_core::withdraw_outcome::removed_unwritten));
     BOOST_TEST(
-        (f.core.withdraw(unwritten_id, t0) == link_core::withdraw_outcome::removed_unwritten));
-    BOOST_TEST((f.core.withdraw(written_id, t0) == link_core::withdraw_outcome::abandoned_written));
-    BOOST_TEST((f.core.withdraw(written_id, t0) == link_core::withdraw_outcome::not_found));
+        (f.core.withdraw(written_id, t0) == link::link_core::withdraw_outcome::abandoned_written));
+    BOOST_TEST((f.core.withdraw(written_id, t0) == link::link_core::withdraw_outcome::not_found));
     BOOST_TEST(f.written() == "{\"type\":\"get_health\"}\n");
     f.core.on_bytes(std::string(pong_line) + health_with_uptime(3), t0 + 1ms);
     BOOST_TEST(written.calls == 0);
@@ -293,11 +295,11 @@ BOOST_AUTO_TEST_CASE(three_consecutive_timeouts_make_one_unresponsive_verdict) {
     f.core.on_deadline(t0 + 10s);
     f.core.on_deadline(t0 + 11s);
     BOOST_TEST(!f.core.drop_requested());
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 0u);
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 0u);
     f.core.on_deadline(t0 + 13s);  // the third and fourth at once
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
-    BOOST_TEST((verdict.cause == error_code(link_error::guest_unresponsive)));
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
+    const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
+    BOOST_TEST((verdict.cause == error_code(link::link_error::guest_unresponsive)));
     BOOST_TEST(verdict.reason == "3 consecutive requests timed out");
     // Kept open for the grace period (a paused VM answers after `cont`), then dropped.
     BOOST_TEST(!f.core.drop_requested());
@@ -308,7 +310,7 @@ BOOST_AUTO_TEST_CASE(three_consecutive_timeouts_make_one_unresponsive_verdict) {
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 133s);
     BOOST_TEST(end.was_up);
-    BOOST_TEST((end.reason == error_code(link_error::guest_unresponsive)));
+    BOOST_TEST((end.reason == error_code(link::link_error::guest_unresponsive)));
     BOOST_TEST(end.detail == "no answer for 120s after the guest became unresponsive");
 }
 
@@ -321,7 +323,7 @@ BOOST_AUTO_TEST_CASE(an_answer_within_the_grace_ends_it_and_keeps_the_connection
         f.core.add(ping, t0 + 10s, t0, &waiter);
     f.written();
     f.core.on_deadline(t0 + 10s);
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
     BOOST_TEST(f.core.is_unresponsive());
     // 20 s later the guest resumes and answers everything in order: the abandoned requests'
     // replies are consumed, and the next request gets its own.
@@ -331,7 +333,7 @@ BOOST_AUTO_TEST_CASE(an_answer_within_the_grace_ends_it_and_keeps_the_connection
     for (int i = 0; i < 4; ++i)
         four += pong_line;
     f.core.on_bytes(four, t0 + 30s);
-    BOOST_TEST(f.count<daemon::link_events::responsive>() == 1u);
+    BOOST_TEST(f.count<link::link_events::responsive>() == 1u);
     BOOST_TEST(!f.core.is_unresponsive());
     BOOST_TEST(after.calls == 1);
     f.core.on_deadline(t0 + 200s);
@@ -373,9 +375,9 @@ BOOST_AUTO_TEST_CASE(a_reply_of_the_wrong_kind_or_with_nothing_outstanding_is_a_
         core_fixture f;
         f.bring_up();
         f.core.on_bytes(pong_line, t0);
-        BOOST_TEST(f.count<daemon::link_events::protocol_violation>() == 1u);
+        BOOST_TEST(f.count<link::link_events::protocol_violation>() == 1u);
         const auto end = f.core.on_connection_ended(false, t0);
-        BOOST_TEST((end.reason == error_code(link_error::protocol_error)));
+        BOOST_TEST((end.reason == error_code(link::link_error::protocol_error)));
         BOOST_TEST(end.detail.find("no request outstanding") != std::string::npos);
     }
     {
@@ -390,7 +392,7 @@ BOOST_AUTO_TEST_CASE(a_reply_of_the_wrong_kind_or_with_nothing_outstanding_is_a_
                         t0);
         const auto end = f.core.on_connection_ended(false, t0);
         BOOST_TEST(end.detail.find("expected ack for mount") != std::string::npos);
-        BOOST_TEST(a.failed_with(link_error::protocol_error));
+        BOOST_TEST(a.failed_with(link::link_error::protocol_error));
         BOOST_TEST(b.calls == 0);
         BOOST_TEST(f.core.queued_requests() == 1u);
         BOOST_TEST(f.core.stats().protocol_errors == 1u);
@@ -410,7 +412,7 @@ BOOST_AUTO_TEST_CASE(pushes_interleaved_with_replies_byte_by_byte_never_complete
                                "\n" + std::string(pong_line) + push;
     for (char c : stream)
         f.core.on_bytes(std::string_view(&c, 1), t0);
-    BOOST_TEST(f.count<daemon::link_events::lifecycle>() == 4u);
+    BOOST_TEST(f.count<link::link_events::lifecycle>() == 4u);
     BOOST_TEST(std::holds_alternative<protocol::pong_reply>(*w[0].reply));
     BOOST_TEST(std::get<protocol::health_payload>(*w[1].reply).uptime_seconds == 4);
     BOOST_TEST(std::holds_alternative<protocol::pong_reply>(*w[2].reply));
@@ -425,7 +427,7 @@ BOOST_AUTO_TEST_CASE(unknown_types_are_reported_and_skipped) {
     f.written();
     f.core.on_bytes("{\"type\":\"telemetry\"}\n", t0);
     f.core.on_bytes(pong_line, t0);
-    BOOST_TEST(f.count<daemon::link_events::unknown_message>() == 1u);
+    BOOST_TEST(f.count<link::link_events::unknown_message>() == 1u);
     BOOST_TEST(a.reply.has_value());
     BOOST_TEST(!f.core.drop_requested());
 }
@@ -435,21 +437,22 @@ BOOST_AUTO_TEST_CASE(an_over_long_line_is_a_violation) {
     f.bring_up();
     f.core.on_bytes(std::string(protocol::max_line_bytes + 10, 'x'), t0);
     BOOST_TEST(f.core.drop_requested());
-    BOOST_TEST(f.count<daemon::link_events::protocol_violation>() == 1u);
+    BOOST_TEST(f.count<link::link_events::protocol_violation>() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused) {
     core_fixture f;
     f.options.max_queued_requests = 2;
-    link_core core{f.options, nullptr};
+    link::link_core core{f.options, nullptr};
     recording_waiter w;
     const protocol::host_message huge{
         protocol::config_payload{std::string(protocol::max_line_bytes, 'x')}};
+    BOOST_TEST((core.add(huge, t0 + 1s, t0, &w).error() ==
+                error_code(link::link_error::request_too_large)));
+    BOOST_TEST(core.add(ping, t0 + 1s, t0, &w).has_value());
+    BOOST_TEST(core.add(ping, t0 + 1s, t0, &w).has_value());
     BOOST_TEST(
-        (core.add(huge, t0 + 1s, t0, &w).error() == error_code(link_error::request_too_large)));
-    BOOST_TEST(core.add(ping, t0 + 1s, t0, &w).has_value());
-    BOOST_TEST(core.add(ping, t0 + 1s, t0, &w).has_value());
-    BOOST_TEST((core.add(ping, t0 + 1s, t0, &w).error() == error_code(link_error::queue_full)));
+        (core.add(ping, t0 + 1s, t0, &w).error() == error_code(link::link_error::queue_full)));
     BOOST_TEST(w.calls == 0);
     BOOST_TEST(core.queued_bytes() == 2 * std::string_view("{\"type\":\"ping\"}\n").size());
 }
@@ -467,7 +470,7 @@ BOOST_AUTO_TEST_CASE(connection_loss_fails_written_and_keeps_unwritten_for_the_n
     const auto end = f.core.on_connection_ended(false, t0 + 1s);
     BOOST_TEST(end.was_up);
     BOOST_TEST(end.detail.find("read failed") == 0u);
-    BOOST_TEST(written.failed_with(link_error::connection_lost));
+    BOOST_TEST(written.failed_with(link::link_error::connection_lost));
     BOOST_TEST(abandoned.calls == 0);
     BOOST_TEST(unwritten.calls == 0);
     BOOST_TEST(f.core.stats().disconnects == 1u);
@@ -487,10 +490,10 @@ BOOST_AUTO_TEST_CASE(fail_all_completes_everything_live_once) {
     f.written();
     f.core.withdraw(abandoned, t0);
     f.core.add(ping, t0 + 10s, t0, &c);
-    f.core.fail_all(link_error::link_stopped, t0);
-    BOOST_TEST(a.failed_with(link_error::link_stopped));
+    f.core.fail_all(link::link_error::link_stopped, t0);
+    BOOST_TEST(a.failed_with(link::link_error::link_stopped));
     BOOST_TEST(b.calls == 0);
-    BOOST_TEST(c.failed_with(link_error::link_stopped));
+    BOOST_TEST(c.failed_with(link::link_error::link_stopped));
     BOOST_TEST(f.core.queued_requests() == 0u);
     BOOST_TEST(f.core.queued_bytes() == 0u);
 }
@@ -528,9 +531,9 @@ BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_is_a_keepalive_timeout) {
     f.core.on_deadline(t0 + 25s - 1ms);
     BOOST_TEST(!f.core.drop_requested());
     f.core.on_deadline(t0 + 25s);
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
-    BOOST_TEST((verdict.cause == error_code(link_error::keepalive_timeout)));
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
+    const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
+    BOOST_TEST((verdict.cause == error_code(link::link_error::keepalive_timeout)));
     BOOST_TEST(verdict.reason == "keepalive ping unanswered within 10s");
     BOOST_TEST(!f.core.drop_requested());  // until the grace period ends
 }
@@ -544,20 +547,20 @@ BOOST_AUTO_TEST_CASE(a_keepalive_timeout_that_is_also_the_nth_timeout_is_one_ver
     f.core.on_deadline(t0 + 15s);  // idle since t0: the keepalive joins them
     f.written();
     f.core.on_deadline(t0 + 25s);
-    BOOST_TEST(f.count<daemon::link_events::unresponsive>() == 1u);
-    const auto& verdict = std::get<daemon::link_events::unresponsive>(f.events.back());
-    BOOST_TEST((verdict.cause == error_code(link_error::guest_unresponsive)));
+    BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
+    const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
+    BOOST_TEST((verdict.cause == error_code(link::link_error::guest_unresponsive)));
 }
 
 BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_written_requests_get) {
     {
         core_fixture f;
         f.bring_up();
-        f.core.drop(link_error::reconnect_requested, "reconnect requested");
+        f.core.drop(link::link_error::reconnect_requested, "reconnect requested");
         f.core.on_lost(boost::asio::error::operation_aborted, "read");  // the close it caused
         f.core.on_bytes(pong_line, t0);                                 // ignored once dropping
         const auto end = f.core.on_connection_ended(false, t0);
-        BOOST_TEST((end.reason == error_code(link_error::reconnect_requested)));
+        BOOST_TEST((end.reason == error_code(link::link_error::reconnect_requested)));
         BOOST_TEST(end.detail == "reconnect requested");
     }
     {
@@ -568,9 +571,9 @@ BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_writte
         f.written();
         f.core.on_lost(boost::asio::error::eof, "read");
         const auto end = f.core.on_connection_ended(false, t0);
-        BOOST_TEST((end.reason == error_code(link_error::connection_closed)));
+        BOOST_TEST((end.reason == error_code(link::link_error::connection_closed)));
         BOOST_TEST(end.detail == "the guest closed the connection");
-        BOOST_TEST(w.failed_with(link_error::connection_lost));
+        BOOST_TEST(w.failed_with(link::link_error::connection_lost));
     }
     {
         core_fixture f;
@@ -580,13 +583,13 @@ BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_writte
         f.written();
         f.core.on_lost(boost::asio::error::operation_aborted, "read");
         f.core.on_connection_ended(true, t0);
-        BOOST_TEST(w.failed_with(link_error::link_stopped));
+        BOOST_TEST(w.failed_with(link::link_error::link_stopped));
     }
     {
         core_fixture f;
         f.bring_up();
         const auto end = f.core.on_connection_ended(false, t0);  // closed without a reason
-        BOOST_TEST((end.reason == error_code(link_error::connection_closed)));
+        BOOST_TEST((end.reason == error_code(link::link_error::connection_closed)));
     }
 }
 
@@ -597,7 +600,7 @@ BOOST_AUTO_TEST_SUITE(backoff)
 using std::chrono::milliseconds;
 
 BOOST_AUTO_TEST_CASE(delays_double_with_jitter_up_to_the_cap) {
-    daemon::reconnect_backoff b(milliseconds{100}, milliseconds{5000}, 42);
+    link::reconnect_backoff b(milliseconds{100}, milliseconds{5000}, 42);
     const std::vector<long> steps{100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000};
     for (long step : steps) {
         const auto d = b.next().count();
@@ -607,7 +610,7 @@ BOOST_AUTO_TEST_CASE(delays_double_with_jitter_up_to_the_cap) {
 }
 
 BOOST_AUTO_TEST_CASE(reset_starts_again_from_the_initial_delay) {
-    daemon::reconnect_backoff b(milliseconds{100}, milliseconds{5000}, 7);
+    link::reconnect_backoff b(milliseconds{100}, milliseconds{5000}, 7);
     for (int i = 0; i < 10; ++i)
         b.next();
     b.reset();
@@ -617,7 +620,7 @@ BOOST_AUTO_TEST_CASE(reset_starts_again_from_the_initial_delay) {
 BOOST_AUTO_TEST_CASE(jitter_spreads_links_that_dropped_together) {
     std::set<long> first_delays;
     for (std::uint32_t seed = 1; seed <= 50; ++seed) {
-        daemon::reconnect_backoff b(milliseconds{1000}, milliseconds{5000}, seed);
+        link::reconnect_backoff b(milliseconds{1000}, milliseconds{5000}, seed);
         first_delays.insert(b.next().count());
     }
     BOOST_TEST(first_delays.size() > 25u);

@@ -7,7 +7,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/api_audit.hpp"
+#include "daemon/api/audit.hpp"
 #include "daemon/logging.hpp"
 
 namespace asio = boost::asio;

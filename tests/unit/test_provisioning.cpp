@@ -8,9 +8,9 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/delivery_ledger.hpp"
+#include "daemon/guest/delivery_ledger.hpp"
+#include "daemon/guest/provisioning.hpp"
 #include "daemon/log_throttle.hpp"
-#include "daemon/provisioning.hpp"
 
 using namespace stereos;
 using namespace std::chrono_literals;
@@ -116,9 +116,9 @@ BOOST_AUTO_TEST_CASE(all_of_a_users_keys_go_in_one_request) {
     std::vector<std::string> keys;
     for (const auto& item : items)
         keys.push_back(item.key);
-    BOOST_TEST(keys == (std::vector<std::string>{"ssh_keys admin", "ssh_keys root",
-                                                 "ssh_keys deploy"}),
-               boost::test_tools::per_element());
+    BOOST_TEST(
+        keys == (std::vector<std::string>{"ssh_keys admin", "ssh_keys root", "ssh_keys deploy"}),
+        boost::test_tools::per_element());
     auto admin = items[0].build();
     BOOST_TEST_REQUIRE(admin.has_value());
     BOOST_TEST(std::get<protocol::ssh_key_payload>(*admin).public_key ==

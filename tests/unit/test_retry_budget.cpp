@@ -1,9 +1,9 @@
 // The fast-retry budget shared by a daemon's links, with injected time.
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/link/retry_budget.hpp"
+#include <stereos/link/retry_budget.hpp>
 
-using stereos::daemon::retry_budget;
+using stereos::link::retry_budget;
 using namespace std::chrono_literals;
 
 BOOST_AUTO_TEST_SUITE(retry_budget_tests)

@@ -7,7 +7,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/state_store.hpp"
+#include "daemon/guest/state_store.hpp"
 #include "tests/support/child_process.hpp"
 
 namespace fs = std::filesystem;

@@ -16,13 +16,12 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "daemon/link/guest_link.hpp"
-#include "protocol/codec.hpp"
-#include "transport/completion_tokens.hpp"
-#include "transport/endpoint.hpp"
+#include <stereos/link/guest_link.hpp>
+#include <stereos/protocol/codec.hpp>
+#include <stereos/transport/endpoint.hpp>
+#include <stereos/util/completion_tokens.hpp>
 
 namespace asio = boost::asio;
-namespace stereos_link = stereos::daemon;  // the library's namespace
 namespace protocol = stereos::protocol;
 namespace transport = stereos::transport;
 
@@ -34,7 +33,7 @@ struct outcome {
     unsigned pushes = 0;
 };
 
-void print_reply(const stereos_link::request_result& reply, outcome& seen) {
+void print_reply(const stereos::link::request_result& reply, outcome& seen) {
     if (!reply) {
         std::cerr << "guest_client: request failed: " << reply.error().message() << "\n";
         return;
@@ -52,7 +51,7 @@ void print_reply(const stereos_link::request_result& reply, outcome& seen) {
 }
 
 // Runs once the link is up: the two requests, then waits for the pushes or the deadline.
-asio::awaitable<void> converse(std::shared_ptr<stereos_link::guest_link> guest,
+asio::awaitable<void> converse(std::shared_ptr<stereos::link::guest_link> guest,
                                unsigned pushes_wanted, asio::steady_timer& deadline,
                                outcome& seen) {
     const protocol::host_message ping = protocol::ping_request{};
@@ -88,28 +87,28 @@ int main(int argc, char** argv) {
     outcome seen;
     asio::steady_timer deadline(io, limit);
     bool conversing = false;
-    std::shared_ptr<stereos_link::guest_link> guest;
+    std::shared_ptr<stereos::link::guest_link> guest;
     // Events arrive on io's thread, like everything else here.
-    auto on_event = [&](const stereos_link::link_event& event) {
-        if (std::holds_alternative<stereos_link::link_events::up>(event)) {
+    auto on_event = [&](const stereos::link::link_event& event) {
+        if (std::holds_alternative<stereos::link::link_events::up>(event)) {
             std::cout << "connected " << transport::to_string(*target) << std::endl;
             if (!conversing) {
                 conversing = true;
                 asio::co_spawn(io, converse(guest, pushes, deadline, seen),
                                transport::rethrow_if_failed);
             }
-        } else if (const auto* push = std::get_if<stereos_link::link_events::lifecycle>(&event)) {
+        } else if (const auto* push = std::get_if<stereos::link::link_events::lifecycle>(&event)) {
             ++seen.pushes;
             std::cout << "lifecycle " << protocol::to_string(push->payload.state) << std::endl;
             if (seen.pong && seen.health && seen.pushes >= pushes)
                 deadline.cancel();
         } else if (const auto* failed =
-                       std::get_if<stereos_link::link_events::connect_failed>(&event)) {
+                       std::get_if<stereos::link::link_events::connect_failed>(&event)) {
             std::cerr << "guest_client: connect failed: " << failed->reason << "\n";
         }
     };
-    guest = stereos_link::guest_link::create(io.get_executor(), *target,
-                                             stereos_link::guest_link_options{}, on_event);
+    guest = stereos::link::guest_link::create(io.get_executor(), *target,
+                                              stereos::link::guest_link_options{}, on_event);
     guest->start();
     // Without a link the conversation never starts: stop at the deadline all the same.
     deadline.async_wait([&](boost::system::error_code) {

@@ -19,8 +19,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <stereos/util/completion_tokens.hpp>
 #include "tests/integration/api/api_test_support.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -143,12 +143,14 @@ BOOST_AUTO_TEST_CASE(every_guest_request_route_reaches_the_guest) {
 
     // The same mount again in this run: not sent (stereosd would stack it); another at the
     // same path: refused.
-    auto again = post(sock, "/v1/guests/vm1/mounts",
-                      R"({"tag":"share0","guest_path":"/work","fs_type":"virtiofs","read_only":true})");
+    auto again =
+        post(sock, "/v1/guests/vm1/mounts",
+             R"({"tag":"share0","guest_path":"/work","fs_type":"virtiofs","read_only":true})");
     BOOST_TEST(again.status == 200u, again.body);
     BOOST_TEST(again.json().at("sent").as_bool() == false, again.body);
-    auto respelled = post(sock, "/v1/guests/vm1/mounts",
-                          R"({"tag":"share0","guest_path":"/work/","fs_type":"virtiofs","read_only":true})");
+    auto respelled =
+        post(sock, "/v1/guests/vm1/mounts",
+             R"({"tag":"share0","guest_path":"/work/","fs_type":"virtiofs","read_only":true})");
     BOOST_TEST(respelled.status == 200u, respelled.body);
     BOOST_TEST(respelled.json().at("sent").as_bool() == false, respelled.body);
     check_error(post(sock, "/v1/guests/vm1/mounts",

@@ -15,11 +15,11 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/api_routes.hpp"
-#include "daemon/api_server.hpp"
-#include "daemon/state_store.hpp"
+#include <stereos/util/completion_tokens.hpp>
+#include "daemon/api/routes.hpp"
+#include "daemon/api/server.hpp"
+#include "daemon/guest/state_store.hpp"
 #include "tests/integration/api/api_test_support.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;

@@ -10,8 +10,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
-#include "daemon/api_routes.hpp"
-#include "daemon/guest_state_machine.hpp"
+#include "daemon/api/routes.hpp"
+#include "daemon/guest/guest_state_machine.hpp"
 
 namespace json = boost::json;
 namespace api = stereos::daemon::api;

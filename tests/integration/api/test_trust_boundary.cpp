@@ -237,9 +237,9 @@ BOOST_AUTO_TEST_CASE(an_invalid_runtime_record_can_be_removed) {
     const auto shown = get(sock, "/v1/guests/broken");
     BOOST_TEST_REQUIRE(shown.status == 200u, shown.body);
     BOOST_TEST(shown.json().at("state").as_string() == "invalid");
-    BOOST_TEST(std::string(shown.json().at("reason").as_string()).find("endpoint") !=
-                   std::string::npos,
-               shown.body);
+    BOOST_TEST(
+        std::string(shown.json().at("reason").as_string()).find("endpoint") != std::string::npos,
+        shown.body);
     const auto removed = http(sock, "DELETE", "/v1/guests/broken");
     BOOST_TEST(removed.status == 200u, removed.body);
     BOOST_TEST(get(sock, "/v1/guests/broken").status == 404u);

@@ -1,4 +1,4 @@
-#include "daemon/item_digest.hpp"
+#include "daemon/guest/item_digest.hpp"
 
 #include <fcntl.h>
 #include <sodium.h>
@@ -61,8 +61,8 @@ boost::system::result<item_digest, std::string> item_digest::load_or_create(
     if (fd < 0)
         return result(boost::system::in_place_error,
                       "cannot create " + temp + ": " + std::strerror(errno));
-    const bool written = ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) &&
-                         ::fsync(fd) == 0;
+    const bool written =
+        ::write(fd, key.data(), key.size()) == static_cast<ssize_t>(key.size()) && ::fsync(fd) == 0;
     ::close(fd);
     if (!written || ::link(temp.c_str(), path.c_str()) != 0) {
         const int err = errno;
@@ -78,8 +78,9 @@ boost::system::result<item_digest, std::string> item_digest::load_or_create(
 
 std::string item_digest::of(std::string_view bytes) const {
     std::array<unsigned char, 32> hash{};
-    crypto_generichash(hash.data(), hash.size(), reinterpret_cast<const unsigned char*>(bytes.data()),
-                       bytes.size(), key_.data(), key_.size());
+    crypto_generichash(hash.data(), hash.size(),
+                       reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                       key_.data(), key_.size());
     std::string hex(hash.size() * 2 + 1, '\0');
     sodium_bin2hex(hex.data(), hex.size(), hash.data(), hash.size());
     hex.pop_back();

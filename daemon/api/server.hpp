@@ -21,14 +21,14 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "config/config.hpp"
-#include "daemon/api_audit.hpp"
-#include "daemon/api_peer.hpp"
-#include "daemon/api_routes.hpp"
-#include "daemon/api_session.hpp"
+#include "daemon/api/audit.hpp"
+#include "daemon/api/metrics.hpp"
+#include "daemon/api/peer.hpp"
+#include "daemon/api/routes.hpp"
+#include "daemon/api/session.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_registry.hpp"
+#include "daemon/guest/guest_registry.hpp"
 #include "daemon/log_throttle.hpp"
-#include "daemon/metrics.hpp"
 
 namespace stereos::daemon {
 

@@ -1,4 +1,4 @@
-#include "daemon/api_socket_file.hpp"
+#include "daemon/api/socket_file.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -14,8 +14,8 @@
 
 #include <boost/system/result.hpp>
 
+#include <stereos/protocol/messages.hpp>
 #include "config/config.hpp"
-#include "protocol/messages.hpp"
 
 namespace stereos::daemon {
 

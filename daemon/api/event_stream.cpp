@@ -9,9 +9,9 @@
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/write.hpp>
 
-#include "daemon/api_session.hpp"
+#include <stereos/util/completion_tokens.hpp>
+#include "daemon/api/session.hpp"
 #include "daemon/logging.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 

@@ -1,4 +1,4 @@
-#include "daemon/api_audit.hpp"
+#include "daemon/api/audit.hpp"
 
 #include <pwd.h>
 
@@ -8,8 +8,8 @@
 
 #include <boost/beast/http/status.hpp>
 
+#include <stereos/protocol/redact.hpp>
 #include "daemon/logging.hpp"
-#include "protocol/redact.hpp"
 
 namespace stereos::daemon::api {
 

@@ -1,15 +1,15 @@
-#include "daemon/managed_guest.hpp"
+#include "daemon/guest/managed_guest.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/json/value_from.hpp>
 
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/redact.hpp>
+#include <stereos/util/completion_tokens.hpp>
+#include <stereos/util/overloaded.hpp>
+#include "daemon/guest/provisioning.hpp"
+#include "daemon/guest/state_store.hpp"
 #include "daemon/logging.hpp"
-#include "daemon/provisioning.hpp"
-#include "daemon/state_store.hpp"
-#include "protocol/codec.hpp"
-#include "protocol/redact.hpp"
-#include "protocol/overloaded.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 
@@ -22,9 +22,9 @@ using protocol::overloaded;
 using transport::rethrow_if_failed;
 using transport::use_tuple;
 
-guest_link_options link_options_for(const config::link_timeouts& t,
-                                    std::shared_ptr<retry_budget> budget) {
-    guest_link_options o;
+link::guest_link_options link_options_for(const config::link_timeouts& t,
+                                          std::shared_ptr<link::retry_budget> budget) {
+    link::guest_link_options o;
     o.fast_retry_budget = std::move(budget);
     o.connect_timeout = t.connect_timeout;
     o.request_timeout = t.request_timeout;
@@ -42,16 +42,16 @@ std::string_view to_string(guest_source source) noexcept {
 
 std::shared_ptr<managed_guest> managed_guest::create(
     const asio::any_io_executor& executor, config::guest_config definition, guest_source source,
-    event_bus& bus, std::shared_ptr<retry_budget> fast_retry_budget, ledger_services ledger) {
+    event_bus& bus, std::shared_ptr<link::retry_budget> fast_retry_budget, ledger_services ledger) {
     if (!ledger.digest)
         ledger.digest = std::make_shared<const item_digest>(item_digest::with_random_key());
     auto guest = std::make_shared<managed_guest>(executor, std::move(definition), source, bus,
                                                  std::move(ledger));
     std::weak_ptr<managed_guest> weak = guest;
-    guest->link_ = guest_link::create(
+    guest->link_ = link::guest_link::create(
         executor, guest->definition_.endpoint,
         link_options_for(guest->definition_.timeouts, std::move(fast_retry_budget)),
-        [weak](const link_event& event) {
+        [weak](const link::link_event& event) {
             if (auto self = weak.lock())
                 self->on_link_event(event);
         });
@@ -67,8 +67,7 @@ std::shared_ptr<managed_guest> managed_guest::create(
                 guest->ledger_writable_ = false;
             log::error("delivery ledger: " + loaded.error() +
                            "; the guest is treated as never provisioned" +
-                           (kept ? " and its ledger is not written until the daemon restarts"
-                                 : ""),
+                           (kept ? " and its ledger is not written until the daemon restarts" : ""),
                        {.guest = guest->name()});
         } else if (*loaded) {
             guest->ledger_ = std::move(**loaded);
@@ -183,12 +182,12 @@ void managed_guest::feed(const guest_event& event) {
     maybe_start_provisioning();
 }
 
-void managed_guest::on_link_event(const link_event& event) {
+void managed_guest::on_link_event(const link::link_event& event) {
     const auto now = log_throttle::clock::now();
     std::visit(
         overloaded{
-            [&](const link_events::connecting&) { feed(guest_events::link_connecting{}); },
-            [&](const link_events::connect_failed& e) {
+            [&](const link::link_events::connecting&) { feed(guest_events::link_connecting{}); },
+            [&](const link::link_events::connect_failed& e) {
                 if (auto text = connect_errors_.admit("cannot connect: " + e.reason, now)) {
                     log::warning(*text, {.guest = name(), .endpoint = definition_.endpoint_text});
                     bus_.publish(name(), "link",
@@ -196,7 +195,7 @@ void managed_guest::on_link_event(const link_event& event) {
                 }
                 feed(guest_events::connect_failed{e.reason});
             },
-            [&](const link_events::up& e) {
+            [&](const link::link_events::up& e) {
                 connect_errors_.reset();
                 log::info("link up: guest reports " +
                               std::string(protocol::to_string(e.health.state)) + ", stereosd up " +
@@ -208,14 +207,14 @@ void managed_guest::on_link_event(const link_event& event) {
                 handshake_polled_ = true;
                 health_timer_.cancel();
             },
-            [&](const link_events::down& e) {
+            [&](const link::link_events::down& e) {
                 log::warning("link lost: " + e.reason + "; reconnecting in " +
                                  std::to_string(e.retry_in.count()) + " ms",
                              {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "down"}, {"reason", e.reason}});
                 feed(guest_events::link_lost{e.reason, e.last_received});
             },
-            [&](const link_events::unresponsive& e) {
+            [&](const link::link_events::unresponsive& e) {
                 const auto grace = config::format_duration(definition_.timeouts.unresponsive_grace);
                 log::warning("guest unresponsive: " + e.reason + "; keeping the connection " +
                                  grace + " for a late answer",
@@ -223,18 +222,18 @@ void managed_guest::on_link_event(const link_event& event) {
                 bus_.publish(name(), "link", {{"event", "unresponsive"}, {"reason", e.reason}});
                 feed(guest_events::link_unresponsive{e.reason});
             },
-            [&](const link_events::responsive&) {
+            [&](const link::link_events::responsive&) {
                 log::notice("guest answers again on the same connection (paused, or slow)",
                             {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "responsive"}});
                 feed(guest_events::reply_received{});
             },
-            [&](const link_events::protocol_violation& e) {
+            [&](const link::link_events::protocol_violation& e) {
                 log::error("protocol error, resetting the connection: " + e.detail,
                            {.guest = name()});
                 bus_.publish(name(), "link", {{"event", "protocol_error"}, {"reason", e.detail}});
             },
-            [&](const link_events::lifecycle& e) {
+            [&](const link::link_events::lifecycle& e) {
                 const auto state = std::string(protocol::to_string(e.payload.state));
                 if (auto text = lifecycle_lines_.admit(
                         "lifecycle: " + state +
@@ -248,7 +247,7 @@ void managed_guest::on_link_event(const link_event& event) {
                 bus_.publish(name(), "lifecycle", std::move(fields));
                 feed(guest_events::lifecycle_pushed{e.payload});
             },
-            [&](const link_events::unknown_message& e) {
+            [&](const link::link_events::unknown_message& e) {
                 if (auto text = unknown_messages_.admit(
                         "ignoring unknown message type \"" + e.type + "\"", now)) {
                     log::notice(*text, {.guest = name(), .message_type = e.type});
@@ -258,7 +257,8 @@ void managed_guest::on_link_event(const link_event& event) {
         event);
 }
 
-void managed_guest::note_reply(const protocol::host_message& sent, const request_result& result,
+void managed_guest::note_reply(const protocol::host_message& sent,
+                               const link::request_result& result,
                                std::chrono::steady_clock::time_point asked_at) {
     const bool is_shutdown = std::holds_alternative<protocol::shutdown_payload>(sent);
     if (!result) {
@@ -282,7 +282,7 @@ void managed_guest::note_reply(const protocol::host_message& sent, const request
     }
 }
 
-asio::awaitable<request_result> managed_guest::request(protocol::host_message message) {
+asio::awaitable<link::request_result> managed_guest::request(protocol::host_message message) {
     auto self = shared_from_this();
     if (const auto* shutdown = std::get_if<protocol::shutdown_payload>(&message)) {
         log::notice("sending shutdown" + (shutdown->reason.empty() ? "" : ": " + shutdown->reason),
@@ -291,7 +291,7 @@ asio::awaitable<request_result> managed_guest::request(protocol::host_message me
     }
     const auto asked_at = std::chrono::steady_clock::now();
     auto [error, reply] = co_await link_->async_send(message, link_->default_deadline(), use_tuple);
-    auto result = to_request_result(error, std::move(reply));
+    auto result = link::to_request_result(error, std::move(reply));
     note_reply(message, result, asked_at);
     co_return result;
 }
@@ -306,7 +306,7 @@ asio::awaitable<void> managed_guest::health_loop() {
                 co_await link_->async_send(poll, link_->default_deadline(), use_tuple);
             if (stopping_)
                 break;
-            const auto result = to_request_result(error, std::move(reply));
+            const auto result = link::to_request_result(error, std::move(reply));
             note_reply(poll, result, asked_at);
             // A new link that came up meanwhile was polled by its handshake: either way the
             // next poll is a full interval from now.
@@ -427,8 +427,9 @@ managed_guest::provisioning_plan managed_guest::plan_provisioning() {
     }
     // Removed from the provisioning: the guest keeps it until it reboots (no removal message).
     for (const auto& entry : std::vector<ledger_item>(ledger_.items())) {
-        const bool wanted = std::any_of(plan.items.begin(), plan.items.end(),
-                                        [&](const provisioning_item& i) { return i.key == entry.key; });
+        const bool wanted =
+            std::any_of(plan.items.begin(), plan.items.end(),
+                        [&](const provisioning_item& i) { return i.key == entry.key; });
         if (entry.origin == delivery_origin::provisioning && !wanted) {
             ledger_.forget(entry.key);
             plan.forgot = true;
@@ -519,8 +520,8 @@ asio::awaitable<bool> managed_guest::run_provisioning(std::optional<provisioning
         }
         // Only an ack in the run the plan was for counts (a reboot meanwhile started a new one).
         if (machine_.boot_count() == run) {
-            ledger_.record(
-                {item->key, digest, std::chrono::system_clock::now(), delivery_origin::provisioning});
+            ledger_.record({item->key, digest, std::chrono::system_clock::now(),
+                            delivery_origin::provisioning});
             undelivered_.erase(item->key);
             save_ledger();  // at once: a daemon killed now must not send it again
         }
@@ -612,9 +613,8 @@ mount_plan managed_guest::plan_mount(const protocol::mount_payload& mount) const
     if (delivered == nullptr)
         return mount_plan::send;
     const protocol::host_message message = mount;
-    return delivered->digest == digest_of(key, message)
-               ? mount_plan::already_mounted
-               : mount_plan::conflict;
+    return delivered->digest == digest_of(key, message) ? mount_plan::already_mounted
+                                                        : mount_plan::conflict;
 }
 
 boost::system::result<protocol::host_message, std::string> managed_guest::ssh_key_request(
@@ -627,8 +627,8 @@ boost::system::result<protocol::host_message, std::string> managed_guest::ssh_ke
         if (item.key == ssh_keys_item_key(user))
             return item.build();
     }
-    return boost::system::result<protocol::host_message, std::string>(
-        boost::system::in_place_error, "no keys for " + user);
+    return boost::system::result<protocol::host_message, std::string>(boost::system::in_place_error,
+                                                                      "no keys for " + user);
 }
 
 void managed_guest::record_api_delivery(const protocol::host_message& sent,
@@ -803,13 +803,13 @@ json::object managed_guest::ledger_status() const {
         const auto wall_now = std::chrono::system_clock::now();
         auto started = wall_now - std::chrono::duration_cast<std::chrono::system_clock::duration>(
                                       steady_now - run->started_latest);
-        out["run"] = json::object{{"boot_id", run->boot_id},
-                                  {"started", run->boot_id != services_.boot_id ||
-                                                      run->started_latest ==
-                                                          decltype(run->started_latest){}
-                                                  ? json::value(nullptr)
-                                                  : json::value(format_utc(started))},
-                                  {"this_host_boot", run->boot_id == services_.boot_id}};
+        out["run"] =
+            json::object{{"boot_id", run->boot_id},
+                         {"started", run->boot_id != services_.boot_id ||
+                                             run->started_latest == decltype(run->started_latest){}
+                                         ? json::value(nullptr)
+                                         : json::value(format_utc(started))},
+                         {"this_host_boot", run->boot_id == services_.boot_id}};
     } else {
         out["run"] = nullptr;
     }

@@ -19,11 +19,11 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 
-#include "daemon/api_audit.hpp"
-#include "daemon/api_routes.hpp"
+#include "daemon/api/audit.hpp"
+#include "daemon/api/metrics.hpp"
+#include "daemon/api/routes.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_registry.hpp"
-#include "daemon/metrics.hpp"
+#include "daemon/guest/guest_registry.hpp"
 
 namespace stereos::daemon {
 

@@ -1,4 +1,4 @@
-#include "daemon/state_store.hpp"
+#include "daemon/guest/state_store.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "daemon/api_routes.hpp"
+#include "daemon/api/routes.hpp"
 
 #include <algorithm>
 #include <array>
@@ -17,13 +17,13 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value_from.hpp>
 
+#include <stereos/link/link_error.hpp>
+#include <stereos/protocol/codec.hpp>
+#include <stereos/protocol/redact.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "config/config.hpp"
-#include "daemon/link/link_error.hpp"
+#include "daemon/guest/provisioning.hpp"
 #include "daemon/logging.hpp"
-#include "daemon/provisioning.hpp"
-#include "protocol/codec.hpp"
-#include "protocol/redact.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon::api {
 
@@ -76,12 +76,13 @@ struct link_error_mapping {
 };
 
 link_error_mapping map_link_error(boost::system::error_code error) {
-    if (error == link_error::guest_unavailable || error == link_error::queue_full)
+    if (error == link::link_error::guest_unavailable || error == link::link_error::queue_full)
         return {503, "guest_unavailable"};
-    if (error == link_error::request_timeout || error == link_error::keepalive_timeout ||
-        error == link_error::guest_unresponsive)
+    if (error == link::link_error::request_timeout ||
+        error == link::link_error::keepalive_timeout ||
+        error == link::link_error::guest_unresponsive)
         return {504, "guest_timeout"};
-    if (error == link_error::request_too_large)
+    if (error == link::link_error::request_too_large)
         return {413, "payload_too_large"};
     // connection_lost, protocol_error, link_stopped, connection_closed, anything else.
     return {502, "connection_lost"};
@@ -480,10 +481,10 @@ asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
     // stereosd rewrites the user's whole authorized_keys: send this key with the user's others.
     auto request = found.guest->ssh_key_request(user, public_key);
     if (!request) {
-        co_return error_response(500, "internal_error",
-                                 call.match.name + ": cannot gather the keys of " + user + ": " +
-                                     request.error(),
-                                 call.version);
+        co_return error_response(
+            500, "internal_error",
+            call.match.name + ": cannot gather the keys of " + user + ": " + request.error(),
+            call.version);
     }
     protocol::host_message message = std::move(*request);
     co_return co_await acked_request(call.context, found.guest, message, call.version,
@@ -515,8 +516,7 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
                          call.version);
         case mount_plan::conflict:
             co_return error_response(409, "mount_conflict",
-                                     call.match.name + ": another mount is at " +
-                                         mount.guest_path +
+                                     call.match.name + ": another mount is at " + mount.guest_path +
                                          " in this run of the guest; it stays until the guest "
                                          "reboots",
                                      call.version);
@@ -641,14 +641,14 @@ constexpr route_error guest_request_errors[] = {
     {400, "bad_request"},     {404, "guest_not_found"}, {413, "payload_too_large"},
     {502, "connection_lost"}, {502, "guest_error"},     {503, "guest_unavailable"},
     {504, "guest_timeout"}};
-constexpr route_error ssh_key_errors[] = {
-    {400, "bad_request"},     {404, "guest_not_found"}, {413, "payload_too_large"},
-    {500, "internal_error"},  {502, "connection_lost"}, {502, "guest_error"},
-    {503, "guest_unavailable"}, {504, "guest_timeout"}};
-constexpr route_error mount_errors[] = {
-    {400, "bad_request"},     {404, "guest_not_found"}, {409, "mount_conflict"},
-    {413, "payload_too_large"}, {502, "connection_lost"}, {502, "guest_error"},
-    {503, "guest_unavailable"}, {504, "guest_timeout"}};
+constexpr route_error ssh_key_errors[] = {{400, "bad_request"},       {404, "guest_not_found"},
+                                          {413, "payload_too_large"}, {500, "internal_error"},
+                                          {502, "connection_lost"},   {502, "guest_error"},
+                                          {503, "guest_unavailable"}, {504, "guest_timeout"}};
+constexpr route_error mount_errors[] = {{400, "bad_request"},       {404, "guest_not_found"},
+                                        {409, "mount_conflict"},    {413, "payload_too_large"},
+                                        {502, "connection_lost"},   {502, "guest_error"},
+                                        {503, "guest_unavailable"}, {504, "guest_timeout"}};
 constexpr route_error provision_errors[] = {
     {400, "bad_request"}, {404, "guest_not_found"}, {409, "needs_values"}, {502, "guest_error"}};
 constexpr route_error set_provision_errors[] = {{400, "bad_request"},     {404, "guest_not_found"},

@@ -1,4 +1,4 @@
-#include "daemon/delivery_ledger.hpp"
+#include "daemon/guest/delivery_ledger.hpp"
 
 #include <algorithm>
 
@@ -164,8 +164,9 @@ boost::system::result<delivery_ledger, std::string> delivery_ledger::from_json(
         const auto latest = integer_at(*o, "started_latest_ns");
         const auto heard = integer_at(*o, "last_heard_ns");
         if (!boot_id || !earliest || !latest || !heard)
-            return fail("\"run\" lacks boot_id, started_earliest_ns, started_latest_ns or "
-                        "last_heard_ns");
+            return fail(
+                "\"run\" lacks boot_id, started_earliest_ns, started_latest_ns or "
+                "last_heard_ns");
         using steady = std::chrono::steady_clock::time_point;
         ledger.run_ = guest_run{std::string(*boot_id), from_ns<steady>(*earliest),
                                 from_ns<steady>(*latest), from_ns<steady>(*heard)};

@@ -1,4 +1,4 @@
-#include "daemon/api_request.hpp"
+#include "daemon/api/request.hpp"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "daemon/guest_registry.hpp"
+#include "daemon/guest/guest_registry.hpp"
 
 #include <algorithm>
 #include <fstream>

@@ -1,11 +1,11 @@
 // The per-guest state machine: the rules are listed in guest_state_machine.hpp.
-#include "daemon/guest_state_machine.hpp"
+#include "daemon/guest/guest_state_machine.hpp"
 
 #include <algorithm>
 #include <type_traits>
 #include <utility>
 
-#include "protocol/overloaded.hpp"
+#include <stereos/util/overloaded.hpp>
 
 namespace stereos::daemon {
 
@@ -188,8 +188,8 @@ start_interval start_interval_of(std::int64_t uptime_seconds, guest_events::stea
     if (asked_at == guest_events::steady_time{} || asked_at > answered_at)
         asked_at = answered_at;
     // The codec refuses uptimes over 100 years; the clamp keeps the arithmetic defined anyway.
-    const auto uptime =
-        std::chrono::seconds(std::clamp<std::int64_t>(uptime_seconds, 0, protocol::max_uptime_seconds));
+    const auto uptime = std::chrono::seconds(
+        std::clamp<std::int64_t>(uptime_seconds, 0, protocol::max_uptime_seconds));
     return {asked_at - uptime - std::chrono::seconds(1), answered_at - uptime};
 }
 

@@ -14,11 +14,11 @@
 #include <boost/json/object.hpp>
 #include <boost/system/result.hpp>
 
+#include <stereos/link/retry_budget.hpp>
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/link/retry_budget.hpp"
-#include "daemon/managed_guest.hpp"
-#include "daemon/state_store.hpp"
+#include "daemon/guest/managed_guest.hpp"
+#include "daemon/guest/state_store.hpp"
 
 namespace stereos::daemon {
 
@@ -127,7 +127,8 @@ class guest_registry {
     std::map<std::string, std::string, std::less<>> invalid_;  // name -> why it was refused
     // Fast reconnect attempts per second across all guests: a host-wide outage of thousands of
     // guests retries at this rate in all, not 10/s each.
-    std::shared_ptr<retry_budget> fast_retry_budget_ = std::make_shared<retry_budget>(1000.0);
+    std::shared_ptr<link::retry_budget> fast_retry_budget_ =
+        std::make_shared<link::retry_budget>(1000.0);
     // Filled by start(): the guests' ledgers are kept by store_ (unless its key is unusable).
     ledger_services ledger_;
 };

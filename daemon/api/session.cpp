@@ -1,4 +1,4 @@
-#include "daemon/api_session.hpp"
+#include "daemon/api/session.hpp"
 
 #include <algorithm>
 #include <string_view>
@@ -15,8 +15,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include <stereos/util/completion_tokens.hpp>
 #include "daemon/logging.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/api_routes.hpp"
+#include "daemon/api/routes.hpp"
 
 namespace stereos::daemon {
 

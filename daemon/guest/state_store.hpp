@@ -10,7 +10,7 @@
 #include <boost/json/object.hpp>
 #include <boost/system/result.hpp>
 
-#include "daemon/delivery_ledger.hpp"
+#include "daemon/guest/delivery_ledger.hpp"
 
 namespace stereos::daemon {
 
@@ -70,7 +70,6 @@ class state_store {
     std::filesystem::path ledger_file(std::string_view guest) const;
 
   private:
-
     std::filesystem::path directory_;
     std::filesystem::path file_;
 };

@@ -1,4 +1,4 @@
-#include "daemon/provisioning.hpp"
+#include "daemon/guest/provisioning.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -6,8 +6,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "daemon/delivery_ledger.hpp"
-#include "protocol/redact.hpp"
+#include <stereos/protocol/redact.hpp>
+#include "daemon/guest/delivery_ledger.hpp"
 
 namespace stereos::daemon {
 
@@ -101,19 +101,18 @@ std::vector<provisioning_item> provisioning_items(const config::provision_config
     std::vector<provisioning_item> items;
     using built = boost::system::result<protocol::host_message, std::string>;
     if (provision.config_content) {
-        items.push_back({config_item_key(), "set_config",
-                         [content = *provision.config_content]() -> built {
-                             return protocol::host_message{protocol::config_payload{content}};
-                         }});
+        items.push_back(
+            {config_item_key(), "set_config", [content = *provision.config_content]() -> built {
+                 return protocol::host_message{protocol::config_payload{content}};
+             }});
     } else if (provision.config_file) {
-        items.push_back({config_item_key(), "set_config",
-                         [path = *provision.config_file]() -> built {
-                             auto content = read_file(path);
-                             if (!content)
-                                 return content.error();
-                             return protocol::host_message{
-                                 protocol::config_payload{std::move(*content)}};
-                         }});
+        items.push_back(
+            {config_item_key(), "set_config", [path = *provision.config_file]() -> built {
+                 auto content = read_file(path);
+                 if (!content)
+                     return content.error();
+                 return protocol::host_message{protocol::config_payload{std::move(*content)}};
+             }});
     }
     // Users in the order they first appear, then those with keys from the API only.
     std::vector<std::string> users;
@@ -163,18 +162,18 @@ std::vector<provisioning_item> provisioning_items(const config::provision_config
              }});
     }
     for (const auto& secret : provision.secrets) {
-        items.push_back({secret_item_key(secret.name), "inject_secret " + secret.name,
-                         [secret]() -> built {
-                             if (secret.value) {
-                                 return protocol::host_message{protocol::secret_payload{
-                                     secret.name, *secret.value, secret.mode}};
-                             }
-                             auto value = read_file(secret.file);
-                             if (!value)
-                                 return value.error();
-                             return protocol::host_message{protocol::secret_payload{
-                                 secret.name, std::move(*value), secret.mode}};
-                         }});
+        items.push_back(
+            {secret_item_key(secret.name), "inject_secret " + secret.name, [secret]() -> built {
+                 if (secret.value) {
+                     return protocol::host_message{
+                         protocol::secret_payload{secret.name, *secret.value, secret.mode}};
+                 }
+                 auto value = read_file(secret.file);
+                 if (!value)
+                     return value.error();
+                 return protocol::host_message{
+                     protocol::secret_payload{secret.name, std::move(*value), secret.mode}};
+             }});
     }
     for (const auto& mount : provision.mounts) {
         items.push_back({mount_item_key(mount.guest_path), "mount " + mount.tag,

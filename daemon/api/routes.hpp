@@ -20,10 +20,10 @@
 #include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
-#include "daemon/api_request.hpp"
+#include "daemon/api/metrics.hpp"
+#include "daemon/api/request.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest_registry.hpp"
-#include "daemon/metrics.hpp"
+#include "daemon/guest/guest_registry.hpp"
 
 namespace stereos::daemon::api {
 

@@ -1,4 +1,4 @@
-#include "daemon/metrics.hpp"
+#include "daemon/api/metrics.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -7,8 +7,8 @@
 
 #include <boost/json/parse.hpp>
 
-#include "daemon/guest_registry.hpp"
-#include "daemon/guest_state_machine.hpp"
+#include "daemon/guest/guest_registry.hpp"
+#include "daemon/guest/guest_state_machine.hpp"
 
 namespace stereos::daemon {
 
@@ -167,8 +167,8 @@ std::string api_metrics::render(const guest_registry& registry, const event_bus&
                     continue;
                 out += "stereos_guest_requests_total{guest=\"" + name + "\",type=\"" +
                        std::string(type_name_at(type)) + "\",outcome=\"" +
-                       std::string(to_string(static_cast<request_outcome>(outcome))) + "\"} " +
-                       std::to_string(counts[type][outcome]) + "\n";
+                       std::string(to_string(static_cast<link::request_outcome>(outcome))) +
+                       "\"} " + std::to_string(counts[type][outcome]) + "\n";
             }
         }
     }

@@ -6,8 +6,8 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <set>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -15,14 +15,14 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json/object.hpp>
 
+#include <stereos/link/guest_link.hpp>
 #include "config/config.hpp"
-#include "daemon/delivery_ledger.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/item_digest.hpp"
-#include "daemon/link/guest_link.hpp"
-#include "daemon/guest_state_machine.hpp"
+#include "daemon/guest/delivery_ledger.hpp"
+#include "daemon/guest/guest_state_machine.hpp"
+#include "daemon/guest/item_digest.hpp"
+#include "daemon/guest/provisioning.hpp"
 #include "daemon/log_throttle.hpp"
-#include "daemon/provisioning.hpp"
 
 namespace stereos::daemon {
 
@@ -57,7 +57,8 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     static std::shared_ptr<managed_guest> create(
         const boost::asio::any_io_executor& executor, config::guest_config definition,
         guest_source source, event_bus& bus,
-        std::shared_ptr<retry_budget> fast_retry_budget = nullptr, ledger_services ledger = {});
+        std::shared_ptr<link::retry_budget> fast_retry_budget = nullptr,
+        ledger_services ledger = {});
 
     void start();
     // Stops polling, provisioning and the link; never sends the guest anything. begin_stop()
@@ -67,7 +68,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
 
     // A request on behalf of a client; the outcome also feeds the state machine (timeouts,
     // health replies, shutdown).
-    boost::asio::awaitable<request_result> request(protocol::host_message message);
+    boost::asio::awaitable<link::request_result> request(protocol::host_message message);
 
     // "The VM just started": reconnect at once and retry fast (guest_link::reconnect_now).
     void reconnect();
@@ -123,14 +124,14 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     const config::guest_config& definition() const noexcept { return definition_; }
     guest_source source() const noexcept { return source_; }
     const guest_state_machine& machine() const noexcept { return machine_; }
-    const guest_link& link() const noexcept { return *link_; }
+    const link::guest_link& link() const noexcept { return *link_; }
     const provisioning_report& provisioning() const noexcept { return report_; }
 
     managed_guest(boost::asio::any_io_executor executor, config::guest_config definition,
                   guest_source source, event_bus& bus, ledger_services ledger);
 
   private:
-    void on_link_event(const link_event& event);
+    void on_link_event(const link::link_event& event);
     void feed(const guest_event& event);
     void maybe_start_provisioning();
     boost::asio::awaitable<void> health_loop();
@@ -158,14 +159,14 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void save_ledger();
     boost::json::object ledger_status() const;
     // `asked_at`: when the request was made, bounding when the guest answered (guest_events).
-    void note_reply(const protocol::host_message& sent, const request_result& result,
+    void note_reply(const protocol::host_message& sent, const link::request_result& result,
                     std::chrono::steady_clock::time_point asked_at);
 
     boost::asio::any_io_executor executor_;
     config::guest_config definition_;
     guest_source source_;
     event_bus& bus_;
-    std::shared_ptr<guest_link> link_;
+    std::shared_ptr<link::guest_link> link_;
     guest_state_machine machine_;
     provisioning_report report_;
     ledger_services services_;

@@ -14,7 +14,7 @@
 #include <variant>
 #include <vector>
 
-#include "protocol/messages.hpp"
+#include <stereos/protocol/messages.hpp>
 
 namespace stereos::daemon {
 

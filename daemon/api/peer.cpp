@@ -1,4 +1,4 @@
-#include "daemon/api_peer.hpp"
+#include "daemon/api/peer.hpp"
 
 #include <grp.h>
 #include <pwd.h>

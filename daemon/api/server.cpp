@@ -1,4 +1,4 @@
-#include "daemon/api_server.hpp"
+#include "daemon/api/server.hpp"
 
 #include <malloc.h>
 
@@ -8,9 +8,9 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 
-#include "daemon/api_socket_file.hpp"
+#include <stereos/util/completion_tokens.hpp>
+#include "daemon/api/socket_file.hpp"
 #include "daemon/logging.hpp"
-#include "transport/completion_tokens.hpp"
 
 namespace stereos::daemon {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/api_routes.hpp"
+#include "daemon/api/routes.hpp"
 #include "daemon/log_throttle.hpp"
 
 namespace stereos::daemon::api {
