@@ -18,36 +18,14 @@
 #include <stereos/link/guest_link.hpp>
 #include "config/config.hpp"
 #include "daemon/event_bus.hpp"
-#include "daemon/guest/delivery_ledger.hpp"
 #include "daemon/guest/guest_state_machine.hpp"
-#include "daemon/guest/item_digest.hpp"
-#include "daemon/guest/provisioning.hpp"
+#include "daemon/guest/provisioning_runner.hpp"
 #include "daemon/log_throttle.hpp"
 
 namespace stereos::daemon {
 
 enum class guest_source { config, runtime };
 std::string_view to_string(guest_source source) noexcept;
-
-struct provisioning_report {
-    std::string state = "none";  // none | pending | running | done | failed | needs_values
-    std::string step;            // the failed (or running) step
-    std::string error;           // why it failed; secrets scrubbed
-    std::size_t sent = 0;        // items sent by the last run
-    std::size_t already = 0;     // items the last run found delivered in this guest run
-};
-
-class state_store;
-
-// Where a guest's delivery ledger lives and how its items are digested. Shared by the guests.
-struct ledger_services {
-    state_store* store = nullptr;  // null: the ledger is kept in memory only
-    std::shared_ptr<const item_digest> digest;
-    std::string boot_id;  // this host boot's
-};
-
-// What an API mount would do to the guest's current run.
-enum class mount_plan { send, already_mounted, conflict };
 
 class managed_guest : public std::enable_shared_from_this<managed_guest> {
   public:
@@ -84,36 +62,44 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void update_definition(config::guest_config definition);
 
     // API deliveries outside the provisioning, so the ledger knows what the run has.
-    mount_plan plan_mount(const protocol::mount_payload& mount) const;
+    mount_plan plan_mount(const protocol::mount_payload& mount) const {
+        return provisioning_.plan_mount(mount);
+    }
     // The inject_ssh_key that adds `public_key` for `user` without losing the user's other keys
     // (stereosd rewrites the whole file): the configured keys, the API's earlier ones and this.
     boost::system::result<protocol::host_message, std::string> ssh_key_request(
-        const std::string& user, const std::string& public_key) const;
+        const std::string& user, const std::string& public_key) const {
+        return provisioning_.ssh_key_request(user, public_key);
+    }
     // After the guest acked an API request: recorded in the ledger (an added key is kept).
     void record_api_delivery(const protocol::host_message& sent,
-                             std::string_view added_public_key = {});
+                             std::string_view added_public_key = {}) {
+        provisioning_.record_api_delivery(sent, added_public_key);
+    }
     // An API mount being sent: plan_mount() answers conflict for its path meanwhile, so two
     // concurrent identical requests cannot both reach the guest (stereosd would stack them).
     void begin_api_mount(const protocol::mount_payload& mount) {
-        mounts_in_flight_.insert(mount_item_key(mount.guest_path));
+        provisioning_.begin_api_mount(mount);
     }
-    void end_api_mount(const protocol::mount_payload& mount) {
-        mounts_in_flight_.erase(mount_item_key(mount.guest_path));
-    }
-    const delivery_ledger& ledger() const noexcept { return ledger_; }
+    void end_api_mount(const protocol::mount_payload& mount) { provisioning_.end_api_mount(mount); }
+    const delivery_ledger& ledger() const noexcept { return provisioning_.ledger(); }
 
     // A runtime guest restored without the values it was given (they are kept in memory only):
     // nothing is provisioned until replace_provision() supplies them. `missing` names them,
     // e.g. "secret API_KEY".
-    void hold_provisioning_for_values(std::vector<std::string> missing);
+    void hold_provisioning_for_values(std::vector<std::string> missing) {
+        provisioning_.hold_for_values(std::move(missing));
+    }
     // New provisioning for later runs (a run in progress finishes with what it had); releases
     // a hold. Starts nothing itself: it runs at the next boot, or now through provision_now().
     void replace_provision(config::provision_config provision);
     // What hold_provisioning_for_values() still waits for (empty: every value is in memory).
-    const std::vector<std::string>& missing_values() const noexcept { return missing_values_; }
+    const std::vector<std::string>& missing_values() const noexcept {
+        return provisioning_.missing_values();
+    }
     // The provisioning as the daemon holds it, values replaced by a redaction marker, and the
     // values still missing: {"provision": {...}, "missing": [...]}.
-    boost::json::object redacted_provision() const;
+    boost::json::object redacted_provision() const { return provisioning_.redacted_provision(); }
 
     // {name, endpoint, source, state, reason, since, link, uptime_seconds, agents, provision,
     // transitions}
@@ -125,7 +111,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     guest_source source() const noexcept { return source_; }
     const guest_state_machine& machine() const noexcept { return machine_; }
     const link::guest_link& link() const noexcept { return *link_; }
-    const provisioning_report& provisioning() const noexcept { return report_; }
+    const provisioning_report& provisioning() const noexcept { return provisioning_.report(); }
 
     managed_guest(boost::asio::any_io_executor executor, config::guest_config definition,
                   guest_source source, event_bus& bus, ledger_services ledger);
@@ -135,32 +121,16 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void feed(const guest_event& event);
     void maybe_start_provisioning();
     boost::asio::awaitable<void> health_loop();
-    struct provisioning_plan {
-        std::vector<provisioning_item> items;
-        std::vector<std::size_t> to_send;  // indices into items: missing or changed in the run
-        std::size_t already = 0;           // delivered in this run with the same content
-        std::string failed_step, failure;  // an item that cannot be built (a file unreadable)
-        bool forgot = false;               // items no longer provisioned left the ledger
-    };
-    // What the run lacks, by the digests of what the items hold now.
-    provisioning_plan plan_provisioning();
-    boost::asio::awaitable<bool> run_provisioning(std::optional<provisioning_ticket> ticket);
-    void publish_provisioning();
-    bool has_anything_to_provision() const;
-    // The provisioning's item of that ledger key as the definition and ledger say now.
-    std::optional<provisioning_item> find_item(std::string_view key) const;
     // Provisioning is compared with the ledger again (when the guest is up in a run).
     void recheck_provisioning();
     // Wakes every waiter of tasks_done_; they look again at what they wait for.
     void wake_waiters();
-    std::string digest_of(const std::string& key, const protocol::host_message& message,
-                          delivery_origin origin = delivery_origin::provisioning) const;
-    std::optional<guest_run> current_run() const;
-    void save_ledger();
-    boost::json::object ledger_status() const;
     // `asked_at`: when the request was made, bounding when the guest answered (guest_events).
     void note_reply(const protocol::host_message& sent, const link::request_result& result,
                     std::chrono::steady_clock::time_point asked_at);
+    // The provisioning runner's way to the guest: through the link, the answer noted.
+    boost::asio::awaitable<link::request_result> send_item(
+        const protocol::host_message& item, std::chrono::steady_clock::time_point deadline);
 
     boost::asio::any_io_executor executor_;
     config::guest_config definition_;
@@ -168,17 +138,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     event_bus& bus_;
     std::shared_ptr<link::guest_link> link_;
     guest_state_machine machine_;
-    provisioning_report report_;
-    ledger_services services_;
-    delivery_ledger ledger_;
-    bool ledger_writable_ = true;  // false: its file exists but could not be read
-    bool ledger_on_disk_ = false;  // a file exists (loaded or written)
-    // The run's reckoned start as last written: saved again once it has moved by 1.5 s.
-    std::chrono::steady_clock::time_point saved_started_latest_{};
-    std::set<std::string, std::less<>> mounts_in_flight_;  // ledger keys of API mounts in flight
-    // The provisioning's items by the last plan: key -> "pending", "changed" or "failed".
-    std::map<std::string, std::string, std::less<>> undelivered_;
-    std::vector<std::string> missing_values_;  // while not empty, provisioning is held
+    provisioning_runner provisioning_;  // after definition_ and machine_, which it refers to
     bool provisioning_running_ = false;
     bool stopping_ = false;
     bool handshake_polled_ = false;  // a new link's handshake stood in for a health poll
