@@ -1,6 +1,8 @@
 // The daemon's TOML config (/etc/stereos-hostd/config.toml): a plain model with documented
-// defaults, the model's rules (shared with guests added through the API), a loader that validates
-// the whole file and reports every error, and the reload diff.
+// defaults and the entry points the daemon uses. Each concern has its own file: the loader that
+// validates the whole file and reports every error (toml_reader), the model's rules shared with
+// guests added through the API (guest_rules), the checks of the host files a guest names
+// (file_checks) and the reload diff (reload_diff); their headers are included here.
 #pragma once
 
 #include <chrono>
@@ -16,7 +18,9 @@
 
 #include <stereos/protocol/messages.hpp>
 #include <stereos/transport/endpoint.hpp>
+#include "config/guest_rules.hpp"
 #include "config/input_rules.hpp"
+#include "config/reload_diff.hpp"
 
 namespace stereos::config {
 
@@ -137,62 +141,12 @@ std::string to_string(const config_errors& e);
 
 using config_result = boost::system::result<config, config_errors>;
 
-// Where a config comes from decides what its provisioning may say.
-struct load_options {
-    // Values inline (a secret's `value`, the jcard.toml as `config`): only from the API, so
-    // that the config file, which is kept on disk, never holds one.
-    bool allow_values = false;
-    // Host files and credentials to read (config_file, public_key_file, a secret's file or
-    // credential): the config file, which only root edits, and API peers that are root or the
-    // daemon's user. Refused ones are errors that do not open the file, marked in
-    // config_errors::refused_references.
-    bool allow_host_references = true;
-};
-
 // Reads and validates a config file. Provisioning files must exist and be readable now, so that
 // a bad path is reported at start-up (or reload), not when a guest boots.
 config_result load_config_file(const std::filesystem::path& path);
 // The same from text; `source_name` prefixes every message. For tests and fuzzing.
 config_result load_config_text(std::string_view text, std::string_view source_name,
                                load_options options = {});
-
-// The guest lists of two configs compared by name, for SIGHUP reload. `changed`: the endpoint
-// differs (a new link). `updated`: the same endpoint, other effective settings differ (timeouts,
-// provisioning), which apply to the live link. Names are in the order of `after` (removed: of
-// `before`).
-struct guest_diff {
-    std::vector<std::string> added;
-    std::vector<std::string> removed;
-    std::vector<std::string> changed;
-    std::vector<std::string> updated;
-    std::vector<std::string> unchanged;
-};
-guest_diff diff_guests(const config& before, const config& after);
-
-// ---- The model's rules, shared by the file and the API (guests added at run time) ----------
-
-// One problem in a config model, named by its key path ("guest[0].provision.secrets[1].name").
-// The loader adds the file and line; the API names the key in its 400 error.
-struct model_error {
-    std::string key;
-    std::string message;
-    // For a duplicate: the key of the entry it repeats (the loader shows that entry's line).
-    std::string first_key;
-    // A host file or credential that load_options refused.
-    bool refused_reference = false;
-};
-
-// Checks a guest as read (from the file or an API request) against every rule about its values,
-// and completes it: the endpoint parsed from endpoint_text, the effective timeouts resolved
-// from `defaults`, an inline public key trimmed, a credential resolved to its file under
-// $CREDENTIALS_DIRECTORY. Host files are opened to check them; a public_key_file is also read
-// and must hold a key (public keys are not secret, and its content is never quoted). Secret
-// files are never read. Keys are `key_prefix` + the guest's keys ("guest[0]." in the file).
-std::vector<model_error> check_guest(guest_config& guest, std::string_view key_prefix,
-                                     const link_timeouts& defaults, load_options options);
-
-// check_guest for every guest of `c` (keys "guest[i]."), and their names unique.
-std::vector<model_error> check_guests(config& c, load_options options);
 
 // A runtime guest as the API takes it: the name, the endpoint and a provision object of the
 // shape of a [guest.provision] table, read and checked by the file's rules, with `defaults` as
@@ -201,23 +155,5 @@ std::vector<model_error> check_guests(config& c, load_options options);
 boost::system::result<guest_config, config_errors> read_runtime_guest(
     std::string_view name, std::string_view endpoint, const boost::json::object& provision,
     const link_timeouts& defaults, load_options options);
-
-// ---- Single-value checks, shared with the API (guests added at run time) ------------------
-
-// A secret file's mode as written: 0..0o7777.
-boost::system::result<std::uint32_t, value_error> check_secret_mode(std::int64_t mode);
-
-// [A-Za-z0-9._-]{1,64}
-boost::system::result<void, value_error> check_guest_name(std::string_view name);
-
-// "250ms", "10s", "5m", "1h", or a sum such as "1m30s". Must be > 0.
-boost::system::result<std::chrono::milliseconds, value_error> parse_duration(std::string_view text);
-// The shortest form parse_duration reads back, e.g. "1m30s", "250ms".
-std::string format_duration(std::chrono::milliseconds duration);
-
-// A duration for one of the link_timeouts keys ("request_timeout", ...), checked against that
-// key's sane range (e.g. request_timeout 10ms..1h).
-boost::system::result<std::chrono::milliseconds, value_error> parse_timeout(std::string_view key,
-                                                                            std::string_view text);
 
 }  // namespace stereos::config

@@ -23,11 +23,6 @@ std::string_view shape_name(shape s);
 std::string unknown_key_message(std::string_view key,
                                 const std::set<std::string, std::less<>>& known);
 
-// The link timing keys ("request_timeout", ...) and how to set one in the overrides.
-const std::vector<std::string_view>& timeout_keys();
-void set_override(link_timeout_overrides& overrides, std::string_view key,
-                  std::chrono::milliseconds value);
-
 // The key path holding `key`: "a.b[1].c" -> "a.b[1]" -> "a.b" -> "a" -> "".
 std::string_view parent_key(std::string_view key);
 

@@ -1,7 +1,6 @@
 #include "daemon/api/peer.hpp"
 
 #include <grp.h>
-#include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +12,46 @@
 #include "daemon/logging.hpp"
 
 namespace stereos::daemon {
+
+namespace {
+
+bool is_owner(uid_t uid, uid_t daemon_uid) {
+    return uid == 0 || uid == daemon_uid;
+}
+
+// The "Groups:" line of /proc/PID/status; nothing if the process or the line is not there.
+std::optional<std::vector<gid_t>> process_groups_of(pid_t pid) {
+    if (pid <= 0)
+        return std::nullopt;
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (!line.starts_with("Groups:"))
+            continue;
+        std::istringstream listed(line.substr(7));
+        std::vector<gid_t> groups;
+        gid_t gid = 0;
+        while (listed >> gid)
+            groups.push_back(gid);
+        return groups;
+    }
+    return std::nullopt;
+}
+
+bool contains(const std::vector<gid_t>& groups, gid_t wanted) {
+    return std::find(groups.begin(), groups.end(), wanted) != groups.end();
+}
+
+bool in_group(const peer_facts& peer, const user_record& user, gid_t wanted) {
+    if (peer.credentials.gid == wanted)
+        return true;
+    if (peer.process_groups)
+        return contains(*peer.process_groups, wanted);
+    // The process is not visible (another PID namespace): its user's groups.
+    return user.groups && contains(*user.groups, wanted);
+}
+
+}  // namespace
 
 std::optional<gid_t> lookup_group(const std::string& name, std::string_view key) {
     if (name.empty())
@@ -29,15 +68,6 @@ std::optional<gid_t> lookup_group(const std::string& name, std::string_view key)
     return found->gr_gid;
 }
 
-std::optional<std::string> user_name_of(uid_t uid) {
-    std::vector<char> buffer(16384);
-    passwd entry{};
-    passwd* found = nullptr;
-    if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
-        return std::nullopt;
-    return std::string(found->pw_name);
-}
-
 std::optional<peer_credentials> peer_credentials_of(int socket_fd) {
     ucred cred{};
     socklen_t size = sizeof cred;
@@ -46,53 +76,35 @@ std::optional<peer_credentials> peer_credentials_of(int socket_fd) {
     return peer_credentials{cred.pid, cred.uid, cred.gid};
 }
 
-bool peer_in_group(const peer_credentials& peer, gid_t wanted) {
-    if (peer.gid == wanted)
-        return true;
-    if (peer.pid > 0) {
-        std::ifstream status("/proc/" + std::to_string(peer.pid) + "/status");
-        std::string line;
-        while (std::getline(status, line)) {
-            if (!line.starts_with("Groups:"))
-                continue;
-            std::istringstream groups(line.substr(7));
-            gid_t gid = 0;
-            while (groups >> gid) {
-                if (gid == wanted)
-                    return true;
-            }
-            return false;
-        }
-    }
-    // The process is not visible (another PID namespace): fall back to its user's groups.
-    std::vector<char> buffer(16384);
-    passwd entry{};
-    passwd* found = nullptr;
-    if (getpwuid_r(peer.uid, &entry, buffer.data(), buffer.size(), &found) != 0 || !found)
-        return false;
-    int count = 64;
-    std::vector<gid_t> groups(static_cast<std::size_t>(count));
-    if (getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count) < 0) {
-        groups.resize(static_cast<std::size_t>(count));
-        if (getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count) < 0)
-            return false;
-    }
-    groups.resize(static_cast<std::size_t>(count));
-    return std::find(groups.begin(), groups.end(), wanted) != groups.end();
+std::optional<peer_facts> peer_facts_of(int socket_fd, bool groups_matter) {
+    const auto credentials = peer_credentials_of(socket_fd);
+    if (!credentials)
+        return std::nullopt;
+    peer_facts facts{*credentials, std::nullopt};
+    if (groups_matter && !is_owner(credentials->uid, ::geteuid()))
+        facts.process_groups = process_groups_of(credentials->pid);
+    return facts;
 }
 
-api::peer_access access_of(int socket_fd, std::optional<gid_t> group,
-                           std::optional<gid_t> read_group) {
-    const auto peer = peer_credentials_of(socket_fd);
-    if (!peer)
-        return {};
-    const bool owner = peer->uid == 0 || peer->uid == ::geteuid();
-    const bool writer = owner || (group && peer_in_group(*peer, *group));
-    const bool reader = writer || (read_group && peer_in_group(*peer, *read_group));
-    api::peer_access access{reader, writer, owner, *peer};
-    if (auto name = user_name_of(peer->uid))
-        access.peer_user = std::move(*name);
+api::peer_access access_for(const peer_facts& peer, const user_record& user, uid_t daemon_uid,
+                            std::optional<gid_t> group, std::optional<gid_t> read_group) {
+    const bool owner = is_owner(peer.credentials.uid, daemon_uid);
+    const bool writer = owner || (group && in_group(peer, user, *group));
+    const bool reader = writer || (read_group && in_group(peer, user, *read_group));
+    api::peer_access access{reader, writer, owner, peer.credentials};
+    if (user.name)
+        access.peer_user = *user.name;
     return access;
+}
+
+boost::asio::awaitable<api::peer_access> access_of(const std::optional<peer_facts>& peer,
+                                                   user_lookup_cache& users,
+                                                   const std::optional<gid_t>& group,
+                                                   const std::optional<gid_t>& read_group) {
+    if (!peer)
+        co_return api::peer_access{};
+    const user_record user = co_await users.find(peer->credentials.uid);
+    co_return access_for(*peer, user, ::geteuid(), group, read_group);
 }
 
 }  // namespace stereos::daemon

@@ -56,8 +56,8 @@ struct peer_access {
     bool may_reference_host = false;
     // Who the peer is, for the audit trail; empty when SO_PEERCRED failed.
     std::optional<peer_credentials> peer{};
-    // The peer's user name, looked up once per connection (a user database lookup may be slow,
-    // and the daemon has one thread); empty if it does not resolve.
+    // The peer's user name, looked up once per connection, off the daemon's thread and cached
+    // (a user database lookup may be slow; user_lookup_cache.hpp); empty if it does not resolve.
     std::string peer_user{};
 };
 

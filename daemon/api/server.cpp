@@ -60,6 +60,7 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
       slot_freed_(executor),
       group_(lookup_group(options_.group, "api_group")),
       read_group_(lookup_group(options_.read_group, "api_read_group")),
+      users_(executor, user_lookups_.get_executor(), &look_up_user, options_.read_timeout),
       environment_{options_.idle_timeout,
                    options_.read_timeout,
                    options_.write_timeout,
@@ -69,7 +70,10 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
                    metrics_,
                    audit_,
                    registry_,
-                   bus_} {}
+                   bus_,
+                   users_,
+                   group_,
+                   read_group_} {}
 
 api_server::~api_server() {
     // stop() throws only if a timer operation fails, which would be a bug: worth a log line,
@@ -113,6 +117,7 @@ void api_server::stop() {
     boost::system::error_code ignored;
     acceptor_.close(ignored);
     slot_freed_.cancel();
+    users_.stop();  // sessions still waiting for the user database go on without it
     for (const auto& session : connections_)
         session->stop();
     if (own_socket_file_) {
@@ -148,7 +153,7 @@ asio::awaitable<void> api_server::accept_loop() {
 }
 
 void api_server::start_session(socket_type socket) {
-    auto access = access_of(socket.native_handle(), group_, read_group_);
+    auto peer = peer_facts_of(socket.native_handle(), group_ || read_group_);
     const bool over_limit = connections_.size() >= options_.max_connections;
     if (over_limit) {
         metrics_.connection_rejected();
@@ -158,8 +163,8 @@ void api_server::start_session(socket_type socket) {
                                           steady::now()))
             log::warning(*text);
     }
-    auto session = std::make_shared<api_session>(std::move(socket), std::move(access), over_limit,
-                                                 environment_);
+    auto session =
+        std::make_shared<api_session>(std::move(socket), std::move(peer), over_limit, environment_);
     connections_.insert(session);
     connections_peak_ = std::max(connections_peak_, connections_.size());
     metrics_.connection_opened();

@@ -1,8 +1,9 @@
 // The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. The socket file
 // (api_socket_file.hpp), an accept loop with a connection limit, and one api_session per
 // connection (api_session.hpp: timeouts, requests, the event stream), whose peer's rights come
-// from SO_PEERCRED (api_peer.hpp). The routes are in api_routes.hpp. Runs on the daemon's one
-// io_context; no threads, no mutexes.
+// from SO_PEERCRED and the user database (api_peer.hpp). The routes are in api_routes.hpp. Runs
+// on the daemon's one io_context, no mutexes; only the user database lookups, which may block,
+// run on a pool of two threads (user_lookup_cache.hpp) and send back plain values.
 #pragma once
 
 #include <sys/types.h>
@@ -19,6 +20,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include "config/config.hpp"
 #include "daemon/api/audit.hpp"
@@ -26,6 +28,7 @@
 #include "daemon/api/peer.hpp"
 #include "daemon/api/routes.hpp"
 #include "daemon/api/session.hpp"
+#include "daemon/api/user_lookup_cache.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest/guest_registry.hpp"
 #include "daemon/log_throttle.hpp"
@@ -95,6 +98,10 @@ class api_server {
     boost::asio::steady_timer slot_freed_;  // the paused accept loop waits on it
     std::optional<gid_t> group_;
     std::optional<gid_t> read_group_;
+    // Two threads: one user's slow lookup does not hold up another's. Declared before the
+    // cache, so that the cache goes first and the pool then joins its threads.
+    boost::asio::thread_pool user_lookups_{2};
+    user_lookup_cache users_;
     api::api_audit audit_;
     api_session_environment environment_;
     std::unordered_set<std::shared_ptr<api_session>> connections_;

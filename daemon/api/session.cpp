@@ -44,10 +44,10 @@ bool client_gone(boost::system::error_code ec) {
 
 }  // namespace
 
-api_session::api_session(socket_type socket, api::peer_access access, bool over_limit,
+api_session::api_session(socket_type socket, std::optional<peer_facts> peer, bool over_limit,
                          api_session_environment& environment)
     : stream_(std::move(socket)),
-      access_(std::move(access)),
+      peer_(std::move(peer)),
       over_limit_(over_limit),
       env_(environment) {}
 
@@ -112,6 +112,9 @@ asio::awaitable<bool> api_session::send(api::http_response& response) {
 asio::awaitable<void> api_session::run() {
     // Cancellation (a hangup) is checked by hand where it matters, so it must not throw.
     co_await asio::this_coro::throw_if_cancelled(false);
+    // The user database may be slow: it answers off the daemon's thread, and the first request
+    // waits for it here.
+    access_ = co_await access_of(peer_, env_.users, env_.group, env_.read_group);
     beast::flat_buffer buffer;
     while (!env_.context.stopping) {
         // Idle until the next request starts, then the read timeout covers the whole request,

@@ -3,7 +3,8 @@
 // routed by api_routes, answered in order; or, after GET /v1/events, the event stream
 // (api_event_stream.cpp). A client that hangs up while its request waits on a guest or a state
 // cancels that wait: the session's coroutine is spawned with a cancellation slot that a watch
-// on the socket signals. Single-threaded, on the daemon's executor.
+// on the socket signals. Who the peer is and what it may do is settled before the first request
+// (peer.hpp). Single-threaded, on the daemon's executor.
 #pragma once
 
 #include <array>
@@ -21,6 +22,7 @@
 
 #include "daemon/api/audit.hpp"
 #include "daemon/api/metrics.hpp"
+#include "daemon/api/peer.hpp"
 #include "daemon/api/routes.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest/guest_registry.hpp"
@@ -43,14 +45,19 @@ struct api_session_environment {
     api::api_audit& audit;
     guest_registry& registry;
     event_bus& bus;
+    user_lookup_cache& users;         // what the user database says about peers
+    std::optional<gid_t> group;       // api_group: every route
+    std::optional<gid_t> read_group;  // api_read_group: the GET routes
 };
 
 class api_session : public std::enable_shared_from_this<api_session> {
   public:
     using socket_type = boost::asio::local::stream_protocol::socket;
 
-    // `over_limit`: the connection limit was reached; every request gets 503 server_busy.
-    api_session(socket_type socket, api::peer_access access, bool over_limit,
+    // `peer`: what the kernel said when the connection was accepted (nothing: SO_PEERCRED
+    // failed, and the peer may do nothing). `over_limit`: the connection limit was reached;
+    // every request gets 503 server_busy.
+    api_session(socket_type socket, std::optional<peer_facts> peer, bool over_limit,
                 api_session_environment& environment);
 
     // Serves the connection until it ends. Spawn it with hangup_slot() bound.
@@ -78,7 +85,8 @@ class api_session : public std::enable_shared_from_this<api_session> {
     boost::asio::awaitable<void> stop_watching(boost::beast::flat_buffer& buffer);
 
     api_stream stream_;
-    api::peer_access access_;
+    std::optional<peer_facts> peer_;
+    api::peer_access access_;  // from peer_, settled when run() starts
     bool over_limit_;
     api_session_environment& env_;
     boost::asio::cancellation_signal hangup_;

@@ -1,10 +1,12 @@
 // The TOML config loader: defaults, overrides, every validation error with its file:line:key,
-// the example file, path choice and credentials from the environment, and the reload diff.
+// the example file, path choice and credentials from the environment, and the reload diff; the
+// guest rules alone, with a fake host's files.
 #include <unistd.h>
 
 #include <array>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -12,7 +14,9 @@
 #include <boost/json/parse.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <stereos/protocol/codec.hpp>
 #include "config/config.hpp"
+#include "config/toml_reader.hpp"
 #include "tests/support/child_process.hpp"
 
 using namespace stereos::config;
@@ -944,6 +948,130 @@ BOOST_AUTO_TEST_CASE(refused_host_references_are_reported_without_opening_the_fi
     auto from_file = load_config_text(text, "t.toml");
     BOOST_TEST_REQUIRE(from_file.has_error());
     BOOST_TEST(!from_file.error().refused_references);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The guest rules alone, with a fake host: no file is opened, so the paths need not exist.
+BOOST_AUTO_TEST_SUITE(guest_rules)
+
+namespace {
+
+// A host whose files are whatever the test says, and which notes every question it is asked.
+class fake_host_files final : public file_probe {
+  public:
+    std::map<fs::path, std::string> problems;  // the problem each path has; others are fine
+    fs::path credentials;
+    mutable std::vector<std::string> asked;
+
+    std::optional<std::string> file_problem(const fs::path& path, bool must_be_non_empty,
+                                            std::uintmax_t max_size) const override {
+        asked.push_back("file " + path.string() + (must_be_non_empty ? " non-empty" : "") +
+                        " max " + std::to_string(max_size));
+        return problem_of(path);
+    }
+    std::optional<std::string> public_key_file_problem(const fs::path& path,
+                                                       std::uintmax_t max_size) const override {
+        asked.push_back("key " + path.string() + " max " + std::to_string(max_size));
+        return problem_of(path);
+    }
+    fs::path credentials_directory() const override { return credentials; }
+
+  private:
+    std::optional<std::string> problem_of(const fs::path& path) const {
+        if (auto it = problems.find(path); it != problems.end())
+            return it->second;
+        return std::nullopt;
+    }
+};
+
+guest_config guest_naming_host_files() {
+    guest_config guest;
+    guest.name = "vm1";
+    guest.endpoint_text = "vsock:3:1024";
+    guest.provision.config_file = "/nowhere/jcard.toml";
+    guest.provision.ssh_keys.push_back({"admin", "", "/nowhere/admin.pub"});
+    guest.provision.secrets.push_back({"GH", "/nowhere/gh", "", 0, std::nullopt});
+    guest.provision.secrets.push_back({"KEY", "", "anthropic", 0, std::nullopt});
+    return guest;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(each_named_file_is_asked_of_the_host_once_with_its_size_limit) {
+    fake_host_files host;
+    host.credentials = "/run/credentials/stereos-hostd.service";
+    guest_config guest = guest_naming_host_files();
+    const auto errors = check_guest(guest, "", link_timeouts{}, {}, host);
+    BOOST_TEST(errors.empty());
+    const std::vector<std::string> expected{
+        "file /nowhere/jcard.toml max " + std::to_string(stereos::protocol::max_line_bytes),
+        "key /nowhere/admin.pub max 65536",
+        "file /nowhere/gh max 65536",
+        "file /run/credentials/stereos-hostd.service/anthropic max 65536",
+    };
+    BOOST_TEST(host.asked == expected, boost::test_tools::per_element());
+    // Completed as the daemon needs it: the endpoint parsed, the credential resolved.
+    BOOST_TEST((guest.endpoint ==
+                stereos::transport::endpoint{stereos::transport::vsock_endpoint{3, 1024}}));
+    BOOST_TEST(guest.provision.secrets[1].file ==
+               fs::path("/run/credentials/stereos-hostd.service/anthropic"));
+}
+
+BOOST_AUTO_TEST_CASE(the_hosts_answer_is_reported_under_the_key_naming_the_file) {
+    fake_host_files host;
+    host.problems["/nowhere/admin.pub"] = "\"/nowhere/admin.pub\" does not hold a key";
+    guest_config guest = guest_naming_host_files();
+    const auto errors = check_guest(guest, "guest[0].", link_timeouts{}, {}, host);
+    // No credentials directory: the credential is refused without asking the host.
+    BOOST_TEST_REQUIRE(errors.size() == 2u);
+    BOOST_TEST(errors[0].key == "guest[0].provision.ssh_keys[0].public_key_file");
+    BOOST_TEST(errors[0].message == "\"/nowhere/admin.pub\" does not hold a key");
+    BOOST_TEST(errors[1].key == "guest[0].provision.secrets[1].credential");
+    BOOST_TEST(errors[1].message.starts_with("$CREDENTIALS_DIRECTORY is not set"));
+    BOOST_TEST(host.asked.size() == 3u);
+
+    // Through the TOML reader the same answer gets the line of the key.
+    fake_host_files toml_host;
+    toml_host.problems["/nowhere/admin.pub"] = "\"/nowhere/admin.pub\" does not hold a key";
+    const auto loaded = read_toml_config(
+        "[[guest]]\nname = \"vm1\"\nendpoint = \"vsock:3\"\n[guest.provision]\nssh_keys = [\n"
+        "  { user = \"admin\", public_key_file = \"/nowhere/admin.pub\" },\n]\n",
+        "t.toml", {}, toml_host);
+    BOOST_TEST_REQUIRE(loaded.has_error());
+    BOOST_TEST_REQUIRE(loaded.error().messages.size() == 1u);
+    BOOST_TEST(loaded.error().messages[0] ==
+               "t.toml:6: guest[0].provision.ssh_keys[0].public_key_file: \"/nowhere/admin.pub\" "
+               "does not hold a key");
+}
+
+BOOST_AUTO_TEST_CASE(a_refused_reference_is_never_asked_of_the_host) {
+    fake_host_files host;
+    host.credentials = "/run/credentials/stereos-hostd.service";
+    guest_config guest = guest_naming_host_files();
+    const auto errors =
+        check_guest(guest, "", link_timeouts{}, {.allow_host_references = false}, host);
+    BOOST_TEST(errors.size() == 4u);
+    for (const auto& e : errors)
+        BOOST_TEST(e.refused_reference, e.key);
+    BOOST_TEST(host.asked.empty());
+}
+
+BOOST_AUTO_TEST_CASE(single_values_are_judged_with_the_files_wording) {
+    BOOST_TEST(check_guest_name("vm-1.a_b").has_value());
+    BOOST_TEST(check_guest_name(std::string(64, 'a')).has_value());
+    BOOST_TEST(check_guest_name(std::string(65, 'a')).has_error());
+    BOOST_TEST(check_guest_name("").has_error());
+    BOOST_TEST(check_guest_name("a/b").error().message ==
+               "invalid guest name \"a/b\" (1 to 64 of A-Z a-z 0-9 . _ -)");
+    BOOST_TEST(check_secret_mode(0600).value() == 0600u);
+    BOOST_TEST(check_secret_mode(010000).error().message ==
+               "must be between 0 and 0o7777, got 0o10000");
+    BOOST_TEST(check_secret_mode(-1).error().message == "must be between 0 and 0o7777, got -1");
+    BOOST_TEST(parse_timeout("connect_timeout", "5m").value().count() == 300'000);
+    BOOST_TEST(parse_timeout("connect_timeout", "6m").error().message ==
+               "connect_timeout must be between 10ms and 5m, got \"6m\"");
+    BOOST_TEST(parse_duration("0s").error().message == "duration \"0s\" must be greater than 0");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
