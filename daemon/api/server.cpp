@@ -60,7 +60,7 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
       slot_freed_(executor),
       group_(lookup_group(options_.group, "api_group")),
       read_group_(lookup_group(options_.read_group, "api_read_group")),
-      users_(executor, user_lookups_.get_executor(), &look_up_user, options_.read_timeout),
+      users_(executor, user_lookups_->get_executor(), options_.user_lookup, options_.read_timeout),
       environment_{options_.idle_timeout,
                    options_.read_timeout,
                    options_.write_timeout,
@@ -82,6 +82,16 @@ api_server::~api_server() {
         stop();
     } catch (const std::exception& e) {
         log::error(std::string("API server stop failed: ") + e.what());
+    }
+    // Joining a pool thread stuck in getpwuid_r (an LDAP server gone) would hold the daemon's
+    // exit for as long as NSS takes: the pool is left to the process's end instead.
+    if (const auto stuck = users_.lookups_in_nss(); stuck > 0) {
+        log::warning("not waiting for " + std::to_string(stuck) +
+                     " user-database lookup(s) still running at exit");
+        user_lookups_->stop();
+        // Kept reachable (not a leak to LeakSanitizer) and never joined.
+        static auto* const left_behind = new std::vector<std::unique_ptr<asio::thread_pool>>();
+        left_behind->push_back(std::move(user_lookups_));
     }
 }
 

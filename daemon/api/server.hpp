@@ -48,7 +48,9 @@ struct api_server_options {
     std::chrono::milliseconds idle_timeout{60'000};   // keep-alive connection with no request
     std::chrono::milliseconds read_timeout{10'000};   // from a request's first byte to its end
     std::chrono::milliseconds write_timeout{10'000};  // one response (or event batch) written
-    std::size_t event_queue_capacity = 1024;          // events queued per /v1/events subscriber
+    // Asks the user database about a peer's uid, on the lookup pool (tests inject a slow one).
+    user_lookup_cache::lookup_function user_lookup = &look_up_user;
+    std::size_t event_queue_capacity = 1024;  // events queued per /v1/events subscriber
 };
 
 // The options the config gives (socket, groups); the rest keep their defaults. Reads
@@ -99,8 +101,10 @@ class api_server {
     std::optional<gid_t> group_;
     std::optional<gid_t> read_group_;
     // Two threads: one user's slow lookup does not hold up another's. Declared before the
-    // cache, so that the cache goes first and the pool then joins its threads.
-    boost::asio::thread_pool user_lookups_{2};
+    // cache, so that the cache goes first and the pool then joins its threads, unless a lookup
+    // is hung in NSS (the destructor leaves the pool behind rather than wedge the exit).
+    std::unique_ptr<boost::asio::thread_pool> user_lookups_ =
+        std::make_unique<boost::asio::thread_pool>(2);
     user_lookup_cache users_;
     api::api_audit audit_;
     api_session_environment environment_;

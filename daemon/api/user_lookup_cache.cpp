@@ -3,6 +3,8 @@
 #include <grp.h>
 #include <pwd.h>
 
+#include <atomic>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 
@@ -54,6 +56,17 @@ user_record look_up_user(uid_t uid) {
     return record;
 }
 
+// Where a pool thread hands its answer to the loop. Closed when the cache goes: a lookup that
+// outlives the daemon (hung in NSS, its pool left behind) must not post to a destroyed loop.
+// The only lock here, and it guards one post; the loop's own state never sees another thread.
+struct loop_handoff {
+    explicit loop_handoff(asio::any_io_executor loop_executor) : loop(std::move(loop_executor)) {}
+    std::mutex mutex;
+    bool open = true;
+    asio::any_io_executor loop;
+    std::atomic<std::size_t> in_nss{0};  // lookups not yet back from NSS
+};
+
 // Touched only on the loop executor. Lookups hold a weak_ptr to it: an answer that comes after
 // the cache is gone is dropped.
 struct user_lookup_cache::state : std::enable_shared_from_this<state> {
@@ -84,8 +97,9 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
         lookup_in_flight->asked_at = asked_at;
         running.emplace(uid, lookup_in_flight);
         ++started;
+        handoff->in_nss.fetch_add(1);
         // Only plain values cross: the uid out, the record back. The pool never touches `this`.
-        asio::post(lookups, [lookup_copy = lookup, uid, loop_copy = loop,
+        asio::post(lookups, [lookup_copy = lookup, uid, to_loop = handoff,
                              weak = weak_from_this()]() mutable {
             user_record record;
             try {
@@ -93,7 +107,11 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
             } catch (...) {
                 record = failed_record();  // fail closed; a pool thread must not die of it
             }
-            asio::post(loop_copy,
+            to_loop->in_nss.fetch_sub(1);
+            const std::lock_guard closing(to_loop->mutex);
+            if (!to_loop->open)
+                return;
+            asio::post(to_loop->loop,
                        [weak = std::move(weak), uid, record = std::move(record)]() mutable {
                            if (auto self = weak.lock())
                                self->answer(uid, std::move(record));
@@ -130,6 +148,7 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
     std::unordered_map<uid_t, cached_record> records;
     std::unordered_map<uid_t, std::shared_ptr<running_lookup>> running;
     std::size_t started = 0;
+    std::shared_ptr<loop_handoff> handoff = std::make_shared<loop_handoff>(loop);
     bool stopped = false;
 };
 
@@ -141,6 +160,8 @@ user_lookup_cache::user_lookup_cache(asio::any_io_executor loop, asio::any_io_ex
 
 user_lookup_cache::~user_lookup_cache() {
     stop();
+    const std::lock_guard closing(state_->handoff->mutex);
+    state_->handoff->open = false;
 }
 
 asio::awaitable<user_record> user_lookup_cache::find(uid_t uid) {
@@ -174,6 +195,10 @@ void user_lookup_cache::stop() {
 
 std::size_t user_lookup_cache::lookups_started() const noexcept {
     return state_->started;
+}
+
+std::size_t user_lookup_cache::lookups_in_nss() const noexcept {
+    return state_->handoff->in_nss.load();
 }
 
 }  // namespace stereos::daemon

@@ -60,6 +60,8 @@ class user_lookup_cache {
     void stop();
 
     std::size_t lookups_started() const noexcept;
+    // Lookups still inside NSS (perhaps hung on LDAP): the pool cannot be joined without them.
+    std::size_t lookups_in_nss() const noexcept;
 
   private:
     struct state;

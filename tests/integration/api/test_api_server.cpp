@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <future>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -402,6 +404,42 @@ BOOST_AUTO_TEST_CASE(an_adopted_listening_socket_is_served_and_its_file_left_alo
     io.run_for(30s);
     BOOST_TEST(status.value_or(0) == 200u);
     BOOST_TEST(std::filesystem::exists(path));
+}
+
+BOOST_AUTO_TEST_CASE(a_lookup_hung_in_the_user_database_does_not_hold_up_the_servers_end) {
+    // An LDAP server gone: the lookup returns only when the test lets it.
+    std::promise<void> let_go;
+    auto released = let_go.get_future().share();
+    auto entered = std::make_shared<std::atomic<bool>>(false);
+    api_server_options options;
+    options.user_lookup = [released, entered](uid_t) {
+        entered->store(true);
+        released.wait();
+        return user_record{};
+    };
+    steady::duration destroyed_in{};
+    {
+        server_fixture f(options);
+        f.run([&]() -> asio::awaitable<void> {
+            auto client = co_await connect_to(f.socket());
+            bhttp::request<bhttp::empty_body> request{bhttp::verb::get, "/v1/ping", 11};
+            co_await bhttp::async_write(client, request, asio::use_awaitable);
+            BOOST_TEST(co_await eventually([&] { return entered->load(); }));
+            f.server->stop();
+            // The session waiting for the lookup is let go at once, refused (fail closed).
+            BOOST_TEST((co_await time_until_closed(client, 5s)).has_value());
+        });
+        const auto start = steady::now();
+        f.server.reset();
+        destroyed_in = steady::now() - start;
+    }
+    BOOST_TEST(destroyed_in < 2s,
+               "the server's end waited "
+                   << std::chrono::duration_cast<std::chrono::milliseconds>(destroyed_in).count()
+                   << " ms for the hung lookup");
+    // The thread left behind finishes now, and posts nothing to the loop that is gone.
+    let_go.set_value();
+    std::this_thread::sleep_for(100ms);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
