@@ -548,7 +548,7 @@ BOOST_AUTO_TEST_CASE(the_deadline_timer_fires_only_when_something_is_due) {
 
 // What managed_guest does on `up`: send requests from inside the event handler. The link tells
 // the handler after link_core's step has returned, so the request simply joins the queue.
-BOOST_AUTO_TEST_CASE(an_event_handler_may_send_requests_and_reconnect_from_inside_the_event) {
+BOOST_AUTO_TEST_CASE(an_event_handler_may_send_requests_from_inside_up_after_every_connect) {
     link_fixture f;
     std::vector<request_result> replies;
     std::shared_ptr<guest_link> l;
