@@ -1,16 +1,13 @@
 #include <stereos/link/guest_link.hpp>
 
-#include <sys/inotify.h>
-#include <unistd.h>
-
-#include <array>
-#include <cstring>
 #include <random>
 #include <utility>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/execution/context.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/query.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -36,28 +33,6 @@ std::uint32_t link_seed() {
 // Between a socket file appearing and its server listening.
 constexpr std::chrono::milliseconds socket_settle_time{5};
 
-enum class watch_news { nothing, file_appeared, watch_gone };
-
-// What a batch of inotify events read from its descriptor says about the file `name`.
-watch_news read_watch_events(std::string_view events, std::string_view name) {
-    auto news = watch_news::nothing;
-    for (std::size_t at = 0; at + sizeof(inotify_event) <= events.size();) {
-        inotify_event header{};
-        std::memcpy(&header, events.data() + at, sizeof header);
-        const auto name_at = at + sizeof header;
-        if (header.len > 0 && name_at + header.len <= events.size()) {
-            const std::string_view padded(events.data() + name_at, header.len);
-            if (padded.substr(0, padded.find('\0')) == name)
-                return watch_news::file_appeared;
-        }
-        // The directory itself went (e.g. a VMM's per-VM directory on exit): the watch is dead.
-        if ((header.mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) != 0)
-            news = watch_news::watch_gone;
-        at = name_at + header.len;
-    }
-    return news;
-}
-
 }  // namespace
 
 std::shared_ptr<guest_link> guest_link::create(asio::any_io_executor executor,
@@ -72,16 +47,20 @@ guest_link::guest_link(asio::any_io_executor executor, transport::endpoint targe
     : executor_(std::move(executor)),
       target_(std::move(target)),
       on_event_(std::move(on_event)),
-      core_(options, on_event_),
+      core_(options),
       socket_(executor_),
-      backoff_(options.reconnect_initial, options.reconnect_max, link_seed()),
+      policy_(options, link_seed()),
       deadline_timer_(executor_),
       finished_signal_(executor_),
-      retry_timer_(executor_) {
+      retry_timer_(executor_),
+      watcher_(&asio::use_service<socket_file_watcher>(
+          asio::query(executor_, asio::execution::context))),
+      file_signal_(executor_) {
     deadline_timer_.expires_at(clock::time_point::max());
 }
 
 guest_link::~guest_link() {
+    stop_watching();
     // Nothing may be left waiting on a link that is gone.
     core_.fail_all(link_error::link_stopped, clock::now());
 }
@@ -127,6 +106,27 @@ void guest_link::emit(const link_event& event) {
         on_event_(event);
 }
 
+void guest_link::carry_out() {
+    if (actions_.close)
+        close_socket();
+    else if (actions_.write)
+        start_write();
+    actions_.close = false;
+    actions_.write = false;
+    // A handler that calls back in may make the core decide more: those events wait in
+    // actions_ for the outermost call here, so every event is told once and in order.
+    if (delivering_events_)
+        return;
+    delivering_events_ = true;
+    while (!actions_.events.empty()) {
+        delivering_.swap(actions_.events);
+        for (const auto& event : delivering_)
+            emit(event);
+        delivering_.clear();
+    }
+    delivering_events_ = false;
+}
+
 asio::awaitable<request_result> guest_link::async_request(protocol::host_message request) {
     // A coroutine itself: g++ 12 destroys the by-value parameter of a coroutine twice when a
     // plain function returns that coroutine's awaitable directly.
@@ -156,9 +156,18 @@ boost::system::result<std::uint64_t> guest_link::submit(link_core::waiter& to_no
     return id;
 }
 
+// Moving the timer completes its pending wait with operation_aborted: a handler run on the
+// link's thread, without a syscall, where a timer firing at a stale deadline costs the reactor
+// a wakeup.
 void guest_link::deadline_at(clock::time_point when) {
     if (when < deadline_timer_.expiry())
         deadline_timer_.expires_at(when);
+}
+
+void guest_link::deadline_at_next() {
+    const auto next = core_.next_deadline();
+    if (next != deadline_timer_.expiry())
+        deadline_timer_.expires_at(next);
 }
 
 asio::awaitable<void> guest_link::run() {
@@ -168,41 +177,32 @@ asio::awaitable<void> guest_link::run() {
     co_await (connection_loop() || deadline_loop());
 
     close_socket();
-    socket_watch_.reset();
+    stop_watching();
     core_.fail_all(link_error::link_stopped, clock::now());
 }
 
 asio::awaitable<void> guest_link::deadline_loop() {
     co_await asio::this_coro::throw_if_cancelled(false);
+    deadline_at_next();
     while (true) {
-        deadline_timer_.expires_at(core_.next_deadline());
-        co_await deadline_timer_.async_wait(use_tuple);
+        auto [ec] = co_await deadline_timer_.async_wait(use_tuple);
         auto state = co_await asio::this_coro::cancellation_state;
         if (state.cancelled() != asio::cancellation_type::none)
             co_return;
-        core_.on_deadline(clock::now());
-        after_core_call();
+        if (ec == asio::error::operation_aborted)
+            continue;  // moved: its new expiry is set
+        ++core_.stats().deadline_wakeups;
+        core_.on_deadline(clock::now(), actions_);
+        carry_out();
+        deadline_timer_.expires_at(core_.next_deadline());
     }
 }
 
 void guest_link::set_options(guest_link_options options) {
-    const auto& before = core_.options();
-    options.fast_retry_budget = before.fast_retry_budget;
-    // A new backoff starts over: only when its bounds change, so a reload that changes other
-    // timings does not make every disconnected guest retry at once.
-    const bool new_backoff = options.reconnect_initial != before.reconnect_initial ||
-                             options.reconnect_max != before.reconnect_max;
+    options.fast_retry_budget = core_.options().fast_retry_budget;
     core_.set_options(options);
-    if (new_backoff)
-        backoff_ = reconnect_backoff(options.reconnect_initial, options.reconnect_max, link_seed());
+    policy_.set_options(options);
     deadline_at(core_.next_deadline());
-}
-
-void guest_link::after_core_call() {
-    if (core_.drop_requested())
-        close_socket();
-    else
-        start_write();
 }
 
 void guest_link::close_socket() {
@@ -236,37 +236,18 @@ void guest_link::start_write() {
 void guest_link::reconnect_now() {
     if (stopping_ || finished_)
         return;
-    open_fast_retry_window();
-    if (core_.is_up()) {
-        // A link that answered within the last second is not the stale one a VM reset leaves
-        // behind: keep it, so repeated calls cannot make a healthy guest flap.
-        if (clock::now() - core_.last_received() < std::chrono::seconds(1))
+    using verdict = reconnect_policy::reconnect_verdict;
+    switch (policy_.on_reconnect_now(clock::now(), core_.is_up(), core_.last_received())) {
+        case verdict::keep:
             return;
-        retry_at_once_ = true;
-        core_.drop(link_error::reconnect_requested, "reconnect requested");
-        close_socket();
-    } else {
-        retry_at_once_ = true;
-        retry_timer_.cancel();
+        case verdict::drop_connection:
+            core_.drop(link_error::reconnect_requested, "reconnect requested");
+            close_socket();
+            return;
+        case verdict::retry_at_once:
+            retry_timer_.cancel();
+            return;
     }
-}
-
-void guest_link::open_fast_retry_window() {
-    fast_retry_until_ = clock::now() + core_.options().fast_retry_window;
-    backoff_.reset();
-}
-
-std::chrono::milliseconds guest_link::next_retry_delay() {
-    if (std::exchange(retry_at_once_, false))
-        return std::chrono::milliseconds{0};
-    const auto now = clock::now();
-    if (now < fast_retry_until_ &&
-        (!core_.options().fast_retry_budget || core_.options().fast_retry_budget->take(now))) {
-        return backoff_.initial_delay();
-    }
-    // Outside the window, or the daemon-wide budget is spent: the exponential steps, which
-    // opening the window reset.
-    return backoff_.next();
 }
 
 asio::awaitable<void> guest_link::wait_before_retry(std::chrono::milliseconds delay) {
@@ -277,18 +258,30 @@ asio::awaitable<void> guest_link::wait_before_retry(std::chrono::milliseconds de
         co_await retry_timer_.async_wait(use_tuple);  // reconnect_now() cancels it
         co_return;
     }
-    auto woken = co_await (retry_timer_.async_wait(use_tuple) || socket_file_created());
-    if (woken.index() == 1) {
-        open_fast_retry_window();  // the VM is starting: its guest will listen soon
-        // A server binds (creating the file) before it listens: connecting in between is
-        // refused, so give it a moment.
-        retry_timer_.expires_after(socket_settle_time);
-        co_await retry_timer_.async_wait(use_tuple);
+    using news = socket_file_watcher::news;
+    // The file may have appeared while the last attempt was under way.
+    if (file_waiter_.result != news::file_appeared) {
+        file_signal_.expires_at(clock::time_point::max());
+        auto woken =
+            co_await (retry_timer_.async_wait(use_tuple) || file_signal_.async_wait(use_tuple));
+        if (stopping_ || woken.index() == 0)
+            co_return;
+        if (file_waiter_.result != news::file_appeared) {
+            // The directory went: the timer alone decides this wait; the next one watches anew.
+            co_await retry_timer_.async_wait(use_tuple);
+            co_return;
+        }
     }
+    file_waiter_.result = news::nothing;
+    policy_.open_fast_retry_window(clock::now());  // the VM is starting: its guest will listen soon
+    // A server binds (creating the file) before it listens: connecting in between is refused,
+    // so give it a moment.
+    retry_timer_.expires_after(socket_settle_time);
+    co_await retry_timer_.async_wait(use_tuple);
 }
 
 bool guest_link::watch_socket_file() {
-    if (socket_watch_)
+    if (file_waiter_.watch >= 0)
         return true;
     const std::string* path = nullptr;
     if (const auto* unix_target = std::get_if<transport::unix_endpoint>(&target_))
@@ -297,59 +290,31 @@ bool guest_link::watch_socket_file() {
         path = &hybrid->path;
     if (!path || path->empty() || path->front() != '/')
         return false;
-    const auto slash = path->rfind('/');
-    const std::string directory = slash == 0 ? "/" : path->substr(0, slash);
-    const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (fd < 0)
+    if (!watcher_->watch(executor_, *path, file_waiter_)) {
+        ++core_.stats().socket_watch_failures;
         return false;
-    // IN_ATTRIB too: a VMM may bind the socket and only then chown or chmod it.
-    if (::inotify_add_watch(fd, directory.c_str(),
-                            IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) <
-        0) {
-        ::close(fd);
-        return false;  // e.g. the directory does not exist yet: the timer alone decides
     }
-    socket_file_name_ = path->substr(slash + 1);
-    socket_watch_.emplace(executor_, fd);
     return true;
 }
 
-asio::awaitable<void> guest_link::socket_file_created() {
-    // Runs under operator||: cancellation must not throw here.
-    co_await asio::this_coro::throw_if_cancelled(false);
-    std::array<char, 4096> buffer{};
-    while (socket_watch_) {
-        auto [ec, n] = co_await socket_watch_->async_read_some(asio::buffer(buffer), use_tuple);
-        if (ec == asio::error::operation_aborted)
-            co_return;
-        const auto news =
-            ec ? watch_news::watch_gone
-               : read_watch_events(std::string_view(buffer.data(), n), socket_file_name_);
-        if (news == watch_news::file_appeared)
-            co_return;
-        if (news == watch_news::watch_gone) {
-            // The timer alone decides this wait; the next wait makes a new watch.
-            error_code ignored;
-            socket_watch_->close(ignored);
-            socket_watch_.reset();
-            asio::steady_timer until_the_timer(executor_, clock::time_point::max());
-            co_await until_the_timer.async_wait(use_tuple);
-            co_return;
-        }
-    }
+void guest_link::stop_watching() {
+    // Not registered after the io_context shut the watcher down: it is not touched then.
+    if (file_waiter_.watch >= 0)
+        watcher_->unwatch(file_waiter_);
+    file_waiter_.result = socket_file_watcher::news::nothing;
 }
 
 asio::awaitable<void> guest_link::connection_loop() {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::uint64_t attempt = 0;
     // A guest is usually added as its VM starts: look for it often while it boots.
-    open_fast_retry_window();
+    policy_.open_fast_retry_window(clock::now());
     const auto& options = core_.options();
     auto& stats = core_.stats();
 
     while (!stopping_) {
         emit(link_events::connecting{++attempt});
-        retry_at_once_ = false;  // this attempt is the one asked for
+        policy_.on_attempt();
         const auto attempt_started = clock::now();
         auto connected = co_await transport::async_connect(target_, options.connect_timeout);
         if (stopping_)
@@ -359,7 +324,7 @@ asio::awaitable<void> guest_link::connection_loop() {
         if (!connected) {
             ++stats.connect_failures;
             stats.last_error = connected.error().describe(target_);
-            retry_in = next_retry_delay();
+            retry_in = policy_.on_connect_failed(clock::now());
             emit(link_events::connect_failed{connected.error().code, stats.last_error});
         } else {
             socket_ = std::move(*connected);
@@ -378,23 +343,15 @@ asio::awaitable<void> guest_link::connection_loop() {
                 break;
             }
             const auto ended = core_.on_connection_ended(false, clock::now());
+            // Its written requests are gone: their deadlines must not wake the timer.
+            deadline_at_next();
             if (!ended.was_up) {
                 ++stats.connect_failures;
                 stats.last_error = transport::to_string(target_) + ": " + ended.detail;
-                retry_in = next_retry_delay();
+                retry_in = policy_.on_connect_failed(clock::now());
                 emit(link_events::connect_failed{ended.reason, stats.last_error});
             } else {
-                if (socket_watch_) {
-                    // Only needed while the guest is away.
-                    error_code ignored;
-                    socket_watch_->close(ignored);
-                    socket_watch_.reset();
-                }
-                // A guest that stayed up and then went away is likely rebooting: look for it
-                // often. One that drops at once keeps backing off, so it is not hammered.
-                if (clock::now() - up_since_ >= options.stable_after)
-                    open_fast_retry_window();
-                retry_in = next_retry_delay();
+                retry_in = policy_.on_down(clock::now());
                 emit(
                     link_events::down{ended.reason, ended.detail, retry_in, core_.last_received()});
             }
@@ -417,14 +374,18 @@ asio::awaitable<void> guest_link::read_loop() {
         if (stopping_)
             co_return;
         const bool was_up = core_.is_up();
-        core_.on_read(n, clock::now());
-        if (core_.drop_requested())
+        core_.on_read(n, clock::now(), actions_);
+        if (!was_up && core_.is_up()) {
+            policy_.on_up(clock::now());
+            stop_watching();  // only needed while the guest is away
+        }
+        if (core_.queued_requests() == 0)
+            deadline_at_next();  // the answered requests' deadlines are stale
+        else
+            deadline_at(core_.keepalive_due());  // the link came up: the next ping is due
+        carry_out();  // events last: their handlers may send requests, or stop the link
+        if (core_.drop_requested() || stopping_)
             co_return;
-        if (!was_up && core_.is_up())
-            up_since_ = clock::now();
-        // An answered keepalive, or the link coming up, schedules the next ping.
-        deadline_at(core_.keepalive_due());
-        start_write();
     }
 }
 

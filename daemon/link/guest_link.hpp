@@ -7,15 +7,22 @@
 // under QEMU user-mode forwarding connect() succeeds while nothing listens in the guest, so only
 // a reply proves stereosd is there. The handshake's health report goes out with the `up` event.
 //
-// The logic (framing, the handshake, the request FIFO, deadlines, keepalive) is link_core's;
-// this class only runs the loops around it: connect and retry, read, write, and one deadline
-// timer for the whole link. A waiting request is a small async operation that link_core
-// completes, not a timer.
+// The logic (framing, the handshake, the request FIFO, deadlines, keepalive) is link_core's and
+// when to reconnect is reconnect_policy's; this class only runs the loops around them: connect
+// and retry, read, write, and one deadline timer for the whole link that fires only when
+// something is due. A waiting request is a small async operation that link_core completes, not
+// a timer. While down, a unix or hybrid-vsock link waits for its socket file through the
+// io_context's one socket_file_watcher.
+//
+// Events: link_core returns the events a step decided and this class delivers them once the
+// step has returned, so the event handler may call back in (async_send on `up`,
+// reconnect_now, stop); events decided meanwhile are delivered after the current ones, in
+// order.
 //
 // Threading: create, start, stop, async_request/async_send, reconnect_now and every accessor
-// must be called on the executor given at construction (one thread, no mutexes). Events and
-// completions are delivered on that executor (completions on the handler's associated
-// executor, which should be the same).
+// must be called on the executor given at construction, and its io_context run by one thread
+// (no mutexes). Events and completions are delivered on that executor (completions on the
+// handler's associated executor, which should be the same).
 #pragma once
 
 #include <chrono>
@@ -24,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_allocator.hpp>
@@ -33,7 +41,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -42,7 +49,8 @@
 #include <stereos/link/link_core.hpp>
 #include <stereos/link/link_error.hpp>
 #include <stereos/link/link_events.hpp>
-#include <stereos/link/reconnect_backoff.hpp>
+#include <stereos/link/reconnect_policy.hpp>
+#include <stereos/link/socket_file_watcher.hpp>
 #include <stereos/protocol/messages.hpp>
 #include <stereos/transport/connect.hpp>
 #include <stereos/transport/endpoint.hpp>
@@ -154,22 +162,25 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     boost::asio::awaitable<void> connection_loop();
     // One timer for the whole link at link_core's next deadline.
     boost::asio::awaitable<void> deadline_loop();
+    // Moves the timer earlier to `when` (a new request's deadline).
     void deadline_at(clock::time_point when);
+    // Sets the timer to link_core's next deadline, later ones included, so that it does not
+    // fire at the deadline of a request already answered.
+    void deadline_at_next();
     // Waits out `delay`; cut short by reconnect_now(), or for unix and hybrid endpoints by the
     // socket file appearing (the VMM creates it as the VM starts).
     boost::asio::awaitable<void> wait_before_retry(std::chrono::milliseconds delay);
-    boost::asio::awaitable<void> socket_file_created();
-    // An inotify watch on the socket file's directory, while the link is down; false if the
-    // endpoint has no socket file or the watch cannot be made.
+    // Registers with the socket_file_watcher while the link is down; false if the endpoint has
+    // no socket file or the watch cannot be made (counted in link_stats).
     bool watch_socket_file();
-    std::chrono::milliseconds next_retry_delay();
-    void open_fast_retry_window();
+    void stop_watching();
     // Reads until the connection ends: the handshake, then serving.
     boost::asio::awaitable<void> read_loop();
     // Writes what link_core has to send unless a write is already in flight: one writer.
     void start_write();
-    // Acts on link_core's verdict after a call into it: close, write, rearm.
-    void after_core_call();
+    // Carries out what the last core step decided (actions_): close or write, then the events,
+    // with no core call on the stack.
+    void carry_out();
     void close_socket();
     void emit(const link_event& event);
 
@@ -181,20 +192,21 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     transport::stream_socket socket_;
     std::uint64_t connection_number_ = 0;  // tells a stale write completion from a live one
     bool write_in_flight_ = false;
-    reconnect_backoff backoff_;
-    boost::asio::steady_timer deadline_timer_;   // at link_core's next deadline
+    reconnect_policy policy_;
+    link_actions actions_;                // what the last core step decided; reused
+    std::vector<link_event> delivering_;  // the events being delivered; reused
+    bool delivering_events_ = false;
+    boost::asio::steady_timer deadline_timer_;   // at or before link_core's next deadline
     boost::asio::steady_timer finished_signal_;  // cancelled when run() has ended
     boost::asio::steady_timer retry_timer_;      // the wait before reconnecting
-    std::optional<boost::asio::posix::stream_descriptor> socket_watch_;  // inotify, while down
-    std::string socket_file_name_;  // the watched file's name in its directory
+    socket_file_watcher* watcher_;               // the io_context's; the link's file while down
+    boost::asio::steady_timer file_signal_;      // cancelled by the watcher when there is news
+    socket_file_watcher::waiter file_waiter_{file_signal_};
     boost::asio::cancellation_signal stop_signal_;
 
     bool started_ = false;
     bool stopping_ = false;
     bool finished_ = false;
-    clock::time_point fast_retry_until_{};
-    bool retry_at_once_ = false;  // reconnect_now() during a wait
-    clock::time_point up_since_{};
 };
 
 namespace link_detail {

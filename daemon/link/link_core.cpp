@@ -103,8 +103,7 @@ std::string_view to_string(request_outcome outcome) noexcept {
     return "?";
 }
 
-link_core::link_core(const guest_link_options& options, link_event_handler on_event)
-    : options_(options), on_event_(std::move(on_event)) {}
+link_core::link_core(const guest_link_options& options) : options_(options) {}
 
 boost::system::result<std::uint64_t> link_core::add(const protocol::host_message& request,
                                                     clock::time_point deadline,
@@ -186,7 +185,7 @@ void link_core::on_connected(clock::time_point now, clock::time_point handshake_
     writing_ += get_health_line;
 }
 
-void link_core::on_read(std::size_t size, clock::time_point now) {
+void link_core::on_read(std::size_t size, clock::time_point now, link_actions& out) {
     framer_.commit(size);
     if (size > 0)
         last_received_ = now;
@@ -194,8 +193,7 @@ void link_core::on_read(std::size_t size, clock::time_point now) {
         // Any byte proves the guest is back (a paused VM resumed): the grace ends.
         declared_unresponsive_ = false;
         consecutive_timeouts_ = 0;
-        if (on_event_)
-            on_event_(link_events::responsive{});
+        out.events.emplace_back(link_events::responsive{});
     }
     while (!drop_requested()) {
         auto line = framer_.next_line();
@@ -203,55 +201,61 @@ void link_core::on_read(std::size_t size, clock::time_point now) {
             if (phase_ == phase::handshaking)
                 drop(link_error::protocol_error, "guest sent a line over the 1 MiB limit");
             else
-                violation("guest sent a line over the 1 MiB limit");
-            return;
+                violation("guest sent a line over the 1 MiB limit", out);
+            break;
         }
         if (!*line)
-            return;
-        sort_line(**line, now);
+            break;
+        sort_line(**line, now, out);
     }
+    conclude(out);
 }
 
-void link_core::on_bytes(std::string_view bytes, clock::time_point now) {
+void link_core::conclude(link_actions& out) const noexcept {
+    out.close = drop_requested();
+    out.write = has_bytes_to_write();
+}
+
+void link_core::on_bytes(std::string_view bytes, clock::time_point now, link_actions& out) {
     auto space = framer_.prepare(bytes.size());
     std::copy(bytes.begin(), bytes.end(), space.begin());
-    on_read(bytes.size(), now);
+    on_read(bytes.size(), now, out);
 }
 
 // The one place every line from the guest is sorted.
-void link_core::sort_line(std::string_view line, clock::time_point now) {
+void link_core::sort_line(std::string_view line, clock::time_point now, link_actions& out) {
     if (phase_ == phase::handshaking) {
-        on_handshake_line(line, now);
+        on_handshake_line(line, now, out);
         return;
     }
     if (phase_ != phase::serving)
         return;               // after the connection ended: nothing is listening
     if (line == pong_line) {  // the keepalive's and ping's answer, exactly as the guest sends it
-        on_reply(protocol::pong_reply{}, now);
+        on_reply(protocol::pong_reply{}, now, out);
         return;
     }
     auto decoded = protocol::decode_guest_line(line);
     if (!decoded) {
         violation("undecodable line from guest (" + decoded.error().detail +
-                  "): " + protocol::printable_excerpt(line));
+                      "): " + protocol::printable_excerpt(line),
+                  out);
         return;
     }
     if (auto* pushed = std::get_if<protocol::lifecycle_payload>(&*decoded)) {
         ++stats_.lifecycle_events;
-        if (on_event_)
-            on_event_(link_events::lifecycle{std::move(*pushed)});
+        out.events.emplace_back(link_events::lifecycle{std::move(*pushed)});
         return;
     }
     if (auto* unknown = std::get_if<protocol::unknown_message>(&*decoded)) {
         ++stats_.unknown_messages;
-        if (on_event_)
-            on_event_(link_events::unknown_message{protocol::printable_excerpt(unknown->type, 64)});
+        out.events.emplace_back(
+            link_events::unknown_message{protocol::printable_excerpt(unknown->type, 64)});
         return;
     }
-    on_reply(std::move(*decoded), now);
+    on_reply(std::move(*decoded), now, out);
 }
 
-void link_core::on_handshake_line(std::string_view line, clock::time_point now) {
+void link_core::on_handshake_line(std::string_view line, clock::time_point now, link_actions& out) {
     auto decoded = protocol::decode_guest_line(line);
     if (!decoded) {
         drop(link_error::protocol_error, "undecodable line from guest (" + decoded.error().detail +
@@ -277,22 +281,20 @@ void link_core::on_handshake_line(std::string_view line, clock::time_point now) 
     ++stats_.connects;
     metrics_.record(get_health_index, request_outcome::ok);
     metrics_.record_latency(now - handshake_sent_at_);
-    if (on_event_)
-        on_event_(link_events::up{std::move(*health), now, handshake_sent_at_});
+    out.events.emplace_back(link_events::up{std::move(*health), now, handshake_sent_at_});
     // Pushed before the handshake's answer: told after `up`, as they were received.
-    auto early = std::move(early_pushes_);
-    early_pushes_.clear();
-    for (auto& pushed : early) {
+    for (auto& pushed : early_pushes_) {
         ++stats_.lifecycle_events;
-        if (on_event_)
-            on_event_(link_events::lifecycle{std::move(pushed)});
+        out.events.emplace_back(link_events::lifecycle{std::move(pushed)});
     }
+    early_pushes_.clear();
 }
 
-void link_core::on_reply(protocol::guest_message reply, clock::time_point now) {
+void link_core::on_reply(protocol::guest_message reply, clock::time_point now, link_actions& out) {
     if (written_count_ == 0) {
         violation("guest sent a reply with no request outstanding: " +
-                  protocol::printable_excerpt(protocol::redacted(reply)));
+                      protocol::printable_excerpt(protocol::redacted(reply)),
+                  out);
         return;
     }
     auto& front = entries_.front();
@@ -306,7 +308,8 @@ void link_core::on_reply(protocol::guest_message reply, clock::time_point now) {
     if (!kind_matches || (ack && ack->reply_to != type_name_at(front.type_index))) {
         // Described only when it is an error: the common path builds no strings.
         violation("guest reply out of step: expected " + describe_expected(front.type_index) +
-                  ", got " + protocol::printable_excerpt(protocol::redacted(reply)));
+                      ", got " + protocol::printable_excerpt(protocol::redacted(reply)),
+                  out);
         return;
     }
     // A slow guest is still a live guest: a late (abandoned) reply also counts.
@@ -327,10 +330,9 @@ void link_core::on_reply(protocol::guest_message reply, clock::time_point now) {
         done.to_notify->complete({}, std::move(reply));
 }
 
-void link_core::violation(std::string detail) {
+void link_core::violation(std::string detail, link_actions& out) {
     ++stats_.protocol_errors;
-    if (on_event_)
-        on_event_(link_events::protocol_violation{detail});
+    out.events.emplace_back(link_events::protocol_violation{detail});
     drop(link_error::protocol_error, std::move(detail));
 }
 
@@ -372,7 +374,7 @@ void link_core::queue_keepalive(clock::time_point now) {
     keepalive_outstanding_ = true;
 }
 
-void link_core::on_deadline(clock::time_point now) {
+void link_core::on_deadline(clock::time_point now, link_actions& out) {
     last_deadline_check_ = now;
     if (phase_ == phase::handshaking && now >= handshake_deadline_ && !drop_requested()) {
         metrics_.record(get_health_index, request_outcome::timeout);
@@ -405,7 +407,7 @@ void link_core::on_deadline(clock::time_point now) {
             ++consecutive_timeouts_ >= options_.unresponsive_after_timeouts) {
             declare_unresponsive(
                 link_error::guest_unresponsive,
-                std::to_string(consecutive_timeouts_) + " consecutive requests timed out");
+                std::to_string(consecutive_timeouts_) + " consecutive requests timed out", out);
         }
         ++i;
     }
@@ -413,7 +415,7 @@ void link_core::on_deadline(clock::time_point now) {
         // A no-op when this timeout was also the one that made the count.
         declare_unresponsive(
             link_error::keepalive_timeout,
-            "keepalive ping unanswered within " + describe_ms(options_.request_timeout));
+            "keepalive ping unanswered within " + describe_ms(options_.request_timeout), out);
     }
     if (declared_unresponsive_ && phase_ == phase::serving &&
         now >= unresponsive_since_ + options_.unresponsive_grace) {
@@ -426,6 +428,7 @@ void link_core::on_deadline(clock::time_point now) {
         queue_keepalive(now);
     }
     release_spare_capacity();
+    conclude(out);
 }
 
 link_core::clock::time_point link_core::keepalive_due() const noexcept {
@@ -447,13 +450,12 @@ link_core::clock::time_point link_core::next_deadline() const {
     return next;
 }
 
-void link_core::declare_unresponsive(error_code cause, std::string reason) {
+void link_core::declare_unresponsive(error_code cause, std::string reason, link_actions& out) {
     if (phase_ != phase::serving || declared_unresponsive_)
         return;
     declared_unresponsive_ = true;
     unresponsive_since_ = last_deadline_check_;
-    if (on_event_)
-        on_event_(link_events::unresponsive{cause, std::move(reason)});
+    out.events.emplace_back(link_events::unresponsive{cause, std::move(reason)});
 }
 
 void link_core::drop(error_code reason, std::string detail) {

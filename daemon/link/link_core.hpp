@@ -4,12 +4,20 @@
 // (read_buffer/on_read, prepare_write/commit_write), passes the time in, and closes the socket
 // when drop_requested() says so. Nothing here reads a clock or touches a socket.
 //
+// The core never calls its owner back with events: a step (on_read, on_bytes, on_deadline)
+// appends what it decided to a caller-owned link_actions (the events to tell, whether to close
+// or write), as Boost.Redis's reader and writer FSMs return actions. The owner carries them out
+// once the step has returned, so an event handler may call straight back in (add a request on
+// `up`, reconnect) and always finds the core consistent.
+//
 // The guest answers in order and the wire has no request ids, so a reply always belongs to the
 // oldest written request; a written request that times out or is withdrawn stays queued as
 // abandoned, so its late reply is consumed instead of being given to the next request.
 //
 // Threading: not thread-safe; every call on one thread (guest_link: the link's executor).
-// Waiters are completed synchronously from inside these calls and must not call back in.
+// Waiters are completed synchronously from inside these calls and must not call back in
+// (guest_link's request_op only posts its completion): a reply is handed over where it is
+// decoded, without being stored as an action first.
 #pragma once
 
 #include <chrono>
@@ -31,6 +39,21 @@
 #include <stereos/protocol/messages.hpp>
 
 namespace stereos::link {
+
+// What one step of link_core decided, for its owner to carry out after the step returned. A
+// step appends events and sets the flags; the owner clears it once done, so one instance (and
+// its vector's capacity) serves every step without allocating.
+struct link_actions {
+    std::vector<link_event> events;  // for the owner's handler, in the order decided
+    bool close = false;              // a drop was decided: close the socket
+    bool write = false;              // bytes are waiting: write unless a write is in flight
+
+    void clear() noexcept {
+        events.clear();
+        close = false;
+        write = false;
+    }
+};
 
 class link_core {
   public:
@@ -60,7 +83,7 @@ class link_core {
         std::string detail;
     };
 
-    link_core(const guest_link_options& options, link_event_handler on_event);
+    explicit link_core(const guest_link_options& options);
 
     // Queues a request; `to_notify` is completed later. Fails with request_too_large or
     // queue_full (nothing queued, to_notify untouched).
@@ -81,8 +104,8 @@ class link_core {
 
     // Reading: space for up to `size` bytes, then how many arrived. on_bytes() does both.
     std::span<char> read_buffer(std::size_t size) { return framer_.prepare(size); }
-    void on_read(std::size_t size, clock::time_point now);
-    void on_bytes(std::string_view bytes, clock::time_point now);
+    void on_read(std::size_t size, clock::time_point now, link_actions& out);
+    void on_bytes(std::string_view bytes, clock::time_point now, link_actions& out);
 
     // Writing: the bytes to write next (empty: nothing), then how many were written. Requests
     // count as written from prepare_write() on, since the guest may act on a partial batch.
@@ -91,7 +114,7 @@ class link_core {
     bool has_bytes_to_write() const noexcept;
 
     // Times out requests, the handshake and keepalive pings; may queue a keepalive ping.
-    void on_deadline(clock::time_point now);
+    void on_deadline(clock::time_point now, link_actions& out);
     // When on_deadline() has something to do next; time_point::max() when nothing.
     clock::time_point next_deadline() const;
     // When the next keepalive ping is due (max() when one is outstanding or the link is not
@@ -126,6 +149,8 @@ class link_core {
     // deadline check; the connection is kept.
     void set_options(const guest_link_options& options) { options_ = options; }
     bool is_unresponsive() const noexcept { return declared_unresponsive_; }
+    // The write buffers' reserved memory, to check that a large request's is given back.
+    std::size_t write_capacity() const noexcept { return staged_.capacity() + writing_.capacity(); }
 
   private:
     enum class entry_state : std::uint8_t { unwritten, written, abandoned };
@@ -140,11 +165,14 @@ class link_core {
         bool keepalive;
     };
 
-    void sort_line(std::string_view line, clock::time_point now);
-    void on_handshake_line(std::string_view line, clock::time_point now);
-    void on_reply(protocol::guest_message reply, clock::time_point now);
-    void violation(std::string detail);
-    void declare_unresponsive(boost::system::error_code cause, std::string reason);
+    void sort_line(std::string_view line, clock::time_point now, link_actions& out);
+    void on_handshake_line(std::string_view line, clock::time_point now, link_actions& out);
+    void on_reply(protocol::guest_message reply, clock::time_point now, link_actions& out);
+    void violation(std::string detail, link_actions& out);
+    void declare_unresponsive(boost::system::error_code cause, std::string reason,
+                              link_actions& out);
+    // Ends a step: what the owner must do with the socket.
+    void conclude(link_actions& out) const noexcept;
     void finish(entry& e, boost::system::error_code error, request_outcome outcome,
                 clock::time_point now);
     std::size_t staged_offset(std::size_t index) const;
@@ -154,7 +182,6 @@ class link_core {
     void release_spare_capacity();
 
     guest_link_options options_;
-    link_event_handler on_event_;
     protocol::line_framer framer_;
     phase phase_ = phase::disconnected;
 

@@ -100,6 +100,11 @@ struct link_stats {
     std::uint64_t late_replies_dropped = 0;
     std::uint64_t lifecycle_events = 0;
     std::uint64_t unknown_messages = 0;
+    // The deadline timer fired (a due request, handshake, keepalive or grace); moving it is free.
+    std::uint64_t deadline_wakeups = 0;
+    // Waits for a socket file that had to rely on the retry timer alone: no inotify watch could
+    // be made (no instance left, the directory missing, the watch limit).
+    std::uint64_t socket_watch_failures = 0;
     std::string last_error;
 };
 

@@ -1,6 +1,7 @@
 // guest_link end to end over real TCP, unix and hybrid sockets against the scripted fake guest.
 // Each test runs the link and the fake guest on one single-threaded io_context, as the daemon
 // does; deadlines are generous because the suite also runs under ASan on a busy machine.
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -134,6 +135,17 @@ const Event* first_of(const std::vector<link::link_event>& events) {
             return found;
     }
     return nullptr;
+}
+
+// The process's inotify instances: its descriptors that are one.
+std::size_t inotify_instances() {
+    std::size_t n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(entry.path(), ec);
+        n += !ec && target.string() == "anon_inode:inotify" ? 1 : 0;
+    }
+    return n;
 }
 
 bool is_pong(const link::request_result& r) {
@@ -509,6 +521,68 @@ BOOST_AUTO_TEST_CASE(a_request_after_the_stop_is_refused_and_counted_as_refused)
     f.shut_down_and_expect_idle();
 }
 
+BOOST_AUTO_TEST_CASE(the_deadline_timer_fires_only_when_something_is_due) {
+    // Requests every half request_timeout: a timer left at an answered request's deadline used
+    // to fire for nothing about every other request.
+    link_fixture f;
+    auto options = f.quick_options();
+    options.request_timeout = 200ms;
+    f.link = f.make_link(f.guest.listen_tcp(), options);
+    constexpr int request_count = 20;
+    int answered = 0;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        for (int i = 0; i < request_count; ++i) {
+            const protocol::host_message ping = protocol::ping_request{};
+            auto reply = co_await f.link->async_request(ping);
+            answered += is_pong(reply) ? 1 : 0;
+            co_await sleep_for(100ms);
+        }
+    });
+    BOOST_TEST(answered == request_count);
+    BOOST_TEST(f.link->stats().timeouts == 0u);
+    // Nothing was due: no request timed out, the handshake was answered, no keepalive (60 s).
+    BOOST_TEST(f.link->stats().deadline_wakeups <= 2u);
+    f.shut_down_and_expect_idle();
+}
+
+// What managed_guest does on `up`: send requests from inside the event handler. The link tells
+// the handler after link_core's step has returned, so the request simply joins the queue.
+BOOST_AUTO_TEST_CASE(an_event_handler_may_send_requests_from_inside_up_after_every_connect) {
+    link_fixture f;
+    std::vector<request_result> replies;
+    std::shared_ptr<guest_link> l;
+    int ups = 0;
+    auto target = transport::parse_endpoint(f.guest.listen_tcp());
+    BOOST_TEST_REQUIRE(target.has_value());
+    l = guest_link::create(
+        f.io.get_executor(), *target, f.quick_options(), [&](const link_event& e) {
+            f.events.push_back(e);
+            if (!std::holds_alternative<link::link_events::up>(e))
+                return;
+            ++ups;
+            for (int i = 0; i < 3; ++i) {
+                const protocol::host_message ping = protocol::ping_request{};
+                l->async_send(ping, l->default_deadline(),
+                              [&](boost::system::error_code ec, protocol::guest_message reply) {
+                                  replies.push_back(link::to_request_result(ec, reply));
+                              });
+            }
+        });
+    f.link = l;
+    l->start();
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return replies.size() == 3u; }));
+        f.guest.close_connections();  // the next `up` sends three more
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return replies.size() == 6u; }));
+    });
+    BOOST_TEST(ups == 2);
+    for (const auto& r : replies)
+        BOOST_TEST(is_pong(r));
+    BOOST_TEST(l->stats().protocol_errors == 0u);
+    f.shut_down_and_expect_idle();
+}
+
 BOOST_AUTO_TEST_CASE(reconnect_now_drops_a_silent_link_and_reconnects_at_once) {
     link_fixture f;
     auto options = f.quick_options();
@@ -610,6 +684,81 @@ BOOST_AUTO_TEST_CASE(a_socket_directory_removed_and_made_again_is_still_watched)
     });
     const auto took_ms = std::chrono::duration_cast<std::chrono::milliseconds>(took).count();
     BOOST_TEST(took_ms < 1000, "took " << took_ms << " ms: the retry timer, not the watch");
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(two_hundred_links_waiting_for_their_sockets_share_one_inotify_instance) {
+    // More links than the default limit of 128 inotify instances per user: each used to open its
+    // own, and the ones beyond the limit silently waited out their timers.
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 30s;  // only the watch can bring them up within the test
+    options.reconnect_max = 30s;
+    constexpr std::size_t link_count = 200;
+    std::vector<std::string> paths;
+    for (std::size_t i = 0; i < link_count; ++i) {
+        const auto vm_dir = f.dir / ("vms-" + std::to_string(i % 4));
+        std::filesystem::create_directories(vm_dir);
+        paths.push_back((vm_dir / ("vm-" + std::to_string(i) + ".sock")).string());
+    }
+    const auto instances_before = inotify_instances();
+    std::vector<std::shared_ptr<guest_link>> links;
+    std::vector<std::vector<link_event>> sinks(link_count);
+    for (std::size_t i = 0; i < link_count; ++i)
+        links.push_back(f.make_link("unix:" + paths[i], options, &sinks[i]));
+    auto all = [&](auto predicate) { return std::all_of(links.begin(), links.end(), predicate); };
+    std::size_t instances_while_down = 0;
+    clock_type::duration took{};
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually(
+            [&] { return all([](const auto& l) { return l->stats().connect_failures == 1u; }); }));
+        co_await sleep_for(100ms);  // every link is in its 15-30 s wait
+        instances_while_down = inotify_instances() - instances_before;
+        const auto start = clock_type::now();
+        for (const auto& path : paths)
+            f.guest.listen_unix(path);
+        BOOST_TEST(co_await eventually(
+            [&] { return all([](const auto& l) { return l->is_up(); }); }, 10s));
+        took = clock_type::now() - start;
+    });
+    BOOST_TEST(instances_while_down == 1u);
+    for (const auto& l : links) {
+        BOOST_TEST(l->stats().socket_watch_failures == 0u);
+        BOOST_TEST(l->stats().connect_failures == 1u);  // the timer never ended a wait
+    }
+    const auto took_ms = std::chrono::duration_cast<std::chrono::milliseconds>(took).count();
+    BOOST_TEST(took_ms < 5000, "took " << took_ms << " ms");
+    asio::co_spawn(
+        f.io,
+        [&]() -> asio::awaitable<void> {
+            for (const auto& l : links)
+                co_await l->async_stop();
+            f.guest.stop();
+        },
+        [](const std::exception_ptr& e) {
+            if (e)
+                std::rethrow_exception(e);
+        });
+    f.io.restart();
+    f.io.run_for(10s);
+    BOOST_TEST(f.io.stopped(), "work was left on the io_context after stopping");
+}
+
+BOOST_AUTO_TEST_CASE(a_socket_directory_that_cannot_be_watched_is_counted_and_the_timer_retries) {
+    link_fixture f;
+    auto options = f.quick_options();
+    options.reconnect_initial = 100ms;
+    options.reconnect_max = 100ms;
+    const auto path = (f.dir / "not-yet" / "vm.sock").string();  // no such directory
+    f.link = f.make_link("unix:" + path, options);
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(
+            co_await eventually([&] { return f.link->stats().connect_failures >= 2u; }));
+        BOOST_TEST(f.link->stats().socket_watch_failures >= 1u);
+        std::filesystem::create_directories(f.dir / "not-yet");
+        f.guest.listen_unix(path);
+        BOOST_TEST(co_await eventually([&] { return f.link->is_up(); }, 5s));
+    });
     f.shut_down_and_expect_idle();
 }
 

@@ -63,8 +63,13 @@ struct core_fixture {
         o.keepalive_interval = 15s;
         return o;
     }();
-    std::vector<link::link_event> events;
-    link::link_core core{options, [this](const link::link_event& e) { events.push_back(e); }};
+    // Every step's decisions, kept: the tests read the events told so far.
+    link::link_actions actions;
+    std::vector<link::link_event>& events = actions.events;
+    link::link_core core{options};
+
+    void on_bytes(std::string_view bytes, time_point now) { core.on_bytes(bytes, now, actions); }
+    void on_deadline(time_point now) { core.on_deadline(now, actions); }
 
     template <class Event>
     std::size_t count() const {
@@ -90,7 +95,7 @@ struct core_fixture {
     void bring_up(time_point now = t0) {
         core.on_connected(now, now + options.connect_timeout);
         BOOST_TEST_REQUIRE(written() == "{\"type\":\"get_health\"}\n");
-        core.on_bytes(health_line, now);
+        on_bytes(health_line, now);
         BOOST_TEST_REQUIRE(core.is_up());
     }
 };
@@ -113,9 +118,9 @@ BOOST_AUTO_TEST_CASE(a_health_answer_brings_the_link_up_and_earlier_pushes_follo
     f.core.on_connected(t0, t0 + 2s);
     // Only the handshake goes out before the guest answered.
     BOOST_TEST(f.written() == "{\"type\":\"get_health\"}\n");
-    f.core.on_bytes("{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\"}}\n", t0 + 1ms);
+    f.on_bytes("{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\"}}\n", t0 + 1ms);
     BOOST_TEST(f.events.empty());
-    f.core.on_bytes(health_line, t0 + 2ms);
+    f.on_bytes(health_line, t0 + 2ms);
     BOOST_TEST_REQUIRE(f.core.is_up());
     BOOST_TEST_REQUIRE(f.events.size() == 2u);
     const auto* up = std::get_if<link::link_events::up>(&f.events[0]);
@@ -132,7 +137,7 @@ BOOST_AUTO_TEST_CASE(garbage_instead_of_an_answer_fails_the_attempt) {
     core_fixture f;
     f.core.on_connected(t0, t0 + 2s);
     f.written();
-    f.core.on_bytes("HTTP/1.1 400 Bad Request\r\n", t0 + 1ms);
+    f.on_bytes("HTTP/1.1 400 Bad Request\r\n", t0 + 1ms);
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 1ms);
     BOOST_TEST(!end.was_up);
@@ -145,7 +150,7 @@ BOOST_AUTO_TEST_CASE(a_reply_of_another_kind_fails_the_attempt) {
     core_fixture f;
     f.core.on_connected(t0, t0 + 2s);
     f.written();
-    f.core.on_bytes(pong_line, t0 + 1ms);
+    f.on_bytes(pong_line, t0 + 1ms);
     const auto end = f.core.on_connection_ended(false, t0 + 1ms);
     BOOST_TEST((end.reason == error_code(link::link_error::handshake_failed)));
     BOOST_TEST(end.detail.find("guest answered get_health with") != std::string::npos);
@@ -156,9 +161,9 @@ BOOST_AUTO_TEST_CASE(silence_until_the_deadline_is_a_handshake_timeout) {
     f.core.on_connected(t0, t0 + 2s);
     f.written();
     BOOST_TEST((f.core.next_deadline() == t0 + 2s));
-    f.core.on_deadline(t0 + 1999ms);
+    f.on_deadline(t0 + 1999ms);
     BOOST_TEST(!f.core.drop_requested());
-    f.core.on_deadline(t0 + 2s);
+    f.on_deadline(t0 + 2s);
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 2s);
     BOOST_TEST(!end.was_up);
@@ -182,7 +187,7 @@ BOOST_AUTO_TEST_CASE(lines_after_the_answer_in_the_same_read_are_served) {
     core_fixture f;
     f.core.on_connected(t0, t0 + 2s);
     f.written();
-    f.core.on_bytes(
+    f.on_bytes(
         std::string(health_line) + "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\"}}\n",
         t0 + 1ms);
     BOOST_TEST(f.core.is_up());
@@ -207,7 +212,7 @@ BOOST_AUTO_TEST_CASE(replies_complete_requests_in_fifo_order_from_one_gathered_w
     BOOST_TEST(f.core.written_requests() == 3u);
     BOOST_TEST(f.core.queued_bytes() == 0u);
 
-    f.core.on_bytes(
+    f.on_bytes(
         std::string(pong_line) + health_with_uptime(9) +
             R"({"type":"ack","payload":{"reply_to":"mount","ok":false,"error":"no such tag"}})"
             "\n",
@@ -239,15 +244,15 @@ BOOST_AUTO_TEST_CASE(a_request_times_out_at_its_deadline_and_its_late_reply_is_d
     f.core.add(health, t0 + 20s, t0, &second);
     f.written();
     BOOST_TEST((f.core.next_deadline() == t0 + 10s));
-    f.core.on_deadline(t0 + 10s);
+    f.on_deadline(t0 + 10s);
     BOOST_TEST(first.failed_with(link::link_error::request_timeout));
     BOOST_TEST(second.calls == 0);
     BOOST_TEST(f.core.stats().timeouts == 1u);
     // The late reply to the first request must not reach the second.
-    f.core.on_bytes(health_with_uptime(1), t0 + 11s);
+    f.on_bytes(health_with_uptime(1), t0 + 11s);
     BOOST_TEST(second.calls == 0);
     BOOST_TEST(f.core.stats().late_replies_dropped == 1u);
-    f.core.on_bytes(health_with_uptime(2), t0 + 11s);
+    f.on_bytes(health_with_uptime(2), t0 + 11s);
     BOOST_TEST(std::get<protocol::health_payload>(*second.reply).uptime_seconds == 2);
     BOOST_TEST(first.calls == 1);
     BOOST_TEST(!f.core.drop_requested());
@@ -258,7 +263,7 @@ BOOST_AUTO_TEST_CASE(an_unwritten_request_past_its_deadline_is_unavailable_and_r
     recording_waiter a, b;
     f.core.add(ping, t0 + 1s, t0, &a);
     f.core.add(health, t0 + 5s, t0, &b);
-    f.core.on_deadline(t0 + 1s);
+    f.on_deadline(t0 + 1s);
     BOOST_TEST(a.failed_with(link::link_error::guest_unavailable));
     BOOST_TEST(f.core.queued_requests() == 1u);
     f.bring_up(t0 + 2s);
@@ -279,7 +284,7 @@ BOOST_AUTO_TEST_CASE(withdrawing_removes_an_unwritten_request_and_abandons_a_wri
         (f.core.withdraw(written_id, t0) == link::link_core::withdraw_outcome::abandoned_written));
     BOOST_TEST((f.core.withdraw(written_id, t0) == link::link_core::withdraw_outcome::not_found));
     BOOST_TEST(f.written() == "{\"type\":\"get_health\"}\n");
-    f.core.on_bytes(std::string(pong_line) + health_with_uptime(3), t0 + 1ms);
+    f.on_bytes(std::string(pong_line) + health_with_uptime(3), t0 + 1ms);
     BOOST_TEST(written.calls == 0);
     BOOST_TEST(unwritten.calls == 0);
     BOOST_TEST(std::get<protocol::health_payload>(*last.reply).uptime_seconds == 3);
@@ -292,11 +297,11 @@ BOOST_AUTO_TEST_CASE(three_consecutive_timeouts_make_one_unresponsive_verdict) {
     for (int i = 0; i < 4; ++i)
         f.core.add(ping, t0 + 10s + std::chrono::seconds(i), t0, &w[i]);
     f.written();
-    f.core.on_deadline(t0 + 10s);
-    f.core.on_deadline(t0 + 11s);
+    f.on_deadline(t0 + 10s);
+    f.on_deadline(t0 + 11s);
     BOOST_TEST(!f.core.drop_requested());
     BOOST_TEST(f.count<link::link_events::unresponsive>() == 0u);
-    f.core.on_deadline(t0 + 13s);  // the third and fourth at once
+    f.on_deadline(t0 + 13s);  // the third and fourth at once
     BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
     const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
     BOOST_TEST((verdict.cause == error_code(link::link_error::guest_unresponsive)));
@@ -304,9 +309,9 @@ BOOST_AUTO_TEST_CASE(three_consecutive_timeouts_make_one_unresponsive_verdict) {
     // Kept open for the grace period (a paused VM answers after `cont`), then dropped.
     BOOST_TEST(!f.core.drop_requested());
     BOOST_TEST((f.core.next_deadline() <= t0 + 13s + 120s));
-    f.core.on_deadline(t0 + 13s + 120s - 1ms);
+    f.on_deadline(t0 + 13s + 120s - 1ms);
     BOOST_TEST(!f.core.drop_requested());
-    f.core.on_deadline(t0 + 13s + 120s);
+    f.on_deadline(t0 + 13s + 120s);
     BOOST_TEST(f.core.drop_requested());
     const auto end = f.core.on_connection_ended(false, t0 + 133s);
     BOOST_TEST(end.was_up);
@@ -322,7 +327,7 @@ BOOST_AUTO_TEST_CASE(an_answer_within_the_grace_ends_it_and_keeps_the_connection
     for (auto& waiter : w)
         f.core.add(ping, t0 + 10s, t0, &waiter);
     f.written();
-    f.core.on_deadline(t0 + 10s);
+    f.on_deadline(t0 + 10s);
     BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
     BOOST_TEST(f.core.is_unresponsive());
     // 20 s later the guest resumes and answers everything in order: the abandoned requests'
@@ -332,11 +337,11 @@ BOOST_AUTO_TEST_CASE(an_answer_within_the_grace_ends_it_and_keeps_the_connection
     std::string four;
     for (int i = 0; i < 4; ++i)
         four += pong_line;
-    f.core.on_bytes(four, t0 + 30s);
+    f.on_bytes(four, t0 + 30s);
     BOOST_TEST(f.count<link::link_events::responsive>() == 1u);
     BOOST_TEST(!f.core.is_unresponsive());
     BOOST_TEST(after.calls == 1);
-    f.core.on_deadline(t0 + 200s);
+    f.on_deadline(t0 + 200s);
     BOOST_TEST(!f.core.drop_requested());
     BOOST_TEST(f.core.stats().late_replies_dropped == 3u);
 }
@@ -359,14 +364,14 @@ BOOST_AUTO_TEST_CASE(any_reply_resets_the_timeout_count_a_late_one_too) {
     for (int i = 0; i < 2; ++i)
         f.core.add(ping, t0 + 10s, t0, &w[i]);
     f.written();
-    f.core.on_deadline(t0 + 10s);
+    f.on_deadline(t0 + 10s);
     BOOST_TEST(f.core.consecutive_timeouts() == 2u);
-    f.core.on_bytes(pong_line, t0 + 10s);  // late, dropped, but the guest lives
+    f.on_bytes(pong_line, t0 + 10s);  // late, dropped, but the guest lives
     BOOST_TEST(f.core.consecutive_timeouts() == 0u);
     for (int i = 2; i < 4; ++i)
         f.core.add(ping, t0 + 30s, t0 + 20s, &w[i]);
     f.written();
-    f.core.on_deadline(t0 + 30s);
+    f.on_deadline(t0 + 30s);
     BOOST_TEST(!f.core.drop_requested());
 }
 
@@ -374,7 +379,7 @@ BOOST_AUTO_TEST_CASE(a_reply_of_the_wrong_kind_or_with_nothing_outstanding_is_a_
     {
         core_fixture f;
         f.bring_up();
-        f.core.on_bytes(pong_line, t0);
+        f.on_bytes(pong_line, t0);
         BOOST_TEST(f.count<link::link_events::protocol_violation>() == 1u);
         const auto end = f.core.on_connection_ended(false, t0);
         BOOST_TEST((end.reason == error_code(link::link_error::protocol_error)));
@@ -387,9 +392,9 @@ BOOST_AUTO_TEST_CASE(a_reply_of_the_wrong_kind_or_with_nothing_outstanding_is_a_
         f.core.add(mount, t0 + 10s, t0, &a);
         f.written();
         f.core.add(ping, t0 + 10s, t0, &b);  // unwritten: stays for the next connection
-        f.core.on_bytes(R"({"type":"ack","payload":{"reply_to":"set_config","ok":true}})"
-                        "\n",
-                        t0);
+        f.on_bytes(R"({"type":"ack","payload":{"reply_to":"set_config","ok":true}})"
+                   "\n",
+                   t0);
         const auto end = f.core.on_connection_ended(false, t0);
         BOOST_TEST(end.detail.find("expected ack for mount") != std::string::npos);
         BOOST_TEST(a.failed_with(link::link_error::protocol_error));
@@ -411,7 +416,7 @@ BOOST_AUTO_TEST_CASE(pushes_interleaved_with_replies_byte_by_byte_never_complete
     const std::string stream = push + std::string(pong_line) + push + push + health_with_uptime(4) +
                                "\n" + std::string(pong_line) + push;
     for (char c : stream)
-        f.core.on_bytes(std::string_view(&c, 1), t0);
+        f.on_bytes(std::string_view(&c, 1), t0);
     BOOST_TEST(f.count<link::link_events::lifecycle>() == 4u);
     BOOST_TEST(std::holds_alternative<protocol::pong_reply>(*w[0].reply));
     BOOST_TEST(std::get<protocol::health_payload>(*w[1].reply).uptime_seconds == 4);
@@ -425,8 +430,8 @@ BOOST_AUTO_TEST_CASE(unknown_types_are_reported_and_skipped) {
     recording_waiter a;
     f.core.add(ping, t0 + 10s, t0, &a);
     f.written();
-    f.core.on_bytes("{\"type\":\"telemetry\"}\n", t0);
-    f.core.on_bytes(pong_line, t0);
+    f.on_bytes("{\"type\":\"telemetry\"}\n", t0);
+    f.on_bytes(pong_line, t0);
     BOOST_TEST(f.count<link::link_events::unknown_message>() == 1u);
     BOOST_TEST(a.reply.has_value());
     BOOST_TEST(!f.core.drop_requested());
@@ -435,7 +440,7 @@ BOOST_AUTO_TEST_CASE(unknown_types_are_reported_and_skipped) {
 BOOST_AUTO_TEST_CASE(an_over_long_line_is_a_violation) {
     core_fixture f;
     f.bring_up();
-    f.core.on_bytes(std::string(protocol::max_line_bytes + 10, 'x'), t0);
+    f.on_bytes(std::string(protocol::max_line_bytes + 10, 'x'), t0);
     BOOST_TEST(f.core.drop_requested());
     BOOST_TEST(f.count<link::link_events::protocol_violation>() == 1u);
 }
@@ -443,7 +448,7 @@ BOOST_AUTO_TEST_CASE(an_over_long_line_is_a_violation) {
 BOOST_AUTO_TEST_CASE(oversized_requests_and_a_full_queue_are_refused) {
     core_fixture f;
     f.options.max_queued_requests = 2;
-    link::link_core core{f.options, nullptr};
+    link::link_core core{f.options};
     recording_waiter w;
     const protocol::host_message huge{
         protocol::config_payload{std::string(protocol::max_line_bytes, 'x')}};
@@ -477,7 +482,7 @@ BOOST_AUTO_TEST_CASE(connection_loss_fails_written_and_keeps_unwritten_for_the_n
 
     f.bring_up(t0 + 2s);
     BOOST_TEST(f.written() == "{\"type\":\"get_health\"}\n");
-    f.core.on_bytes(health_line, t0 + 2s);
+    f.on_bytes(health_line, t0 + 2s);
     BOOST_TEST(unwritten.reply.has_value());
 }
 
@@ -506,18 +511,18 @@ BOOST_AUTO_TEST_CASE(an_idle_link_pings_after_the_keepalive_interval_and_not_bef
     core_fixture f;
     f.bring_up();
     BOOST_TEST((f.core.next_deadline() == t0 + 15s));
-    f.core.on_deadline(t0 + 14s);
+    f.on_deadline(t0 + 14s);
     BOOST_TEST(f.written().empty());
     // Anything received pushes the ping back.
-    f.core.on_bytes("{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\"}}\n", t0 + 10s);
-    f.core.on_deadline(t0 + 15s);
+    f.on_bytes("{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\"}}\n", t0 + 10s);
+    f.on_deadline(t0 + 15s);
     BOOST_TEST(f.written().empty());
-    f.core.on_deadline(t0 + 25s);
+    f.on_deadline(t0 + 25s);
     BOOST_TEST(f.written() == "{\"type\":\"ping\"}\n");
     // One at a time, and answered it is forgotten.
-    f.core.on_deadline(t0 + 26s);
+    f.on_deadline(t0 + 26s);
     BOOST_TEST(f.written().empty());
-    f.core.on_bytes(pong_line, t0 + 26s);
+    f.on_bytes(pong_line, t0 + 26s);
     BOOST_TEST(f.core.queued_requests() == 0u);
     BOOST_TEST((f.core.next_deadline() == t0 + 41s));
     BOOST_TEST(f.core.metrics().counts[ping.index()][0] == 1u);
@@ -526,11 +531,11 @@ BOOST_AUTO_TEST_CASE(an_idle_link_pings_after_the_keepalive_interval_and_not_bef
 BOOST_AUTO_TEST_CASE(an_unanswered_keepalive_is_a_keepalive_timeout) {
     core_fixture f;
     f.bring_up();
-    f.core.on_deadline(t0 + 15s);
+    f.on_deadline(t0 + 15s);
     f.written();
-    f.core.on_deadline(t0 + 25s - 1ms);
+    f.on_deadline(t0 + 25s - 1ms);
     BOOST_TEST(!f.core.drop_requested());
-    f.core.on_deadline(t0 + 25s);
+    f.on_deadline(t0 + 25s);
     BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
     const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
     BOOST_TEST((verdict.cause == error_code(link::link_error::keepalive_timeout)));
@@ -544,9 +549,9 @@ BOOST_AUTO_TEST_CASE(a_keepalive_timeout_that_is_also_the_nth_timeout_is_one_ver
     recording_waiter a, b;
     f.core.add(ping, t0 + 24s, t0 + 14s, &a);
     f.core.add(ping, t0 + 24s, t0 + 14s, &b);
-    f.core.on_deadline(t0 + 15s);  // idle since t0: the keepalive joins them
+    f.on_deadline(t0 + 15s);  // idle since t0: the keepalive joins them
     f.written();
-    f.core.on_deadline(t0 + 25s);
+    f.on_deadline(t0 + 25s);
     BOOST_TEST(f.count<link::link_events::unresponsive>() == 1u);
     const auto& verdict = std::get<link::link_events::unresponsive>(f.events.back());
     BOOST_TEST((verdict.cause == error_code(link::link_error::guest_unresponsive)));
@@ -558,7 +563,7 @@ BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_writte
         f.bring_up();
         f.core.drop(link::link_error::reconnect_requested, "reconnect requested");
         f.core.on_lost(boost::asio::error::operation_aborted, "read");  // the close it caused
-        f.core.on_bytes(pong_line, t0);                                 // ignored once dropping
+        f.on_bytes(pong_line, t0);                                      // ignored once dropping
         const auto end = f.core.on_connection_ended(false, t0);
         BOOST_TEST((end.reason == error_code(link::link_error::reconnect_requested)));
         BOOST_TEST(end.detail == "reconnect requested");
@@ -591,6 +596,107 @@ BOOST_AUTO_TEST_CASE(the_first_drop_reason_wins_and_stopping_decides_what_writte
         const auto end = f.core.on_connection_ended(false, t0);  // closed without a reason
         BOOST_TEST((end.reason == error_code(link::link_error::connection_closed)));
     }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(link_core_actions)
+
+// What managed_guest's provisioning does: react to `up` by sending requests. The core told the
+// owner after the step returned, so the request joins the queue behind the earlier ones.
+BOOST_AUTO_TEST_CASE(an_owner_adding_a_request_on_up_gets_it_written_after_the_earlier_ones) {
+    core_fixture f;
+    recording_waiter mounted, pinged;
+    BOOST_TEST_REQUIRE(f.core.add(mount, t0 + 10s, t0, &mounted).has_value());
+    f.core.on_connected(t0, t0 + 2s);
+    BOOST_TEST_REQUIRE(f.written() == "{\"type\":\"get_health\"}\n");
+    f.on_bytes(
+        std::string(health_line) + "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\"}}\n",
+        t0 + 1ms);
+    BOOST_TEST_REQUIRE(f.events.size() == 2u);
+    BOOST_TEST(std::holds_alternative<link::link_events::up>(f.events[0]));
+    BOOST_TEST(std::holds_alternative<link::link_events::lifecycle>(f.events[1]));
+    BOOST_TEST(f.actions.write);  // the mount queued before the connection waits
+    BOOST_TEST(!f.actions.close);
+
+    // The owner's handler, run as the shell runs it: after the step, with the core consistent.
+    for (const auto& event : f.events) {
+        if (std::holds_alternative<link::link_events::up>(event))
+            BOOST_TEST_REQUIRE(f.core.add(ping, t0 + 10s, t0 + 1ms, &pinged).has_value());
+    }
+    f.actions.clear();
+    BOOST_TEST(f.written() == *protocol::encode(mount) + "{\"type\":\"ping\"}\n");
+    f.on_bytes(R"({"type":"ack","payload":{"reply_to":"mount","ok":true}})"
+               "\n" +
+                   std::string(pong_line),
+               t0 + 2ms);
+    BOOST_TEST(mounted.reply.has_value());
+    BOOST_TEST(pinged.reply.has_value());
+    BOOST_TEST(f.events.empty());
+    BOOST_TEST(f.core.stats().protocol_errors == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(an_owner_reconnecting_on_an_event_finds_the_step_finished) {
+    core_fixture f;
+    f.bring_up();
+    f.actions.clear();
+    f.on_bytes(
+        "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"healthy\"}}\n"
+        "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\"}}\n",
+        t0 + 1ms);
+    // Both lines were sorted before the owner heard of the first.
+    BOOST_TEST(f.count<link::link_events::lifecycle>() == 2u);
+    f.core.drop(link::link_error::reconnect_requested, "reconnect requested");
+    f.on_bytes(pong_line, t0 + 2ms);  // nothing is sorted once dropping
+    BOOST_TEST(f.count<link::link_events::protocol_violation>() == 0u);
+    BOOST_TEST(f.actions.close);
+    BOOST_TEST(!f.actions.write);
+}
+
+BOOST_AUTO_TEST_CASE(a_step_tells_the_owner_to_close_or_to_write) {
+    {
+        core_fixture f;
+        f.bring_up();
+        f.actions.clear();
+        f.on_bytes(pong_line, t0 + 1ms);  // a reply with nothing outstanding
+        BOOST_TEST(f.actions.close);
+        BOOST_TEST(f.count<link::link_events::protocol_violation>() == 1u);
+    }
+    {
+        core_fixture f;
+        f.bring_up();
+        f.actions.clear();
+        f.on_deadline(t0 + 15s);  // idle for keepalive_interval: a ping is due
+        BOOST_TEST(f.actions.write);
+        BOOST_TEST(!f.actions.close);
+        BOOST_TEST(f.written() == "{\"type\":\"ping\"}\n");
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_large_request_gives_its_write_buffer_back_once_written) {
+    core_fixture f;
+    f.bring_up();
+    const std::size_t small_bound = 128 * 1024;  // link_core keeps up to 64 KiB per buffer
+    BOOST_TEST(f.core.write_capacity() <= small_bound);
+    recording_waiter w;
+    const protocol::host_message large{
+        protocol::config_payload{std::string(protocol::max_line_bytes - 1024, 'c')}};
+    BOOST_TEST_REQUIRE(f.core.add(large, t0 + 10s, t0, &w).has_value());
+    BOOST_TEST(f.core.write_capacity() >= protocol::max_line_bytes - 1024);
+    // Written in pieces, as a socket takes it.
+    std::size_t written = 0;
+    for (auto bytes = f.core.prepare_write(); !bytes.empty(); bytes = f.core.prepare_write()) {
+        const auto piece = std::min<std::size_t>(bytes.size(), 200 * 1024);
+        written += piece;
+        f.core.commit_write(piece);
+    }
+    BOOST_TEST(written > protocol::max_line_bytes - 1024);
+    BOOST_TEST(f.core.write_capacity() <= small_bound);
+    // A small request afterwards does not bring the megabyte back.
+    recording_waiter p;
+    f.core.add(ping, t0 + 10s, t0, &p);
+    BOOST_TEST(f.written() == "{\"type\":\"ping\"}\n");
+    BOOST_TEST(f.core.write_capacity() <= small_bound);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
