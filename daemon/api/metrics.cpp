@@ -142,6 +142,9 @@ std::string api_metrics::render(const guest_registry& registry, const event_bus&
     per_guest("stereos_guest_protocol_errors_total", "counter",
               "Protocol errors (wrong reply kind, bad line); each resets the connection.",
               [](const managed_guest& g) { return g.link().stats().protocol_errors; });
+    per_guest("stereos_guest_link_socket_watch_failures_total", "counter",
+              "Waits for the guest's socket file without an inotify watch (retry timer only).",
+              [](const managed_guest& g) { return g.link().stats().socket_watch_failures; });
     per_guest("stereos_guest_link_requests_total", "counter",
               "Requests sent on the link, including health polls and keepalives.",
               [](const managed_guest& g) { return g.link().stats().requests; });
