@@ -1,6 +1,7 @@
-// The local API's routes and handlers: one parsed HTTP request in, one response out, with no
-// socket, so tests and the fuzz target can drive them directly. The event stream needs the
-// socket: dispatch() only recognises and checks it, and api_session serves it.
+// The local API's route table and matcher: one parsed HTTP request in, one response out, with
+// no socket, so tests and the fuzz target can drive them directly. The handlers are by resource
+// in routes_*.cpp (routes_internal.hpp), the shared responses in responses.hpp. The event
+// stream needs the socket: run_route() only recognises and checks it, and api_session serves it.
 // Single-threaded, on the daemon's executor.
 #pragma once
 
@@ -15,23 +16,16 @@
 #include <variant>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/json/value.hpp>
-#include <boost/system/result.hpp>
+#include <boost/beast/http/verb.hpp>
 
 #include "daemon/api/metrics.hpp"
 #include "daemon/api/request.hpp"
+#include "daemon/api/responses.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest/guest_registry.hpp"
 
 namespace stereos::daemon::api {
 
-using http_request = boost::beast::http::request<boost::beast::http::string_body>;
-using http_response = boost::beast::http::response<boost::beast::http::string_body>;
-
-inline constexpr std::size_t max_header_bytes = 16 * 1024;
-inline constexpr std::size_t max_body_bytes = 1024 * 1024;
 // Long-polls (`wait`) are bounded so an abandoned one cannot hold a connection for long.
 inline constexpr std::chrono::seconds max_wait_timeout{3600};
 
@@ -122,32 +116,5 @@ std::variant<route_match, http_response> match_route(const http_request& request
 // declare is flagged (see `route`).
 boost::asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
                                               const peer_access& access, api_context& context);
-
-// Routes one request: match_route, then run_route. Never throws for anything a client sends:
-// every problem becomes an error response. `request.body()` may hold a secret: handlers never
-// log or echo it.
-boost::asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
-                                             api_context& context);
-
-// {"error":{"code":...,"message":...}} with that status. The codes and their statuses:
-// bad_request 400, forbidden 403, guest_not_found 404, not_found 404, method_not_allowed 405,
-// wait_timeout 408, guest_exists 409, guest_in_config 409, payload_too_large 413,
-// internal_error 500, guest_error 502, connection_lost 502, guest_unavailable 503,
-// server_busy 503, guest_timeout 504.
-http_response error_response(unsigned status, std::string_view code, std::string_view message,
-                             unsigned version = 11);
-
-// Parses one complete request from raw bytes with the server's limits (headers 16 KiB, body
-// 1 MiB). For the fuzz target and tests; the server parses incrementally from its socket.
-boost::system::result<http_request> parse_request(std::string_view bytes);
-
-// The response a request that could not be parsed gets: 413 for an over-long body, else 400.
-http_response parse_error_response(boost::system::error_code error);
-
-// The response as bytes on the wire (Content-Length set).
-std::string serialize(http_response response);
-
-// "GET /v1/guests/vm1" (no query string: it is never needed to tell requests apart).
-std::string describe(const http_request& request);
 
 }  // namespace stereos::daemon::api

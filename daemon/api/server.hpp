@@ -1,7 +1,7 @@
 // The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. The socket file
 // (api_socket_file.hpp), an accept loop with a connection limit, and one api_session per
 // connection (api_session.hpp: timeouts, requests, the event stream), whose peer's rights come
-// from SO_PEERCRED (api_peer.hpp). The routes are in api_routes.hpp. Runs on the daemon's one
+// from SO_PEERCRED (api_peer.hpp). The routes are in routes.hpp. Runs on the daemon's one
 // io_context; no threads, no mutexes.
 #pragma once
 

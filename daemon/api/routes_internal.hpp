@@ -1,0 +1,72 @@
+// What the route handlers share, private to daemon/api: the call a handler gets, the guest
+// lookup, and the handlers by resource (routes_*.cpp), which routes.cpp puts in its table.
+// Single-threaded, on the daemon's executor.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+
+#include "daemon/api/responses.hpp"
+#include "daemon/api/routes.hpp"
+#include "daemon/guest/managed_guest.hpp"
+#include "daemon/guest/provisioning.hpp"
+
+namespace stereos::daemon::api {
+
+// What a handler reads: the request, its route's match and who asked.
+struct route_call {
+    const http_request& request;
+    const route_match& match;
+    const peer_access& access;
+    api_context& context;
+    unsigned version;
+};
+
+// A guest by name, or the response for a name that is invalid or unknown.
+struct guest_lookup {
+    std::shared_ptr<managed_guest> guest;
+    std::optional<http_response> error;
+};
+guest_lookup find_guest(api_context& context, const std::string& name, unsigned version);
+// The guest a per-guest route names; the error response instead if it has none.
+guest_lookup guest_of(route_call& call);
+
+// Host files and credentials only on the word of root or the daemon's user.
+provision_caller caller_of(const peer_access& access);
+
+using handler_result = boost::asio::awaitable<api_outcome>;
+
+// routes_daemon.cpp: GET /v1/ping, GET /metrics.
+handler_result handle_ping(route_call& call);
+handler_result handle_metrics(route_call& call);
+
+// routes_guests.cpp: the guests themselves.
+handler_result handle_list_guests(route_call& call);
+handler_result handle_add_guest(route_call& call);
+handler_result handle_show_guest(route_call& call);
+handler_result handle_remove_guest(route_call& call);
+handler_result handle_guest_reconnect(route_call& call);
+
+// routes_guest_requests.cpp: requests forwarded to a guest.
+handler_result handle_guest_ping(route_call& call);
+handler_result handle_guest_health(route_call& call);
+handler_result handle_guest_config(route_call& call);
+handler_result handle_guest_secret(route_call& call);
+handler_result handle_guest_ssh_key(route_call& call);
+handler_result handle_guest_mount(route_call& call);
+handler_result handle_guest_shutdown(route_call& call);
+
+// routes_provisioning.cpp: a guest's provisioning.
+handler_result handle_guest_provision(route_call& call);
+handler_result handle_guest_set_provision(route_call& call);
+handler_result handle_guest_show_provision(route_call& call);
+handler_result handle_guest_supply_values(route_call& call);
+
+// routes_events.cpp: the event stream and the long-poll on a guest's state.
+handler_result handle_events(route_call& call);
+handler_result handle_guest_wait(route_call& call);
+
+}  // namespace stereos::daemon::api
