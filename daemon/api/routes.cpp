@@ -47,41 +47,54 @@ constexpr route_error wait_errors[] = {
     {400, "bad_request"}, {404, "guest_not_found"}, {408, "wait_timeout"}, {503, "server_busy"}};
 
 using enum http::verb;
+// The row's flags, by name.
+constexpr bool audited = true;         // the audit trail records it (audit.hpp)
+constexpr bool hangup_cancels = true;  // cancelled_by_hangup
 constexpr route route_table[] = {
     {get, "/v1/ping", handle_ping, 200, {}},
     {get, "/v1/guests", handle_list_guests, 200, {}},
-    {post, "/v1/guests", handle_add_guest, 201, add_guest_errors},
+    {post, "/v1/guests", handle_add_guest, 201, add_guest_errors, audited},
     {get, "/v1/guests/{name}", handle_show_guest, 200, guest_errors},
-    {delete_, "/v1/guests/{name}", handle_remove_guest, 200, remove_errors},
-    {post, "/v1/guests/{name}/ping", handle_guest_ping, 200, guest_request_errors, true},
-    {get, "/v1/guests/{name}/health", handle_guest_health, 200, guest_request_errors, true},
-    {put, "/v1/guests/{name}/config", handle_guest_config, 200, guest_request_errors, true},
-    {post, "/v1/guests/{name}/secrets", handle_guest_secret, 200, guest_request_errors, true},
-    {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, ssh_key_errors, true},
-    {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, mount_errors, true},
+    {delete_, "/v1/guests/{name}", handle_remove_guest, 200, remove_errors, audited},
+    // A ping only asks: not audited.
+    {post, "/v1/guests/{name}/ping", handle_guest_ping, 200, guest_request_errors, !audited,
+     hangup_cancels},
+    {get, "/v1/guests/{name}/health", handle_guest_health, 200, guest_request_errors, !audited,
+     hangup_cancels},
+    {put, "/v1/guests/{name}/config", handle_guest_config, 200, guest_request_errors, audited,
+     hangup_cancels},
+    {post, "/v1/guests/{name}/secrets", handle_guest_secret, 200, guest_request_errors, audited,
+     hangup_cancels},
+    {post, "/v1/guests/{name}/ssh-keys", handle_guest_ssh_key, 200, ssh_key_errors, audited,
+     hangup_cancels},
+    {post, "/v1/guests/{name}/mounts", handle_guest_mount, 200, mount_errors, audited,
+     hangup_cancels},
     // Not cancelled by a hangup: the guest may act on a written shutdown, and the state machine
     // is to hear its answer.
-    {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors},
-    {post, "/v1/guests/{name}/provision", handle_guest_provision, 200, provision_errors},
-    {put, "/v1/guests/{name}/provision", handle_guest_set_provision, 200, set_provision_errors},
-    {patch, "/v1/guests/{name}/provision", handle_guest_supply_values, 200, set_provision_errors},
+    {post, "/v1/guests/{name}/shutdown", handle_guest_shutdown, 202, guest_request_errors, audited},
+    {post, "/v1/guests/{name}/provision", handle_guest_provision, 200, provision_errors, audited},
+    {put, "/v1/guests/{name}/provision", handle_guest_set_provision, 200, set_provision_errors,
+     audited},
+    {patch, "/v1/guests/{name}/provision", handle_guest_supply_values, 200, set_provision_errors,
+     audited},
     {get, "/v1/guests/{name}/provision", handle_guest_show_provision, 200, guest_errors},
-    {post, "/v1/guests/{name}/reconnect", handle_guest_reconnect, 202, guest_errors},
-    {get, "/v1/guests/{name}/wait", handle_guest_wait, 200, wait_errors, true},
+    {post, "/v1/guests/{name}/reconnect", handle_guest_reconnect, 202, guest_errors, audited},
+    {get, "/v1/guests/{name}/wait", handle_guest_wait, 200, wait_errors, !audited, hangup_cancels},
     {get, "/v1/events", handle_events, 200, guest_errors},
     {get, "/metrics", handle_metrics, 200, {}},
 };
 
-// A row without a handler, a success status or a pattern does not compile.
+// A row without a handler, a success status or a pattern does not compile, nor an audited read.
 constexpr bool table_complete() {
     for (const auto& entry : route_table) {
         if (entry.handler == nullptr || entry.success < 200 || entry.success > 299 ||
-            !entry.pattern.starts_with('/'))
+            !entry.pattern.starts_with('/') || (entry.verb == get && entry.audited))
             return false;
     }
     return true;
 }
-static_assert(table_complete(), "every route needs a handler, a 2xx status and a pattern");
+static_assert(table_complete(),
+              "every route needs a handler, a 2xx status and a pattern; no read is audited");
 
 }  // namespace
 

@@ -92,6 +92,9 @@ struct route {
     route_handler handler;
     unsigned success;
     std::span<const route_error> errors;
+    // The audit trail records its requests (audit.hpp): every route that may change something.
+    // Reads and pings, which only ask, are not.
+    bool audited = false;
     // The handler waits on a guest or a state: a client that hangs up meanwhile cancels it.
     bool cancelled_by_hangup = false;
 

@@ -162,6 +162,7 @@ asio::awaitable<void> api_session::run() {
             log::debug("API request " + what, {.request = what});
         }
         api::api_outcome outcome;
+        const api::route* matched_route = nullptr;
         if (over_limit_) {
             outcome = api::error_response(503, "server_busy",
                                           "too many API connections (limit " +
@@ -173,6 +174,7 @@ asio::awaitable<void> api_session::run() {
                 outcome = std::move(*refusal);
             } else {
                 auto& match = std::get<api::route_match>(matched);
+                matched_route = match.chosen;
                 // Bytes already read belong to a pipelined request: the client is still there.
                 const bool watch = match.chosen->cancelled_by_hangup && buffer.size() == 0;
                 if (watch)
@@ -189,7 +191,7 @@ asio::awaitable<void> api_session::run() {
         }
         auto& response = std::get<api::http_response>(outcome);
         // Recorded even when the client is gone: a withdrawn request may have reached the guest.
-        env_.audit.record(request, access_, response);
+        env_.audit.record(request, matched_route, access_, response);
         if (hung_up_) {
             log::debug("API client hung up while waiting; its request was withdrawn");
             break;

@@ -688,6 +688,28 @@ BOOST_AUTO_TEST_CASE(members_of_the_api_group_are_allowed_by_primary_or_suppleme
     BOOST_TEST(log.find("POST /v1/guests/vm1/ping by") == std::string::npos, log);
 }
 
+// The audit trail goes by the route a request matched, not by how its path ends: a guest may
+// be named "ping".
+BOOST_AUTO_TEST_CASE(a_guest_named_ping_is_audited_like_any_other_and_its_pings_are_not) {
+    temp_dir dir;
+    fake_guests guests(dir, "fg", 1);
+    hostd_process hostd(dir, {}, "info", quick_daemon);
+    const auto& sock = hostd.socket();
+    auto added =
+        post(sock, "/v1/guests", R"({"name":"ping","endpoint":")" + guests.endpoint() + R"("})");
+    BOOST_TEST_REQUIRE(added.status == 201u, added.body);
+    BOOST_TEST_REQUIRE(reaches_state(sock, "ping", "ready"));
+    BOOST_TEST(post(sock, "/v1/guests/ping/ping").status == 200u);
+    auto removed = http(sock, "DELETE", "/v1/guests/ping");
+    BOOST_TEST(removed.status == 200u, removed.body);
+
+    const auto log = hostd.log();
+    BOOST_TEST(log.find("ping: POST /v1/guests by uid ") != std::string::npos, log);
+    BOOST_TEST(log.find("ping: DELETE /v1/guests/ping by uid ") != std::string::npos, log);
+    BOOST_TEST(log.find(": 200 OK") != std::string::npos, log);
+    BOOST_TEST(log.find("POST /v1/guests/ping/ping by") == std::string::npos, log);
+}
+
 BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies) {
     temp_dir dir;
     fake_guests guests(dir, "fg", 1);
