@@ -149,10 +149,6 @@ std::variant<route_match, http_response> match_route(const http_request& request
     return match;
 }
 
-namespace {
-
-// A response its route does not declare: a handler and the table (and daemon/openapi.json)
-// disagree. Logged and counted; the client gets the response all the same.
 void flag_if_undeclared(const route& entry, const http_response& response, api_context& context) {
     const unsigned status = response.result_int();
     std::string code;
@@ -174,20 +170,24 @@ void flag_if_undeclared(const route& entry, const http_response& response, api_c
                (code.empty() ? "" : " " + code) + ", which its route table entry does not declare");
 }
 
-}  // namespace
+std::optional<http_response> refusal_for(const route& entry, const peer_access& access,
+                                         unsigned version) {
+    const bool writes = entry.verb != http::verb::get;
+    if (writes ? access.may_write : access.may_read)
+        return std::nullopt;
+    return error_response(403, "forbidden",
+                          writes ? "changing anything needs root, the daemon's user or "
+                                   "membership of the API group"
+                                 : "reading needs root, the daemon's user or membership "
+                                   "of the API group (or the read group)",
+                          version);
+}
 
 asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
                                        const peer_access& access, api_context& context) {
     const route& entry = *match.chosen;
-    const bool writes = entry.verb != http::verb::get;
-    if (writes ? !access.may_write : !access.may_read) {
-        co_return error_response(403, "forbidden",
-                                 writes ? "changing anything needs root, the daemon's user or "
-                                          "membership of the API group"
-                                        : "reading needs root, the daemon's user or membership "
-                                          "of the API group (or the read group)",
-                                 request.version());
-    }
+    if (auto refused = refusal_for(entry, access, request.version()))
+        co_return std::move(*refused);
     route_call call{request, match, access, context, request.version()};
     auto outcome = co_await entry.handler(call);
     if (const auto* response = std::get_if<http_response>(&outcome))

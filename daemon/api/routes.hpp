@@ -115,8 +115,25 @@ struct route_match {
 // target, 404 not_found, 405 method_not_allowed).
 std::variant<route_match, http_response> match_route(const http_request& request);
 
+// What a handler reads: the request, its route's match and who asked.
+struct route_call {
+    const http_request& request;
+    const route_match& match;
+    const peer_access& access;
+    api_context& context;
+    unsigned version;
+};
+
+// The 403 answer if the peer may not use the route.
+std::optional<http_response> refusal_for(const route& entry, const peer_access& access,
+                                         unsigned version);
+
+// A response its route does not declare: a handler and the table (and daemon/openapi.json)
+// disagree. Logged and counted; the client gets the response all the same.
+void flag_if_undeclared(const route& entry, const http_response& response, api_context& context);
+
 // Checks the peer's right and runs the matched route's handler. A response the route does not
-// declare is flagged (see `route`).
+// declare is flagged (see `route`). The session does the same itself, to spare this coroutine.
 boost::asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
                                               const peer_access& access, api_context& context);
 

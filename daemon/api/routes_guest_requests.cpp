@@ -10,6 +10,7 @@
 
 #include <stereos/protocol/codec.hpp>
 #include <stereos/protocol/redact.hpp>
+#include <stereos/util/completion_tokens.hpp>
 #include "config/config.hpp"
 #include "daemon/api/request.hpp"
 
@@ -19,61 +20,61 @@ namespace asio = boost::asio;
 namespace http = boost::beast::http;
 namespace json = boost::json;
 
+using transport::use_tuple;
+
 namespace {
 
-// The reply, or the error response a client gets.
-struct guest_reply {
-    std::optional<protocol::guest_message> reply;
-    std::optional<http_response> error;
-};
-
-// Sends one request to the guest on behalf of a client and maps a failure to the API's error
-// codes (see error_response). An ack with ok:false is the guest's answer: guest_error, with its
-// text scrubbed of anything we sent that may be secret.
-// Arguments are references to the caller's named objects: GCC 12 destroys a class-type
-// temporary created inside a co_await expression twice.
-asio::awaitable<guest_reply> call_guest(api_context& /*context*/,
-                                        const std::shared_ptr<managed_guest>& guest,
-                                        const protocol::host_message& message, unsigned version) {
-    const auto type = std::string(protocol::type_name(message));
-    auto result = co_await guest->request(message);
-    guest_reply out;
-    if (!result && result.error() == asio::error::operation_aborted) {
+// The error response for a guest request that failed, mapped to the API's error codes (see
+// error_response); nullopt if the guest answered. An ack with ok:false is the guest's answer:
+// guest_error, with its text scrubbed of anything we sent that may be secret.
+std::optional<http_response> failure_of(const managed_guest& guest,
+                                        const protocol::host_message& message,
+                                        boost::system::error_code error,
+                                        const protocol::guest_message& reply, unsigned version) {
+    if (error == asio::error::operation_aborted) {
         // The client hung up and the request was withdrawn; this answer is never sent.
-        out.error =
-            error_response(502, "connection_lost", guest->name() + ": request withdrawn", version);
-        co_return out;
+        return error_response(502, "connection_lost", guest.name() + ": request withdrawn",
+                              version);
     }
-    if (!result) {
-        const auto mapping = map_link_error(result.error());
-        out.error = error_response(mapping.status, mapping.code,
-                                   guest->name() + ": " + result.error().message(), version);
-        co_return out;
+    if (error) {
+        const auto mapping = map_link_error(error);
+        return error_response(mapping.status, mapping.code, guest.name() + ": " + error.message(),
+                              version);
     }
-    if (const auto* ack = std::get_if<protocol::ack_payload>(&*result); ack && !ack->ok) {
-        const auto text = scrub_guest_error(ack->error, message);
-        out.error = error_response(502, "guest_error",
-                                   guest->name() + " refused " + type + ": " + text, version);
-        co_return out;
+    if (const auto* ack = std::get_if<protocol::ack_payload>(&reply); ack && !ack->ok) {
+        return error_response(502, "guest_error",
+                              guest.name() + " refused " +
+                                  std::string(protocol::type_name(message)) + ": " +
+                                  scrub_guest_error(ack->error, message),
+                              version);
     }
-    out.reply = std::move(*result);
-    co_return out;
+    return std::nullopt;
 }
 
-// Requests answered by an ack: {"ok":true} once acked. What the guest acked is recorded in its
-// delivery ledger (`added_public_key`: the key an ssh-keys request added).
-asio::awaitable<http_response> acked_request(api_context& context,
-                                             const std::shared_ptr<managed_guest>& guest,
-                                             protocol::host_message& message, unsigned version,
-                                             http::status success = http::status::ok,
-                                             std::string_view added_public_key = {}) {
-    auto outcome = co_await call_guest(context, guest, message, version);
-    if (!outcome.error)
-        guest->record_api_delivery(message, added_public_key);
+// The answer to a request answered by an ack: {"ok":true} once acked. What the guest acked is
+// recorded in its delivery ledger (`added_public_key`: the key an ssh-keys request added); the
+// message's secrets are wiped either way.
+http_response acked_answer(managed_guest& guest, protocol::host_message& message,
+                           boost::system::error_code error, const protocol::guest_message& reply,
+                           unsigned version, http::status success = http::status::ok,
+                           std::string_view added_public_key = {}) {
+    auto failure = failure_of(guest, message, error, reply, version);
+    if (!failure)
+        guest.record_api_delivery(message, added_public_key);
     wipe_secrets(message);
-    if (outcome.error)
-        co_return std::move(*outcome.error);
-    co_return json_response(success, json::object{{"ok", true}, {"guest", guest->name()}}, version);
+    if (failure)
+        return std::move(*failure);
+    return json_response(success, json::object{{"ok", true}, {"guest", guest.name()}}, version);
+}
+
+// Sent by reference, never copied: built once.
+const protocol::host_message& ping_message() {
+    static const protocol::host_message ping = protocol::ping_request{};
+    return ping;
+}
+const protocol::host_message& get_health_message() {
+    static const protocol::host_message get_health = protocol::get_health_request{};
+    return get_health;
 }
 
 }  // namespace
@@ -83,10 +84,10 @@ asio::awaitable<api_outcome> handle_guest_ping(route_call& call) {
     if (found.error)
         co_return std::move(*found.error);
     const auto started = std::chrono::steady_clock::now();
-    const protocol::host_message ping = protocol::ping_request{};
-    auto outcome = co_await call_guest(call.context, found.guest, ping, call.version);
-    if (outcome.error)
-        co_return std::move(*outcome.error);
+    const auto& ping = ping_message();
+    auto [error, reply] = co_await found.guest->async_request(ping, use_tuple);
+    if (auto failure = failure_of(*found.guest, ping, error, reply, call.version))
+        co_return std::move(*failure);
     const auto rtt = std::chrono::duration_cast<std::chrono::microseconds>(
         std::chrono::steady_clock::now() - started);
     co_return ok(json::object{{"guest", call.match.name}, {"rtt_us", rtt.count()}}, call.version);
@@ -96,11 +97,11 @@ asio::awaitable<api_outcome> handle_guest_health(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
         co_return std::move(*found.error);
-    const protocol::host_message get_health = protocol::get_health_request{};
-    auto outcome = co_await call_guest(call.context, found.guest, get_health, call.version);
-    if (outcome.error)
-        co_return std::move(*outcome.error);
-    if (const auto* health = std::get_if<protocol::health_payload>(&*outcome.reply))
+    const auto& get_health = get_health_message();
+    auto [error, reply] = co_await found.guest->async_request(get_health, use_tuple);
+    if (auto failure = failure_of(*found.guest, get_health, error, reply, call.version))
+        co_return std::move(*failure);
+    if (const auto* health = std::get_if<protocol::health_payload>(&reply))
         co_return ok(json::value_from(*health), call.version);
     co_return error_response(502, "connection_lost", "unexpected reply to get_health",
                              call.version);
@@ -117,7 +118,8 @@ asio::awaitable<api_outcome> handle_guest_config(route_call& call) {
                                  call.version);
     }
     protocol::host_message message = protocol::config_payload{call.request.body()};
-    co_return co_await acked_request(call.context, found.guest, message, call.version);
+    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
+    co_return acked_answer(*found.guest, message, error, reply, call.version);
 }
 
 asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
@@ -133,7 +135,8 @@ asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     protocol::host_message message = std::move(secret);
-    co_return co_await acked_request(call.context, found.guest, message, call.version);
+    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
+    co_return acked_answer(*found.guest, message, error, reply, call.version);
 }
 
 asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
@@ -155,8 +158,9 @@ asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
             call.version);
     }
     protocol::host_message message = std::move(*request);
-    co_return co_await acked_request(call.context, found.guest, message, call.version,
-                                     http::status::ok, public_key);
+    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
+    co_return acked_answer(*found.guest, message, error, reply, call.version, http::status::ok,
+                           public_key);
 }
 
 asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
@@ -196,10 +200,12 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
         const protocol::mount_payload& mount;
         ~in_flight() { guest.end_api_mount(mount); }
     };
-    found.guest->begin_api_mount(mount);
-    const in_flight marked{*found.guest, mount};
-    protocol::host_message message = mount;
-    co_return co_await acked_request(call.context, found.guest, message, call.version);
+    protocol::host_message message = std::move(mount);
+    const auto& sending = std::get<protocol::mount_payload>(message);
+    found.guest->begin_api_mount(sending);
+    const in_flight marked{*found.guest, sending};
+    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
+    co_return acked_answer(*found.guest, message, error, reply, call.version);
 }
 
 asio::awaitable<api_outcome> handle_guest_shutdown(route_call& call) {
@@ -211,8 +217,9 @@ asio::awaitable<api_outcome> handle_guest_shutdown(route_call& call) {
     if (!body.ok())
         co_return error_response(400, "bad_request", body.problem(), call.version);
     protocol::host_message message = std::move(shutdown);
-    co_return co_await acked_request(call.context, found.guest, message, call.version,
-                                     http::status::accepted);
+    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
+    co_return acked_answer(*found.guest, message, error, reply, call.version,
+                           http::status::accepted);
 }
 
 }  // namespace stereos::daemon::api

@@ -16,15 +16,6 @@
 
 namespace stereos::daemon::api {
 
-// What a handler reads: the request, its route's match and who asked.
-struct route_call {
-    const http_request& request;
-    const route_match& match;
-    const peer_access& access;
-    api_context& context;
-    unsigned version;
-};
-
 // A guest by name, or the response for a name that is invalid or unknown.
 struct guest_lookup {
     std::shared_ptr<managed_guest> guest;

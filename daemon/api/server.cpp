@@ -60,6 +60,7 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
       slot_freed_(executor),
       group_(lookup_group(options_.group, "api_group")),
       read_group_(lookup_group(options_.read_group, "api_read_group")),
+      hangups_(executor),
       environment_{options_.idle_timeout,
                    options_.read_timeout,
                    options_.write_timeout,
@@ -69,7 +70,8 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
                    metrics_,
                    audit_,
                    registry_,
-                   bus_} {}
+                   bus_,
+                   hangups_} {}
 
 api_server::~api_server() {
     // stop() throws only if a timer operation fails, which would be a bug: worth a log line,
@@ -103,6 +105,7 @@ void api_server::start() {
         return;
     started_ = true;
     asio::co_spawn(executor_, accept_loop(), rethrow_if_failed);
+    asio::co_spawn(executor_, hangups_.run(), rethrow_if_failed);
 }
 
 void api_server::stop() {
@@ -113,6 +116,7 @@ void api_server::stop() {
     boost::system::error_code ignored;
     acceptor_.close(ignored);
     slot_freed_.cancel();
+    hangups_.stop();
     for (const auto& session : connections_)
         session->stop();
     if (own_socket_file_) {

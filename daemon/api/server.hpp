@@ -96,6 +96,7 @@ class api_server {
     std::optional<gid_t> group_;
     std::optional<gid_t> read_group_;
     api::api_audit audit_;
+    api::hangup_watch hangups_;
     api_session_environment environment_;
     std::unordered_set<std::shared_ptr<api_session>> connections_;
     std::size_t connections_peak_ = 0;  // since memory was last given back (release_memory)

@@ -1001,4 +1001,37 @@ BOOST_AUTO_TEST_CASE(a_client_that_hangs_up_withdraws_its_guest_request_and_its_
     BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
+// A request pipelined while the one before it waits on its guest is answered after it, in
+// order; so it is when the client then shuts its sending side (that is no hangup: it still
+// reads its answers).
+BOOST_AUTO_TEST_CASE(a_request_pipelined_behind_a_waiting_one_is_answered_after_it) {
+    temp_dir dir;
+    fake_guests slow(dir, "slow", 1, {"--reply-delay", "500ms", "--faults-after", "1"});
+    hostd_process hostd(dir, {{"slow", slow.endpoint(), "health_interval = \"60s\"\n"}}, "debug");
+    const auto& sock = hostd.socket();
+    BOOST_TEST_REQUIRE(reaches_state(sock, "slow", "ready"));
+    for (const bool half_close : {false, true}) {
+        boost::asio::io_context io;
+        boost::asio::local::stream_protocol::socket client(io);
+        client.connect(boost::asio::local::stream_protocol::endpoint(sock));
+        const std::string ping =
+            "POST /v1/guests/slow/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        const std::string then = "GET /v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        boost::asio::write(client, boost::asio::buffer(ping));
+        std::this_thread::sleep_for(150ms);  // the ping waits on the guest by now
+        boost::asio::write(client, boost::asio::buffer(then));
+        if (half_close)
+            client.shutdown(boost::asio::socket_base::shutdown_send);
+        std::string answers;
+        boost::system::error_code ec;
+        boost::asio::read(client, boost::asio::dynamic_buffer(answers), ec);
+        const auto pong = answers.find("\"rtt_us\"");
+        const auto daemon_ping = answers.find("\"status\":\"ok\"");
+        BOOST_TEST(
+            (pong != std::string::npos && daemon_ping != std::string::npos && pong < daemon_ping),
+            "half close " << half_close << ": " << answers);
+    }
+    BOOST_TEST(hostd.log().find("API client hung up") == std::string::npos);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
