@@ -127,24 +127,11 @@ void api_session::on_peer_hangup(bool gone) {
     hangup_.emit(asio::cancellation_type::terminal);
 }
 
-asio::awaitable<api::api_outcome> api_session::run_handler(const api::http_request& request,
-                                                           api::route_match& match,
-                                                           bool no_pipelined_input) {
-    const auto& entry = *match.chosen;
-    if (auto refused = api::refusal_for(entry, access_, request.version()))
-        co_return std::move(*refused);
-    if (entry.cancelled_by_hangup && no_pipelined_input) {
-        if (watched_for_hangups())
-            waiting_on_cancellable_ = true;
-        else
-            watch_for_hangup(false);
-    }
-    api::route_call call{request, match, access_, env_.context, request.version()};
-    auto outcome = co_await entry.handler(call);
-    waiting_on_cancellable_ = false;
-    if (const auto* response = std::get_if<api::http_response>(&outcome))
-        api::flag_if_undeclared(entry, *response, env_.context);
-    co_return outcome;
+void api_session::watch_for_hangup_while_waiting() {
+    if (watched_for_hangups())
+        waiting_on_cancellable_ = true;
+    else
+        watch_for_hangup(false);
 }
 
 asio::awaitable<bool> api_session::send(api::http_response& response) {
@@ -228,10 +215,23 @@ asio::awaitable<void> api_session::run() {
             } else {
                 auto& match = std::get<api::route_match>(matched);
                 matched_route = match.chosen;
-                // Bytes already read belong to a pipelined request: the client is still there.
-                outcome = co_await run_handler(request, match, buffer.size() == 0);
-                if (watching_)
-                    co_await stop_watching(buffer);
+                const auto& entry = *match.chosen;
+                if (auto refused = api::refusal_for(entry, access_, request.version())) {
+                    outcome = std::move(*refused);
+                } else {
+                    // Bytes already read belong to a pipelined request: the client is still
+                    // there.
+                    if (entry.cancelled_by_hangup && buffer.size() == 0)
+                        watch_for_hangup_while_waiting();
+                    // In this coroutine: a guest request adds only its handler's frame.
+                    api::route_call call{request, match, access_, env_.context, request.version()};
+                    outcome = co_await entry.handler(call);
+                    waiting_on_cancellable_ = false;
+                    if (watching_)
+                        co_await stop_watching(buffer);
+                    if (const auto* response = std::get_if<api::http_response>(&outcome))
+                        api::flag_if_undeclared(entry, *response, env_.context);
+                }
             }
         }
         // The body may be a secret or a jcard.toml: do not leave it in freed memory.

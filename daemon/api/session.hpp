@@ -73,11 +73,9 @@ class api_session : public std::enable_shared_from_this<api_session> {
                                                const std::string& guest_filter,
                                                std::string& pending, bool chunked);
     boost::asio::awaitable<bool> write_events(const std::string& batch, bool last, bool chunked);
-    // The route's handler, after the peer's rights are checked; a hangup meanwhile cancels it if
-    // the route says so. In this coroutine's frame: a guest request adds only its handler's.
-    boost::asio::awaitable<api::api_outcome> run_handler(const api::http_request& request,
-                                                         api::route_match& match,
-                                                         bool no_pipelined_input);
+    // A hangup from now on cancels the request in flight (until waiting_on_cancellable_ is
+    // cleared): through the hangup_watch, or a read where it cannot watch the socket.
+    void watch_for_hangup_while_waiting();
     // Registers the socket with the server's hangup_watch once; false if it cannot be watched.
     bool watched_for_hangups();
     // The hangup_watch says the peer shut its sending side (`gone`: the whole connection).
