@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -83,6 +84,32 @@ inline constexpr route_error refusal{403, "forbidden"};
 struct route_call;
 using route_handler = boost::asio::awaitable<api_outcome> (*)(route_call&);
 
+// One request a route forwards to its guest, between the route's prepare and answer.
+struct guest_request {
+    guest_request(std::shared_ptr<managed_guest> to, protocol::host_message sent);
+    guest_request(guest_request&& other) noexcept;
+    guest_request& operator=(guest_request&&) = delete;
+    // Ends an API mount's mark, and wipes the message's secrets.
+    ~guest_request();
+
+    std::shared_ptr<managed_guest> guest;
+    protocol::host_message message;
+    boost::beast::http::status success = boost::beast::http::status::ok;
+    std::string added_public_key;  // ssh-keys: recorded in the ledger once acked
+    std::chrono::steady_clock::time_point started;
+    bool marks_mount = false;  // begin_api_mount() was called for the message
+};
+using prepared_request = std::variant<guest_request, http_response>;
+
+// A route that forwards a request to its guest: `prepare` checks the call and builds the
+// request (or answers at once); the caller awaits the guest's async_request, in its own
+// coroutine; `answer` makes the response from the reply or the link's error.
+struct guest_forward {
+    prepared_request (*prepare)(route_call&) = nullptr;
+    http_response (*answer)(route_call&, guest_request&, boost::system::error_code,
+                            const protocol::guest_message&) = nullptr;
+};
+
 // One row of the route table: {verb, pattern, handler}, the status of a success and the errors
 // the handler may answer with (besides `refusal`). A response outside these is flagged: logged
 // at error and counted in /metrics as stereos_api_undeclared_responses_total.
@@ -97,6 +124,8 @@ struct route {
     bool audited = false;
     // The handler waits on a guest or a state: a client that hangs up meanwhile cancels it.
     bool cancelled_by_hangup = false;
+    // Set for a request forwarded to the guest (`handler` is then handle_forwarded).
+    guest_forward forward{};
 
     bool declares(unsigned status, std::string_view code) const noexcept;
 };

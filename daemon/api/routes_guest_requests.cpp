@@ -1,4 +1,6 @@
-// Requests forwarded to a guest: ping, health, config, secrets, SSH keys, mounts, shutdown.
+// Requests forwarded to a guest: ping, health, config, secrets, SSH keys, mounts, shutdown. Each
+// route prepares its guest_request and answers from the reply; the session awaits the guest in
+// between (handle_forwarded does the same for run_route).
 #include "daemon/api/routes_internal.hpp"
 
 #include <chrono>
@@ -52,80 +54,101 @@ std::optional<http_response> failure_of(const managed_guest& guest,
 }
 
 // The answer to a request answered by an ack: {"ok":true} once acked. What the guest acked is
-// recorded in its delivery ledger (`added_public_key`: the key an ssh-keys request added); the
-// message's secrets are wiped either way.
-http_response acked_answer(managed_guest& guest, protocol::host_message& message,
-                           boost::system::error_code error, const protocol::guest_message& reply,
-                           unsigned version, http::status success = http::status::ok,
-                           std::string_view added_public_key = {}) {
-    auto failure = failure_of(guest, message, error, reply, version);
+// recorded in its delivery ledger (with the key an ssh-keys request added).
+http_response acked_answer(route_call& call, guest_request& sent, boost::system::error_code error,
+                           const protocol::guest_message& reply) {
+    auto failure = failure_of(*sent.guest, sent.message, error, reply, call.version);
     if (!failure)
-        guest.record_api_delivery(message, added_public_key);
-    wipe_secrets(message);
+        sent.guest->record_api_delivery(sent.message, sent.added_public_key);
+    wipe_secrets(sent.message);
     if (failure)
         return std::move(*failure);
-    return json_response(success, json::object{{"ok", true}, {"guest", guest.name()}}, version);
+    return json_response(sent.success, json::object{{"ok", true}, {"guest", sent.guest->name()}},
+                         call.version);
 }
 
-// Sent by reference, never copied: built once.
-const protocol::host_message& ping_message() {
-    static const protocol::host_message ping = protocol::ping_request{};
-    return ping;
-}
-const protocol::host_message& get_health_message() {
-    static const protocol::host_message get_health = protocol::get_health_request{};
-    return get_health;
+// The guest of the call's route, for a request of `message`; or the error response.
+prepared_request to_guest(route_call& call, protocol::host_message message) {
+    auto found = guest_of(call);
+    if (found.error)
+        return std::move(*found.error);
+    return guest_request(std::move(found.guest), std::move(message));
 }
 
 }  // namespace
 
-asio::awaitable<api_outcome> handle_guest_ping(route_call& call) {
-    auto found = guest_of(call);
-    if (found.error)
-        co_return std::move(*found.error);
-    const auto started = std::chrono::steady_clock::now();
-    const auto& ping = ping_message();
-    auto [error, reply] = co_await found.guest->async_request(ping, use_tuple);
-    if (auto failure = failure_of(*found.guest, ping, error, reply, call.version))
-        co_return std::move(*failure);
+guest_request::guest_request(std::shared_ptr<managed_guest> to, protocol::host_message sent)
+    : guest(std::move(to)), message(std::move(sent)), started(std::chrono::steady_clock::now()) {}
+
+guest_request::guest_request(guest_request&& other) noexcept
+    : guest(std::move(other.guest)),
+      message(std::move(other.message)),
+      success(other.success),
+      added_public_key(std::move(other.added_public_key)),
+      started(other.started),
+      marks_mount(std::exchange(other.marks_mount, false)) {}
+
+guest_request::~guest_request() {
+    if (marks_mount)
+        guest->end_api_mount(std::get<protocol::mount_payload>(message));
+    wipe_secrets(message);
+}
+
+handler_result handle_forwarded(route_call& call) {
+    const auto& forward = call.match.chosen->forward;
+    auto prepared = forward.prepare(call);
+    if (auto* response = std::get_if<http_response>(&prepared))
+        co_return std::move(*response);
+    auto& sent = std::get<guest_request>(prepared);
+    auto [error, reply] = co_await sent.guest->async_request(sent.message, use_tuple);
+    co_return forward.answer(call, sent, error, reply);
+}
+
+prepared_request prepare_guest_ping(route_call& call) {
+    return to_guest(call, protocol::ping_request{});
+}
+
+http_response answer_guest_ping(route_call& call, guest_request& sent,
+                                boost::system::error_code error,
+                                const protocol::guest_message& reply) {
+    if (auto failure = failure_of(*sent.guest, sent.message, error, reply, call.version))
+        return std::move(*failure);
     const auto rtt = std::chrono::duration_cast<std::chrono::microseconds>(
-        std::chrono::steady_clock::now() - started);
-    co_return ok(json::object{{"guest", call.match.name}, {"rtt_us", rtt.count()}}, call.version);
+        std::chrono::steady_clock::now() - sent.started);
+    return ok(json::object{{"guest", call.match.name}, {"rtt_us", rtt.count()}}, call.version);
 }
 
-asio::awaitable<api_outcome> handle_guest_health(route_call& call) {
-    auto found = guest_of(call);
-    if (found.error)
-        co_return std::move(*found.error);
-    const auto& get_health = get_health_message();
-    auto [error, reply] = co_await found.guest->async_request(get_health, use_tuple);
-    if (auto failure = failure_of(*found.guest, get_health, error, reply, call.version))
-        co_return std::move(*failure);
+prepared_request prepare_guest_health(route_call& call) {
+    return to_guest(call, protocol::get_health_request{});
+}
+
+http_response answer_guest_health(route_call& call, guest_request& sent,
+                                  boost::system::error_code error,
+                                  const protocol::guest_message& reply) {
+    if (auto failure = failure_of(*sent.guest, sent.message, error, reply, call.version))
+        return std::move(*failure);
     if (const auto* health = std::get_if<protocol::health_payload>(&reply))
-        co_return ok(json::value_from(*health), call.version);
-    co_return error_response(502, "connection_lost", "unexpected reply to get_health",
-                             call.version);
+        return ok(json::value_from(*health), call.version);
+    return error_response(502, "connection_lost", "unexpected reply to get_health", call.version);
 }
 
-asio::awaitable<api_outcome> handle_guest_config(route_call& call) {
+prepared_request prepare_guest_config(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
-        co_return std::move(*found.error);
+        return std::move(*found.error);
     if (call.request.body().empty()) {
-        co_return error_response(400, "bad_request",
-                                 "body must be the guest's jcard.toml (text/plain or "
-                                 "application/toml); it is empty",
-                                 call.version);
+        return error_response(400, "bad_request",
+                              "body must be the guest's jcard.toml (text/plain or "
+                              "application/toml); it is empty",
+                              call.version);
     }
-    protocol::host_message message = protocol::config_payload{call.request.body()};
-    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
-    co_return acked_answer(*found.guest, message, error, reply, call.version);
+    return guest_request(std::move(found.guest), protocol::config_payload{call.request.body()});
 }
 
-asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
+prepared_request prepare_guest_secret(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
-        co_return std::move(*found.error);
+        return std::move(*found.error);
     body_fields body(call.request.body(), false);
     protocol::secret_payload secret;
     secret.name = body.required_string("name");
@@ -133,40 +156,37 @@ asio::awaitable<api_outcome> handle_guest_secret(route_call& call) {
     secret.mode = body.optional_mode("mode");
     body.check("name", config::check_secret_name(secret.name));
     if (!body.ok())
-        co_return error_response(400, "bad_request", body.problem(), call.version);
-    protocol::host_message message = std::move(secret);
-    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
-    co_return acked_answer(*found.guest, message, error, reply, call.version);
+        return error_response(400, "bad_request", body.problem(), call.version);
+    return guest_request(std::move(found.guest), std::move(secret));
 }
 
-asio::awaitable<api_outcome> handle_guest_ssh_key(route_call& call) {
+prepared_request prepare_guest_ssh_key(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
-        co_return std::move(*found.error);
+        return std::move(*found.error);
     body_fields body(call.request.body(), false);
     const auto user = body.required_string("user");
-    const auto public_key = body.required_string("public_key");
+    auto public_key = body.required_string("public_key");
     body.check("public_key", config::check_ssh_public_key(public_key));
     if (!body.ok())
-        co_return error_response(400, "bad_request", body.problem(), call.version);
+        return error_response(400, "bad_request", body.problem(), call.version);
     // stereosd rewrites the user's whole authorized_keys: send this key with the user's others.
     auto request = found.guest->ssh_key_request(user, public_key);
     if (!request) {
-        co_return error_response(
+        return error_response(
             500, "internal_error",
             call.match.name + ": cannot gather the keys of " + user + ": " + request.error(),
             call.version);
     }
-    protocol::host_message message = std::move(*request);
-    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
-    co_return acked_answer(*found.guest, message, error, reply, call.version, http::status::ok,
-                           public_key);
+    guest_request sent(std::move(found.guest), std::move(*request));
+    sent.added_public_key = std::move(public_key);
+    return sent;
 }
 
-asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
+prepared_request prepare_guest_mount(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
-        co_return std::move(*found.error);
+        return std::move(*found.error);
     body_fields body(call.request.body(), false);
     protocol::mount_payload mount;
     mount.tag = body.required_string("tag");
@@ -176,50 +196,48 @@ asio::awaitable<api_outcome> handle_guest_mount(route_call& call) {
     body.check("guest_path", config::check_mount_guest_path(mount.guest_path));
     body.check("fs_type", config::check_fs_type(mount.fs_type));
     if (!body.ok())
-        co_return error_response(400, "bad_request", body.problem(), call.version);
+        return error_response(400, "bad_request", body.problem(), call.version);
     // stereosd mounts again on every request, stacking mounts: never repeat one in a run.
     switch (found.guest->plan_mount(mount)) {
         case mount_plan::already_mounted:
-            co_return ok(json::object{{"ok", true},
-                                      {"guest", call.match.name},
-                                      {"sent", false},
-                                      {"message", "already mounted at " + mount.guest_path +
-                                                      " in this run of the guest; not sent again"}},
-                         call.version);
+            return ok(json::object{{"ok", true},
+                                   {"guest", call.match.name},
+                                   {"sent", false},
+                                   {"message", "already mounted at " + mount.guest_path +
+                                                   " in this run of the guest; not sent again"}},
+                      call.version);
         case mount_plan::conflict:
-            co_return error_response(409, "mount_conflict",
-                                     call.match.name + ": another mount is at " + mount.guest_path +
-                                         " in this run of the guest; it stays until the guest "
-                                         "reboots",
-                                     call.version);
+            return error_response(409, "mount_conflict",
+                                  call.match.name + ": another mount is at " + mount.guest_path +
+                                      " in this run of the guest; it stays until the guest "
+                                      "reboots",
+                                  call.version);
         case mount_plan::send:
             break;
     }
-    struct in_flight {
-        managed_guest& guest;
-        const protocol::mount_payload& mount;
-        ~in_flight() { guest.end_api_mount(mount); }
-    };
-    protocol::host_message message = std::move(mount);
-    const auto& sending = std::get<protocol::mount_payload>(message);
-    found.guest->begin_api_mount(sending);
-    const in_flight marked{*found.guest, sending};
-    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
-    co_return acked_answer(*found.guest, message, error, reply, call.version);
+    guest_request sent(std::move(found.guest), std::move(mount));
+    // Until the answer (~guest_request): plan_mount() answers conflict for its path meanwhile.
+    sent.guest->begin_api_mount(std::get<protocol::mount_payload>(sent.message));
+    sent.marks_mount = true;
+    return sent;
 }
 
-asio::awaitable<api_outcome> handle_guest_shutdown(route_call& call) {
+prepared_request prepare_guest_shutdown(route_call& call) {
     auto found = guest_of(call);
     if (found.error)
-        co_return std::move(*found.error);
+        return std::move(*found.error);
     body_fields body(call.request.body(), true);
     protocol::shutdown_payload shutdown{body.optional_string("reason")};
     if (!body.ok())
-        co_return error_response(400, "bad_request", body.problem(), call.version);
-    protocol::host_message message = std::move(shutdown);
-    auto [error, reply] = co_await found.guest->async_request(message, use_tuple);
-    co_return acked_answer(*found.guest, message, error, reply, call.version,
-                           http::status::accepted);
+        return error_response(400, "bad_request", body.problem(), call.version);
+    guest_request sent(std::move(found.guest), std::move(shutdown));
+    sent.success = http::status::accepted;
+    return sent;
+}
+
+http_response answer_acked(route_call& call, guest_request& sent, boost::system::error_code error,
+                           const protocol::guest_message& reply) {
+    return acked_answer(call, sent, error, reply);
 }
 
 }  // namespace stereos::daemon::api

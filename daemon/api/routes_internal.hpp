@@ -41,14 +41,27 @@ handler_result handle_show_guest(route_call& call);
 handler_result handle_remove_guest(route_call& call);
 handler_result handle_guest_reconnect(route_call& call);
 
-// routes_guest_requests.cpp: requests forwarded to a guest.
-handler_result handle_guest_ping(route_call& call);
-handler_result handle_guest_health(route_call& call);
-handler_result handle_guest_config(route_call& call);
-handler_result handle_guest_secret(route_call& call);
-handler_result handle_guest_ssh_key(route_call& call);
-handler_result handle_guest_mount(route_call& call);
-handler_result handle_guest_shutdown(route_call& call);
+// routes_guest_requests.cpp: requests forwarded to a guest (route::forward), and the handler
+// that runs them for run_route().
+handler_result handle_forwarded(route_call& call);
+prepared_request prepare_guest_ping(route_call& call);
+prepared_request prepare_guest_health(route_call& call);
+prepared_request prepare_guest_config(route_call& call);
+prepared_request prepare_guest_secret(route_call& call);
+prepared_request prepare_guest_ssh_key(route_call& call);
+prepared_request prepare_guest_mount(route_call& call);
+prepared_request prepare_guest_shutdown(route_call& call);
+using guest_answer = http_response (*)(route_call&, guest_request&, boost::system::error_code,
+                                       const protocol::guest_message&);
+http_response answer_guest_ping(route_call& call, guest_request& sent,
+                                boost::system::error_code error,
+                                const protocol::guest_message& reply);
+http_response answer_guest_health(route_call& call, guest_request& sent,
+                                  boost::system::error_code error,
+                                  const protocol::guest_message& reply);
+// {"ok":true} once acked (config, secrets, ssh-keys, mounts, shutdown).
+http_response answer_acked(route_call& call, guest_request& sent, boost::system::error_code error,
+                           const protocol::guest_message& reply);
 
 // routes_provisioning.cpp: a guest's provisioning.
 handler_result handle_guest_provision(route_call& call);

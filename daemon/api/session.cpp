@@ -223,9 +223,21 @@ asio::awaitable<void> api_session::run() {
                     // there.
                     if (entry.cancelled_by_hangup && buffer.size() == 0)
                         watch_for_hangup_while_waiting();
-                    // In this coroutine: a guest request adds only its handler's frame.
                     api::route_call call{request, match, access_, env_.context, request.version()};
-                    outcome = co_await entry.handler(call);
+                    if (entry.forward.prepare) {
+                        // A request to the guest, awaited here: no coroutine of its own, as
+                        // the health poll's (routes.hpp, guest_forward).
+                        auto prepared = entry.forward.prepare(call);
+                        if (auto* to_guest = std::get_if<api::guest_request>(&prepared)) {
+                            auto [error, reply] = co_await to_guest->guest->async_request(
+                                to_guest->message, use_tuple);
+                            outcome = entry.forward.answer(call, *to_guest, error, reply);
+                        } else {
+                            outcome = std::get<api::http_response>(std::move(prepared));
+                        }
+                    } else {
+                        outcome = co_await entry.handler(call);
+                    }
                     waiting_on_cancellable_ = false;
                     if (watching_)
                         co_await stop_watching(buffer);
