@@ -27,13 +27,6 @@ std::string_view path_of(const http_request& request) {
 
 }  // namespace
 
-bool changes_something(const http_request& request) {
-    const auto method = request.method();
-    if (method != http::verb::post && method != http::verb::put && method != http::verb::delete_)
-        return false;
-    return !path_of(request).ends_with("/ping");
-}
-
 std::string audited_guest(const http_request& request, const http_response& response) {
     auto path = path_of(request);
     if (!path.starts_with(guests_prefix)) {
@@ -60,10 +53,10 @@ std::string describe_peer(const peer_access& access) {
     return text;
 }
 
-void api_audit::record(const http_request& request, const peer_access& access,
+void api_audit::record(const http_request& request, const route* matched, const peer_access& access,
                        const http_response& response) {
     const bool refused = response.result() == http::status::forbidden;
-    if (!refused && !changes_something(request))
+    if (!refused && !(matched && matched->audited))
         return;
     const auto what = describe(request);
     const auto guest = audited_guest(request, response);

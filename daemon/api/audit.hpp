@@ -1,6 +1,7 @@
-// The local API's audit trail: every request that may change something is logged at notice
-// once answered, with who asked (SO_PEERCRED), the route, the guest and the status; refusals
-// (403) at warning, throttled. Never a body: bodies carry secrets and configs.
+// The local API's audit trail: every request to a route that may change something (the route
+// table's `audited`) is logged at notice once answered, with who asked (SO_PEERCRED), the route,
+// the guest and the status; refusals (403) at warning, throttled. A request that matched no
+// route changed nothing and is not recorded. Never a body: bodies carry secrets and configs.
 // Single-threaded, on the daemon's executor.
 #pragma once
 
@@ -12,9 +13,6 @@
 
 namespace stereos::daemon::api {
 
-// POST, PUT and DELETE, except the pings, which only ask.
-bool changes_something(const http_request& request);
-
 // The guest a request is about: "/v1/guests/vm1/shutdown" -> "vm1"; for POST /v1/guests (the
 // name is in the body, which is never read here) the Location of a 201. Printable and bounded.
 std::string audited_guest(const http_request& request, const http_response& response);
@@ -25,7 +23,8 @@ std::string describe_peer(const peer_access& access);
 class api_audit {
   public:
     // Logs the request if the audit trail records it; call once the answer is decided.
-    void record(const http_request& request, const peer_access& access,
+    // `matched`: the request's route, null if it matched none.
+    void record(const http_request& request, const route* matched, const peer_access& access,
                 const http_response& response);
 
   private:

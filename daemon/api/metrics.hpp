@@ -33,7 +33,7 @@ class api_metrics {
     void event_stream_opened() noexcept { ++event_streams_; }
     void event_stream_closed() noexcept { --event_streams_; }
     void response_sent(unsigned status);
-    // A response its route's table entry does not declare (api_routes.hpp).
+    // A response its route's table entry does not declare (routes.hpp).
     void undeclared_response() noexcept { ++undeclared_responses_; }
     std::uint64_t undeclared_responses() const noexcept { return undeclared_responses_; }
 

@@ -1,6 +1,7 @@
-// The local API's routes and handlers: one parsed HTTP request in, one response out, with no
-// socket, so tests and the fuzz target can drive them directly. The event stream needs the
-// socket: dispatch() only recognises and checks it, and api_session serves it.
+// The local API's route table and matcher: one parsed HTTP request in, one response out, with
+// no socket, so tests and the fuzz target can drive them directly. The handlers are by resource
+// in routes_*.cpp (routes_internal.hpp), the shared responses in responses.hpp. The event
+// stream needs the socket: run_route() only recognises and checks it, and api_session serves it.
 // Single-threaded, on the daemon's executor.
 #pragma once
 
@@ -8,6 +9,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -15,23 +17,16 @@
 #include <variant>
 
 #include <boost/asio/awaitable.hpp>
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/json/value.hpp>
-#include <boost/system/result.hpp>
+#include <boost/beast/http/verb.hpp>
 
 #include "daemon/api/metrics.hpp"
 #include "daemon/api/request.hpp"
+#include "daemon/api/responses.hpp"
 #include "daemon/event_bus.hpp"
 #include "daemon/guest/guest_registry.hpp"
 
 namespace stereos::daemon::api {
 
-using http_request = boost::beast::http::request<boost::beast::http::string_body>;
-using http_response = boost::beast::http::response<boost::beast::http::string_body>;
-
-inline constexpr std::size_t max_header_bytes = 16 * 1024;
-inline constexpr std::size_t max_body_bytes = 1024 * 1024;
 // Long-polls (`wait`) are bounded so an abandoned one cannot hold a connection for long.
 inline constexpr std::chrono::seconds max_wait_timeout{3600};
 
@@ -89,6 +84,32 @@ inline constexpr route_error refusal{403, "forbidden"};
 struct route_call;
 using route_handler = boost::asio::awaitable<api_outcome> (*)(route_call&);
 
+// One request a route forwards to its guest, between the route's prepare and answer.
+struct guest_request {
+    guest_request(std::shared_ptr<managed_guest> to, protocol::host_message sent);
+    guest_request(guest_request&& other) noexcept;
+    guest_request& operator=(guest_request&&) = delete;
+    // Ends an API mount's mark, and wipes the message's secrets.
+    ~guest_request();
+
+    std::shared_ptr<managed_guest> guest;
+    protocol::host_message message;
+    boost::beast::http::status success = boost::beast::http::status::ok;
+    std::string added_public_key;  // ssh-keys: recorded in the ledger once acked
+    std::chrono::steady_clock::time_point started;
+    bool marks_mount = false;  // begin_api_mount() was called for the message
+};
+using prepared_request = std::variant<guest_request, http_response>;
+
+// A route that forwards a request to its guest: `prepare` checks the call and builds the
+// request (or answers at once); the caller awaits the guest's async_request, in its own
+// coroutine; `answer` makes the response from the reply or the link's error.
+struct guest_forward {
+    prepared_request (*prepare)(route_call&) = nullptr;
+    http_response (*answer)(route_call&, guest_request&, boost::system::error_code,
+                            const protocol::guest_message&) = nullptr;
+};
+
 // One row of the route table: {verb, pattern, handler}, the status of a success and the errors
 // the handler may answer with (besides `refusal`). A response outside these is flagged: logged
 // at error and counted in /metrics as stereos_api_undeclared_responses_total.
@@ -98,8 +119,13 @@ struct route {
     route_handler handler;
     unsigned success;
     std::span<const route_error> errors;
+    // The audit trail records its requests (audit.hpp): every route that may change something.
+    // Reads and pings, which only ask, are not.
+    bool audited = false;
     // The handler waits on a guest or a state: a client that hangs up meanwhile cancels it.
     bool cancelled_by_hangup = false;
+    // Set for a request forwarded to the guest (`handler` is then handle_forwarded).
+    guest_forward forward{};
 
     bool declares(unsigned status, std::string_view code) const noexcept;
 };
@@ -118,36 +144,26 @@ struct route_match {
 // target, 404 not_found, 405 method_not_allowed).
 std::variant<route_match, http_response> match_route(const http_request& request);
 
+// What a handler reads: the request, its route's match and who asked.
+struct route_call {
+    const http_request& request;
+    const route_match& match;
+    const peer_access& access;
+    api_context& context;
+    unsigned version;
+};
+
+// The 403 answer if the peer may not use the route.
+std::optional<http_response> refusal_for(const route& entry, const peer_access& access,
+                                         unsigned version);
+
+// A response its route does not declare: a handler and the table (and daemon/openapi.json)
+// disagree. Logged and counted; the client gets the response all the same.
+void flag_if_undeclared(const route& entry, const http_response& response, api_context& context);
+
 // Checks the peer's right and runs the matched route's handler. A response the route does not
-// declare is flagged (see `route`).
+// declare is flagged (see `route`). The session does the same itself, to spare this coroutine.
 boost::asio::awaitable<api_outcome> run_route(const http_request& request, route_match& match,
                                               const peer_access& access, api_context& context);
-
-// Routes one request: match_route, then run_route. Never throws for anything a client sends:
-// every problem becomes an error response. `request.body()` may hold a secret: handlers never
-// log or echo it.
-boost::asio::awaitable<api_outcome> dispatch(const http_request& request, peer_access access,
-                                             api_context& context);
-
-// {"error":{"code":...,"message":...}} with that status. The codes and their statuses:
-// bad_request 400, forbidden 403, guest_not_found 404, not_found 404, method_not_allowed 405,
-// wait_timeout 408, guest_exists 409, guest_in_config 409, payload_too_large 413,
-// internal_error 500, guest_error 502, connection_lost 502, guest_unavailable 503,
-// server_busy 503, guest_timeout 504.
-http_response error_response(unsigned status, std::string_view code, std::string_view message,
-                             unsigned version = 11);
-
-// Parses one complete request from raw bytes with the server's limits (headers 16 KiB, body
-// 1 MiB). For the fuzz target and tests; the server parses incrementally from its socket.
-boost::system::result<http_request> parse_request(std::string_view bytes);
-
-// The response a request that could not be parsed gets: 413 for an over-long body, else 400.
-http_response parse_error_response(boost::system::error_code error);
-
-// The response as bytes on the wire (Content-Length set).
-std::string serialize(http_response response);
-
-// "GET /v1/guests/vm1" (no query string: it is never needed to tell requests apart).
-std::string describe(const http_request& request);
 
 }  // namespace stereos::daemon::api

@@ -61,6 +61,7 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
       group_(lookup_group(options_.group, "api_group")),
       read_group_(lookup_group(options_.read_group, "api_read_group")),
       users_(executor, user_lookups_->get_executor(), options_.user_lookup, options_.read_timeout),
+      hangups_(executor),
       environment_{options_.idle_timeout,
                    options_.read_timeout,
                    options_.write_timeout,
@@ -73,7 +74,8 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
                    bus_,
                    users_,
                    group_,
-                   read_group_} {}
+                   read_group_,
+                   hangups_} {}
 
 api_server::~api_server() {
     // stop() throws only if a timer operation fails, which would be a bug: worth a log line,
@@ -117,6 +119,7 @@ void api_server::start() {
         return;
     started_ = true;
     asio::co_spawn(executor_, accept_loop(), rethrow_if_failed);
+    asio::co_spawn(executor_, hangups_.run(), rethrow_if_failed);
 }
 
 void api_server::stop() {
@@ -128,6 +131,7 @@ void api_server::stop() {
     acceptor_.close(ignored);
     slot_freed_.cancel();
     users_.stop();  // sessions still waiting for the user database go on without it
+    hangups_.stop();
     for (const auto& session : connections_)
         session->stop();
     if (own_socket_file_) {

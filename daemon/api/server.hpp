@@ -1,9 +1,9 @@
 // The local API's server: HTTP/1.1 on a unix socket with Boost.Beast. The socket file
 // (api_socket_file.hpp), an accept loop with a connection limit, and one api_session per
 // connection (api_session.hpp: timeouts, requests, the event stream), whose peer's rights come
-// from SO_PEERCRED and the user database (api_peer.hpp). The routes are in api_routes.hpp. Runs
-// on the daemon's one io_context, no mutexes; only the user database lookups, which may block,
-// run on a pool of two threads (user_lookup_cache.hpp) and send back plain values.
+// from SO_PEERCRED and the user database (peer.hpp). The routes are in routes.hpp. Runs on the
+// daemon's one io_context, no mutexes; only the user database lookups, which may block, run on a
+// pool of two threads (user_lookup_cache.hpp) and send back plain values.
 #pragma once
 
 #include <sys/types.h>
@@ -107,6 +107,7 @@ class api_server {
         std::make_unique<boost::asio::thread_pool>(2);
     user_lookup_cache users_;
     api::api_audit audit_;
+    api::hangup_watch hangups_;
     api_session_environment environment_;
     std::unordered_set<std::shared_ptr<api_session>> connections_;
     std::size_t connections_peak_ = 0;  // since memory was last given back (release_memory)

@@ -1,7 +1,10 @@
 #include "daemon/api/session.hpp"
 
+#include <sys/ioctl.h>
+
 #include <algorithm>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/post.hpp>
@@ -100,6 +103,37 @@ asio::awaitable<void> api_session::stop_watching(beast::flat_buffer& buffer) {
     }
 }
 
+bool api_session::watched_for_hangups() {
+    if (hangup_watch_id_ || hangup_watch_failed_)
+        return hangup_watch_id_.has_value();
+    hangup_watch_id_ =
+        env_.hangups.watch(stream_.socket().native_handle(), [weak = weak_from_this()](bool gone) {
+            if (auto self = weak.lock())
+                self->on_peer_hangup(gone);
+        });
+    hangup_watch_failed_ = !hangup_watch_id_;
+    return hangup_watch_id_.has_value();
+}
+
+void api_session::on_peer_hangup(bool gone) {
+    // Between requests the session's own read meets the end of the stream.
+    if (!waiting_on_cancellable_ || hung_up_)
+        return;
+    // A client that only shut its sending side after pipelining requests still reads answers.
+    int unread = 0;
+    if (!gone && ::ioctl(stream_.socket().native_handle(), FIONREAD, &unread) == 0 && unread > 0)
+        return;
+    hung_up_ = true;
+    hangup_.emit(asio::cancellation_type::terminal);
+}
+
+void api_session::watch_for_hangup_while_waiting() {
+    if (watched_for_hangups())
+        waiting_on_cancellable_ = true;
+    else
+        watch_for_hangup(false);
+}
+
 asio::awaitable<bool> api_session::send(api::http_response& response) {
     env_.metrics.response_sent(response.result_int());
     stream_.expires_after(env_.write_timeout);
@@ -116,10 +150,16 @@ asio::awaitable<void> api_session::run() {
     // waits for it here.
     access_ = co_await access_of(peer_, env_.users, env_.group, env_.read_group);
     beast::flat_buffer buffer;
+    bool answered = false;
     while (!env_.context.stopping) {
         // Idle until the next request starts, then the read timeout covers the whole request,
         // so a client sending half a request cannot hold a connection slot.
         if (buffer.size() == 0) {
+            // Asio tries a read at once: right after an answer the client has rarely sent its
+            // next request yet (EAGAIN, a system call for nothing). One turn of the executor
+            // first, after the other sessions' work, often finds it there under load.
+            if (std::exchange(answered, false))
+                co_await asio::post(stream_.get_executor(), asio::use_awaitable);
             stream_.expires_after(env_.idle_timeout);
             auto [ec, n] = co_await stream_.async_read_some(buffer.prepare(read_size), use_tuple);
             if (ec)
@@ -165,6 +205,7 @@ asio::awaitable<void> api_session::run() {
             log::debug("API request " + what, {.request = what});
         }
         api::api_outcome outcome;
+        const api::route* matched_route = nullptr;
         if (over_limit_) {
             outcome = api::error_response(503, "server_busy",
                                           "too many API connections (limit " +
@@ -176,12 +217,36 @@ asio::awaitable<void> api_session::run() {
                 outcome = std::move(*refusal);
             } else {
                 auto& match = std::get<api::route_match>(matched);
-                // Bytes already read belong to a pipelined request: the client is still there.
-                const bool watch = match.chosen->cancelled_by_hangup && buffer.size() == 0;
-                if (watch)
-                    watch_for_hangup(false);
-                outcome = co_await api::run_route(request, match, access_, env_.context);
-                co_await stop_watching(buffer);
+                matched_route = match.chosen;
+                const auto& entry = *match.chosen;
+                if (auto refused = api::refusal_for(entry, access_, request.version())) {
+                    outcome = std::move(*refused);
+                } else {
+                    // Bytes already read belong to a pipelined request: the client is still
+                    // there.
+                    if (entry.cancelled_by_hangup && buffer.size() == 0)
+                        watch_for_hangup_while_waiting();
+                    api::route_call call{request, match, access_, env_.context, request.version()};
+                    if (entry.forward.prepare) {
+                        // A request to the guest, awaited here: no coroutine of its own, as
+                        // the health poll's (routes.hpp, guest_forward).
+                        auto prepared = entry.forward.prepare(call);
+                        if (auto* to_guest = std::get_if<api::guest_request>(&prepared)) {
+                            auto [error, reply] = co_await to_guest->guest->async_request(
+                                to_guest->message, use_tuple);
+                            outcome = entry.forward.answer(call, *to_guest, error, reply);
+                        } else {
+                            outcome = std::get<api::http_response>(std::move(prepared));
+                        }
+                    } else {
+                        outcome = co_await entry.handler(call);
+                    }
+                    waiting_on_cancellable_ = false;
+                    if (watching_)
+                        co_await stop_watching(buffer);
+                    if (const auto* response = std::get_if<api::http_response>(&outcome))
+                        api::flag_if_undeclared(entry, *response, env_.context);
+                }
             }
         }
         // The body may be a secret or a jcard.toml: do not leave it in freed memory.
@@ -192,7 +257,7 @@ asio::awaitable<void> api_session::run() {
         }
         auto& response = std::get<api::http_response>(outcome);
         // Recorded even when the client is gone: a withdrawn request may have reached the guest.
-        env_.audit.record(request, access_, response);
+        env_.audit.record(request, matched_route, access_, response);
         if (hung_up_) {
             log::debug("API client hung up while waiting; its request was withdrawn");
             break;
@@ -201,7 +266,10 @@ asio::awaitable<void> api_session::run() {
         response.keep_alive(keep_alive);
         if (!co_await send(response) || !keep_alive)
             break;
+        answered = true;
     }
+    if (hangup_watch_id_)
+        env_.hangups.forget(*hangup_watch_id_);
     if (stream_.socket().is_open()) {
         boost::system::error_code ignored;
         stream_.socket().shutdown(socket_type::shutdown_send, ignored);

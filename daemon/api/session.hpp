@@ -1,16 +1,17 @@
 // One API connection: requests read with Beast's parser from a beast::basic_stream whose
 // expires_after bounds each phase (idle between requests, reading one, writing its answer),
 // routed by api_routes, answered in order; or, after GET /v1/events, the event stream
-// (api_event_stream.cpp). A client that hangs up while its request waits on a guest or a state
-// cancels that wait: the session's coroutine is spawned with a cancellation slot that a watch
-// on the socket signals. Who the peer is and what it may do is settled before the first request
-// (peer.hpp). Single-threaded, on the daemon's executor.
+// (event_stream.cpp). A client that hangs up while its request waits on a guest or a state
+// cancels that wait: the session's coroutine is spawned with a cancellation slot that the
+// server's hangup_watch signals (no system call per request). Who the peer is and what it may do
+// is settled before the first request (peer.hpp). Single-threaded, on the daemon's executor.
 #pragma once
 
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <boost/asio/awaitable.hpp>
@@ -21,6 +22,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 
 #include "daemon/api/audit.hpp"
+#include "daemon/api/hangup_watch.hpp"
 #include "daemon/api/metrics.hpp"
 #include "daemon/api/peer.hpp"
 #include "daemon/api/routes.hpp"
@@ -48,6 +50,7 @@ struct api_session_environment {
     user_lookup_cache& users;         // what the user database says about peers
     std::optional<gid_t> group;       // api_group: every route
     std::optional<gid_t> read_group;  // api_read_group: the GET routes
+    api::hangup_watch& hangups;
 };
 
 class api_session : public std::enable_shared_from_this<api_session> {
@@ -76,10 +79,17 @@ class api_session : public std::enable_shared_from_this<api_session> {
                                                const std::string& guest_filter,
                                                std::string& pending, bool chunked);
     boost::asio::awaitable<bool> write_events(const std::string& batch, bool last, bool chunked);
+    // A hangup from now on cancels the request in flight (until waiting_on_cancellable_ is
+    // cleared): through the hangup_watch, or a read where it cannot watch the socket.
+    void watch_for_hangup_while_waiting();
+    // Registers the socket with the server's hangup_watch once; false if it cannot be watched.
+    bool watched_for_hangups();
+    // The hangup_watch says the peer shut its sending side (`gone`: the whole connection).
+    void on_peer_hangup(bool gone);
     // Until stop_watching(): the peer closing its end (or, with `any_input`, sending anything)
-    // emits the hangup signal. A read, not a readiness wait: Asio re-arms epoll for every wait,
-    // while a read queued after a read that drained the socket costs no system call. Bytes of a
-    // pipelined request are kept for the session (and, without `any_input`, are no hangup).
+    // emits the hangup signal. A read: an event stream's client sends nothing, so it costs one
+    // failed read a stream; for requests only where hangup_watch cannot watch the socket. Bytes
+    // of a pipelined request are kept for the session (and, without `any_input`, are no hangup).
     void watch_for_hangup(bool any_input);
     // Ends the watch; once it returns, any bytes the watch read are at the end of `buffer`.
     boost::asio::awaitable<void> stop_watching(boost::beast::flat_buffer& buffer);
@@ -95,6 +105,9 @@ class api_session : public std::enable_shared_from_this<api_session> {
     std::string watched_input_;  // read by the watch: the start of a pipelined request
     bool watching_ = false;
     bool hung_up_ = false;
+    std::optional<std::uint64_t> hangup_watch_id_;
+    bool hangup_watch_failed_ = false;
+    bool waiting_on_cancellable_ = false;  // a handler a hangup cancels is running
 };
 
 }  // namespace stereos::daemon

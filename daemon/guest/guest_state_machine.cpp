@@ -219,7 +219,8 @@ void guest_state_machine::record_health(const protocol::health_payload& health,
     // The latest reckoning, so slow drift between the clocks never adds up to a false restart.
     started_within_ = start_interval_of(health.uptime_seconds, asked_at, answered_at);
     last_heard_ = std::max(last_heard_, answered_at);
-    agents_ = health.agents;
+    if (agents_ != health.agents)  // usually the same list: no copy then
+        agents_ = health.agents;
 }
 
 event_result guest_state_machine::on_link_lost(const guest_events::link_lost& e,
@@ -256,38 +257,49 @@ event_result guest_state_machine::on_lifecycle(const guest_events::lifecycle_pus
     }
     last_lifecycle_ = e.payload;
     last_lifecycle_at_ = now;
-    std::string reason = "lifecycle: ";
-    reason += e.payload.message.empty() ? std::string(protocol::to_string(e.payload.state))
-                                        : e.payload.message;
-    on_guest_report(result, e.payload.state, std::move(reason), now);
+    on_guest_report(result, e.payload.state, "lifecycle: ",
+                    e.payload.message.empty() ? protocol::to_string(e.payload.state)
+                                              : std::string_view(e.payload.message),
+                    now);
     return result;
 }
 
 event_result guest_state_machine::on_health(const guest_events::health_received& e,
                                             clock::time_point now) {
+    return handle_health(e.payload, e.answered_at, e.asked_at, now);
+}
+
+event_result guest_state_machine::handle_health(const protocol::health_payload& health,
+                                                guest_events::steady_time answered_at,
+                                                guest_events::steady_time asked_at,
+                                                clock::time_point now) {
     event_result result;
     if (!accepts_guest_messages()) {
         return result;
     }
     // On the connection that is up: the same run whatever the uptime says (see the rules).
-    record_health(e.payload, e.asked_at, e.answered_at, now);
-    on_guest_report(result, e.payload.state,
-                    "health: " + std::string(protocol::to_string(e.payload.state)), now);
+    record_health(health, asked_at, answered_at, now);
+    on_guest_report(result, health.state, "health: ", protocol::to_string(health.state), now);
     return result;
 }
 
 void guest_state_machine::on_guest_report(event_result& result, protocol::lifecycle_state reported,
-                                          std::string reason, clock::time_point now) {
+                                          std::string_view source, std::string_view detail,
+                                          clock::time_point now) {
     reported_ = reported;
-    if (state_ == guest_state::shutting_down) {
-        // It keeps answering until it powers off; only "I am shutting down" is news.
-        if (reported == protocol::lifecycle_state::shutdown) {
-            move_to(result, guest_state::shutdown, std::move(reason), now);
-        }
-        return;
+    const bool shutting_down = state_ == guest_state::shutting_down;
+    // Shutting down, it keeps answering until it powers off; only "I am shutting down" is news.
+    const auto to = !shutting_down                                    ? host_state_for(reported)
+                    : reported == protocol::lifecycle_state::shutdown ? guest_state::shutdown
+                                                                      : state_;
+    if (to != state_) {
+        std::string reason;
+        reason.reserve(source.size() + detail.size());
+        reason.append(source).append(detail);
+        move_to(result, to, std::move(reason), now);
     }
-    move_to(result, host_state_for(reported), std::move(reason), now);
-    update_provisioning(result);
+    if (!shutting_down)
+        update_provisioning(result);
 }
 
 event_result guest_state_machine::on_unresponsive(const guest_events::link_unresponsive& e,

@@ -193,6 +193,11 @@ class guest_state_machine {
     static constexpr std::size_t history_limit = 64;
 
     event_result handle(const guest_event& event, clock::time_point now);
+    // handle(health_received{health, answered_at, asked_at}) without building the event: the
+    // health poll's path copies no payload, and an answer that changes nothing allocates nothing.
+    event_result handle_health(const protocol::health_payload& health,
+                               guest_events::steady_time answered_at,
+                               guest_events::steady_time asked_at, clock::time_point now);
 
     guest_state state() const noexcept { return state_; }
     const std::string& reason() const noexcept { return reason_; }
@@ -241,8 +246,10 @@ class guest_state_machine {
     event_result on_link_up(const guest_events::link_up& e, clock::time_point now);
     event_result on_connect_failed(const guest_events::connect_failed& e);
     event_result on_link_lost(const guest_events::link_lost& e, clock::time_point now);
+    // `source` and `detail` make the transition's reason ("health: " "ready"), built only if
+    // the state changes.
     void on_guest_report(event_result& result, protocol::lifecycle_state reported,
-                         std::string reason, clock::time_point now);
+                         std::string_view source, std::string_view detail, clock::time_point now);
     event_result on_lifecycle(const guest_events::lifecycle_pushed& e, clock::time_point now);
     event_result on_health(const guest_events::health_received& e, clock::time_point now);
     event_result on_unresponsive(const guest_events::link_unresponsive& e, clock::time_point now);

@@ -113,7 +113,12 @@ asio::awaitable<void> managed_guest::async_stop() {
 }
 
 void managed_guest::feed(const guest_event& event) {
-    const auto result = machine_.handle(event, std::chrono::system_clock::now());
+    after_event(machine_.handle(event, std::chrono::system_clock::now()),
+                std::holds_alternative<guest_events::link_up>(event) ||
+                    std::holds_alternative<guest_events::health_received>(event));
+}
+
+void managed_guest::after_event(const event_result& result, bool heard_health) {
     if (result.rebooted) {
         log::notice("guest restarted (stereosd has a new start time): provisioning will run again",
                     {.guest = name()});
@@ -122,8 +127,7 @@ void managed_guest::feed(const guest_event& event) {
         provisioning_.on_new_run();
     else if (result.resumed_run)
         provisioning_.on_resumed_run();
-    if (std::holds_alternative<guest_events::link_up>(event) ||
-        std::holds_alternative<guest_events::health_received>(event))
+    if (heard_health)
         provisioning_.on_reckoning(result.new_run);
     if (const auto& t = result.transition) {
         const auto to = std::string(to_string(t->to));
@@ -218,20 +222,31 @@ void managed_guest::on_link_event(const link::link_event& event) {
 void managed_guest::note_reply(const protocol::host_message& sent,
                                const link::request_result& result,
                                std::chrono::steady_clock::time_point asked_at) {
-    const bool is_shutdown = std::holds_alternative<protocol::shutdown_payload>(sent);
-    if (!result) {
+    static const protocol::guest_message none;
+    note_outcome(std::holds_alternative<protocol::shutdown_payload>(sent),
+                 result ? boost::system::error_code() : result.error(), result ? *result : none,
+                 asked_at);
+}
+
+void managed_guest::note_outcome(bool sent_shutdown, const boost::system::error_code& error,
+                                 const protocol::guest_message& reply,
+                                 std::chrono::steady_clock::time_point asked_at) {
+    if (error) {
         // A timeout alone changes no state: the link judges unresponsiveness (guest_link.hpp).
-        if (is_shutdown)
-            feed(guest_events::shutdown_failed{result.error().message()});
+        if (sent_shutdown)
+            feed(guest_events::shutdown_failed{error.message()});
         return;
     }
-    if (const auto* health = std::get_if<protocol::health_payload>(&*result)) {
-        feed(guest_events::health_received{*health, std::chrono::steady_clock::now(), asked_at});
+    if (const auto* health = std::get_if<protocol::health_payload>(&reply)) {
+        // By reference: a poll that changes nothing copies nothing.
+        after_event(machine_.handle_health(*health, std::chrono::steady_clock::now(), asked_at,
+                                           std::chrono::system_clock::now()),
+                    true);
         return;
     }
     feed(guest_events::reply_received{});
-    if (is_shutdown) {
-        const auto* ack = std::get_if<protocol::ack_payload>(&*result);
+    if (sent_shutdown) {
+        const auto* ack = std::get_if<protocol::ack_payload>(&reply);
         if (ack && ack->ok) {
             feed(guest_events::shutdown_acked{});
         } else {
@@ -240,18 +255,14 @@ void managed_guest::note_reply(const protocol::host_message& sent,
     }
 }
 
-asio::awaitable<link::request_result> managed_guest::request(protocol::host_message message) {
-    auto self = shared_from_this();
-    if (const auto* shutdown = std::get_if<protocol::shutdown_payload>(&message)) {
-        log::notice("sending shutdown" + (shutdown->reason.empty() ? "" : ": " + shutdown->reason),
-                    {.guest = name(), .message_type = "shutdown"});
-        feed(guest_events::shutdown_sent{shutdown->reason});
-    }
-    const auto asked_at = std::chrono::steady_clock::now();
-    auto [error, reply] = co_await link_->async_send(message, link_->default_deadline(), use_tuple);
-    auto result = link::to_request_result(error, std::move(reply));
-    note_reply(message, result, asked_at);
-    co_return result;
+bool managed_guest::note_request(const protocol::host_message& message) {
+    const auto* shutdown = std::get_if<protocol::shutdown_payload>(&message);
+    if (!shutdown)
+        return false;
+    log::notice("sending shutdown" + (shutdown->reason.empty() ? "" : ": " + shutdown->reason),
+                {.guest = name(), .message_type = "shutdown"});
+    feed(guest_events::shutdown_sent{shutdown->reason});
+    return true;
 }
 
 asio::awaitable<link::request_result> managed_guest::send_item(
@@ -264,16 +275,16 @@ asio::awaitable<link::request_result> managed_guest::send_item(
 
 asio::awaitable<void> managed_guest::health_loop() {
     auto self = shared_from_this();
+    // Sent by reference: built once, never copied.
+    static const protocol::host_message poll = protocol::get_health_request{};
     while (!stopping_) {
         if (link_->is_up() && !std::exchange(handshake_polled_, false)) {
-            const protocol::host_message poll = protocol::get_health_request{};
             const auto asked_at = std::chrono::steady_clock::now();
             auto [error, reply] =
                 co_await link_->async_send(poll, link_->default_deadline(), use_tuple);
             if (stopping_)
                 break;
-            const auto result = link::to_request_result(error, std::move(reply));
-            note_reply(poll, result, asked_at);
+            note_outcome(false, error, reply, asked_at);
             // A new link that came up meanwhile was polled by its handshake: either way the
             // next poll is a full interval from now.
             handshake_polled_ = false;

@@ -11,6 +11,8 @@
 #include <string>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associator.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json/object.hpp>
@@ -26,6 +28,12 @@ namespace stereos::daemon {
 
 enum class guest_source { config, runtime };
 std::string_view to_string(guest_source source) noexcept;
+
+class managed_guest;
+namespace managed_guest_detail {
+template <class Handler>
+struct noted_reply;
+}  // namespace managed_guest_detail
 
 class managed_guest : public std::enable_shared_from_this<managed_guest> {
   public:
@@ -44,9 +52,23 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void begin_stop();
     boost::asio::awaitable<void> async_stop();
 
-    // A request on behalf of a client; the outcome also feeds the state machine (timeouts,
-    // health replies, shutdown).
-    boost::asio::awaitable<link::request_result> request(protocol::host_message message);
+    // A request on behalf of a client; completes with (error, reply) as guest_link::async_send
+    // does, by the link's request deadline: cancelling it through the token's cancellation slot
+    // withdraws it (operation_aborted). The outcome also feeds the state machine (health
+    // replies, shutdown). No coroutine of its own, and `message` is not copied: it is read only
+    // while the operation starts.
+    template <class CompletionToken>
+    auto async_request(const protocol::host_message& message, CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, link::guest_link::reply_signature>(
+            [this](auto handler, const protocol::host_message* sent) {
+                using noted = managed_guest_detail::noted_reply<std::decay_t<decltype(handler)>>;
+                const bool shutdown = note_request(*sent);
+                link_->async_send(*sent, link_->default_deadline(),
+                                  noted{shared_from_this(), shutdown,
+                                        std::chrono::steady_clock::now(), std::move(handler)});
+            },
+            token, &message);
+    }
 
     // "The VM just started": reconnect at once and retry fast (guest_link::reconnect_now).
     void reconnect();
@@ -117,8 +139,14 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
                   guest_source source, event_bus& bus, ledger_services ledger);
 
   private:
+    template <class Handler>
+    friend struct managed_guest_detail::noted_reply;
+
     void on_link_event(const link::link_event& event);
     void feed(const guest_event& event);
+    // What an event did: the ledger's reckoning (`heard_health`: a health answer or a new link
+    // brought the guest's uptime), the transition's log line and event, provisioning.
+    void after_event(const event_result& result, bool heard_health);
     void maybe_start_provisioning();
     boost::asio::awaitable<void> health_loop();
     // Provisioning is compared with the ledger again (when the guest is up in a run).
@@ -131,6 +159,12 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     // The provisioning runner's way to the guest: through the link, the answer noted.
     boost::asio::awaitable<link::request_result> send_item(
         const protocol::host_message& item, std::chrono::steady_clock::time_point deadline);
+    // The same without a request_result: nothing is copied or moved (`reply` is empty on error).
+    void note_outcome(bool sent_shutdown, const boost::system::error_code& error,
+                      const protocol::guest_message& reply,
+                      std::chrono::steady_clock::time_point asked_at);
+    // Before a client's request goes out: a shutdown is logged and fed; true for a shutdown.
+    bool note_request(const protocol::host_message& message);
 
     boost::asio::any_io_executor executor_;
     config::guest_config definition_;
@@ -150,4 +184,40 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     log_throttle lifecycle_lines_;  // a guest repeating one event must not flood the journal
 };
 
+namespace managed_guest_detail {
+
+// A client's request completed: the guest notes the outcome, then the client's handler runs.
+// The handler's executor, allocator and cancellation slot are this one's (the associator
+// below), so the client's cancellation reaches the link.
+template <class Handler>
+struct noted_reply {
+    std::shared_ptr<managed_guest> guest;
+    bool sent_shutdown;
+    std::chrono::steady_clock::time_point asked_at;
+    Handler handler;
+
+    void operator()(boost::system::error_code error, protocol::guest_message reply) {
+        guest->note_outcome(sent_shutdown, error, reply, asked_at);
+        std::move(handler)(error, std::move(reply));
+    }
+};
+
+}  // namespace managed_guest_detail
+
 }  // namespace stereos::daemon
+
+template <template <typename, typename> class Associator, typename Handler,
+          typename DefaultCandidate>
+struct boost::asio::associator<
+    Associator, stereos::daemon::managed_guest_detail::noted_reply<Handler>, DefaultCandidate>
+    : Associator<Handler, DefaultCandidate> {
+    static typename Associator<Handler, DefaultCandidate>::type get(
+        const stereos::daemon::managed_guest_detail::noted_reply<Handler>& h) noexcept {
+        return Associator<Handler, DefaultCandidate>::get(h.handler);
+    }
+    static auto get(const stereos::daemon::managed_guest_detail::noted_reply<Handler>& h,
+                    const DefaultCandidate& c) noexcept
+        -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler, c)) {
+        return Associator<Handler, DefaultCandidate>::get(h.handler, c);
+    }
+};

@@ -101,15 +101,17 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     // the handler's cancellation slot (any type) withdraws the request: an unwritten one is
     // removed from the queue, a written one abandoned (its late reply is dropped); it then
     // completes with operation_aborted. The caller keeps the link alive until completion.
+    // `request` is encoded as the operation starts and not copied: it must live until then (with
+    // a token that defers the start, until it starts).
     template <class CompletionToken>
-    auto async_send(protocol::host_message request, clock::time_point deadline,
+    auto async_send(const protocol::host_message& request, clock::time_point deadline,
                     CompletionToken&& token) {
         return boost::asio::async_initiate<CompletionToken, reply_signature>(
-            [this](auto handler, const protocol::host_message& message, clock::time_point until) {
+            [this](auto handler, const protocol::host_message* message, clock::time_point until) {
                 using op = link_detail::request_op<std::decay_t<decltype(handler)>>;
-                op::start(std::move(handler), *this, message, until);
+                op::start(std::move(handler), *this, *message, until);
             },
-            token, std::move(request), deadline);
+            token, &request, deadline);
     }
 
     // Where a request sent now times out: request_timeout from now.

@@ -33,6 +33,7 @@
 #include "daemon/event_bus.hpp"
 #include "daemon/guest/guest_registry.hpp"
 #include "daemon/guest/state_store.hpp"
+#include "tests/fuzz/api_without_socket.hpp"
 
 namespace {
 

@@ -781,6 +781,39 @@ BOOST_AUTO_TEST_CASE(a_failed_shutdown_returns_to_the_reported_state) {
     BOOST_TEST(result.transition->reason == "shutdown failed: timed out");
 }
 
+// The health poll's path: handle_health() does what the health_received event does, without
+// the event (no copy of the payload); agents follow every answer, the reason only transitions.
+BOOST_AUTO_TEST_CASE(handle_health_is_the_health_event_and_agents_follow_each_answer) {
+    driver by_event, direct;
+    by_event.feed_all(path_to(guest_state::ready));
+    direct.feed_all(path_to(guest_state::ready));
+    stereos::protocol::health_payload payload{L::healthy, {{"claude", true, "s1", 2, ""}}, 102};
+    const auto evented = by_event.feed(ev::health_received{payload});
+    direct.wait(1s);
+    const auto handled =
+        direct.machine.handle_health(payload, direct.steady_now, direct.steady_now, direct.now);
+    BOOST_TEST_REQUIRE((evented.transition && handled.transition));
+    BOOST_TEST(handled.transition->reason == "health: healthy");
+    BOOST_TEST(evented.transition->reason == handled.transition->reason);
+    BOOST_TEST((direct.machine.state() == by_event.machine.state()));
+    BOOST_TEST((direct.machine.agents() == payload.agents));
+
+    // The same answer again: no transition, the reason stays.
+    payload.uptime_seconds = 103;
+    direct.wait(1s);
+    const auto same =
+        direct.machine.handle_health(payload, direct.steady_now, direct.steady_now, direct.now);
+    BOOST_TEST(!same.transition.has_value());
+    BOOST_TEST(direct.machine.reason() == "health: healthy");
+    // A changed agent list replaces the old one.
+    payload.agents.front().running = false;
+    payload.agents.push_back({"codex", true, "s2", 0, ""});
+    direct.wait(1s);
+    direct.machine.handle_health(payload, direct.steady_now, direct.steady_now, direct.now);
+    BOOST_TEST((direct.machine.agents() == payload.agents));
+    BOOST_TEST(direct.machine.agents().size() == 2u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // The decisions the delivery ledger rests on, in virtual time: which first answer after a daemon

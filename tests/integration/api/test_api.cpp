@@ -688,6 +688,28 @@ BOOST_AUTO_TEST_CASE(members_of_the_api_group_are_allowed_by_primary_or_suppleme
     BOOST_TEST(log.find("POST /v1/guests/vm1/ping by") == std::string::npos, log);
 }
 
+// The audit trail goes by the route a request matched, not by how its path ends: a guest may
+// be named "ping".
+BOOST_AUTO_TEST_CASE(a_guest_named_ping_is_audited_like_any_other_and_its_pings_are_not) {
+    temp_dir dir;
+    fake_guests guests(dir, "fg", 1);
+    hostd_process hostd(dir, {}, "info", quick_daemon);
+    const auto& sock = hostd.socket();
+    auto added =
+        post(sock, "/v1/guests", R"({"name":"ping","endpoint":")" + guests.endpoint() + R"("})");
+    BOOST_TEST_REQUIRE(added.status == 201u, added.body);
+    BOOST_TEST_REQUIRE(reaches_state(sock, "ping", "ready"));
+    BOOST_TEST(post(sock, "/v1/guests/ping/ping").status == 200u);
+    auto removed = http(sock, "DELETE", "/v1/guests/ping");
+    BOOST_TEST(removed.status == 200u, removed.body);
+
+    const auto log = hostd.log();
+    BOOST_TEST(log.find("ping: POST /v1/guests by uid ") != std::string::npos, log);
+    BOOST_TEST(log.find("ping: DELETE /v1/guests/ping by uid ") != std::string::npos, log);
+    BOOST_TEST(log.find(": 200 OK") != std::string::npos, log);
+    BOOST_TEST(log.find("POST /v1/guests/ping/ping by") == std::string::npos, log);
+}
+
 BOOST_AUTO_TEST_CASE(secrets_never_reach_the_log_events_metrics_or_error_bodies) {
     temp_dir dir;
     fake_guests guests(dir, "fg", 1);
@@ -977,6 +999,39 @@ BOOST_AUTO_TEST_CASE(a_client_that_hangs_up_withdraws_its_guest_request_and_its_
         [&] { return metric(get(sock, "/metrics").body, "stereos_api_connections") == 1.0; }, 5s));
     BOOST_TEST(hostd.log().find("API client hung up while waiting") != std::string::npos);
     BOOST_TEST(undeclared_responses(sock) == 0.0);
+}
+
+// A request pipelined while the one before it waits on its guest is answered after it, in
+// order; so it is when the client then shuts its sending side (that is no hangup: it still
+// reads its answers).
+BOOST_AUTO_TEST_CASE(a_request_pipelined_behind_a_waiting_one_is_answered_after_it) {
+    temp_dir dir;
+    fake_guests slow(dir, "slow", 1, {"--reply-delay", "500ms", "--faults-after", "1"});
+    hostd_process hostd(dir, {{"slow", slow.endpoint(), "health_interval = \"60s\"\n"}}, "debug");
+    const auto& sock = hostd.socket();
+    BOOST_TEST_REQUIRE(reaches_state(sock, "slow", "ready"));
+    for (const bool half_close : {false, true}) {
+        boost::asio::io_context io;
+        boost::asio::local::stream_protocol::socket client(io);
+        client.connect(boost::asio::local::stream_protocol::endpoint(sock));
+        const std::string ping =
+            "POST /v1/guests/slow/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        const std::string then = "GET /v1/ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        boost::asio::write(client, boost::asio::buffer(ping));
+        std::this_thread::sleep_for(150ms);  // the ping waits on the guest by now
+        boost::asio::write(client, boost::asio::buffer(then));
+        if (half_close)
+            client.shutdown(boost::asio::socket_base::shutdown_send);
+        std::string answers;
+        boost::system::error_code ec;
+        boost::asio::read(client, boost::asio::dynamic_buffer(answers), ec);
+        const auto pong = answers.find("\"rtt_us\"");
+        const auto daemon_ping = answers.find("\"status\":\"ok\"");
+        BOOST_TEST(
+            (pong != std::string::npos && daemon_ping != std::string::npos && pong < daemon_ping),
+            "half close " << half_close << ": " << answers);
+    }
+    BOOST_TEST(hostd.log().find("API client hung up") == std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

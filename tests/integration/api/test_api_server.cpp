@@ -21,6 +21,7 @@
 #include "daemon/api/routes.hpp"
 #include "daemon/api/server.hpp"
 #include "daemon/guest/state_store.hpp"
+#include "tests/fuzz/api_without_socket.hpp"
 #include "tests/integration/api/api_test_support.hpp"
 
 namespace asio = boost::asio;
