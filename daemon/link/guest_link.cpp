@@ -152,7 +152,7 @@ boost::system::result<std::uint64_t> guest_link::submit(link_core::waiter& to_no
         return id;
     // The deadline loop only needs waking when this deadline is the new earliest one.
     deadline_at(deadline);
-    start_write();
+    schedule_write();
     return id;
 }
 
@@ -208,6 +208,24 @@ void guest_link::set_options(guest_link_options options) {
 void guest_link::close_socket() {
     error_code ignored;
     socket_.close(ignored);
+}
+
+void guest_link::resume_answered() {
+    // A resumed caller may send again (answered_ grows only inside a read step, not here).
+    resuming_.swap(answered_);
+    for (auto* request : resuming_)
+        request->resume_now();
+    resuming_.clear();
+}
+
+void guest_link::schedule_write() {
+    if (write_scheduled_ || write_in_flight_)
+        return;
+    write_scheduled_ = true;
+    asio::post(executor_, [self = shared_from_this()] {
+        self->write_scheduled_ = false;
+        self->start_write();
+    });
 }
 
 void guest_link::start_write() {
@@ -374,7 +392,9 @@ asio::awaitable<void> guest_link::read_loop() {
         if (stopping_)
             co_return;
         const bool was_up = core_.is_up();
+        collecting_answers_ = true;
         core_.on_read(n, clock::now(), actions_);
+        collecting_answers_ = false;
         if (!was_up && core_.is_up()) {
             policy_.on_up(clock::now());
             stop_watching();  // only needed while the guest is away
@@ -384,6 +404,7 @@ asio::awaitable<void> guest_link::read_loop() {
         else
             deadline_at(core_.keepalive_due());  // the link came up: the next ping is due
         carry_out();  // events last: their handlers may send requests, or stop the link
+        resume_answered();
         if (core_.drop_requested() || stopping_)
             co_return;
     }

@@ -40,6 +40,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/recycling_allocator.hpp>
@@ -72,10 +73,19 @@ class guest_link;
 namespace link_detail {
 // One caller's wait for its reply: allocated once (from the handler's allocator, else Asio's
 // recycling allocator, so steady traffic does not reach malloc), completed by link_core or by
-// the caller's cancellation slot, and delivered through a post so that link_core is never
-// re-entered from a resumed caller.
+// the caller's cancellation slot. link_core is never re-entered from a resumed caller: a reply
+// read resumes its caller once the read step is over (in the same handler when the caller's
+// executor allows), anything else through a post.
 template <class Handler>
 class request_op;
+// A request the link's current read step answered, to be resumed after the step.
+class answered_request {
+  public:
+    virtual void resume_now() = 0;
+
+  protected:
+    ~answered_request() = default;
+};
 }  // namespace link_detail
 
 class guest_link : public std::enable_shared_from_this<guest_link> {
@@ -180,6 +190,18 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     boost::asio::awaitable<void> read_loop();
     // Writes what link_core has to send unless a write is already in flight: one writer.
     void start_write();
+    // A request's write waits one turn of the executor (no system call), so requests that
+    // clients send in the same turn leave in one write.
+    void schedule_write();
+    // Inside a read step, keeps a completed request to resume after it; false otherwise.
+    bool collect_answer(link_detail::answered_request& request) {
+        if (!collecting_answers_)
+            return false;
+        answered_.push_back(&request);
+        return true;
+    }
+    // The requests the last read step answered, resumed in order.
+    void resume_answered();
     // Carries out what the last core step decided (actions_): close or write, then the events,
     // with no core call on the stack.
     void carry_out();
@@ -194,6 +216,12 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     transport::stream_socket socket_;
     std::uint64_t connection_number_ = 0;  // tells a stale write completion from a live one
     bool write_in_flight_ = false;
+    bool write_scheduled_ = false;  // a start_write() is posted: requests of this turn join it
+    // Replies of the current read step: their callers resume after the step, in the read's
+    // handler rather than a turn later, so answers leave in the same turn as the replies came.
+    bool collecting_answers_ = false;
+    std::vector<link_detail::answered_request*> answered_;  // reused
+    std::vector<link_detail::answered_request*> resuming_;  // reused
     reconnect_policy policy_;
     link_actions actions_;                // what the last core step decided; reused
     std::vector<link_event> delivering_;  // the events being delivered; reused
@@ -214,7 +242,7 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
 namespace link_detail {
 
 template <class Handler>
-class request_op final : public link_core::waiter {
+class request_op final : public link_core::waiter, public answered_request {
     using clock = guest_link::clock;
     using work_guard = boost::asio::executor_work_guard<
         boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>>;
@@ -245,8 +273,12 @@ class request_op final : public link_core::waiter {
         completed_ = true;
         error_ = error;
         reply_ = std::move(reply);
+        if (link_->collect_answer(*this))
+            return;
         boost::asio::post(work_.get_executor(), deliver{this});
     }
+    // After the read step: inline when the caller's executor is this thread's.
+    void resume_now() override { boost::asio::dispatch(work_.get_executor(), deliver{this}); }
 
   private:
     struct cancel_handler {
