@@ -235,6 +235,7 @@ void guest_link::start_write() {
     if (bytes.empty())
         return;
     write_in_flight_ = true;
+    ++core_.stats().writes;
     asio::async_write(
         socket_, asio::buffer(bytes.data(), bytes.size()),
         [self = shared_from_this(), connection = connection_number_](error_code ec, std::size_t n) {

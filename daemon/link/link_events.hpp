@@ -96,6 +96,7 @@ struct link_stats {
     std::uint64_t disconnects = 0;
     std::uint64_t protocol_errors = 0;
     std::uint64_t requests = 0;  // queued, keepalives included
+    std::uint64_t writes = 0;    // writes started: requests queued in one turn share one
     std::uint64_t timeouts = 0;  // written, then no reply in time
     std::uint64_t late_replies_dropped = 0;
     std::uint64_t lifecycle_events = 0;

@@ -546,6 +546,30 @@ BOOST_AUTO_TEST_CASE(the_deadline_timer_fires_only_when_something_is_due) {
     f.shut_down_and_expect_idle();
 }
 
+BOOST_AUTO_TEST_CASE(requests_sent_in_one_turn_leave_in_one_write) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    constexpr int request_count = 20;
+    int answered = 0;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        const auto writes_before = f.link->stats().writes;
+        const protocol::host_message ping = protocol::ping_request{};
+        // As many API sessions do when their requests were read in one turn.
+        for (int i = 0; i < request_count; ++i) {
+            f.link->async_send(
+                ping, f.link->default_deadline(),
+                [&](boost::system::error_code error, protocol::guest_message reply) {
+                    if (!error && std::holds_alternative<protocol::pong_reply>(reply))
+                        ++answered;
+                });
+        }
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return answered == request_count; }));
+        BOOST_TEST(f.link->stats().writes - writes_before == 1u);
+    });
+    f.shut_down_and_expect_idle();
+}
+
 // What managed_guest does on `up`: send requests from inside the event handler. The link tells
 // the handler after link_core's step has returned, so the request simply joins the queue.
 BOOST_AUTO_TEST_CASE(an_event_handler_may_send_requests_from_inside_up_after_every_connect) {
