@@ -77,6 +77,24 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
                    read_group_,
                    hangups_} {}
 
+namespace {
+// Pools whose lookups were hung at a server's end: reachable (not a leak to LeakSanitizer), and
+// joined only on request.
+std::vector<std::unique_ptr<asio::thread_pool>>& lookup_pools_left_behind() {
+    static auto* const pools = new std::vector<std::unique_ptr<asio::thread_pool>>();
+    return *pools;
+}
+}  // namespace
+
+std::size_t join_lookup_pools_left_behind() {
+    auto& pools = lookup_pools_left_behind();
+    const auto count = pools.size();
+    for (auto& pool : pools)
+        pool->join();
+    pools.clear();
+    return count;
+}
+
 api_server::~api_server() {
     // stop() throws only if a timer operation fails, which would be a bug: worth a log line,
     // not a terminate() from a destructor.
@@ -91,9 +109,7 @@ api_server::~api_server() {
         log::warning("not waiting for " + std::to_string(stuck) +
                      " user-database lookup(s) still running at exit");
         user_lookups_->stop();
-        // Kept reachable (not a leak to LeakSanitizer) and never joined.
-        static auto* const left_behind = new std::vector<std::unique_ptr<asio::thread_pool>>();
-        left_behind->push_back(std::move(user_lookups_));
+        lookup_pools_left_behind().push_back(std::move(user_lookups_));
     }
 }
 

@@ -57,6 +57,10 @@ struct api_server_options {
 // `api_read_group` when the config model has it.
 api_server_options api_options_from(const config::daemon_settings& settings);
 
+// Joins the lookup pools that servers left behind because a lookup was hung in NSS (see
+// ~api_server); blocks until those lookups return. For tests and tools, never the daemon's exit.
+std::size_t join_lookup_pools_left_behind();
+
 class api_server {
   public:
     api_server(const boost::asio::any_io_executor& executor, api_server_options options,
