@@ -116,9 +116,19 @@ bool api_session::watched_for_hangups() {
 }
 
 void api_session::on_peer_hangup(bool gone) {
-    // Between requests the session's own read meets the end of the stream.
-    if (!waiting_on_cancellable_ || hung_up_)
+    if (hung_up_)
         return;
+    if (!waiting_on_cancellable_) {
+        // Between requests the session's own read meets the end of the stream, unless a
+        // request came just before it: the next wait looks again.
+        hangup_pending_ = true;
+        hangup_gone_ = hangup_gone_ || gone;
+        return;
+    }
+    cancel_if_hung_up(gone);
+}
+
+void api_session::cancel_if_hung_up(bool gone) {
     // A client that only shut its sending side after pipelining requests still reads answers.
     int unread = 0;
     if (!gone && ::ioctl(stream_.socket().native_handle(), FIONREAD, &unread) == 0 && unread > 0)
@@ -128,10 +138,18 @@ void api_session::on_peer_hangup(bool gone) {
 }
 
 void api_session::watch_for_hangup_while_waiting() {
-    if (watched_for_hangups())
-        waiting_on_cancellable_ = true;
-    else
+    if (!watched_for_hangups()) {
         watch_for_hangup(false);
+        return;
+    }
+    waiting_on_cancellable_ = true;
+    if (!std::exchange(hangup_pending_, false))
+        return;
+    // Told one turn later, when the request's wait has begun and its cancellation slot holds it.
+    asio::post(stream_.get_executor(), [weak = weak_from_this(), gone = hangup_gone_] {
+        if (auto self = weak.lock(); self && self->waiting_on_cancellable_ && !self->hung_up_)
+            self->cancel_if_hung_up(gone);
+    });
 }
 
 asio::awaitable<bool> api_session::send(api::http_response& response) {
@@ -146,6 +164,14 @@ asio::awaitable<bool> api_session::send(api::http_response& response) {
 asio::awaitable<void> api_session::run() {
     // Cancellation (a hangup) is checked by hand where it matters, so it must not throw.
     co_await asio::this_coro::throw_if_cancelled(false);
+    // However run() ends (an exception included), the hangup watch forgets this session.
+    struct forget_hangup_watch {
+        api_session& session;
+        ~forget_hangup_watch() {
+            if (session.hangup_watch_id_)
+                session.env_.hangups.forget(*session.hangup_watch_id_);
+        }
+    } forget_on_exit{*this};
     // The user database may be slow: it answers off the daemon's thread, and the first request
     // waits for it here.
     access_ = co_await access_of(peer_, env_.users, env_.group, env_.read_group);
@@ -268,8 +294,6 @@ asio::awaitable<void> api_session::run() {
             break;
         answered = true;
     }
-    if (hangup_watch_id_)
-        env_.hangups.forget(*hangup_watch_id_);
     if (stream_.socket().is_open()) {
         boost::system::error_code ignored;
         stream_.socket().shutdown(socket_type::shutdown_send, ignored);

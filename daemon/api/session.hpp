@@ -86,6 +86,9 @@ class api_session : public std::enable_shared_from_this<api_session> {
     bool watched_for_hangups();
     // The hangup_watch says the peer shut its sending side (`gone`: the whole connection).
     void on_peer_hangup(bool gone);
+    // A hangup, unless unread bytes say the client only shut its sending side after more
+    // requests: cancels the request in flight.
+    void cancel_if_hung_up(bool gone);
     // Until stop_watching(): the peer closing its end (or, with `any_input`, sending anything)
     // emits the hangup signal. A read: an event stream's client sends nothing, so it costs one
     // failed read a stream; for requests only where hangup_watch cannot watch the socket. Bytes
@@ -108,6 +111,10 @@ class api_session : public std::enable_shared_from_this<api_session> {
     std::optional<std::uint64_t> hangup_watch_id_;
     bool hangup_watch_failed_ = false;
     bool waiting_on_cancellable_ = false;  // a handler a hangup cancels is running
+    // The watch reports a hangup once (edge-triggered): one seen while no request waited is
+    // kept for the next wait, which may be the request the client sent just before going.
+    bool hangup_pending_ = false;
+    bool hangup_gone_ = false;
 };
 
 }  // namespace stereos::daemon

@@ -174,6 +174,10 @@ asio::awaitable<user_record> user_lookup_cache::find(uid_t uid) {
     if (s->stopped)
         co_return failed_record();
     const auto running = s->running.find(uid);
+    // Running past the wait limit: hung, and its waiters gave up. Later connections of the user
+    // are refused at once rather than each waiting the limit again.
+    if (running != s->running.end() && now - running->second->asked_at >= s->wait_limit)
+        co_return failed_record();
     const auto lookup_in_flight =
         running != s->running.end() ? running->second : s->start(uid, now);
     if (!lookup_in_flight->record) {

@@ -37,7 +37,8 @@ user_record look_up_user(uid_t uid);
 // one lookup, and a change of the user's name or groups takes effect within 30 s. Connections
 // that come while a user's lookup runs wait for that same lookup. A failed lookup is not kept.
 // A waiter gives up after `wait_limit` and gets a failed record (fail closed: not a member); the
-// answer, when it comes, still fills the cache.
+// answer, when it comes, still fills the cache. While a lookup runs past that limit, a new
+// waiter gets a failed record at once.
 class user_lookup_cache {
   public:
     using clock = std::chrono::steady_clock;

@@ -268,7 +268,9 @@ bool managed_guest::note_request(const protocol::host_message& message) {
 asio::awaitable<link::request_result> managed_guest::send_item(
     const protocol::host_message& item, std::chrono::steady_clock::time_point deadline) {
     const auto asked_at = std::chrono::steady_clock::now();
-    auto result = co_await link_->async_request(item, deadline);
+    // By reference to the link: no copy of a secret is left unwiped in a coroutine frame.
+    auto [error, reply] = co_await link_->async_send(item, deadline, use_tuple);
+    auto result = link::to_request_result(error, std::move(reply));
     note_reply(item, result, asked_at);
     co_return result;
 }

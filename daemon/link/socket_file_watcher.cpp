@@ -10,6 +10,7 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/system/system_error.hpp>
 
 namespace stereos::link {
 
@@ -41,7 +42,12 @@ bool socket_file_watcher::open(const asio::any_io_executor& executor) {
     const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0)
         return false;
-    descriptor_.emplace(executor, fd);
+    try {
+        descriptor_.emplace(executor, fd);
+    } catch (const boost::system::system_error&) {
+        ::close(fd);  // not registered with the reactor: counted as a failed watch
+        return false;
+    }
     return true;
 }
 

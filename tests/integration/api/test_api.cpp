@@ -1001,6 +1001,34 @@ BOOST_AUTO_TEST_CASE(a_client_that_hangs_up_withdraws_its_guest_request_and_its_
     BOOST_TEST(undeclared_responses(sock) == 0.0);
 }
 
+// The hangup watch reports a hangup once: a client that asks again on the same connection and
+// goes at once (the report may come before its request waits) still withdraws that request.
+BOOST_AUTO_TEST_CASE(a_client_that_asks_again_and_hangs_up_at_once_withdraws_that_request) {
+    temp_dir dir;
+    fake_guests guest(dir, "vm", 1);
+    hostd_process hostd(dir, {{"vm", guest.endpoint()}}, "debug");
+    const auto& sock = hostd.socket();
+    BOOST_TEST_REQUIRE(reaches_state(sock, "vm", "ready"));
+    for (int round = 0; round < 5; ++round) {
+        boost::asio::io_context io;
+        boost::asio::local::stream_protocol::socket client(io);
+        client.connect(boost::asio::local::stream_protocol::endpoint(sock));
+        // A first wait that ends at once makes the session watch this connection.
+        const std::string first =
+            "GET /v1/guests/vm/wait?state=booting&timeout=5s HTTP/1.1\r\nHost: x\r\n\r\n";
+        boost::asio::write(client, boost::asio::buffer(first));
+        std::string answer;
+        boost::asio::read_until(client, boost::asio::dynamic_buffer(answer), "\r\n\r\n");
+        BOOST_TEST(answer.starts_with("HTTP/1.1 200"), answer);
+        const std::string second =
+            "GET /v1/guests/vm/wait?state=shutdown&timeout=1h HTTP/1.1\r\nHost: x\r\n\r\n";
+        boost::asio::write(client, boost::asio::buffer(second));
+        client.close();
+    }
+    BOOST_TEST(eventually(
+        [&] { return metric(get(sock, "/metrics").body, "stereos_api_connections") == 1.0; }, 5s));
+}
+
 // A request pipelined while the one before it waits on its guest is answered after it, in
 // order; so it is when the client then shuts its sending side (that is no hangup: it still
 // reads its answers).

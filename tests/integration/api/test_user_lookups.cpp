@@ -106,6 +106,16 @@ BOOST_AUTO_TEST_CASE(a_waiter_gives_up_after_its_limit_and_the_late_answer_is_ke
     BOOST_TEST(first->failed);  // fail closed: in no group
     BOOST_TEST(!first->name.has_value());
 
+    // The lookup is still hung: a later connection of the user is refused at once, not after
+    // another wait of the limit.
+    std::optional<user_record> meanwhile;
+    asio::co_spawn(io, find_into(&cache, 1, &meanwhile), rethrow_if_failed);
+    io.restart();
+    io.poll();  // only what is ready: no timer may run
+    BOOST_TEST_REQUIRE(meanwhile.has_value());
+    BOOST_TEST(meanwhile->failed);
+    BOOST_TEST(cache.lookups_started() == 1u);
+
     database.release_user_1.set_value();
     pool.join();  // the lookup has finished and posted its answer, which runs first
     std::optional<user_record> second;
