@@ -19,6 +19,7 @@
 
 #include <stereos/util/completion_tokens.hpp>
 #include "daemon/api/routes.hpp"
+#include "daemon/api/routes_internal.hpp"
 #include "daemon/api/server.hpp"
 #include "daemon/guest/state_store.hpp"
 #include "tests/fuzz/api_without_socket.hpp"
@@ -206,6 +207,17 @@ BOOST_AUTO_TEST_CASE(routes_answer_without_a_socket) {
     BOOST_TEST(api::parse_error_response(too_big.error()).result_int() == 413u);
     BOOST_TEST(api::parse_request("GET /v1/ping HTTP/1.1\r\nHost:").has_error());
     BOOST_TEST(metrics.undeclared_responses() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(every_route_has_a_handler_and_a_forwarded_one_both_halves) {
+    for (const auto& route : api::routes()) {
+        BOOST_TEST_CONTEXT(route.pattern) {
+            BOOST_TEST((route.handler != nullptr));
+            const bool forwarded = route.forward.prepare != nullptr;
+            BOOST_TEST(forwarded == (route.forward.answer != nullptr));
+            BOOST_TEST(forwarded == (route.handler == &api::handle_forwarded));
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(each_route_declares_its_errors_and_the_table_finds_it) {
