@@ -60,7 +60,8 @@ api_server::api_server(const asio::any_io_executor& executor, api_server_options
       slot_freed_(executor),
       group_(lookup_group(options_.group, "api_group")),
       read_group_(lookup_group(options_.read_group, "api_read_group")),
-      users_(executor, user_lookups_->get_executor(), options_.user_lookup, options_.read_timeout),
+      users_(executor, user_lookup_cache::executor_source([this] { return lookup_executor(); }),
+             options_.user_lookup, options_.read_timeout),
       hangups_(executor),
       environment_{options_.idle_timeout,
                    options_.read_timeout,
@@ -105,12 +106,19 @@ api_server::~api_server() {
     }
     // Joining a pool thread stuck in getpwuid_r (an LDAP server gone) would hold the daemon's
     // exit for as long as NSS takes: the pool is left to the process's end instead.
-    if (const auto stuck = users_.lookups_in_nss(); stuck > 0) {
+    if (const auto stuck = users_.lookups_in_nss(); stuck > 0 && user_lookups_) {
         log::warning("not waiting for " + std::to_string(stuck) +
                      " user-database lookup(s) still running at exit");
         user_lookups_->stop();
         lookup_pools_left_behind().push_back(std::move(user_lookups_));
     }
+}
+
+asio::any_io_executor api_server::lookup_executor() {
+    // Started at the first lookup: a daemon nobody asks starts no threads.
+    if (!user_lookups_)
+        user_lookups_ = std::make_unique<asio::thread_pool>(2);
+    return user_lookups_->get_executor();
 }
 
 void api_server::listen() {

@@ -88,6 +88,7 @@ class api_server {
     std::size_t open_connections() const noexcept { return connections_.size(); }
 
   private:
+    boost::asio::any_io_executor lookup_executor();
     using socket_type = boost::asio::local::stream_protocol::socket;
 
     boost::asio::awaitable<void> accept_loop();
@@ -107,8 +108,7 @@ class api_server {
     // Two threads: one user's slow lookup does not hold up another's. Declared before the
     // cache, so that the cache goes first and the pool then joins its threads, unless a lookup
     // is hung in NSS (the destructor leaves the pool behind rather than wedge the exit).
-    std::unique_ptr<boost::asio::thread_pool> user_lookups_ =
-        std::make_unique<boost::asio::thread_pool>(2);
+    std::unique_ptr<boost::asio::thread_pool> user_lookups_;  // started at the first lookup
     user_lookup_cache users_;
     api::api_audit audit_;
     api::hangup_watch hangups_;

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -82,11 +83,11 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
         clock::time_point asked_at;
     };
 
-    state(asio::any_io_executor loop_executor, asio::any_io_executor lookup_executor,
+    state(asio::any_io_executor loop_executor, executor_source lookup_executor,
           lookup_function lookup_user, std::chrono::milliseconds limit, clock::duration keep_for,
           clock_function clock_now)
         : loop(std::move(loop_executor)),
-          lookups(std::move(lookup_executor)),
+          lookups_source(std::move(lookup_executor)),
           lookup(std::move(lookup_user)),
           wait_limit(limit),
           ttl(keep_for),
@@ -99,8 +100,10 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
         ++started;
         handoff->in_nss.fetch_add(1);
         // Only plain values cross: the uid out, the record back. The pool never touches `this`.
-        asio::post(lookups, [lookup_copy = lookup, uid, to_loop = handoff,
-                             weak = weak_from_this()]() mutable {
+        if (!lookups)
+            lookups = lookups_source();
+        asio::post(*lookups, [lookup_copy = lookup, uid, to_loop = handoff,
+                              weak = weak_from_this()]() mutable {
             user_record record;
             try {
                 record = lookup_copy(uid);
@@ -140,7 +143,8 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
     }
 
     asio::any_io_executor loop;
-    asio::any_io_executor lookups;
+    executor_source lookups_source;
+    std::optional<asio::any_io_executor> lookups;  // from lookups_source, at the first lookup
     lookup_function lookup;
     std::chrono::milliseconds wait_limit;
     clock::duration ttl;
@@ -153,6 +157,13 @@ struct user_lookup_cache::state : std::enable_shared_from_this<state> {
 };
 
 user_lookup_cache::user_lookup_cache(asio::any_io_executor loop, asio::any_io_executor lookups,
+                                     lookup_function lookup, std::chrono::milliseconds wait_limit,
+                                     clock::duration ttl, clock_function now)
+    : user_lookup_cache(
+          std::move(loop), [lookups = std::move(lookups)] { return lookups; }, std::move(lookup),
+          wait_limit, ttl, std::move(now)) {}
+
+user_lookup_cache::user_lookup_cache(asio::any_io_executor loop, executor_source lookups,
                                      lookup_function lookup, std::chrono::milliseconds wait_limit,
                                      clock::duration ttl, clock_function now)
     : state_(std::make_shared<state>(std::move(loop), std::move(lookups), std::move(lookup),

@@ -46,7 +46,13 @@ class user_lookup_cache {
     using clock_function = std::function<clock::time_point()>;
     static constexpr std::chrono::seconds default_ttl{30};
 
+    using executor_source = std::function<boost::asio::any_io_executor()>;
+
     user_lookup_cache(boost::asio::any_io_executor loop, boost::asio::any_io_executor lookups,
+                      lookup_function lookup, std::chrono::milliseconds wait_limit,
+                      clock::duration ttl = default_ttl, clock_function now = &clock::now);
+    // The lookups' executor is asked for at the first lookup (a pool started on demand).
+    user_lookup_cache(boost::asio::any_io_executor loop, executor_source lookups,
                       lookup_function lookup, std::chrono::milliseconds wait_limit,
                       clock::duration ttl = default_ttl, clock_function now = &clock::now);
     ~user_lookup_cache();
