@@ -219,15 +219,6 @@ void managed_guest::on_link_event(const link::link_event& event) {
         event);
 }
 
-void managed_guest::note_reply(const protocol::host_message& sent,
-                               const link::request_result& result,
-                               std::chrono::steady_clock::time_point asked_at) {
-    static const protocol::guest_message none;
-    note_outcome(std::holds_alternative<protocol::shutdown_payload>(sent),
-                 result ? boost::system::error_code() : result.error(), result ? *result : none,
-                 asked_at);
-}
-
 void managed_guest::note_outcome(bool sent_shutdown, const boost::system::error_code& error,
                                  const protocol::guest_message& reply,
                                  std::chrono::steady_clock::time_point asked_at) {
@@ -270,9 +261,8 @@ asio::awaitable<link::request_result> managed_guest::send_item(
     const auto asked_at = std::chrono::steady_clock::now();
     // By reference to the link: no copy of a secret is left unwiped in a coroutine frame.
     auto [error, reply] = co_await link_->async_send(item, deadline, use_tuple);
-    auto result = link::to_request_result(error, std::move(reply));
-    note_reply(item, result, asked_at);
-    co_return result;
+    note_outcome(std::holds_alternative<protocol::shutdown_payload>(item), error, reply, asked_at);
+    co_return link::to_request_result(error, std::move(reply));
 }
 
 asio::awaitable<void> managed_guest::health_loop() {

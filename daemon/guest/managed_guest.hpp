@@ -153,13 +153,11 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     void recheck_provisioning();
     // Wakes every waiter of tasks_done_; they look again at what they wait for.
     void wake_waiters();
-    // `asked_at`: when the request was made, bounding when the guest answered (guest_events).
-    void note_reply(const protocol::host_message& sent, const link::request_result& result,
-                    std::chrono::steady_clock::time_point asked_at);
     // The provisioning runner's way to the guest: through the link, the answer noted.
     boost::asio::awaitable<link::request_result> send_item(
         const protocol::host_message& item, std::chrono::steady_clock::time_point deadline);
-    // The same without a request_result: nothing is copied or moved (`reply` is empty on error).
+    // A request's outcome fed to the state machine (`reply` is empty on error); `asked_at`: when
+    // the request was made, bounding when the guest answered (guest_events).
     void note_outcome(bool sent_shutdown, const boost::system::error_code& error,
                       const protocol::guest_message& reply,
                       std::chrono::steady_clock::time_point asked_at);
