@@ -69,6 +69,8 @@ struct daemon_settings {
     std::size_t api_max_connections = 256;  // open API connections; more get 503 server_busy
     std::filesystem::path state_dir = "/var/lib/stereos-hostd";
     log_level level = log_level::info;
+    // On stop under systemd, live guest connections go to its fd store for the next process.
+    bool hand_over_connections = true;
     link_timeouts timeouts;
     bool operator==(const daemon_settings&) const = default;
 };

@@ -131,6 +131,8 @@ class model_reader {
                 out.api_max_connections = static_cast<std::size_t>(value);
             }
         }
+        if (const node* n = reader.get("hand_over_connections", shape::boolean))
+            out.hand_over_connections = document_.boolean_of(*n);
         link_timeout_overrides read;
         read_durations(reader, read);
         out.timeouts = read.resolve(out.timeouts);

@@ -18,6 +18,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <stereos/util/completion_tokens.hpp>
+#include "daemon/fd_store.hpp"
 #include "daemon/logging.hpp"
 
 namespace stereos::daemon {
@@ -40,6 +41,10 @@ std::string unix_socket_path(int fd) {
                        strnlen(address.sun_path, size - offsetof(sockaddr_un, sun_path)));
 }
 
+// How long a stop waits for replies guests owe before handing their connections on; a guest
+// that has not answered by then has its connection closed, as without the hand-over.
+constexpr auto connection_hand_over_wait = std::chrono::seconds(2);
+
 std::uint64_t monotonic_usec() {
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -47,27 +52,6 @@ std::uint64_t monotonic_usec() {
            static_cast<std::uint64_t>(now.tv_nsec) / 1000u;
 }
 }  // namespace
-
-std::optional<int> activated_api_socket() {
-    char** names = nullptr;
-    const int count = sd_listen_fds_with_names(1, &names);
-    std::optional<int> api;
-    for (int i = 0; i < count; ++i) {
-        const int fd = SD_LISTEN_FDS_START + i;
-        // An unnamed single fd (systemd-socket-activate without --fdname) is the API too.
-        const bool is_api = names && (std::string_view(names[i]) == "api" ||
-                                      (count == 1 && std::string_view(names[i]) == "unknown"));
-        if (is_api && !api && sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) > 0) {
-            api = fd;
-        }
-    }
-    if (names) {
-        for (int i = 0; i < count; ++i)
-            std::free(names[i]);
-        std::free(names);
-    }
-    return api;
-}
 
 std::uint64_t raise_file_limit() {
     rlimit limit{};
@@ -113,6 +97,14 @@ void host_daemon::start() {
     log::info("starting stereos-hostd " STEREOS_VERSION " with " +
               std::to_string(config_.guests.size()) + " configured guests (config " +
               options_.config_path.string() + ")");
+    auto passed = fd_store::take_passed_fds();
+    for (const auto& problem : passed.problems)
+        log::warning(problem);
+    if (!passed.connections.empty()) {
+        log::notice("resuming " + std::to_string(passed.connections.size()) +
+                    " guest connections the previous daemon process handed over");
+    }
+    registry_.offer_connections(std::move(passed.connections));
     for (const auto& problem : registry_.start(config_))
         log::error(problem);
     // Each guest holds one socket; the API and journal need a few more.
@@ -124,7 +116,7 @@ void host_daemon::start() {
     // Listening before READY=1, so clients started after us find the socket.
     api_ = std::make_unique<api_server>(io_.get_executor(), api_options_from(config_.daemon),
                                         registry_, bus_);
-    if (auto fd = activated_api_socket()) {
+    if (auto fd = passed.api) {
         api_->adopt(*fd);
         const auto passed = unix_socket_path(*fd);
         if (passed != config_.daemon.api_socket)
@@ -209,7 +201,19 @@ asio::awaitable<void> host_daemon::async_stop() {
     sd_notify(0, "STOPPING=1");
     if (api_)
         api_->stop();  // first: no new work while the links stop
-    co_await registry_.async_stop_all();
+    if (config_.daemon.hand_over_connections && fd_store::available()) {
+        const auto until = std::chrono::steady_clock::now() + connection_hand_over_wait;
+        auto handed = co_await registry_.async_hand_over_all(until);
+        const auto live = handed.size();
+        std::vector<std::string> problems;
+        const auto stored = fd_store::store(std::move(handed), problems);
+        for (const auto& problem : problems)
+            log::warning(problem);
+        log::info("handed " + std::to_string(stored) + " of " + std::to_string(live) +
+                  " live guest connections to systemd's fd store for the next process");
+    } else {
+        co_await registry_.async_stop_all();
+    }
     // io.run() returns, and the process exits, only once nothing is left waiting.
     status_timer_.cancel();
     watchdog_timer_.cancel();

@@ -73,9 +73,6 @@ class host_daemon {
     std::size_t status_guest_count_ = 0;
 };
 
-// The listening API socket passed by systemd socket activation (FileDescriptorName=api), if any.
-std::optional<int> activated_api_socket();
-
 // Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit now in force.
 std::uint64_t raise_file_limit();
 

@@ -37,6 +37,14 @@ class line_framer {
     void reset() noexcept;
 
     std::size_t buffered() const noexcept { return end_ - begin_; }
+    // The committed bytes not yet returned as a line (an incomplete line), e.g. to hand the
+    // stream to another reader. Valid until the next call that changes the framer.
+    std::string_view unconsumed() const noexcept {
+        return {buffer_.data() + begin_, end_ - begin_};
+    }
+    // An overlong line is being skipped: its dropped start makes the buffer no longer the
+    // stream's exact remainder.
+    bool skipping_overlong_line() const noexcept { return overflowed_; }
     std::size_t max_line() const noexcept { return max_line_; }
     bool failed() const noexcept { return failed_; }
 

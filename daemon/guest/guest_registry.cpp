@@ -3,13 +3,20 @@
 #include <algorithm>
 #include <fstream>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/throw_exception.hpp>
+
+#include <stereos/transport/endpoint.hpp>
+#include <stereos/util/completion_tokens.hpp>
 
 #include "daemon/logging.hpp"
 
 namespace stereos::daemon {
 
 namespace asio = boost::asio;
+using transport::rethrow_if_failed;
+using transport::use_tuple;
 namespace json = boost::json;
 
 void throw_exception_from_error(const registry_error& e, const boost::source_location& location) {
@@ -82,6 +89,20 @@ std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config defin
     if (!missing_values.empty())
         guest->hold_provisioning_for_values(std::move(missing_values));
     guests_[name] = guest;
+    if (auto offered = offered_.find(name); offered != offered_.end()) {
+        auto handed = std::move(offered->second);
+        offered_.erase(offered);
+        if (handed.endpoint == transport::to_string(guest->definition().endpoint)) {
+            guest->start(std::move(handed.connection));
+            return guest;
+        }
+        log::notice(
+            "the connection the previous daemon process handed over is closed: it "
+            "was made to " +
+                handed.endpoint + ", and the guest's endpoint is now " +
+                guest->definition().endpoint_text,
+            {.guest = name});
+    }
     guest->start();
     return guest;
 }
@@ -145,6 +166,12 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
             continue;
         }
         launch(std::move(*definition), guest_source::runtime, record.withheld_values);
+    }
+    // Closing them lets those guests see the end of the connection.
+    for (const auto& [name, handed] : std::exchange(offered_, {})) {
+        problems.push_back("the connection to guest \"" + name +
+                           "\" that the previous daemon process handed over is closed: no such "
+                           "guest any more");
     }
     return problems;
 }
@@ -522,6 +549,34 @@ std::vector<std::shared_ptr<managed_guest>> guest_registry::all() const {
     for (const auto& [name, guest] : guests_)
         list.push_back(guest);
     return list;
+}
+
+asio::awaitable<adoptable_connections> guest_registry::async_hand_over_all(
+    std::chrono::steady_clock::time_point until) {
+    auto guests = std::exchange(guests_, {});
+    adoptable_connections handed;
+    // Together: each guest waits only for its own replies, all within the one bound.
+    std::size_t running = guests.size();
+    asio::steady_timer all_done(executor_, asio::steady_timer::time_point::max());
+    for (auto& [name, guest] : guests) {
+        asio::co_spawn(
+            executor_, guest->async_hand_over(until),
+            [&, guest](std::exception_ptr error,
+                       std::optional<link::handed_over_connection> connection) {
+                if (connection) {
+                    handed.emplace(
+                        guest->name(),
+                        adoptable_connection{transport::to_string(guest->definition().endpoint),
+                                             std::move(*connection)});
+                }
+                if (--running == 0)
+                    all_done.cancel();
+                rethrow_if_failed(error);
+            });
+    }
+    while (running > 0)
+        co_await all_done.async_wait(use_tuple);
+    co_return handed;
 }
 
 asio::awaitable<void> guest_registry::async_stop_all() {

@@ -59,6 +59,13 @@ struct provision_split {
 };
 provision_split split_out_values(const boost::json::object& provision);
 
+// A guest connection passed across a daemon restart, and the endpoint it was made to.
+struct adoptable_connection {
+    std::string endpoint;  // transport::to_string of the endpoint
+    link::handed_over_connection connection;
+};
+using adoptable_connections = std::map<std::string, adoptable_connection, std::less<>>;
+
 class guest_registry {
   public:
     guest_registry(boost::asio::any_io_executor executor, event_bus& bus, state_store& store);
@@ -106,6 +113,15 @@ class guest_registry {
 
     boost::asio::awaitable<void> async_stop_all();
 
+    // Before start(): connections the previous daemon process handed over, by guest name.
+    // start() resumes each guest still defined with the same endpoint on its connection; the
+    // others are closed, and said so in start()'s messages.
+    void offer_connections(adoptable_connections connections) { offered_ = std::move(connections); }
+    // Stops every guest as async_stop_all() does, but hands each live connection on (see
+    // managed_guest::async_hand_over): returns those that could be.
+    boost::asio::awaitable<adoptable_connections> async_hand_over_all(
+        std::chrono::steady_clock::time_point until);
+
   private:
     std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
                                           std::vector<std::string> missing_values = {});
@@ -125,6 +141,7 @@ class guest_registry {
     std::map<std::string, std::shared_ptr<managed_guest>, std::less<>> guests_;
     std::vector<runtime_guest_record> runtime_records_;
     std::map<std::string, std::string, std::less<>> invalid_;  // name -> why it was refused
+    adoptable_connections offered_;  // by offer_connections(), until start() takes them
     // Fast reconnect attempts per second across all guests: a host-wide outage of thousands of
     // guests retries at this rate in all, not 10/s each.
     std::shared_ptr<link::retry_budget> fast_retry_budget_ =

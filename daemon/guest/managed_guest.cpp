@@ -86,6 +86,19 @@ void managed_guest::start() {
                   definition_.endpoint_text,
               {.guest = name(), .endpoint = definition_.endpoint_text});
     link_->start();
+    start_health_loop();
+}
+
+void managed_guest::start(link::handed_over_connection adopted) {
+    log::info("guest added (" + std::string(to_string(source_)) + "), endpoint " +
+                  definition_.endpoint_text +
+                  ", on the connection the previous daemon process handed over",
+              {.guest = name(), .endpoint = definition_.endpoint_text});
+    link_->start(std::move(adopted));
+    start_health_loop();
+}
+
+void managed_guest::start_health_loop() {
     ++background_tasks_;
     asio::co_spawn(executor_, health_loop(),
                    [self = shared_from_this()](const std::exception_ptr& e) {
@@ -100,6 +113,23 @@ void managed_guest::begin_stop() {
     provisioning_.stop();
     health_timer_.cancel();
     link_->stop();
+}
+
+asio::awaitable<std::optional<link::handed_over_connection>> managed_guest::async_hand_over(
+    std::chrono::steady_clock::time_point until) {
+    auto self = shared_from_this();
+    // The link first: the item provisioning is sending gets its reply and is recorded in the
+    // ledger, and the next one is refused, so the next process sends only what is missing.
+    auto handed = co_await link_->async_hand_over(until);
+    begin_stop();
+    while (background_tasks_ > 0)
+        co_await tasks_done_.async_wait(use_tuple);
+    provisioning_.on_stopped();
+    log::info(handed ? "guest link handed over to the next daemon process"
+                     : "guest link stopped (it could not be handed over: not up, or replies "
+                       "still owed)",
+              {.guest = name()});
+    co_return handed;
 }
 
 asio::awaitable<void> managed_guest::async_stop() {

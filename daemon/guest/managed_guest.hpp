@@ -47,6 +47,15 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
         ledger_services ledger = {});
 
     void start();
+    // Starts on the previous daemon process's connection to this guest (see
+    // guest_link::start(handed_over_connection)): the same run of the guest goes on.
+    void start(link::handed_over_connection adopted);
+    // Stops like async_stop(), but hands the live connection on instead of closing it (a
+    // restart through systemd's fd store): the link first refuses new requests, so polls and
+    // provisioning start nothing more, and the replies owed get until `until`. nullopt: the
+    // connection could not be handed over and was closed.
+    boost::asio::awaitable<std::optional<link::handed_over_connection>> async_hand_over(
+        std::chrono::steady_clock::time_point until);
     // Stops polling, provisioning and the link; never sends the guest anything. begin_stop()
     // only starts it, so many guests can stop at once.
     void begin_stop();
@@ -142,6 +151,7 @@ class managed_guest : public std::enable_shared_from_this<managed_guest> {
     template <class Handler>
     friend struct managed_guest_detail::noted_reply;
 
+    void start_health_loop();
     void on_link_event(const link::link_event& event);
     void feed(const guest_event& event);
     // What an event did: the ledger's reckoning (`heard_health`: a health answer or a new link

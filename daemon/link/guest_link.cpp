@@ -1,5 +1,9 @@
 #include <stereos/link/guest_link.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <random>
 #include <utility>
 
@@ -33,6 +37,43 @@ std::uint32_t link_seed() {
 // Between a socket file appearing and its server listening.
 constexpr std::chrono::milliseconds socket_settle_time{5};
 
+}  // namespace
+
+handed_over_connection& handed_over_connection::operator=(handed_over_connection&& other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = std::exchange(other.fd_, -1);
+        unread_ = std::move(other.unread_);
+    }
+    return *this;
+}
+
+handed_over_connection::~handed_over_connection() {
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+namespace {
+// The socket of a handed-over connection, as the connect step would have made it.
+boost::system::result<transport::stream_socket, transport::connect_error> adopt_socket(
+    const asio::any_io_executor& executor, handed_over_connection& connection) {
+    int family = 0;
+    int protocol = 0;
+    socklen_t size = sizeof family;
+    if (::getsockopt(connection.fd(), SOL_SOCKET, SO_DOMAIN, &family, &size) != 0)
+        return transport::connect_error{error_code(errno, boost::system::system_category()),
+                                        "the handed-over connection is not a socket"};
+    size = sizeof protocol;
+    ::getsockopt(connection.fd(), SOL_SOCKET, SO_PROTOCOL, &protocol, &size);
+    transport::stream_socket socket(executor);
+    error_code ec;
+    socket.assign(asio::generic::stream_protocol(family, protocol), connection.fd(), ec);
+    if (ec)
+        return transport::connect_error{ec, "cannot adopt the handed-over connection"};
+    connection.release();
+    return socket;
+}
 }  // namespace
 
 std::shared_ptr<guest_link> guest_link::create(asio::any_io_executor executor,
@@ -79,6 +120,42 @@ void guest_link::start() {
                                          // rather than run on with a dead link.
                                          transport::rethrow_if_failed(e);
                                      }));
+}
+
+void guest_link::start(handed_over_connection adopted) {
+    if (started_)
+        return;
+    adopted_.emplace(std::move(adopted));
+    start();
+}
+
+asio::awaitable<std::optional<handed_over_connection>> guest_link::async_hand_over(
+    clock::time_point until) {
+    auto self = shared_from_this();
+    std::optional<handed_over_connection> handed;
+    if (!started_ || stopping_ || finished_) {
+        co_await async_stop();
+        co_return handed;
+    }
+    handing_over_ = true;
+    // Replies owed are few and quick; a short poll keeps the serving path free of any check.
+    asio::steady_timer poll(executor_);
+    while (core_.is_up() && core_.queued_requests() > 0 && clock::now() < until && !stopping_) {
+        poll.expires_after(std::chrono::milliseconds(5));
+        co_await poll.async_wait(use_tuple);
+    }
+    const auto unread = core_.unread_bytes();
+    if (!stopping_ && core_.is_up() && core_.queued_requests() == 0 && !write_in_flight_ &&
+        unread && socket_.is_open()) {
+        std::string bytes(*unread);
+        error_code ec;
+        // Cancels the pending read, whose completion then ends the loop (stopping_, no event).
+        const int fd = socket_.release(ec);
+        if (!ec)
+            handed.emplace(fd, std::move(bytes));
+    }
+    co_await async_stop();
+    co_return handed;
 }
 
 void guest_link::stop() {
@@ -143,7 +220,7 @@ asio::awaitable<request_result> guest_link::async_request(protocol::host_message
 boost::system::result<std::uint64_t> guest_link::submit(link_core::waiter& to_notify,
                                                         const protocol::host_message& request,
                                                         clock::time_point deadline) {
-    if (stopping_ || finished_) {
+    if (stopping_ || finished_ || handing_over_) {
         core_.count_refused(request);
         return error_code(link_error::link_stopped);
     }
@@ -335,7 +412,16 @@ asio::awaitable<void> guest_link::connection_loop() {
         emit(link_events::connecting{++attempt});
         policy_.on_attempt();
         const auto attempt_started = clock::now();
-        auto connected = co_await transport::async_connect(target_, options.connect_timeout);
+        std::string unread;
+        boost::system::result<transport::stream_socket, transport::connect_error> connected =
+            transport::connect_error{};
+        if (adopted_) {
+            unread = adopted_->unread();
+            connected = adopt_socket(executor_, *adopted_);
+            adopted_.reset();
+        } else {
+            connected = co_await transport::async_connect(target_, options.connect_timeout);
+        }
         if (stopping_)
             break;
 
@@ -351,6 +437,11 @@ asio::awaitable<void> guest_link::connection_loop() {
             write_in_flight_ = false;
             const auto handshake_deadline = attempt_started + options.connect_timeout;
             core_.on_connected(clock::now(), handshake_deadline);
+            if (!unread.empty()) {
+                // The previous process's incomplete line: the stream goes on from there.
+                core_.on_bytes(unread, clock::now(), actions_);
+                carry_out();
+            }
             deadline_at(handshake_deadline);
             start_write();
             co_await read_loop();

@@ -68,6 +68,27 @@ inline request_result to_request_result(const boost::system::error_code& error,
     return reply;
 }
 
+// A live connection passed from one process to the next across a restart (systemd's fd store):
+// the connected socket and the bytes already read from it but not yet framed. Owns the fd.
+class handed_over_connection {
+  public:
+    handed_over_connection() = default;
+    handed_over_connection(int fd, std::string unread) noexcept
+        : fd_(fd), unread_(std::move(unread)) {}
+    handed_over_connection(handed_over_connection&& other) noexcept
+        : fd_(std::exchange(other.fd_, -1)), unread_(std::move(other.unread_)) {}
+    handed_over_connection& operator=(handed_over_connection&& other) noexcept;
+    ~handed_over_connection();
+
+    int fd() const noexcept { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
+    const std::string& unread() const noexcept { return unread_; }
+
+  private:
+    int fd_ = -1;
+    std::string unread_;
+};
+
 class guest_link;
 
 namespace link_detail {
@@ -101,11 +122,23 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
 
     // Starts the connect/serve/reconnect loop. Call once.
     void start();
+    // Starts on a connection handed over by the previous process instead of connecting: the
+    // handshake (a get_health) goes over it and the guest sees no new connection. If it fails,
+    // the link connects anew as after any lost connection.
+    void start(handed_over_connection adopted);
 
     // Cancels everything promptly: waiting requests complete with link_stopped, the socket
     // closes. async_stop() also waits until the loop has finished.
     void stop();
     boost::asio::awaitable<void> async_stop();
+
+    // Ends the link by handing its connection on (a daemon restart) instead of closing it: new
+    // requests are refused at once; those already sent get until `until` for their replies (the
+    // link's own keepalive included). If the link is then up and owed nothing, its socket and
+    // unread bytes are returned and the link ends with no event; otherwise it stops as by
+    // async_stop() (nullopt). Either way the link is finished afterwards.
+    boost::asio::awaitable<std::optional<handed_over_connection>> async_hand_over(
+        clock::time_point until);
 
     // Sends one request and completes with (error, reply) by `deadline`. Cancelling it through
     // the handler's cancellation slot (any type) withdraws the request: an unwritten one is
@@ -234,7 +267,9 @@ class guest_link : public std::enable_shared_from_this<guest_link> {
     socket_file_watcher::waiter file_waiter_{file_signal_};
     boost::asio::cancellation_signal stop_signal_;
 
+    std::optional<handed_over_connection> adopted_;  // start(adopted) until the loop takes it
     bool started_ = false;
+    bool handing_over_ = false;  // async_hand_over() refuses new requests
     bool stopping_ = false;
     bool finished_ = false;
 };

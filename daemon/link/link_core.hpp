@@ -133,6 +133,14 @@ class link_core {
     // Completes every request with `error` (the link stops).
     void fail_all(boost::system::error_code error, clock::time_point now);
 
+    // What was read and not yet framed (an incomplete line): the stream's remainder, for a
+    // connection handed to another process. nullopt while an overlong line is being skipped.
+    std::optional<std::string_view> unread_bytes() const noexcept {
+        if (framer_.skipping_overlong_line())
+            return std::nullopt;
+        return framer_.unconsumed();
+    }
+
     phase current_phase() const noexcept { return phase_; }
     bool is_up() const noexcept { return phase_ == phase::serving; }
     clock::time_point last_received() const noexcept { return last_received_; }

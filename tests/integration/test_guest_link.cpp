@@ -839,3 +839,122 @@ BOOST_AUTO_TEST_CASE(an_empty_retry_budget_makes_the_fast_window_back_off) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(handing_a_connection_to_the_next_process)
+
+// Lifecycle events carrying `message`.
+std::size_t lifecycles_saying(const std::vector<link::link_event>& events,
+                              std::string_view message) {
+    std::size_t n = 0;
+    for (const auto& e : events) {
+        if (const auto* l = std::get_if<link::link_events::lifecycle>(&e))
+            n += l->payload.message == message ? 1 : 0;
+    }
+    return n;
+}
+
+BOOST_AUTO_TEST_CASE(an_adopted_connection_goes_on_with_no_new_connection_and_pushes_arrive_once) {
+    // The first link plays the old daemon process, the second the new one; between them the
+    // guest pushes, half of a line before the hand-over and the rest after it.
+    link_fixture f;
+    const auto endpoint = f.guest.listen_unix((f.dir.path() / "guest.sock").string());
+    f.link = f.make_link(endpoint);
+    const std::string push =
+        "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\",\"message\":\"split\"}}\n";
+    std::optional<link::handed_over_connection> handed;
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.push_lifecycle(lifecycle_state::ready, "before");
+        BOOST_TEST_REQUIRE(
+            co_await eventually([&] { return lifecycles_saying(f.events, "before") == 1; }));
+        f.guest.push_raw(push.substr(0, 20));
+        co_await sleep_for(100ms);  // read by the first link, not yet a line
+        handed = co_await f.link->async_hand_over(clock_type::now() + 2s);
+    });
+    BOOST_TEST_REQUIRE(handed.has_value());
+    BOOST_TEST(handed->unread() == push.substr(0, 20));
+    BOOST_TEST(f.link->is_stopped());
+    BOOST_TEST(f.count<link::link_events::down>() == 0u);  // the first link ended with no event
+
+    // No process reads the connection now: these wait in the socket.
+    f.guest.push_raw(push.substr(20));
+    f.guest.push_lifecycle(lifecycle_state::healthy, "meanwhile");
+    std::vector<link::link_event> adopted_events;
+    auto adopted = guest_link::create(
+        f.io.get_executor(), *transport::parse_endpoint(endpoint), f.quick_options(),
+        [&](const link::link_event& e) { adopted_events.push_back(e); });
+    adopted->start(std::move(*handed));
+    link::request_result answer;
+    f.io.restart();
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return adopted->is_up(); }));
+        BOOST_TEST(co_await eventually(
+            [&] { return lifecycles_saying(adopted_events, "meanwhile") == 1; }));
+        answer = co_await adopted->async_request(protocol::ping_request{});
+        co_await adopted->async_stop();
+    });
+    BOOST_TEST(is_pong(answer));
+    BOOST_TEST(f.guest.connections_accepted() == 1u);
+    BOOST_TEST(lifecycles_saying(f.events, "split") == 0u);
+    BOOST_TEST(lifecycles_saying(adopted_events, "split") == 1u);
+    BOOST_TEST(lifecycles_saying(adopted_events, "meanwhile") == 1u);
+    BOOST_TEST(lifecycles_saying(adopted_events, "before") == 0u);
+    BOOST_TEST(adopted->stats().connects == 1u);
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_hand_over_waits_for_the_replies_owed_and_refuses_new_requests) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.reply_delay = 300ms;
+        std::optional<link::request_result> owed;
+        const protocol::host_message ping = protocol::ping_request{};
+        f.link->async_send(ping, clock_type::now() + 10s,
+                           [&](boost::system::error_code ec, protocol::guest_message reply) {
+                               owed = link::to_request_result(ec, std::move(reply));
+                           });
+        co_await sleep_for(50ms);  // written
+        std::optional<std::optional<link::handed_over_connection>> handed;
+        asio::co_spawn(f.io, f.link->async_hand_over(clock_type::now() + 5s),
+                       [&](std::exception_ptr, std::optional<link::handed_over_connection> c) {
+                           handed.emplace(std::move(c));
+                       });
+        co_await sleep_for(10ms);
+        auto refused = co_await f.link->async_request(ping);
+        BOOST_TEST((!refused && refused.error() == link_error::link_stopped));
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return handed.has_value(); }));
+        BOOST_TEST_REQUIRE(owed.has_value());
+        BOOST_TEST(is_pong(*owed));  // answered before the hand-over, not cut off
+        BOOST_TEST(handed->has_value());
+    });
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_CASE(a_link_still_owed_a_reply_at_the_bound_is_closed_instead) {
+    link_fixture f;
+    f.link = f.make_link(f.guest.listen_tcp());
+    f.run([&]() -> asio::awaitable<void> {
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
+        f.guest.faults.never_reply = true;
+        std::optional<boost::system::error_code> owed;
+        const protocol::host_message ping = protocol::ping_request{};
+        f.link->async_send(
+            ping, clock_type::now() + 10s,
+            [&](boost::system::error_code ec, const protocol::guest_message&) { owed = ec; });
+        co_await sleep_for(50ms);
+        const auto started = clock_type::now();
+        auto handed = co_await f.link->async_hand_over(clock_type::now() + 300ms);
+        BOOST_TEST(!handed.has_value());
+        BOOST_TEST((clock_type::now() - started < 5s));
+        BOOST_TEST(f.link->is_stopped());
+        BOOST_TEST_REQUIRE(co_await eventually([&] { return owed.has_value(); }));
+        BOOST_TEST((*owed == link_error::link_stopped));
+        // The guest sees the connection close, as on any stop.
+        BOOST_TEST(co_await eventually([&] { return f.guest.open_connections() == 0; }));
+    });
+    f.shut_down_and_expect_idle();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
