@@ -531,6 +531,7 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
     std::function<void(const received_line&)> observer;
     std::function<void()> shutdown_observer;
     std::function<void(const std::string&)> delivery_observer;
+    std::function<void(std::size_t)> accept_observer;
     std::size_t accepted = 0;
     // What the guest holds of what it accepted; see fake_guest::authorized_keys() and mounts().
     std::map<std::string, std::string, std::less<>> authorized_keys;
@@ -683,6 +684,8 @@ class guest_core : public std::enable_shared_from_this<guest_core> {
         }
         auto conn = std::make_shared<connection>(std::move(socket), ++accepted);
         connections_.emplace(conn->id, conn);
+        if (accept_observer)
+            accept_observer(conn->id);
         if (faults.connection_lifetime.count() > 0) {
             conn->lifetime.expires_after(faults.connection_lifetime);
             conn->lifetime.async_wait([self = shared_from_this(), conn](error_code ec) {
@@ -1230,6 +1233,9 @@ void fake_guest::set_shutdown_observer(std::function<void()> observer) {
 }
 void fake_guest::set_delivery_observer(std::function<void(const std::string& summary)> observer) {
     core_->delivery_observer = std::move(observer);
+}
+void fake_guest::set_accept_observer(std::function<void(std::size_t number)> observer) {
+    core_->accept_observer = std::move(observer);
 }
 
 const std::vector<received_line>& fake_guest::received() const noexcept {

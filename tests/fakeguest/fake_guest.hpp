@@ -227,6 +227,8 @@ class fake_guest {
     // switch that garbles or withholds the reply does not undo it: the guest did the work and
     // the answer was lost, which is what makes a host re-send.
     void set_delivery_observer(std::function<void(const std::string& summary)> observer);
+    // Called with the connection's number (1, 2, ...) as each connection is accepted.
+    void set_accept_observer(std::function<void(std::size_t number)> observer);
 
     // ---- observations
     const std::vector<received_line>& received() const noexcept;

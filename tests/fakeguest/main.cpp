@@ -1,6 +1,7 @@
 // stereos-fakeguest: fake stereosd guests as a real process, for integration tests, the demo,
 // benchmarks and the real-VM tests. Prints "listening <endpoint>" per guest, runs until SIGINT or
-// SIGTERM (exit 0). SIGUSR1 closes every connection, a link blip that keeps the uptime. With
+// SIGTERM (exit 0). SIGUSR1 closes every connection, a link blip that keeps the uptime; SIGUSR2
+// makes every guest push a lifecycle event. With
 // --log-requests it prints "request <summary>" per received line and "delivered <summary>" per
 // request a guest accepted, so a test can count deliveries; never a value. With --root DIR the
 // guests write authorized_keys files under DIR as stereosd does ("--root /" inside a test VM).
@@ -40,6 +41,7 @@ struct program_options {
     std::vector<std::string> listen;
     std::size_t count = 1;
     std::string health_state = "ready";
+    bool log_connections = false;
     std::string reply_delay = "0ms";
     bool never_reply = false;
     bool accept_and_hang = false;
@@ -161,6 +163,8 @@ int main(int argc, char** argv) {
         app.add_flag("--log-requests", opt.log_requests,
                      "print \"request TYPE [name=...]\" per received line and \"delivered TYPE "
                      "...\" per accepted request (keys=N, stacked=N for mounts), never a value");
+        app.add_flag("--log-connections", opt.log_connections,
+                     "print \"accepted ENDPOINT #N\" per accepted connection");
         app.add_flag("--power-off-on-shutdown", opt.power_off_on_shutdown,
                      "power the machine off after acking shutdown (as a VM's guest daemon; "
                      "only where /run/stereos-vm exists)");
@@ -250,7 +254,13 @@ int main(int argc, char** argv) {
             }
             if (opt.power_off_on_shutdown)
                 guest->set_shutdown_observer(power_off_machine);
-            std::cout << "listening " << listen_on(*guest, spec) << std::endl;
+            const auto where = listen_on(*guest, spec);
+            if (opt.log_connections) {
+                guest->set_accept_observer([where](std::size_t number) {
+                    std::cout << "accepted " << where << " #" << number << std::endl;
+                });
+            }
+            std::cout << "listening " << where << std::endl;
             guests.push_back(std::move(guest));
         }
 
@@ -273,12 +283,28 @@ int main(int argc, char** argv) {
         };
         close_on_blip();
 
+        // SIGUSR2: every guest pushes a lifecycle event in its current state, e.g. while no
+        // daemon reads its connection.
+        asio::signal_set pushes(io, SIGUSR2);
+        std::function<void()> push_on_signal = [&] {
+            pushes.async_wait([&](boost::system::error_code ec, int) {
+                if (ec)
+                    return;
+                std::cout << "pushing lifecycle (SIGUSR2)" << std::endl;
+                for (auto& guest : guests)
+                    guest->push_lifecycle(guest->behaviour.health_state, "pushed on SIGUSR2");
+                push_on_signal();
+            });
+        };
+        push_on_signal();
+
         asio::signal_set signals(io, SIGINT, SIGTERM);
         signals.async_wait([&](boost::system::error_code ec, int) {
             if (ec)
                 return;
             script_timer.cancel();
             blips.cancel();
+            pushes.cancel();
             for (auto& guest : guests)
                 guest->stop();
         });

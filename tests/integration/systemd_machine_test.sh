@@ -282,6 +282,96 @@ grep -q '^ *CODE_FILE=daemon/' <<<"$code" || fail "CODE_FILE is not relative to 
 if grep -q '^ *CODE_FUNC=.*\(Frame\|(\)' <<<"$code"; then fail "CODE_FUNC is not readable: $code"; fi
 echo "journal: OK"
 
+# ---- 200 guests keep their connections across systemctl restart -----------------------------
+# 100 fake guests on TCP and 100 on unix sockets, in one process that logs each connection.
+cat > "$root/etc/systemd/system/stereos-fakeguest-many.service" <<'UNIT'
+[Unit]
+Description=200 fake StereOS guests
+[Service]
+RuntimeDirectory=stereos-many
+UMask=0000
+LimitNOFILE=65536
+ExecStart=/usr/local/bin/stereos-fakeguest --count 100 --listen tcp:127.0.0.1:21000 --listen unix:/run/stereos-many/g%%d.sock --health-state healthy --log-connections
+UNIT
+inside systemctl daemon-reload
+inside systemctl start stereos-fakeguest-many.service
+{
+    for i in $(seq 0 99); do
+        printf '\n[[guest]]\nname = "t%d"\nendpoint = "tcp:127.0.0.1:%d"\n' "$i" $((21000 + i))
+        printf '\n[[guest]]\nname = "u%d"\nendpoint = "unix:/run/stereos-many/g%d.sock"\n' "$i" "$i"
+    done
+} >> "$root/etc/stereos-hostd/config.toml"
+inside systemctl reload stereos-hostd.service
+many_healthy() {  # the 200 guests t*, u* are all healthy (or ready)
+    local n
+    n=$(inside stereosctl --json ls | grep -oE '"name":"[tu][0-9]+"[^{}]*"state":"(healthy|ready)"' | wc -l)
+    [ "$n" -eq 200 ]
+}
+wait_for 60 "the 200 guests did not become healthy" many_healthy
+accepted() { inside journalctl -u stereos-fakeguest-many.service -o cat | grep -c '^accepted ' || true; }
+[ "$(accepted)" -eq 200 ] || fail "the 200 guests accepted $(accepted) connections, not 200"
+warnings_before=$(from_systemd -p warning | sort)
+
+# A subscriber follows the events across the restart, subscribing again when a stream ends (the
+# socket unit queues it while no daemon runs).
+inside timeout 120 bash -c 'for _ in $(seq 50); do stereosctl events; sleep 0.1; done' \
+    stereos-subscriber-loop >"$ct/events.log" 2>&1 &
+subscriber=$!
+sleep 1
+# While no daemon runs (before the new one starts), every one of the 200 guests pushes.
+printf '[Service]\nExecStartPre=+/bin/sh -c "systemctl kill --signal=SIGUSR2 stereos-fakeguest-many.service && sleep 0.5"\n' \
+    > "$root/etc/systemd/system/stereos-hostd.service.d/push-during-restart.conf"
+inside systemctl daemon-reload
+before_restart=$(main_pid)
+inside systemctl restart stereos-hostd.service
+new_pid=$(main_pid)
+[ "$new_pid" != "$before_restart" ] || fail "systemctl restart did not start a new process"
+wait_for 20 "the 200 guests are not healthy after the restart" many_healthy
+[ "$(accepted)" -eq 200 ] || fail "the restart made $(( $(accepted) - 200 )) new guest connections"
+journal=$(inside journalctl -u stereos-hostd.service -o cat)
+grep -q "handed 2[0-9][0-9] of 2[0-9][0-9] live guest connections to systemd's fd store" <<<"$journal" ||
+    fail "the old process did not hand its connections over"
+grep -q "resuming 2[0-9][0-9] guest connections the previous daemon process handed over" <<<"$journal" ||
+    fail "the new process did not resume the connections"
+pushes=$(grep -c '^[tu][0-9]*: lifecycle: healthy (pushed on SIGUSR2)' <<<"$journal" || true)
+[ "$pushes" -eq 200 ] || fail "the lifecycle pushed during the restart arrived $pushes times for 200 guests"
+# Within 1 s of READY=1 (the unit turning active): the journal's clock of each guest's state.
+ready_at=$(inside systemctl show -P ActiveEnterTimestampMonotonic stereos-hostd.service)
+last_state_at=$(inside journalctl -o json _PID="$new_pid" GUEST_STATE=healthy + _PID="$new_pid" GUEST_STATE=ready |
+    sed -n 's/.*"__MONOTONIC_TIMESTAMP":"\([0-9]*\)".*/\1/p' | sort -n | tail -1)
+[ -n "$last_state_at" ] || fail "the new process logged no guest state"
+late_ms=$(( (last_state_at - ready_at) / 1000 ))
+[ "$late_ms" -le 1000 ] || fail "the last guest was healthy $late_ms ms after READY=1"
+sleep 1
+# nsenter's child runs on in the container: end it there.
+inside pkill -f stereos-subscriber-loop || true
+inside pkill -x stereosctl || true
+wait "$subscriber" 2>/dev/null || true
+grep -q ' t5 ' "$ct/events.log" || fail "the events subscriber saw nothing: $(head -5 "$ct/events.log")"
+if grep -q 'disconnected' "$ct/events.log"; then
+    fail "an events subscriber saw a guest disconnected: $(grep disconnected "$ct/events.log" | head -3)"
+fi
+seen=$(grep -c ' t5 lifecycle healthy (pushed on SIGUSR2)' "$ct/events.log" || true)
+[ "$seen" -le 1 ] || fail "the subscriber saw t5's push $seen times"
+rm "$root/etc/systemd/system/stereos-hostd.service.d/push-during-restart.conf"
+inside systemctl daemon-reload
+echo "restart keeps 200 connections: OK (all healthy ${late_ms} ms after READY=1, subscriber saw t5's push $seen times)"
+
+# ---- stop, then start: the store is flushed and every guest reconnects ------------------------
+inside systemctl stop stereos-hostd.service 2>/dev/null
+[ "$(inside systemctl show -P Result stereos-hostd.service)" = success ] || fail "the stop did not succeed"
+inside systemctl start stereos-hostd.service
+wait_for 30 "the 200 guests are not healthy after stop and start" many_healthy
+[ "$(accepted)" -eq 400 ] || fail "after stop and start the guests accepted $(accepted) connections, not 400"
+started_pid=$(main_pid)
+if inside journalctl -u stereos-hostd.service _PID="$started_pid" -o cat | grep -q 'handed over'; then
+    fail "a start after a stop found connections in the store"
+fi
+warnings_after=$(from_systemd -p warning | sort)
+new_warnings=$(comm -13 <(echo "$warnings_before") <(echo "$warnings_after"))
+[ -z "$new_warnings" ] || fail "systemd warned during restart, stop or start: $new_warnings"
+echo "stop and start: OK"
+
 inside systemctl poweroff >/dev/null 2>&1 || true
 wait "$nspawn_pid" || true
 nspawn_pid=""
