@@ -70,11 +70,38 @@ bool redirect(int target, const char* path, int flags) {
     return true;
 }
 
+// Where the child writes its own pid into LISTEN_PID=: no allocation after fork.
+constexpr std::string_view listen_pid_prefix = "LISTEN_PID=";
+
+void write_pid(char* into, pid_t pid) {  // async-signal-safe
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = static_cast<char>('0' + pid % 10);
+        pid /= 10;
+    } while (pid > 0);
+    while (n > 0)
+        *into++ = digits[--n];
+    *into = '\0';
+}
+
 pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::string>& extra_env,
-            const std::filesystem::path& out, const std::filesystem::path& err, int stdin_fd) {
+            const std::filesystem::path& out, const std::filesystem::path& err, int stdin_fd,
+            const std::vector<int>& passed_fds = {},
+            const std::vector<std::string>& fd_names = {}) {
     auto env = environment_with(extra_env);
+    if (!passed_fds.empty()) {
+        std::string names;
+        for (const auto& name : fd_names)
+            names += (names.empty() ? "" : ":") + name;
+        env.push_back("LISTEN_FDS=" + std::to_string(passed_fds.size()));
+        env.push_back("LISTEN_FDNAMES=" + names);
+        env.push_back(std::string(listen_pid_prefix) + std::string(20, '0'));
+    }
     auto c_argv = c_strings(argv);
     auto c_env = c_strings(env);
+    char* listen_pid_digits =
+        passed_fds.empty() ? nullptr : c_env[env.size() - 1] + listen_pid_prefix.size();
     // The child writes its errno here if it cannot exec; a successful exec closes it (CLOEXEC).
     std::array<int, 2> failure_pipe{};
     if (::pipe2(failure_pipe.data(), O_CLOEXEC) != 0)
@@ -95,9 +122,10 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
         // child that changes its uid, as setpriv --reuid does, loses it.)
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         const int report = failure_pipe[1];
-        const auto fail = [report] {
+        int report_fd = report;  // moved out of the way of passed fds
+        const auto fail = [&report_fd] {
             const int error = errno;
-            [[maybe_unused]] const auto written = ::write(report, &error, sizeof error);
+            [[maybe_unused]] const auto written = ::write(report_fd, &error, sizeof error);
             ::_exit(127);
         };
         if (::getppid() != parent)
@@ -112,11 +140,31 @@ pid_t spawn(std::vector<std::string> argv, const std::map<std::string, std::stri
             !redirect(STDERR_FILENO, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC)) {
             fail();
         }
+        const auto first_kept = static_cast<int>(3 + passed_fds.size());
+        if (!passed_fds.empty()) {
+            // Out of the way of 3, 4, ... first: any of them may sit there now.
+            constexpr int high = 1000;
+            report_fd = ::fcntl(report, F_DUPFD_CLOEXEC, high + 64);
+            int moved[64];
+            if (report_fd < 0 || passed_fds.size() > 64)
+                fail();
+            for (std::size_t i = 0; i < passed_fds.size(); ++i) {
+                moved[i] = ::fcntl(passed_fds[i], F_DUPFD, high);
+                if (moved[i] < 0)
+                    fail();
+            }
+            for (std::size_t i = 0; i < passed_fds.size(); ++i) {
+                if (::dup2(moved[i], static_cast<int>(3 + i)) < 0)
+                    fail();
+            }
+            write_pid(listen_pid_digits, ::getpid());
+        }
         // Nothing else of ours: a listener in this process (Asio opens sockets without CLOEXEC)
         // would otherwise live on in the child and keep its port or path busy.
-        if (report > 3)
-            ::close_range(3, static_cast<unsigned>(report) - 1, 0);
-        ::close_range(static_cast<unsigned>(report) + 1, ~0U, 0);
+        if (report_fd > first_kept)
+            ::close_range(static_cast<unsigned>(first_kept), static_cast<unsigned>(report_fd) - 1,
+                          0);
+        ::close_range(static_cast<unsigned>(report_fd) + 1, ~0U, 0);
         // A clean signal state: the test runner may block or ignore some. Dispositions first,
         // so a signal let through by the unmasking cannot run one of the parent's handlers.
         for (int signal_number = 1; signal_number < NSIG; ++signal_number)
@@ -167,6 +215,14 @@ child_process::child_process(std::vector<std::string> argv, const std::filesyste
                              const std::map<std::string, std::string>& extra_env)
     : out_file_(output_dir / (label + ".out")), err_file_(output_dir / (label + ".err")) {
     pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1);
+}
+
+child_process::child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
+                             const std::string& label,
+                             const std::map<std::string, std::string>& extra_env,
+                             const std::vector<int>& fds, const std::vector<std::string>& names)
+    : out_file_(output_dir / (label + ".out")), err_file_(output_dir / (label + ".err")) {
+    pid_ = spawn(std::move(argv), extra_env, out_file_, err_file_, -1, fds, names);
 }
 
 child_process::child_process(std::vector<std::string> argv, output_files files,

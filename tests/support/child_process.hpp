@@ -35,6 +35,11 @@ class child_process {
     // The same with output to the given files.
     child_process(std::vector<std::string> argv, output_files files,
                   const std::map<std::string, std::string>& extra_env = {});
+    // Passes `fds` as systemd does: at 3, 4, ... in the child, with LISTEN_FDS, LISTEN_FDNAMES
+    // (`names`, one per fd) and LISTEN_PID set to the child's pid.
+    child_process(std::vector<std::string> argv, const std::filesystem::path& output_dir,
+                  const std::string& label, const std::map<std::string, std::string>& extra_env,
+                  const std::vector<int>& fds, const std::vector<std::string>& names);
     ~child_process();  // SIGKILLs it if still running
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;

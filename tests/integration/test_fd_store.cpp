@@ -1,0 +1,259 @@
+// Guest connections across a restart through the fd store, with this test playing systemd: it
+// receives what the daemon stores on SIGTERM (FDSTORE=1 datagrams with their fds on a real
+// NOTIFY_SOCKET), then passes the fds to the next daemon process as systemd would (LISTEN_FDS,
+// LISTEN_FDNAMES). Real fake-guest processes count their connections and deliveries.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <boost/test/unit_test.hpp>
+
+#include "tests/support/child_process.hpp"
+
+using namespace std::chrono_literals;
+using stereos::testing::child_process;
+using stereos::testing::read_text_file;
+using stereos::testing::temp_directory;
+using stereos::testing::write_text_file;
+
+namespace {
+
+constexpr auto patience = 30s;  // generous: the suite also runs under ASan on 2 busy cores
+
+// systemd's side of sd_notify: datagrams, and the fds stored with FDSTORE=1 by FDNAME.
+class fake_fd_store {
+  public:
+    explicit fake_fd_store(const std::filesystem::path& path) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+        BOOST_TEST_REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        const int one = 1;
+        ::setsockopt(fd_, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    }
+    ~fake_fd_store() {
+        ::close(fd_);
+        for (auto& [name, fd] : stored)
+            ::close(fd);
+    }
+
+    // Reads every datagram that comes within `quiet` of the last one.
+    void drain(std::chrono::milliseconds quiet) {
+        while (true) {
+            pollfd p{fd_, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(quiet.count())) <= 0)
+                return;
+            receive_one();
+        }
+    }
+
+    std::vector<std::string> messages;
+    std::multimap<std::string, int> stored;  // FDNAME -> fd, as systemd's store holds them
+
+  private:
+    void receive_one() {
+        std::array<char, 4096> buffer{};
+        alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(ucred))>
+            control{};
+        iovec iov{buffer.data(), buffer.size()};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+        const auto n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+        if (n <= 0)
+            return;
+        std::string text(buffer.data(), static_cast<std::size_t>(n));
+        std::vector<int> fds;
+        for (auto* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                const auto count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (std::size_t i = 0; i < count; ++i) {
+                    int fd;
+                    std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                    fds.push_back(fd);
+                }
+            }
+        }
+        const auto name_at = text.find("FDNAME=");
+        const auto name = name_at == std::string::npos
+                              ? std::string("stored")
+                              : text.substr(name_at + 7, text.find('\n', name_at) - name_at - 7);
+        if (text.find("FDSTORE=1") != std::string::npos) {
+            for (int fd : fds)
+                stored.emplace(name, fd);
+        } else {
+            for (int fd : fds)
+                ::close(fd);  // BARRIER=1's fd: closing it answers the barrier
+        }
+        messages.push_back(std::move(text));
+    }
+
+    int fd_ = -1;
+};
+
+std::string memfd_text(int fd) {
+    std::string text;
+    char chunk[4096];
+    off_t offset = 0;
+    for (ssize_t n; (n = ::pread(fd, chunk, sizeof chunk, offset)) > 0; offset += n)
+        text.append(chunk, static_cast<std::size_t>(n));
+    return text;
+}
+
+std::size_t occurrences(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1))
+        ++n;
+    return n;
+}
+
+std::string guest_section(const std::string& name, const std::string& endpoint) {
+    return "\n[[guest]]\nname = \"" + name + "\"\nendpoint = \"" + endpoint + "\"\n";
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(fd_store)
+
+BOOST_AUTO_TEST_CASE(
+    a_restart_through_the_fd_store_keeps_each_connection_and_provisions_nothing_again) {
+    temp_directory dir("stereos-fdstore");
+    std::mt19937_64 random{std::random_device{}()};
+    const std::string secret = "sk-fdstore-" + std::to_string(random()) + "-value";
+    write_text_file(dir / "secret", secret);
+    // Three guests in one process; "gone" leaves the config before the second start.
+    child_process guests(
+        {STEREOS_FAKEGUEST_BINARY, "--listen", "unix:" + (dir / "g%d.sock").string(), "--count",
+         "3", "--health-state", "healthy", "--log-connections", "--log-requests"},
+        dir.path(), "guests");
+    BOOST_TEST_REQUIRE(guests.wait_for_output("listening ", patience, false).has_value(),
+                       guests.stderr_text());
+    const auto daemon = stereos::testing::test_daemon_section(dir, "health_interval = \"200ms\"\n");
+    const auto kept = guest_section("kept", "unix:" + (dir / "g0.sock").string()) +
+                      "[guest.provision]\nsecrets = [ { name = \"API_KEY\", file = \"" +
+                      (dir / "secret").string() + "\" } ]\n" +
+                      guest_section("other", "unix:" + (dir / "g1.sock").string());
+    write_text_file(dir / "config.toml",
+                    daemon + kept + guest_section("gone", "unix:" + (dir / "g2.sock").string()));
+
+    fake_fd_store store(dir / "notify.sock");
+    const std::map<std::string, std::string> env{{"NOTIFY_SOCKET", (dir / "notify.sock").string()}};
+    const std::vector<std::string> args{STEREOS_HOSTD_BINARY, "--config",
+                                        (dir / "config.toml").string(), "--log", "stderr"};
+    {
+        child_process first(args, dir.path(), "first", env);
+        for (const auto* guest : {"kept", "other", "gone"}) {
+            BOOST_TEST_REQUIRE(
+                first
+                    .wait_for_output(std::string(guest) + ": state connecting -> healthy", patience)
+                    .has_value(),
+                first.stderr_text());
+        }
+        BOOST_TEST_REQUIRE(first.wait_for_output("kept: provisioned", patience).has_value());
+        first.send_signal(SIGTERM);
+        BOOST_TEST(first.wait_exit(patience).value_or(-1) == 0, first.stderr_text());
+        BOOST_TEST(
+            first.stderr_text().find("handed 3 of 3 live guest connections") != std::string::npos,
+            first.stderr_text());
+        BOOST_TEST(first.stderr_text().find("kept: state") != std::string::npos);
+        BOOST_TEST(first.stderr_text().find("-> disconnected") == std::string::npos);
+    }
+    store.drain(500ms);
+    BOOST_TEST_REQUIRE(store.stored.count("guest-links") == 1u);
+    for (const auto* name : {"guest.kept", "guest.other", "guest.gone"})
+        BOOST_TEST(store.stored.count(name) == 1u, name);
+    // The description holds where each connection goes and what was unread, never a value.
+    const auto description = memfd_text(store.stored.find("guest-links")->second);
+    BOOST_TEST(description.find((dir / "g0.sock").string()) != std::string::npos, description);
+    BOOST_TEST(description.find(secret) == std::string::npos);
+    BOOST_TEST(description.find("sk-fdstore") == std::string::npos);
+    BOOST_TEST(std::count_if(store.messages.begin(), store.messages.end(),
+                             [](const auto& m) { return m.starts_with("BARRIER=1"); }) == 1);
+
+    // The next process: "gone" is no longer configured.
+    write_text_file(dir / "config.toml", daemon + kept);
+    std::vector<int> fds;
+    std::vector<std::string> names;
+    for (const auto& [name, fd] : store.stored) {
+        fds.push_back(fd);
+        names.push_back(name);
+    }
+    store.messages.clear();
+    child_process second(args, dir.path(), "second", env, fds, names);
+    // As systemd's store would, this process keeps its copies until told to remove them.
+    BOOST_TEST_REQUIRE(second.wait_for_output("resuming 3 guest connections", patience).has_value(),
+                       second.stderr_text());
+    for (const auto* guest : {"kept", "other"}) {
+        BOOST_TEST(
+            second.wait_for_output(std::string(guest) + ": state connecting -> healthy", patience)
+                .has_value(),
+            second.stderr_text());
+    }
+    BOOST_TEST(second
+                   .wait_for_output("that the previous daemon process handed over is closed: "
+                                    "no such guest any more",
+                                    patience)
+                   .has_value(),
+               second.stderr_text());
+    BOOST_TEST(
+        second.wait_for_output("kept: the same run of the guest as before", patience).has_value(),
+        second.stderr_text());
+    store.drain(500ms);
+    for (const auto* name : {"guest.kept", "guest.other", "guest.gone", "guest-links"}) {
+        BOOST_TEST(std::count(store.messages.begin(), store.messages.end(),
+                              "FDSTOREREMOVE=1\nFDNAME=" + std::string(name)) == 1,
+                   name << " was not taken out of the store");
+    }
+    for (auto& [name, fd] : store.stored)
+        ::close(fd);
+    store.stored.clear();
+
+    // The guests saw one connection each, and the secret went out once.
+    const auto guest_log = guests.stdout_text();
+    BOOST_TEST(occurrences(guest_log, "accepted ") == 3u, guest_log);
+    BOOST_TEST(occurrences(guest_log, "delivered inject_secret") == 1u, guest_log);
+    // "gone"'s connection was closed by the second process: the guest sees its end.
+    second.send_signal(SIGTERM);
+    BOOST_TEST(second.wait_exit(patience).value_or(-1) == 0, second.stderr_text());
+    BOOST_TEST(second.stderr_text().find(secret) == std::string::npos);
+    guests.send_signal(SIGTERM);
+    guests.wait_exit(patience);
+}
+
+BOOST_AUTO_TEST_CASE(without_a_notification_socket_a_stop_closes_every_connection_as_before) {
+    temp_directory dir("stereos-fdstore");
+    child_process guests({STEREOS_FAKEGUEST_BINARY, "--listen",
+                          "unix:" + (dir / "g0.sock").string(), "--log-connections"},
+                         dir.path(), "guests");
+    BOOST_TEST_REQUIRE(guests.wait_for_output("listening ", patience, false).has_value());
+    write_text_file(dir / "config.toml",
+                    stereos::testing::test_daemon_section(dir) +
+                        guest_section("g", "unix:" + (dir / "g0.sock").string()));
+    child_process hostd(
+        {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
+        dir.path(), "hostd");
+    BOOST_TEST_REQUIRE(hostd.wait_for_output("g: state connecting -> ready", patience).has_value(),
+                       hostd.stderr_text());
+    hostd.send_signal(SIGTERM);
+    BOOST_TEST(hostd.wait_exit(patience).value_or(-1) == 0);
+    BOOST_TEST(hostd.stderr_text().find("fd store") == std::string::npos, hostd.stderr_text());
+    BOOST_TEST(hostd.stderr_text().find("g: guest link stopped") != std::string::npos,
+               hostd.stderr_text());
+    guests.send_signal(SIGTERM);
+    guests.wait_exit(patience);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
