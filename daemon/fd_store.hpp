@@ -6,6 +6,7 @@
 // flushes the store: the guests then see their connections close, as without it.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
