@@ -2,15 +2,10 @@
 // receives what the daemon stores on SIGTERM (FDSTORE=1 datagrams with their fds on a real
 // NOTIFY_SOCKET), then passes the fds to the next daemon process as systemd would (LISTEN_FDS,
 // LISTEN_FDNAMES). Real fake-guest processes count their connections and deliveries.
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include <array>
 #include <chrono>
 #include <csignal>
-#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -19,9 +14,12 @@
 #include <boost/test/unit_test.hpp>
 
 #include "tests/support/child_process.hpp"
+#include "tests/support/fake_fd_store.hpp"
 
 using namespace std::chrono_literals;
 using stereos::testing::child_process;
+using stereos::testing::fake_fd_store;
+using stereos::testing::memfd_text;
 using stereos::testing::read_text_file;
 using stereos::testing::temp_directory;
 using stereos::testing::write_text_file;
@@ -29,89 +27,6 @@ using stereos::testing::write_text_file;
 namespace {
 
 constexpr auto patience = 30s;  // generous: the suite also runs under ASan on 2 busy cores
-
-// systemd's side of sd_notify: datagrams, and the fds stored with FDSTORE=1 by FDNAME.
-class fake_fd_store {
-  public:
-    explicit fake_fd_store(const std::filesystem::path& path) {
-        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-        BOOST_TEST_REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-        const int one = 1;
-        ::setsockopt(fd_, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    }
-    ~fake_fd_store() {
-        ::close(fd_);
-        for (auto& [name, fd] : stored)
-            ::close(fd);
-    }
-
-    // Reads every datagram that comes within `quiet` of the last one.
-    void drain(std::chrono::milliseconds quiet) {
-        while (true) {
-            pollfd p{fd_, POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(quiet.count())) <= 0)
-                return;
-            receive_one();
-        }
-    }
-
-    std::vector<std::string> messages;
-    std::multimap<std::string, int> stored;  // FDNAME -> fd, as systemd's store holds them
-
-  private:
-    void receive_one() {
-        std::array<char, 4096> buffer{};
-        alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(ucred))>
-            control{};
-        iovec iov{buffer.data(), buffer.size()};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.data();
-        msg.msg_controllen = control.size();
-        const auto n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
-        if (n <= 0)
-            return;
-        std::string text(buffer.data(), static_cast<std::size_t>(n));
-        std::vector<int> fds;
-        for (auto* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                const auto count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (std::size_t i = 0; i < count; ++i) {
-                    int fd;
-                    std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-                    fds.push_back(fd);
-                }
-            }
-        }
-        const auto name_at = text.find("FDNAME=");
-        const auto name = name_at == std::string::npos
-                              ? std::string("stored")
-                              : text.substr(name_at + 7, text.find('\n', name_at) - name_at - 7);
-        if (text.find("FDSTORE=1") != std::string::npos) {
-            for (int fd : fds)
-                stored.emplace(name, fd);
-        } else {
-            for (int fd : fds)
-                ::close(fd);  // BARRIER=1's fd: closing it answers the barrier
-        }
-        messages.push_back(std::move(text));
-    }
-
-    int fd_ = -1;
-};
-
-std::string memfd_text(int fd) {
-    std::string text;
-    char chunk[4096];
-    off_t offset = 0;
-    for (ssize_t n; (n = ::pread(fd, chunk, sizeof chunk, offset)) > 0; offset += n)
-        text.append(chunk, static_cast<std::size_t>(n));
-    return text;
-}
 
 std::size_t occurrences(const std::string& text, const std::string& needle) {
     std::size_t n = 0;
@@ -217,9 +132,7 @@ BOOST_AUTO_TEST_CASE(
                               "FDSTOREREMOVE=1\nFDNAME=" + std::string(name)) == 1,
                    name << " was not taken out of the store");
     }
-    for (auto& [name, fd] : store.stored)
-        ::close(fd);
-    store.stored.clear();
+    store.flush();
 
     // The guests saw one connection each, and the secret went out once.
     const auto guest_log = guests.stdout_text();
