@@ -5,6 +5,8 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/throw_exception.hpp>
 
 #include <stereos/transport/endpoint.hpp>
@@ -71,9 +73,10 @@ provision_split split_out_values(const json::object& provision) {
             const auto* secret = it->if_object();
             if (secret && secret->contains("value")) {
                 const auto* secret_name = secret->if_contains("name");
-                auto slot = "secret " + std::string(secret_name && secret_name->is_string()
-                                                        ? std::string_view(secret_name->get_string())
-                                                        : std::string_view("?"));
+                auto slot =
+                    "secret " + std::string(secret_name && secret_name->is_string()
+                                                ? std::string_view(secret_name->get_string())
+                                                : std::string_view("?"));
                 split.values.emplace_back(slot, json::serialize(*secret));
                 split.withheld_values.push_back(std::move(slot));
                 it = list.erase(it);
@@ -130,29 +133,31 @@ json::object guest_registry::restore_values(const runtime_guest_record& record,
     }
     if (!at_rest_.seal) {
         missing = record.withheld_values;
-        log::warning("runtime guest's values are sealed in the state directory, but this daemon "
-                     "has no key (" +
-                         at_rest_.reason + "): it needs its values again (needs_values)",
-                     {.guest = record.name});
+        log::warning(
+            "runtime guest's values are sealed in the state directory, but this daemon "
+            "has no key (" +
+                at_rest_.reason + "): it needs its values again (needs_values)",
+            {.guest = record.name});
         return provision;
     }
     const auto opened = open_all(*at_rest_.seal, record.name, record.sealed);
     json::array secrets;
     if (const auto* kept = provision.if_contains("secrets"); kept && kept->is_array())
         secrets = kept->get_array();
-    std::string problems;
+    // Slots that do not open, by reason, so that another key is said once.
+    std::vector<std::pair<std::string, std::string>> problems;
     std::size_t restored = 0;
     for (const auto& slot : record.withheld_values) {
         std::string why;
         if (auto failed = opened.failures.find(slot); failed != opened.failures.end()) {
             why = failed->second;
         } else if (auto found = opened.values.find(slot); found == opened.values.end()) {
-            why = "it was not sealed";
+            why = "not sealed";
         } else {
             boost::system::error_code ec;
             auto value = json::parse(found->second, ec);
             if (ec || !fits_slot(slot, value)) {
-                why = "it opens but holds no value of this slot";
+                why = "opens but holds no value of its slot";
             } else if (slot == "config") {
                 provision["config"] = std::move(value);
                 ++restored;
@@ -161,18 +166,27 @@ json::object guest_registry::restore_values(const runtime_guest_record& record,
                 ++restored;
             }
         }
-        if (!why.empty()) {
-            missing.push_back(slot);
-            problems += (problems.empty() ? "" : "; ") + slot + ": " + why;
-        }
+        if (why.empty())
+            continue;
+        missing.push_back(slot);
+        auto same = std::find_if(problems.begin(), problems.end(),
+                                 [&](const auto& p) { return p.second == why; });
+        if (same == problems.end())
+            problems.emplace_back(slot, why);
+        else
+            same->first += ", " + slot;
     }
     if (!secrets.empty())
         provision["secrets"] = std::move(secrets);
     if (!problems.empty()) {
-        log::warning("runtime guest's sealed values cannot all be used, it waits for them "
-                     "(needs_values): " +
-                         problems,
-                     {.guest = record.name});
+        std::string text;
+        for (const auto& [slots, why] : problems)
+            text += (text.empty() ? "" : "; ") + slots + ": " + why;
+        log::warning(
+            "runtime guest's sealed values cannot all be used, it waits for them "
+            "(needs_values): " +
+                text,
+            {.guest = record.name});
     } else {
         log::info("runtime guest's " + std::to_string(restored) + " sealed value" +
                       (restored == 1 ? "" : "s") + " opened",
@@ -264,9 +278,10 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
         if (!definition && missing.size() < record.withheld_values.size()) {
             // The opened values are refused by today's rules: the guest waits for new ones. The
             // refusal is not quoted, as it might quote a value.
-            log::warning("runtime guest's sealed values open but are refused by the provisioning "
-                         "rules: it needs its values again (needs_values)",
-                         {.guest = record.name});
+            log::warning(
+                "runtime guest's sealed values open but are refused by the provisioning "
+                "rules: it needs its values again (needs_values)",
+                {.guest = record.name});
             missing = record.withheld_values;
             definition = runtime_guest_definition(record.name, record.endpoint, record.provision,
                                                   config_.daemon, caller);

@@ -12,9 +12,10 @@ namespace stereos::daemon {
 values_at_rest load_seal_key(const char* credentials_directory) {
     const std::string credential(seal_key_credential);
     if (!credentials_directory || *credentials_directory == '\0')
-        return {nullptr, "$CREDENTIALS_DIRECTORY is not set (not started by systemd with "
-                         "LoadCredentialEncrypted=" +
-                             credential + ")"};
+        return {nullptr,
+                "$CREDENTIALS_DIRECTORY is not set (not started by systemd with "
+                "LoadCredentialEncrypted=" +
+                    credential + ")"};
     const auto path = std::filesystem::path(credentials_directory) / credential;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

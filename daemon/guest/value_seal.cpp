@@ -38,8 +38,8 @@ value_seal::value_seal(const key_type& key) : key_(key) {
     if (sodium_init() < 0)
         throw std::runtime_error("libsodium cannot be initialised");
     std::array<unsigned char, 16> id{};
-    crypto_generichash(id.data(), id.size(), bytes(key_id_label), key_id_label.size(),
-                       key_.data(), key_.size());
+    crypto_generichash(id.data(), id.size(), bytes(key_id_label), key_id_label.size(), key_.data(),
+                       key_.size());
     std::string hex(id.size() * 2 + 1, '\0');
     sodium_bin2hex(hex.data(), hex.size(), id.data(), id.size());
     hex.pop_back();
@@ -57,9 +57,9 @@ std::string value_seal::seal(std::string_view guest, std::string_view slot,
     auto* out = reinterpret_cast<unsigned char*>(box.data());
     randombytes_buf(out, sizeof(aead_nonce));
     unsigned long long written = 0;
-    crypto_aead_xchacha20poly1305_ietf_encrypt(out + sizeof(aead_nonce), &written,
-                                               bytes(plaintext), plaintext.size(), bytes(ad),
-                                               ad.size(), nullptr, out, key_.data());
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out + sizeof(aead_nonce), &written, bytes(plaintext),
+                                               plaintext.size(), bytes(ad), ad.size(), nullptr, out,
+                                               key_.data());
     std::string text(sodium_base64_ENCODED_LEN(box.size(), base64_variant), '\0');
     sodium_bin2base64(text.data(), text.size(), out, box.size(), base64_variant);
     text.resize(text.size() - 1);  // the terminating NUL

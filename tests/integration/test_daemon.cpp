@@ -3,9 +3,9 @@
 // SIGHUP reloads and a clean stop. The daemon's stderr log is how the tests observe it.
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <map>
-#include <csignal>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -462,8 +462,8 @@ std::filesystem::path credentials_with_key(const temp_directory& dir, const std:
 }
 
 testing::command_result api_call(const temp_directory& dir, const std::vector<std::string>& args) {
-    std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "20", "--unix-socket",
-                                  (dir / "api.sock").string()};
+    std::vector<std::string> argv{
+        "/usr/bin/curl", "-sS", "--max-time", "20", "--unix-socket", (dir / "api.sock").string()};
     argv.insert(argv.end(), args.begin(), args.end());
     return testing::run_command(argv);
 }
@@ -496,9 +496,9 @@ BOOST_AUTO_TEST_CASE(a_sealed_runtime_value_survives_a_daemon_restart_and_a_gues
                    std::string::npos,
                hostd->stderr_text());
     auto ping = api_call(dir, {"http://localhost/v1/ping"});
-    BOOST_TEST(ping.out.find(R"("values_at_rest":{"mode":"sealed","key_id":")") !=
-                   std::string::npos,
-               ping.out << ping.err);
+    BOOST_TEST(
+        ping.out.find(R"("values_at_rest":{"mode":"sealed","key_id":")") != std::string::npos,
+        ping.out << ping.err);
     auto added = api_call(
         dir, {"-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d",
               R"({"name":"rt1","endpoint":")" + endpoint +
@@ -536,22 +536,21 @@ BOOST_AUTO_TEST_CASE(a_sealed_runtime_value_survives_a_daemon_restart_and_a_gues
 
     // The state directory on another host (another key): the guest waits for its values.
     temp_directory other("stereos-daemon-other");
-    std::filesystem::copy(dir / "state", other / "state",
-                          std::filesystem::copy_options::recursive);
+    std::filesystem::copy(dir / "state", other / "state", std::filesystem::copy_options::recursive);
     write_text_file(other / "config.toml", daemon_section(other));
-    auto elsewhere = start_daemon(other, "hostd-other",
-                                  {{"CREDENTIALS_DIRECTORY",
-                                    credentials_with_key(other, "credentials", 'o').string()}});
+    auto elsewhere = start_daemon(
+        other, "hostd-other",
+        {{"CREDENTIALS_DIRECTORY", credentials_with_key(other, "credentials", 'o').string()}});
     BOOST_TEST_REQUIRE(elsewhere->wait_for_output("starting stereos-hostd", patience).has_value(),
                        elsewhere->stderr_text());
-    BOOST_TEST(elsewhere
-                   ->wait_for_output("rt1: runtime guest's sealed values cannot all be used",
-                                     patience)
-                   .has_value(),
-               elsewhere->stderr_text());
-    BOOST_TEST(elsewhere->stderr_text().find("secret K: sealed with another key") !=
-                   std::string::npos,
-               elsewhere->stderr_text());
+    BOOST_TEST(
+        elsewhere
+            ->wait_for_output("rt1: runtime guest's sealed values cannot all be used", patience)
+            .has_value(),
+        elsewhere->stderr_text());
+    BOOST_TEST(
+        elsewhere->stderr_text().find("secret K: sealed with another key") != std::string::npos,
+        elsewhere->stderr_text());
     auto status = api_call(other, {"http://localhost/v1/guests/rt1"});
     BOOST_TEST(status.out.find(R"("state":"needs_values")") != std::string::npos, status.out);
     elsewhere->send_signal(SIGTERM);
@@ -573,9 +572,9 @@ BOOST_AUTO_TEST_CASE(without_a_seal_key_the_status_says_memory_and_why) {
         BOOST_TEST(ping.out.find(R"("values_at_rest":{"mode":"memory","reason":")" + reason) !=
                        std::string::npos,
                    label << ": " << ping.out << ping.err);
-        BOOST_TEST(hostd->stderr_text().find("values stay in memory only: " + reason) !=
-                       std::string::npos,
-                   hostd->stderr_text());
+        BOOST_TEST(
+            hostd->stderr_text().find("values stay in memory only: " + reason) != std::string::npos,
+            hostd->stderr_text());
         hostd->send_signal(SIGTERM);
         BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
     };
