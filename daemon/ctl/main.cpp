@@ -350,8 +350,8 @@ int run_stereosctl(int argc, char** argv) {
     provision->add_option("NAME", name)->required();
     auto* set_option = provision->add_option(
         "--set", from_file,
-        "JSON file (or - for stdin) with the provision object; its values are kept only in "
-        "the daemon's memory");
+        "JSON file (or - for stdin) with the provision object; its values are kept in the "
+        "daemon's memory, and on disk only sealed (see status)");
     std::string values_file;
     provision
         ->add_option("--values", values_file,

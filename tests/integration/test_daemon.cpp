@@ -490,7 +490,7 @@ BOOST_AUTO_TEST_CASE(a_sealed_runtime_value_survives_a_daemon_restart_and_a_gues
     write_text_file(dir / "config.toml", daemon_section(dir));
 
     auto hostd = start_daemon(dir, "hostd-1", with_key);
-    BOOST_TEST_REQUIRE(hostd->wait_for_output("starting stereos-hostd", patience).has_value(),
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("API listening on", patience).has_value(),
                        hostd->stderr_text());
     BOOST_TEST(hostd->stderr_text().find("values are sealed in the state directory (key id") !=
                    std::string::npos,
@@ -541,7 +541,7 @@ BOOST_AUTO_TEST_CASE(a_sealed_runtime_value_survives_a_daemon_restart_and_a_gues
     auto elsewhere = start_daemon(
         other, "hostd-other",
         {{"CREDENTIALS_DIRECTORY", credentials_with_key(other, "credentials", 'o').string()}});
-    BOOST_TEST_REQUIRE(elsewhere->wait_for_output("starting stereos-hostd", patience).has_value(),
+    BOOST_TEST_REQUIRE(elsewhere->wait_for_output("API listening on", patience).has_value(),
                        elsewhere->stderr_text());
     BOOST_TEST(
         elsewhere
@@ -566,7 +566,7 @@ BOOST_AUTO_TEST_CASE(without_a_seal_key_the_status_says_memory_and_why) {
     const auto check = [&](const std::map<std::string, std::string>& env, const std::string& label,
                            const std::string& reason) {
         auto hostd = start_daemon(dir, label, env);
-        BOOST_TEST_REQUIRE(hostd->wait_for_output("starting stereos-hostd", patience).has_value(),
+        BOOST_TEST_REQUIRE(hostd->wait_for_output("API listening on", patience).has_value(),
                            hostd->stderr_text());
         auto ping = api_call(dir, {"http://localhost/v1/ping"});
         BOOST_TEST(ping.out.find(R"("values_at_rest":{"mode":"memory","reason":")" + reason) !=

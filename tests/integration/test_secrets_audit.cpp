@@ -463,9 +463,13 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     {
         hostd_process reopened(dir, {}, "trace", quick_daemon, "",
                                {{"CREDENTIALS_DIRECTORY", credentials.string()}});
-        BOOST_TEST(
-            eventually([&] { return contains(reopened.log(), "sealed values opened"); }, 30s),
-            reopened.log());
+        BOOST_TEST(eventually(
+                       [&] {
+                           return contains(reopened.log(),
+                                           "vm-values: runtime guest's 1 sealed value opened");
+                       },
+                       30s),
+                   reopened.log());
         seen.add("GET /v1/guests/vm-values (reopened)",
                  get(reopened.socket(), "/v1/guests/vm-values"));
         seen.add("GET /v1/ping (reopened)", get(reopened.socket(), "/v1/ping"));
