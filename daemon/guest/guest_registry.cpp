@@ -61,7 +61,8 @@ provision_split::~provision_split() {
 }
 
 provision_split split_out_values(const json::object& provision) {
-    provision_split split{provision, {}, {}};
+    provision_split split;
+    split.persisted = provision;
     if (const auto* config = split.persisted.if_contains("config")) {
         split.values.emplace_back("config", json::serialize(*config));
         split.persisted.erase("config");

@@ -59,6 +59,10 @@ struct provision_split {
     // Per withheld slot, what is sealed for it: the JSON text of the value as the provision
     // object holds it (the jcard.toml string, or the whole secret object). Wiped when destroyed.
     std::vector<std::pair<std::string, std::string>> values;
+
+    provision_split() = default;
+    provision_split(provision_split&&) = default;  // moves, so no unwiped copy is left behind
+    provision_split& operator=(provision_split&&) = default;
     ~provision_split();
 };
 provision_split split_out_values(const boost::json::object& provision);
