@@ -70,7 +70,7 @@ host_daemon::host_daemon(asio::io_context& io, host_daemon_options options, conf
       options_(std::move(options)),
       config_(std::move(initial)),
       store_(config_.daemon.state_dir),
-      registry_(io.get_executor(), bus_, store_),
+      registry_(io.get_executor(), bus_, store_, options_.at_rest),
       signals_(io, SIGINT, SIGTERM, SIGHUP),
       status_timer_(io),
       watchdog_timer_(io) {}

@@ -24,6 +24,9 @@ namespace stereos::daemon {
 struct host_daemon_options {
     std::filesystem::path config_path;
     std::optional<std::string> log_level_override;  // --log-level wins over the config
+    // The key sealing runtime guests' values in the state directory (load_seal_key), or why
+    // there is none.
+    values_at_rest at_rest;
 };
 
 class host_daemon {

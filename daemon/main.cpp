@@ -1,11 +1,13 @@
 // stereos-hostd: the host-side daemon of the StereOS control plane.
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 
 #include "config/config.hpp"
+#include "daemon/guest/seal_key.hpp"
 #include "daemon/host_daemon.hpp"
 #include "daemon/logging.hpp"
 
@@ -55,8 +57,16 @@ int run_hostd(int argc, char** argv) {
     log::setup(journal ? log::sink_kind::journal : log::sink_kind::stderr_text, log::severity::info,
                under_systemd);
 
+    // Once, at start: the credential is fixed for the life of the process.
+    auto at_rest = daemon::load_seal_key(std::getenv("CREDENTIALS_DIRECTORY"));
+    if (at_rest.seal)
+        log::info("runtime guests' values are sealed in the state directory (key id " +
+                  at_rest.seal->key_id() + ")");
+    else
+        log::notice("runtime guests' values stay in memory only: " + at_rest.reason);
+
     boost::asio::io_context io(1);
-    daemon::host_daemon hostd(io, {path, log_level}, std::move(*loaded));
+    daemon::host_daemon hostd(io, {path, log_level, std::move(at_rest)}, std::move(*loaded));
     try {
         hostd.start();
     } catch (const std::exception& e) {

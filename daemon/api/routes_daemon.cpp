@@ -1,4 +1,4 @@
-// The daemon's own routes: GET /v1/ping and GET /metrics.
+// The daemon's own routes: GET /v1/ping (the daemon's status) and GET /metrics.
 #include "daemon/api/routes_internal.hpp"
 
 #include <boost/json/object.hpp>
@@ -10,7 +10,10 @@ namespace http = boost::beast::http;
 namespace json = boost::json;
 
 asio::awaitable<api_outcome> handle_ping(route_call& call) {
-    co_return ok(json::object{{"status", "ok"}, {"version", STEREOS_VERSION}}, call.version);
+    co_return ok(json::object{{"status", "ok"},
+                              {"version", STEREOS_VERSION},
+                              {"values_at_rest", call.context.registry.values_at_rest_status()}},
+                 call.version);
 }
 
 asio::awaitable<api_outcome> handle_metrics(route_call& call) {

@@ -252,6 +252,23 @@ void print_status(const json::object& s) {
     }
 }
 
+// The daemon's own status (GET /v1/ping).
+void print_daemon_status(const json::value& value) {
+    const auto& s = value.as_object();
+    std::cout << "daemon:          " << field(s, "status") << ", stereos-hostd "
+              << field(s, "version") << "\n";
+    const auto* at_rest = s.if_contains("values_at_rest");
+    if (!at_rest || !at_rest->is_object())
+        return;
+    const auto& a = at_rest->get_object();
+    std::cout << "values at rest:  " << field(a, "mode");
+    if (field(a, "mode") == "sealed")
+        std::cout << " in the state directory (key id " << field(a, "key_id") << ")";
+    else
+        std::cout << " only, lost at a daemon restart: " << field(a, "reason");
+    std::cout << "\n";
+}
+
 void print_guest_table(const json::value& value) {
     std::vector<std::vector<std::string>> rows{
         {"NAME", "STATE", "LINK", "UPTIME", "PROVISION", "SOURCE", "ENDPOINT"}};
@@ -287,10 +304,12 @@ int run_stereosctl(int argc, char** argv) {
     std::string name, arg1, arg2, arg3, from_file, mode, fs_type = "9p", reason, timeout = "30s";
     bool read_only = false;
     auto* ls = app.add_subcommand("ls", "list guests");
-    auto* status = app.add_subcommand("status", "show a guest's status");
+    auto* status = app.add_subcommand(
+        "status", "show a guest's status, or without NAME the daemon's (version, values at rest)");
     auto* health = app.add_subcommand("health", "ask a guest for its health now");
     auto* ping = app.add_subcommand("ping", "ping a guest");
-    for (auto* sub : {status, health, ping})
+    status->add_option("NAME", name, "guest name");
+    for (auto* sub : {health, ping})
         sub->add_option("NAME", name, "guest name")->required();
     auto* add = app.add_subcommand("add", "add a guest at run time (kept across restarts)");
     add->add_option("NAME", name)->required();
@@ -331,8 +350,8 @@ int run_stereosctl(int argc, char** argv) {
     provision->add_option("NAME", name)->required();
     auto* set_option = provision->add_option(
         "--set", from_file,
-        "JSON file (or - for stdin) with the provision object; its values are kept only in "
-        "the daemon's memory");
+        "JSON file (or - for stdin) with the provision object; its values are kept in the "
+        "daemon's memory, and on disk only sealed (see status)");
     std::string values_file;
     provision
         ->add_option("--values", values_file,
@@ -371,6 +390,8 @@ int run_stereosctl(int argc, char** argv) {
 
         if (ls->parsed())
             return run.print(run.call(http::verb::get, "/v1/guests"), print_guest_table);
+        if (status->parsed() && name.empty())
+            return run.print(run.call(http::verb::get, "/v1/ping"), print_daemon_status);
         if (status->parsed()) {
             return run.print(run.call(http::verb::get, guest_path),
                              [](const json::value& v) { print_status(v.as_object()); });

@@ -5,11 +5,14 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/throw_exception.hpp>
 
 #include <stereos/transport/endpoint.hpp>
 #include <stereos/util/completion_tokens.hpp>
 
+#include "daemon/guest/value_seal.hpp"
 #include "daemon/logging.hpp"
 
 namespace stereos::daemon {
@@ -52,20 +55,31 @@ boost::system::result<config::guest_config, definition_error> runtime_guest_defi
     return result(boost::system::in_place_value, std::move(*read));
 }
 
+provision_split::~provision_split() {
+    for (auto& [slot, text] : values)
+        wipe(text);
+}
+
 provision_split split_out_values(const json::object& provision) {
-    provision_split split{provision, {}};
-    if (split.persisted.erase("config") > 0)
+    provision_split split;
+    split.persisted = provision;
+    if (const auto* config = split.persisted.if_contains("config")) {
+        split.values.emplace_back("config", json::serialize(*config));
+        split.persisted.erase("config");
         split.withheld_values.emplace_back("config");
+    }
     if (auto* secrets = split.persisted.if_contains("secrets"); secrets && secrets->is_array()) {
         auto& list = secrets->get_array();
         for (auto it = list.begin(); it != list.end();) {
             const auto* secret = it->if_object();
             if (secret && secret->contains("value")) {
                 const auto* secret_name = secret->if_contains("name");
-                split.withheld_values.push_back(
+                auto slot =
                     "secret " + std::string(secret_name && secret_name->is_string()
                                                 ? std::string_view(secret_name->get_string())
-                                                : std::string_view("?")));
+                                                : std::string_view("?"));
+                split.values.emplace_back(slot, json::serialize(*secret));
+                split.withheld_values.push_back(std::move(slot));
                 it = list.erase(it);
             } else {
                 ++it;
@@ -77,8 +91,110 @@ provision_split split_out_values(const json::object& provision) {
     return split;
 }
 
-guest_registry::guest_registry(asio::any_io_executor executor, event_bus& bus, state_store& store)
-    : executor_(std::move(executor)), bus_(bus), store_(store) {}
+guest_registry::guest_registry(asio::any_io_executor executor, event_bus& bus, state_store& store,
+                               values_at_rest at_rest)
+    : executor_(std::move(executor)), bus_(bus), store_(store), at_rest_(std::move(at_rest)) {}
+
+json::object guest_registry::values_at_rest_status() const {
+    if (at_rest_.seal)
+        return {{"mode", "sealed"}, {"key_id", at_rest_.seal->key_id()}};
+    return {{"mode", "memory"}, {"reason", at_rest_.reason}};
+}
+
+sealed_values guest_registry::seal_values(const std::string& name,
+                                          const provision_split& split) const {
+    if (!at_rest_.seal || split.values.empty())
+        return {};
+    return seal_all(*at_rest_.seal, name, split.values);
+}
+
+namespace {
+// Whether an opened value is one the slot can hold: the jcard.toml text, or the secret object of
+// that name with its value.
+bool fits_slot(std::string_view slot, const json::value& value) {
+    if (slot == "config")
+        return value.is_string();
+    const auto* secret = value.if_object();
+    if (!secret || !slot.starts_with("secret ") || !secret->contains("value"))
+        return false;
+    const auto* name = secret->if_contains("name");
+    return name && name->is_string() && name->get_string() == slot.substr(7);
+}
+}  // namespace
+
+json::object guest_registry::restore_values(const runtime_guest_record& record,
+                                            std::vector<std::string>& missing) const {
+    json::object provision = record.provision;
+    if (record.withheld_values.empty())
+        return provision;
+    if (record.sealed.empty()) {
+        // Added by a daemon without a key: the values were in its memory only.
+        missing = record.withheld_values;
+        return provision;
+    }
+    if (!at_rest_.seal) {
+        missing = record.withheld_values;
+        log::warning(
+            "runtime guest's values are sealed in the state directory, but this daemon "
+            "has no key (" +
+                at_rest_.reason + "): it needs its values again (needs_values)",
+            {.guest = record.name});
+        return provision;
+    }
+    const auto opened = open_all(*at_rest_.seal, record.name, record.sealed);
+    json::array secrets;
+    if (const auto* kept = provision.if_contains("secrets"); kept && kept->is_array())
+        secrets = kept->get_array();
+    // Slots that do not open, by reason, so that another key is said once.
+    std::vector<std::pair<std::string, std::string>> problems;
+    std::size_t restored = 0;
+    for (const auto& slot : record.withheld_values) {
+        std::string why;
+        if (auto failed = opened.failures.find(slot); failed != opened.failures.end()) {
+            why = failed->second;
+        } else if (auto found = opened.values.find(slot); found == opened.values.end()) {
+            why = "not sealed";
+        } else {
+            boost::system::error_code ec;
+            auto value = json::parse(found->second, ec);
+            if (ec || !fits_slot(slot, value)) {
+                why = "opens but holds no value of its slot";
+            } else if (slot == "config") {
+                provision["config"] = std::move(value);
+                ++restored;
+            } else {
+                secrets.push_back(std::move(value));
+                ++restored;
+            }
+        }
+        if (why.empty())
+            continue;
+        missing.push_back(slot);
+        auto same = std::find_if(problems.begin(), problems.end(),
+                                 [&](const auto& p) { return p.second == why; });
+        if (same == problems.end())
+            problems.emplace_back(slot, why);
+        else
+            same->first += ", " + slot;
+    }
+    if (!secrets.empty())
+        provision["secrets"] = std::move(secrets);
+    if (!problems.empty()) {
+        std::string text;
+        for (const auto& [slots, why] : problems)
+            text += (text.empty() ? "" : "; ") + slots + ": " + why;
+        log::warning(
+            "runtime guest's sealed values cannot all be used, it waits for them "
+            "(needs_values): " +
+                text,
+            {.guest = record.name});
+    } else {
+        log::info("runtime guest's " + std::to_string(restored) + " sealed value" +
+                      (restored == 1 ? "" : "s") + " opened",
+                  {.guest = record.name});
+    }
+    return provision;
+}
 
 std::shared_ptr<managed_guest> guest_registry::launch(config::guest_config definition,
                                                       guest_source source,
@@ -156,8 +272,21 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
         // Host references are followed only if root or the daemon's user supplied them.
         const auto caller = record.references_trusted ? provision_caller::host_trusted
                                                       : provision_caller::values_only;
-        auto definition = runtime_guest_definition(record.name, record.endpoint, record.provision,
+        std::vector<std::string> missing;
+        const auto provision = restore_values(record, missing);
+        auto definition = runtime_guest_definition(record.name, record.endpoint, provision,
                                                    config_.daemon, caller);
+        if (!definition && missing.size() < record.withheld_values.size()) {
+            // The opened values are refused by today's rules: the guest waits for new ones. The
+            // refusal is not quoted, as it might quote a value.
+            log::warning(
+                "runtime guest's sealed values open but are refused by the provisioning "
+                "rules: it needs its values again (needs_values)",
+                {.guest = record.name});
+            missing = record.withheld_values;
+            definition = runtime_guest_definition(record.name, record.endpoint, record.provision,
+                                                  config_.daemon, caller);
+        }
         if (!definition) {
             problems.push_back("runtime guest \"" + record.name +
                                "\" is not started: " + definition.error().message +
@@ -165,7 +294,7 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
             invalid_[record.name] = definition.error().message;
             continue;
         }
-        launch(std::move(*definition), guest_source::runtime, record.withheld_values);
+        launch(std::move(*definition), guest_source::runtime, std::move(missing));
     }
     // Closing them lets those guests see the end of the connection.
     for (const auto& [name, handed] : std::exchange(offered_, {})) {
@@ -249,9 +378,10 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
     auto split = split_out_values(provision);
+    auto sealed = seal_values(name, split);
     runtime_records_.push_back({name, endpoint, std::move(split.persisted),
                                 std::move(split.withheld_values),
-                                caller == provision_caller::host_trusted});
+                                caller == provision_caller::host_trusted, std::move(sealed)});
     if (auto error = persist()) {
         runtime_records_.pop_back();
         return result(boost::system::in_place_error,
@@ -274,6 +404,7 @@ boost::system::result<config::guest_config, registry_error> guest_registry::rewr
     record.provision = std::move(split.persisted);
     record.withheld_values = std::move(split.withheld_values);
     record.references_trusted = caller == provision_caller::host_trusted;
+    record.sealed = seal_values(record.name, split);
     if (auto error = persist()) {
         record = std::move(kept);
         return result(boost::system::in_place_error,
@@ -434,6 +565,15 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
                                                             : provision_caller::values_only);
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
+    // The values the guest now holds replace the sealed ones (with no key: none are kept, so an
+    // older sealed value cannot come back after a restart).
+    if (auto sealed = seal_values(name, split_out_values(merged)); sealed != record->sealed) {
+        auto kept = std::exchange(record->sealed, std::move(sealed));
+        if (auto error = persist()) {
+            record->sealed = std::move(kept);
+            return fail(kind::persist_failed, "cannot persist the sealed values: " + *error);
+        }
+    }
     guest->replace_provision(std::move(definition->provision));
     if (!still_missing.empty())
         guest->hold_provisioning_for_values(std::move(still_missing));

@@ -52,10 +52,18 @@ boost::system::result<config::guest_config, definition_error> runtime_guest_defi
     const config::daemon_settings& defaults, provision_caller caller);
 
 // A validated provision object split into what may be persisted and the values that stay in
-// memory, named as in runtime_guest_record::withheld_values.
+// memory (or are persisted sealed), named as in runtime_guest_record::withheld_values.
 struct provision_split {
     boost::json::object persisted;
     std::vector<std::string> withheld_values;
+    // Per withheld slot, what is sealed for it: the JSON text of the value as the provision
+    // object holds it (the jcard.toml string, or the whole secret object). Wiped when destroyed.
+    std::vector<std::pair<std::string, std::string>> values;
+
+    provision_split() = default;
+    provision_split(provision_split&&) = default;  // moves, so no unwiped copy is left behind
+    provision_split& operator=(provision_split&&) = default;
+    ~provision_split();
 };
 provision_split split_out_values(const boost::json::object& provision);
 
@@ -68,10 +76,14 @@ using adoptable_connections = std::map<std::string, adoptable_connection, std::l
 
 class guest_registry {
   public:
-    guest_registry(boost::asio::any_io_executor executor, event_bus& bus, state_store& store);
+    // `at_rest`: the key that seals runtime guests' values in the state directory, or none
+    // (values in memory only).
+    guest_registry(boost::asio::any_io_executor executor, event_bus& bus, state_store& store,
+                   values_at_rest at_rest = {});
 
     // Starts the config's guests and the persisted runtime guests. A runtime guest whose name
     // the config now uses is kept on disk but not started (reported in the returned messages).
+    // Its sealed values that open are used as if given again; the others leave it needs_values.
     // Throws std::runtime_error when the state file exists but cannot be read: starting without
     // the guests it holds would lose them.
     std::vector<std::string> start(const config::config& initial);
@@ -90,7 +102,8 @@ class guest_registry {
     // Supplies values of a runtime guest's provisioning (the jcard.toml given as `config`, a
     // secret's `value`) without touching the rest: `values` is {"config"?: text, "secrets"?:
     // [{name, value, mode?}]}, each naming one of the values its record withholds. Values held in
-    // memory and not given again are kept. Nothing is persisted: the record holds no value.
+    // memory and not given again are kept. The record holds no value; with a key, the values the
+    // guest now holds are sealed again.
     boost::system::result<std::shared_ptr<managed_guest>, registry_error> supply_values(
         const std::string& name, const boost::json::object& values);
     boost::asio::awaitable<boost::system::result<void, registry_error>> async_remove_runtime(
@@ -111,6 +124,10 @@ class guest_registry {
     }
     std::size_t size() const noexcept { return guests_.size(); }
 
+    // {"mode": "sealed", "key_id"} or {"mode": "memory", "reason"}: how runtime guests' values
+    // are kept across restarts.
+    boost::json::object values_at_rest_status() const;
+
     boost::asio::awaitable<void> async_stop_all();
 
     // Before start(): connections the previous daemon process handed over, by guest name.
@@ -126,6 +143,13 @@ class guest_registry {
     std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
                                           std::vector<std::string> missing_values = {});
     std::optional<std::string> persist();
+    // What a record keeps of these values: sealed with the daemon's key, or nothing without one
+    // (older sealed values must not outlive the values that replaced them).
+    sealed_values seal_values(const std::string& name, const provision_split& split) const;
+    // A persisted record's provision object with its sealed values that open; the slots that do
+    // not open are added to `missing`, and one line per guest says why.
+    boost::json::object restore_values(const runtime_guest_record& record,
+                                       std::vector<std::string>& missing) const;
     // Validates `provision` for the record's guest, then stores it in the record without its
     // values and persists; on any failure the record is as it was.
     boost::system::result<config::guest_config, registry_error> rewrite_record(
@@ -137,6 +161,7 @@ class guest_registry {
     boost::asio::any_io_executor executor_;
     event_bus& bus_;
     state_store& store_;
+    values_at_rest at_rest_;
     config::config config_;
     std::map<std::string, std::shared_ptr<managed_guest>, std::less<>> guests_;
     std::vector<runtime_guest_record> runtime_records_;

@@ -62,8 +62,12 @@ std::optional<std::string> parse_records(const std::string& text,
             return where + ".name is missing or not a string";
         if (!endpoint || !endpoint->is_string())
             return where + ".endpoint is missing or not a string";
-        runtime_guest_record record{
-            std::string(name->get_string()), std::string(endpoint->get_string()), {}, {}, false};
+        runtime_guest_record record{std::string(name->get_string()),
+                                    std::string(endpoint->get_string()),
+                                    {},
+                                    {},
+                                    false,
+                                    {}};
         if (const auto* trusted = g.get_object().if_contains("references_trusted"))
             record.references_trusted = trusted->is_bool() && trusted->get_bool();
         if (const auto* p = g.get_object().if_contains("provision")) {
@@ -78,6 +82,19 @@ std::optional<std::string> parse_records(const std::string& text,
                 if (!item.is_string())
                     return where + ".withheld_values holds something other than a string";
                 record.withheld_values.emplace_back(item.get_string());
+            }
+        }
+        if (const auto* sealed = g.get_object().if_contains("sealed_values")) {
+            const auto* set = sealed->if_object();
+            const auto* key_id = set ? set->if_contains("key_id") : nullptr;
+            const auto* values = set ? set->if_contains("values") : nullptr;
+            if (!key_id || !key_id->is_string() || !values || !values->is_object())
+                return where + ".sealed_values needs a key_id string and a values object";
+            record.sealed.key_id = key_id->get_string();
+            for (const auto& [slot, text] : values->get_object()) {
+                if (!text.is_string())
+                    return where + ".sealed_values.values holds something other than a string";
+                record.sealed.slots.emplace(slot, text.get_string());
             }
         }
         out.push_back(std::move(record));
@@ -264,6 +281,12 @@ std::optional<std::string> state_store::save(const std::vector<runtime_guest_rec
         }
         if (g.references_trusted)
             o["references_trusted"] = true;
+        if (!g.sealed.empty()) {
+            json::object values;
+            for (const auto& [slot, text] : g.sealed.slots)
+                values[slot] = text;
+            o["sealed_values"] = json::object{{"key_id", g.sealed.key_id}, {"values", values}};
+        }
         list.emplace_back(std::move(o));
     }
     const std::string text =

@@ -11,14 +11,15 @@
 #include <boost/system/result.hpp>
 
 #include "daemon/guest/delivery_ledger.hpp"
+#include "daemon/guest/value_seal.hpp"
 
 namespace stereos::daemon {
 
 struct runtime_guest_record {
     std::string name;
     std::string endpoint;
-    // The API's provision object without its values (secrets' `value`, `config`): those stay
-    // in memory only. Empty if none.
+    // The API's provision object without its values (secrets' `value`, `config`): those are
+    // in memory, and sealed in `sealed` when the daemon has a key. Empty if none.
     boost::json::object provision;
     // What was left out, e.g. "config", "secret API_KEY": after a restart the guest needs these
     // values again before it can be provisioned.
@@ -27,6 +28,9 @@ struct runtime_guest_record {
     // files and credentials it names followed after a restart. Records without it (e.g. written
     // before callers were told apart) are held to the values-only rules.
     bool references_trusted = false;
+    // The withheld values sealed with the daemon's key (value_seal), never in plaintext. Empty
+    // when the daemon that wrote the record had no key.
+    sealed_values sealed{};
     bool operator==(const runtime_guest_record&) const = default;
 };
 

@@ -4,8 +4,9 @@
 # says, and drives it from outside with nsenter. Checks socket activation, the API socket's
 # owner and mode after two reboots (a stereos member's `stereosctl ls`), a stop under 1 s, reload
 # adding a guest, Restart= after SIGKILL keeping runtime guests, the watchdog restarting a
-# SIGSTOPped daemon, the audit record of a member's shutdown, journal lines naming their guest,
-# and no warnings from systemd about the units.
+# SIGSTOPped daemon, the audit record of a member's shutdown, runtime guests' values sealed with
+# the credential make-seal-key makes, journal lines naming their guest, and no warnings from
+# systemd about the units.
 #   systemd_machine_test.sh BUILD_DIR FAKEGUEST_BINARY
 set -euo pipefail
 build_dir=$(realpath "$1") fakeguest=$(realpath "$2")
@@ -270,6 +271,31 @@ watchdog_log=$(inside journalctl -u stereos-hostd.service -o cat)
 grep -q 'Watchdog timeout' <<<"$watchdog_log" || fail "the journal does not say the watchdog fired"
 wait_for 20 "the daemon restarted by the watchdog does not serve" member_lists vm1 vm3 rt1
 echo "watchdog: OK"
+
+# ---- runtime guests' values sealed with the credential stereos-hostd.seal-key ----------------
+# Without the credential (LoadCredentialEncrypted= finds none) the daemon starts, values in memory.
+daemon_status=$(as_member stereosctl status) || fail "stereosctl status failed: $daemon_status"
+grep -q 'values at rest:  memory only' <<<"$daemon_status" ||
+    fail "without a seal key the status does not say memory: $daemon_status"
+inside /usr/libexec/stereos-hostd/make-seal-key 2>/dev/null || fail "make-seal-key failed"
+inside systemctl restart stereos-hostd.service
+wait_for 20 "with a seal key the status does not say sealed" \
+    bash -c "nsenter -t $leader -a -- stereosctl status | grep -q 'values at rest:  sealed'"
+inside systemctl start stereos-fakeguest@rt2.service
+sealed_value=machine-sealed-$$-value
+printf '{"secrets":[{"name":"K","value":"%s"}]}' "$sealed_value" >"$root/var/tmp/rt2.json"
+chmod 0644 "$root/var/tmp/rt2.json"
+as_member stereosctl add rt2 unix:/run/stereos-fakeguest/rt2/guest.sock --provision /var/tmp/rt2.json \
+    >/dev/null || fail "a member could not add rt2 with a value"
+provision_done() { inside stereosctl --json status rt2 | grep -q '"provision":{"state":"done"'; }
+wait_for 20 "rt2 was not provisioned" provision_done
+inside systemctl restart stereos-hostd.service
+wait_for 20 "after a restart rt2's sealed value did not open (not provisioned)" provision_done
+if inside grep -rq "$sealed_value" /var/lib/stereos-hostd; then
+    fail "the value is in plaintext in /var/lib/stereos-hostd"
+fi
+inside grep -q '"sealed_values"' /var/lib/stereos-hostd/guests.json || fail "guests.json holds no sealed values"
+echo "sealed values: OK"
 
 # ---- the journal names each guest ------------------------------------------------------------
 journal=$(inside journalctl -u stereos-hostd.service -o cat)

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -83,11 +85,12 @@ std::string guest_section(const std::string& name, const std::string& endpoint) 
 }
 
 std::unique_ptr<child_process> start_daemon(const temp_directory& dir,
-                                            const std::string& label = "hostd") {
+                                            const std::string& label = "hostd",
+                                            const std::map<std::string, std::string>& env = {}) {
     return std::make_unique<child_process>(
         std::vector<std::string>{STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(),
                                  "--log", "stderr"},
-        dir.path(), label);
+        dir.path(), label, env);
 }
 
 std::size_t occurrences(const std::string& text, const std::string& needle) {
@@ -443,6 +446,147 @@ BOOST_AUTO_TEST_CASE(wild_uptimes_are_protocol_errors_not_a_provisioning_storm) 
 
 // A state file that exists but cannot be read holds guests the daemon must not lose: it stops
 // with the reason, and leaves the file where it is.
+// ---- runtime guests' values sealed at rest ---------------------------------------------------
+
+namespace {
+// A credentials directory as systemd makes it for LoadCredentialEncrypted=stereos-hostd.seal-key.
+std::filesystem::path credentials_with_key(const temp_directory& dir, const std::string& name,
+                                           char fill) {
+    const auto credentials = dir / name;
+    std::filesystem::create_directories(credentials);
+    std::string key(32, fill);
+    key[0] = '\x01';
+    key[31] = '\x7f';
+    write_text_file(credentials / "stereos-hostd.seal-key", key);
+    return credentials;
+}
+
+testing::command_result api_call(const temp_directory& dir, const std::vector<std::string>& args) {
+    std::vector<std::string> argv{
+        "/usr/bin/curl", "-sS", "--max-time", "20", "--unix-socket", (dir / "api.sock").string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testing::run_command(argv);
+}
+
+// Every file under `root`, read whole: where a value must not be.
+std::string every_file_under(const std::filesystem::path& root) {
+    std::string all;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
+        if (e.is_regular_file())
+            all += e.path().string() + "\n" + read_text_file(e.path()) + "\n";
+    }
+    return all;
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_sealed_runtime_value_survives_a_daemon_restart_and_a_guest_reboot) {
+    temp_directory dir("stereos-daemon");
+    const auto credentials = credentials_with_key(dir, "credentials", 'k');
+    const std::map<std::string, std::string> with_key{
+        {"CREDENTIALS_DIRECTORY", credentials.string()}};
+    const std::string value = "sealed-value-5c1e9a77d0";
+    auto guest = std::make_unique<guest_process>(dir, "guest-1", "tcp:127.0.0.1:0");
+    const auto endpoint = guest->endpoint;
+    write_text_file(dir / "config.toml", daemon_section(dir));
+
+    auto hostd = start_daemon(dir, "hostd-1", with_key);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("API listening on", patience).has_value(),
+                       hostd->stderr_text());
+    BOOST_TEST(hostd->stderr_text().find("values are sealed in the state directory (key id") !=
+                   std::string::npos,
+               hostd->stderr_text());
+    auto ping = api_call(dir, {"http://localhost/v1/ping"});
+    BOOST_TEST(
+        ping.out.find(R"("values_at_rest":{"mode":"sealed","key_id":")") != std::string::npos,
+        ping.out << ping.err);
+    auto added = api_call(
+        dir, {"-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d",
+              R"({"name":"rt1","endpoint":")" + endpoint +
+                  R"(","provision":{"secrets":[{"name":"K","value":")" + value + R"("}]}})",
+              "http://localhost/v1/guests"});
+    BOOST_TEST(added.out == "201", added.err);
+    BOOST_TEST_REQUIRE(hostd->wait_for_output("rt1: provisioned", patience).has_value(),
+                       hostd->stderr_text());
+    const auto given = std::vector<std::string>{line_of(protocol::secret_payload{"K", value, 0})};
+    BOOST_TEST(guest->received_commands() == given, boost::test_tools::per_element());
+    hostd->send_signal(SIGTERM);
+    BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+    BOOST_TEST(hostd->stderr_text().find(value) == std::string::npos, "the value is in the log");
+
+    // A new run of the guest: its start time clearly later than the first's (beyond the 3 s
+    // tolerance), at the same address.
+    std::this_thread::sleep_for(4500ms);
+    guest->process->send_signal(SIGKILL);
+    guest->process->wait_exit(patience);
+    guest = std::make_unique<guest_process>(dir, "guest-2", endpoint);
+
+    auto restarted = start_daemon(dir, "hostd-2", with_key);
+    BOOST_TEST_REQUIRE(restarted->wait_for_output("rt1: provisioned", patience).has_value(),
+                       restarted->stderr_text());
+    BOOST_TEST(restarted->stderr_text().find("rt1: runtime guest's 1 sealed value opened") !=
+                   std::string::npos,
+               restarted->stderr_text());
+    BOOST_TEST(guest->received_commands() == given, boost::test_tools::per_element());
+    restarted->send_signal(SIGTERM);
+    BOOST_TEST(restarted->wait_exit(patience).value_or(-1) == 0);
+    BOOST_TEST(restarted->stderr_text().find(value) == std::string::npos);
+    const auto state = every_file_under(dir / "state");
+    BOOST_TEST(state.find("sealed_values") != std::string::npos, state);
+    BOOST_TEST(state.find(value) == std::string::npos, "the value is in the state directory");
+
+    // The state directory on another host (another key): the guest waits for its values.
+    temp_directory other("stereos-daemon-other");
+    std::filesystem::copy(dir / "state", other / "state", std::filesystem::copy_options::recursive);
+    write_text_file(other / "config.toml", daemon_section(other));
+    auto elsewhere = start_daemon(
+        other, "hostd-other",
+        {{"CREDENTIALS_DIRECTORY", credentials_with_key(other, "credentials", 'o').string()}});
+    BOOST_TEST_REQUIRE(elsewhere->wait_for_output("API listening on", patience).has_value(),
+                       elsewhere->stderr_text());
+    BOOST_TEST(
+        elsewhere
+            ->wait_for_output("rt1: runtime guest's sealed values cannot all be used", patience)
+            .has_value(),
+        elsewhere->stderr_text());
+    BOOST_TEST(
+        elsewhere->stderr_text().find("secret K: sealed with another key") != std::string::npos,
+        elsewhere->stderr_text());
+    auto status = api_call(other, {"http://localhost/v1/guests/rt1"});
+    BOOST_TEST(status.out.find(R"("state":"needs_values")") != std::string::npos, status.out);
+    elsewhere->send_signal(SIGTERM);
+    BOOST_TEST(elsewhere->wait_exit(patience).value_or(-1) == 0);
+    BOOST_TEST(elsewhere->stderr_text().find(value) == std::string::npos);
+    // Nothing more was sent to the guest.
+    BOOST_TEST(guest->received_commands() == given, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(without_a_seal_key_the_status_says_memory_and_why) {
+    temp_directory dir("stereos-daemon");
+    write_text_file(dir / "config.toml", daemon_section(dir));
+    const auto check = [&](const std::map<std::string, std::string>& env, const std::string& label,
+                           const std::string& reason) {
+        auto hostd = start_daemon(dir, label, env);
+        BOOST_TEST_REQUIRE(hostd->wait_for_output("API listening on", patience).has_value(),
+                           hostd->stderr_text());
+        auto ping = api_call(dir, {"http://localhost/v1/ping"});
+        BOOST_TEST(ping.out.find(R"("values_at_rest":{"mode":"memory","reason":")" + reason) !=
+                       std::string::npos,
+                   label << ": " << ping.out << ping.err);
+        BOOST_TEST(
+            hostd->stderr_text().find("values stay in memory only: " + reason) != std::string::npos,
+            hostd->stderr_text());
+        hostd->send_signal(SIGTERM);
+        BOOST_TEST(hostd->wait_exit(patience).value_or(-1) == 0);
+    };
+    check({{"CREDENTIALS_DIRECTORY", ""}}, "no-directory", "$CREDENTIALS_DIRECTORY is not set");
+    std::filesystem::create_directories(dir / "empty-credentials");
+    check({{"CREDENTIALS_DIRECTORY", (dir / "empty-credentials").string()}}, "no-credential",
+          "no credential stereos-hostd.seal-key");
+    write_text_file(dir / "empty-credentials" / "stereos-hostd.seal-key", "too short\n");
+    check({{"CREDENTIALS_DIRECTORY", (dir / "empty-credentials").string()}}, "short-key",
+          "credential stereos-hostd.seal-key is shorter than a key (32 bytes)");
+}
+
 BOOST_AUTO_TEST_CASE(an_unreadable_state_file_stops_start_up) {
     temp_directory dir("stereos-daemon");
     std::filesystem::create_directories(dir / "state" / "guests.json");

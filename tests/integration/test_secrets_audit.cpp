@@ -2,6 +2,8 @@
 // config with a [secrets] section, provisioning from a credential and a file, stereosctl), also
 // down the failure paths (a refusing guest, a guest echoing them back, a silent or unreachable
 // guest, malformed requests, a bad config); then everything the daemon wrote is searched for them.
+// The daemon has a seal key, so runtime guests' values are also sealed into the state directory
+// and opened by a second daemon on it: neither leaves a value in a log or a state file.
 
 #include <array>
 #include <csignal>
@@ -196,16 +198,20 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     const auto runtime_value = make_secret("runtimevalue");  // POST /v1/guests, a value
     const auto runtime_jcard = make_secret("runtimejcard");  // POST /v1/guests, config
     const auto resupplied = make_secret("resupplied");       // PUT .../provision
+    auto seal_key = make_secret("seal");                     // the key sealing runtime values
+    seal_key.value = seal_key.value.substr(0, 32);           // "sk-seal-" and the 24-digit core
     const std::vector<const secret_value*> all{
         &route,         &ctl_stdin,     &ctl_file,        &jcard,     &ctl_jcard,
         &credential,    &plain_file,    &provision_jcard, &refused,   &echoed,
         &echoed_jcard,  &silent,        &unreachable,     &malformed, &inline_config,
-        &runtime_value, &runtime_jcard, &resupplied};
+        &runtime_value, &runtime_jcard, &resupplied,      &seal_key};
 
     // Provisioning inputs: a systemd credential, a plain file and a jcard.toml with [secrets].
     const auto credentials = dir.path / "credentials";
     std::filesystem::create_directory(credentials);
     write_text((credentials / "audit-cred").string(), credential.value);
+    // The key that seals runtime guests' values (LoadCredentialEncrypted=stereos-hostd.seal-key).
+    write_text((credentials / "stereos-hostd.seal-key").string(), seal_key.value);
     write_text(dir.file("plain-secret"), plain_file.value);
     write_text(dir.file("provision-jcard.toml"),
                "mixtape = \"base\"\n[secrets]\nPROVISIONED = '" + provision_jcard.value + "'\n");
@@ -448,6 +454,32 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     seen.add("state dir", read_tree(hostd.state_dir(), state_files));
     BOOST_TEST(!state_files.empty());
     BOOST_TEST(contains(hostd.log(), "POST /v1/guests/vm1/secrets"), "requests logged at debug");
+    // The runtime guests' values were sealed, not left out: the sealed store is what was searched.
+    const auto state_file = read_text(hostd.state_dir() + "/guests.json");
+    BOOST_TEST(contains(state_file, "\"sealed_values\""), state_file);
+    BOOST_TEST(contains(hostd.log(), "values are sealed in the state directory"));
+
+    // A second daemon on the same state directory opens them (and logs it), again at trace.
+    {
+        hostd_process reopened(dir, {}, "trace", quick_daemon, "",
+                               {{"CREDENTIALS_DIRECTORY", credentials.string()}});
+        BOOST_TEST(eventually(
+                       [&] {
+                           return contains(reopened.log(),
+                                           "vm-values: runtime guest's 1 sealed value opened");
+                       },
+                       30s),
+                   reopened.log());
+        seen.add("GET /v1/guests/vm-values (reopened)",
+                 get(reopened.socket(), "/v1/guests/vm-values"));
+        seen.add("GET /v1/ping (reopened)", get(reopened.socket(), "/v1/ping"));
+        seen.add("stereosctl status (reopened)",
+                 run_command({program_ctl(), "--socket", reopened.socket(), "status"}));
+        BOOST_TEST(reopened.process().stop() == 0);
+        seen.add("daemon log (reopened, trace)", reopened.log());
+    }
+    std::vector<std::string> reopened_files;
+    seen.add("state dir (reopened)", read_tree(hostd.state_dir(), reopened_files));
 
     // Nothing holds any form of any value.
     for (const auto* secret : all) {
