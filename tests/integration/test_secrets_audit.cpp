@@ -21,6 +21,7 @@
 
 #include "tests/fakeguest/fake_guest.hpp"
 #include "tests/integration/api/api_test_support.hpp"
+#include "tests/support/fake_fd_store.hpp"
 
 namespace asio = boost::asio;
 namespace json = boost::json;
@@ -241,6 +242,8 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     hostile.start();
 
     const std::string short_timeout = "request_timeout = \"2s\"\n";
+    // systemd's side of the stop: the daemon hands its guest connections to this fd store.
+    stereos::testing::fake_fd_store fd_store(dir.file("notify.sock"));
     hostd_process hostd(dir,
                         {{"vm1", good.endpoint(), provision},
                          {"vm-hostile", hostile.endpoint(), provision},
@@ -248,7 +251,8 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
                          {"vm-down", "tcp:127.0.0.1:" + std::to_string(closed_tcp_port()),
                           short_timeout + provision}},
                         "trace", quick_daemon, "",
-                        {{"CREDENTIALS_DIRECTORY", credentials.string()}});
+                        {{"CREDENTIALS_DIRECTORY", credentials.string()},
+                         {"NOTIFY_SOCKET", dir.file("notify.sock")}});
     const auto& sock = hostd.socket();
     event_capture events(sock);
     outputs seen;
@@ -442,14 +446,28 @@ BOOST_AUTO_TEST_CASE(no_secret_value_reaches_any_output_through_any_path) {
     seen.add("PUT provision vm-values (bad name)", answer);
     seen.add("GET /v1/guests/vm-values", get(sock, "/v1/guests/vm-values"));
 
-    // Stop everything, then gather what was written.
+    // Stop everything, then gather what was written. The store reads as the daemon stops (a
+    // datagram queue holds only a few messages, and systemd too reads them as they come).
+    std::thread store_reader([&] { fd_store.drain(5s); });
     BOOST_TEST(hostd.process().stop() == 0);
+    store_reader.join();
     std::string event_text;
     for (const auto& line : events.read_to_end())
         event_text += line + "\n";
     BOOST_TEST(events.ended(), "the daemon did not end the event stream as it stopped");
     seen.add("events stream", std::move(event_text));
     seen.add("daemon log (trace)", hostd.log());
+    // What went to the fd store: the sockets, and the memfd describing them with unread bytes.
+    const auto links = fd_store.stored.find("guest-links");
+    BOOST_TEST_REQUIRE((links != fd_store.stored.end()),
+                       "the daemon handed no guest connection to the fd store");
+    BOOST_TEST(fd_store.stored.count("guest.vm1") == 1u);
+    seen.add("fd store: guest-links memfd", stereos::testing::memfd_text(links->second));
+    std::string store_messages;
+    for (const auto& message : fd_store.messages)
+        store_messages += message + "\n";
+    seen.add("fd store: notifications", std::move(store_messages));
+    fd_store.flush();
     std::vector<std::string> state_files;
     seen.add("state dir", read_tree(hostd.state_dir(), state_files));
     BOOST_TEST(!state_files.empty());
