@@ -127,6 +127,7 @@ passed_fds take_passed_fds() {
     char** names = nullptr;
     const int count = sd_listen_fds_with_names(1, &names);
     std::map<std::string, int, std::less<>> sockets;
+    std::vector<std::string> unexpected;
     int links_fd = -1;
     for (int i = 0; i < count; ++i) {
         const int fd = SD_LISTEN_FDS_START + i;
@@ -149,6 +150,10 @@ passed_fds take_passed_fds() {
                 "unexpected name \"" +
                 std::string(name) + "\"");
             close_fd(fd);
+            // Out of the store too, or it comes back at every start and its peer never sees
+            // it closed. (A socket unit's fds are not in the store: removing them does nothing.)
+            if (name != "unknown")
+                unexpected.emplace_back(name);
         }
     }
     if (names) {
@@ -156,6 +161,8 @@ passed_fds take_passed_fds() {
             std::free(names[i]);
         std::free(names);
     }
+    for (const auto& name : unexpected)
+        remove_from_store(name);
     if (sockets.empty() && links_fd < 0)
         return passed;
 
@@ -252,7 +259,7 @@ std::size_t store(adoptable_connections connections, std::vector<std::string>& p
     const auto timeout_usec = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::microseconds>(barrier_timeout).count());
     if (const int r = sd_notify_barrier(0, timeout_usec); r < 0)
-        problems.push_back(std::string("systemd did not confirm it has the connections: ") +
+        problems.push_back(std::string("systemd did not confirm it has read the connections: ") +
                            std::strerror(-r));
     return stored;
 }

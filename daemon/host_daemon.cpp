@@ -209,6 +209,8 @@ asio::awaitable<void> host_daemon::async_stop() {
         const auto stored = fd_store::store(std::move(handed), problems);
         for (const auto& problem : problems)
             log::warning(problem);
+        // Sent, which is all a process can know: systemd 252 does not say what it kept (with
+        // FileDescriptorStoreMax= too low it logs a warning itself).
         log::info("handed " + std::to_string(stored) + " of " + std::to_string(live) +
                   " live guest connections to systemd's fd store for the next process");
     } else {

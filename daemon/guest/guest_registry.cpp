@@ -101,11 +101,21 @@ json::object guest_registry::values_at_rest_status() const {
     return {{"mode", "memory"}, {"reason", at_rest_.reason}};
 }
 
-sealed_values guest_registry::seal_values(const std::string& name,
+namespace {
+// What a sealed value is bound to besides its slot: the guest, where it is sent, and whether its
+// host references are followed. An edit of guests.json that points the guest elsewhere (or
+// raises its trust) leaves its values unopenable instead of sending them there.
+std::string seal_binding(const runtime_guest_record& record) {
+    return record.name + '\n' + record.endpoint + '\n' +
+           (record.references_trusted ? "host_trusted" : "values_only");
+}
+}  // namespace
+
+sealed_values guest_registry::seal_values(const runtime_guest_record& record,
                                           const provision_split& split) const {
     if (!at_rest_.seal || split.values.empty())
         return {};
-    return seal_all(*at_rest_.seal, name, split.values);
+    return seal_all(*at_rest_.seal, seal_binding(record), split.values);
 }
 
 namespace {
@@ -141,7 +151,7 @@ json::object guest_registry::restore_values(const runtime_guest_record& record,
             {.guest = record.name});
         return provision;
     }
-    const auto opened = open_all(*at_rest_.seal, record.name, record.sealed);
+    const auto opened = open_all(*at_rest_.seal, seal_binding(record), record.sealed);
     json::array secrets;
     if (const auto* kept = provision.if_contains("secrets"); kept && kept->is_array())
         secrets = kept->get_array();
@@ -240,6 +250,8 @@ std::vector<std::string> guest_registry::start(const config::config& initial) {
         throw std::runtime_error(*loaded.unreadable);
     if (loaded.problem)
         problems.push_back(*loaded.problem);
+    for (auto& warning : loaded.warnings)
+        problems.push_back(std::move(warning));
 
     ledger_.store = &store_;
     ledger_.boot_id = read_boot_id();
@@ -378,10 +390,13 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
     auto split = split_out_values(provision);
-    auto sealed = seal_values(name, split);
-    runtime_records_.push_back({name, endpoint, std::move(split.persisted),
+    runtime_records_.push_back({name,
+                                endpoint,
+                                std::move(split.persisted),
                                 std::move(split.withheld_values),
-                                caller == provision_caller::host_trusted, std::move(sealed)});
+                                caller == provision_caller::host_trusted,
+                                {}});
+    runtime_records_.back().sealed = seal_values(runtime_records_.back(), split);
     if (auto error = persist()) {
         runtime_records_.pop_back();
         return result(boost::system::in_place_error,
@@ -404,7 +419,7 @@ boost::system::result<config::guest_config, registry_error> guest_registry::rewr
     record.provision = std::move(split.persisted);
     record.withheld_values = std::move(split.withheld_values);
     record.references_trusted = caller == provision_caller::host_trusted;
-    record.sealed = seal_values(record.name, split);
+    record.sealed = seal_values(record, split);
     if (auto error = persist()) {
         record = std::move(kept);
         return result(boost::system::in_place_error,
@@ -565,9 +580,21 @@ boost::system::result<std::shared_ptr<managed_guest>, registry_error> guest_regi
                                                             : provision_caller::values_only);
     if (!definition)
         return result(boost::system::in_place_error, refusal(definition.error()));
-    // The values the guest now holds replace the sealed ones (with no key: none are kept, so an
-    // older sealed value cannot come back after a restart).
-    if (auto sealed = seal_values(name, split_out_values(merged)); sealed != record->sealed) {
+    // The values the guest now holds replace the sealed ones. With no key, only the slots given
+    // now are dropped (an older sealed value must not come back after a restart); the others
+    // stay, to open again once the key is back.
+    auto sealed = record->sealed;
+    if (at_rest_.seal) {
+        sealed = seal_values(*record, split_out_values(merged));
+    } else {
+        if (config_value)
+            sealed.slots.erase("config");
+        for (const auto& secret : secret_values)
+            sealed.slots.erase("secret " + std::string(secret.at("name").as_string()));
+        if (sealed.slots.empty())
+            sealed = {};
+    }
+    if (sealed != record->sealed) {
         auto kept = std::exchange(record->sealed, std::move(sealed));
         if (auto error = persist()) {
             record->sealed = std::move(kept);

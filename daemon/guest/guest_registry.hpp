@@ -143,9 +143,11 @@ class guest_registry {
     std::shared_ptr<managed_guest> launch(config::guest_config definition, guest_source source,
                                           std::vector<std::string> missing_values = {});
     std::optional<std::string> persist();
-    // What a record keeps of these values: sealed with the daemon's key, or nothing without one
-    // (older sealed values must not outlive the values that replaced them).
-    sealed_values seal_values(const std::string& name, const provision_split& split) const;
+    // What a record keeps of these values: sealed with the daemon's key for `record` as it is
+    // now (its endpoint and trust bound in), or nothing without a key (older sealed values must
+    // not outlive the values that replaced them).
+    sealed_values seal_values(const runtime_guest_record& record,
+                              const provision_split& split) const;
     // A persisted record's provision object with its sealed values that open; the slots that do
     // not open are added to `missing`, and one line per guest says why.
     boost::json::object restore_values(const runtime_guest_record& record,

@@ -37,7 +37,8 @@ std::string utc_stamp() {
 
 // Parses the file's text; an error names what is wrong.
 std::optional<std::string> parse_records(const std::string& text,
-                                         std::vector<runtime_guest_record>& out) {
+                                         std::vector<runtime_guest_record>& out,
+                                         std::vector<std::string>& warnings) {
     boost::system::error_code ec;
     auto doc = json::parse(text, ec);
     if (ec)
@@ -84,17 +85,26 @@ std::optional<std::string> parse_records(const std::string& text,
                 record.withheld_values.emplace_back(item.get_string());
             }
         }
+        // Damaged sealed values cost the guest its values (it waits for them), not the file.
         if (const auto* sealed = g.get_object().if_contains("sealed_values")) {
             const auto* set = sealed->if_object();
             const auto* key_id = set ? set->if_contains("key_id") : nullptr;
             const auto* values = set ? set->if_contains("values") : nullptr;
-            if (!key_id || !key_id->is_string() || !values || !values->is_object())
-                return where + ".sealed_values needs a key_id string and a values object";
-            record.sealed.key_id = key_id->get_string();
-            for (const auto& [slot, text] : values->get_object()) {
-                if (!text.is_string())
-                    return where + ".sealed_values.values holds something other than a string";
-                record.sealed.slots.emplace(slot, text.get_string());
+            bool well_formed = key_id && key_id->is_string() && values && values->is_object();
+            if (well_formed) {
+                record.sealed.key_id = key_id->get_string();
+                for (const auto& [slot, text] : values->get_object()) {
+                    well_formed = well_formed && text.is_string();
+                    if (text.is_string())
+                        record.sealed.slots.emplace(slot, text.get_string());
+                }
+            }
+            if (!well_formed) {
+                record.sealed = {};
+                warnings.push_back(where +
+                                   ".sealed_values is damaged (it needs a key_id string "
+                                   "and a values object of strings): guest \"" +
+                                   record.name + "\" needs its values again");
             }
         }
         out.push_back(std::move(record));
@@ -163,11 +173,12 @@ state_load_result state_store::load() {
         return result;
     }
     std::vector<runtime_guest_record> guests;
-    const auto error = parse_records(text, guests);
+    const auto error = parse_records(text, guests, result.warnings);
     if (!error) {
         result.guests = std::move(guests);
         return result;
     }
+    result.warnings.clear();
     const std::string problem = "is corrupt: " + *error;
 
     auto aside = file_;

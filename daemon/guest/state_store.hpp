@@ -41,6 +41,8 @@ struct state_load_result {
     // Set when the file exists but cannot be read (EACCES, EIO): the daemon must not start
     // without the guests it holds, nor move it aside.
     std::optional<std::string> unreadable;
+    // Damage confined to one guest (its sealed values): the guest is kept without it.
+    std::vector<std::string> warnings;
 };
 
 class state_store {

@@ -36,8 +36,9 @@ mkdir -p "$stub"
 cat >"$stub/systemd-creds" <<'STUB'
 #!/bin/sh
 [ -z "${STUB_FAIL:-}" ] || { echo "stub: failing" >&2; exit 1; }
-[ "$1" = encrypt ] && [ "$2" = --name=stereos-hostd.seal-key ] && [ "$3" = - ] || exit 2
-cat >"$4"
+[ "$1" = encrypt ] && [ "$2" = --name=stereos-hostd.seal-key ] && [ "$3" = --tpm2-pcrs= ] &&
+    [ "$4" = - ] || exit 2
+cat >"$5"
 STUB
 chmod 0755 "$stub/systemd-creds"
 root="$prefix/root"

@@ -85,28 +85,33 @@ BOOST_AUTO_TEST_CASE(
             first.stderr_text());
         BOOST_TEST(first.stderr_text().find("kept: state") != std::string::npos);
         BOOST_TEST(first.stderr_text().find("-> disconnected") == std::string::npos);
+        // The store answered the barrier: systemd had read everything before the exit.
+        BOOST_TEST(first.stderr_text().find("did not confirm") == std::string::npos,
+                   first.stderr_text());
     }
-    store.drain(500ms);
-    BOOST_TEST_REQUIRE(store.stored.count("guest-links") == 1u);
+    store.wait_quiet(500ms);
+    const auto stored = store.stored();
+    BOOST_TEST_REQUIRE(stored.count("guest-links") == 1u);
     for (const auto* name : {"guest.kept", "guest.other", "guest.gone"})
-        BOOST_TEST(store.stored.count(name) == 1u, name);
+        BOOST_TEST(stored.count(name) == 1u, name);
     // The description holds where each connection goes and what was unread, never a value.
-    const auto description = memfd_text(store.stored.find("guest-links")->second);
+    const auto description = memfd_text(stored.find("guest-links")->second);
     BOOST_TEST(description.find((dir / "g0.sock").string()) != std::string::npos, description);
     BOOST_TEST(description.find(secret) == std::string::npos);
     BOOST_TEST(description.find("sk-fdstore") == std::string::npos);
-    BOOST_TEST(std::count_if(store.messages.begin(), store.messages.end(),
+    const auto first_messages = store.messages();
+    BOOST_TEST(std::count_if(first_messages.begin(), first_messages.end(),
                              [](const auto& m) { return m.starts_with("BARRIER=1"); }) == 1);
 
     // The next process: "gone" is no longer configured.
     write_text_file(dir / "config.toml", daemon + kept);
     std::vector<int> fds;
     std::vector<std::string> names;
-    for (const auto& [name, fd] : store.stored) {
+    for (const auto& [name, fd] : stored) {
         fds.push_back(fd);
         names.push_back(name);
     }
-    store.messages.clear();
+    store.clear_messages();
     child_process second(args, dir.path(), "second", env, fds, names);
     // As systemd's store would, this process keeps its copies until told to remove them.
     BOOST_TEST_REQUIRE(second.wait_for_output("resuming 3 guest connections", patience).has_value(),
@@ -126,9 +131,10 @@ BOOST_AUTO_TEST_CASE(
     BOOST_TEST(
         second.wait_for_output("kept: the same run of the guest as before", patience).has_value(),
         second.stderr_text());
-    store.drain(500ms);
+    store.wait_quiet(500ms);
+    const auto second_messages = store.messages();
     for (const auto* name : {"guest.kept", "guest.other", "guest.gone", "guest-links"}) {
-        BOOST_TEST(std::count(store.messages.begin(), store.messages.end(),
+        BOOST_TEST(std::count(second_messages.begin(), second_messages.end(),
                               "FDSTOREREMOVE=1\nFDNAME=" + std::string(name)) == 1,
                    name << " was not taken out of the store");
     }
@@ -138,7 +144,6 @@ BOOST_AUTO_TEST_CASE(
     const auto guest_log = guests.stdout_text();
     BOOST_TEST(occurrences(guest_log, "accepted ") == 3u, guest_log);
     BOOST_TEST(occurrences(guest_log, "delivered inject_secret") == 1u, guest_log);
-    // "gone"'s connection was closed by the second process: the guest sees its end.
     second.send_signal(SIGTERM);
     BOOST_TEST(second.wait_exit(patience).value_or(-1) == 0, second.stderr_text());
     BOOST_TEST(second.stderr_text().find(secret) == std::string::npos);
@@ -157,7 +162,7 @@ BOOST_AUTO_TEST_CASE(without_a_notification_socket_a_stop_closes_every_connectio
                         guest_section("g", "unix:" + (dir / "g0.sock").string()));
     child_process hostd(
         {STEREOS_HOSTD_BINARY, "--config", (dir / "config.toml").string(), "--log", "stderr"},
-        dir.path(), "hostd");
+        dir.path(), "hostd", {{"NOTIFY_SOCKET", ""}});  // also where the tests run under systemd
     BOOST_TEST_REQUIRE(hostd.wait_for_output("g: state connecting -> ready", patience).has_value(),
                        hostd.stderr_text());
     hostd.send_signal(SIGTERM);

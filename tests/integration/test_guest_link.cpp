@@ -864,11 +864,12 @@ BOOST_AUTO_TEST_CASE(an_adopted_connection_goes_on_with_no_new_connection_and_pu
     std::optional<link::handed_over_connection> handed;
     f.run([&]() -> asio::awaitable<void> {
         BOOST_TEST_REQUIRE(co_await eventually([&] { return f.link->is_up(); }));
-        f.guest.push_lifecycle(lifecycle_state::ready, "before");
+        // One write, so one read: a whole line, then the start of the next.
+        f.guest.push_raw(
+            "{\"type\":\"lifecycle\",\"payload\":{\"state\":\"ready\",\"message\":\"before\"}}\n" +
+            push.substr(0, 20));
         BOOST_TEST_REQUIRE(
             co_await eventually([&] { return lifecycles_saying(f.events, "before") == 1; }));
-        f.guest.push_raw(push.substr(0, 20));
-        co_await sleep_for(100ms);  // read by the first link, not yet a line
         handed = co_await f.link->async_hand_over(clock_type::now() + 2s);
     });
     BOOST_TEST_REQUIRE(handed.has_value());

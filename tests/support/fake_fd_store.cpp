@@ -20,26 +20,59 @@ fake_fd_store::fake_fd_store(const std::filesystem::path& path) {
     if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
         throw std::runtime_error("cannot bind the notification socket " + path.string() + ": " +
                                  std::strerror(errno));
+    last_message_ = std::chrono::steady_clock::now();
+    reader_ = std::thread([this] { read_loop(); });
 }
 
 fake_fd_store::~fake_fd_store() {
+    stopping_ = true;
+    reader_.join();
     ::close(fd_);
     flush();
 }
 
-void fake_fd_store::flush() {
-    for (auto& [name, fd] : stored)
-        ::close(fd);
-    stored.clear();
+void fake_fd_store::read_loop() {
+    while (!stopping_) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, 20) > 0)
+            receive_one();
+    }
 }
 
-void fake_fd_store::drain(std::chrono::milliseconds quiet) {
+void fake_fd_store::wait_quiet(std::chrono::milliseconds quiet) const {
     while (true) {
-        pollfd p{fd_, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(quiet.count())) <= 0)
+        std::chrono::steady_clock::time_point last;
+        {
+            std::lock_guard lock(mutex_);
+            last = last_message_;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last >= quiet)
             return;
-        receive_one();
+        std::this_thread::sleep_for(quiet - (now - last));
     }
+}
+
+std::vector<std::string> fake_fd_store::messages() const {
+    std::lock_guard lock(mutex_);
+    return messages_;
+}
+
+std::multimap<std::string, int> fake_fd_store::stored() const {
+    std::lock_guard lock(mutex_);
+    return stored_;
+}
+
+void fake_fd_store::clear_messages() {
+    std::lock_guard lock(mutex_);
+    messages_.clear();
+}
+
+void fake_fd_store::flush() {
+    std::lock_guard lock(mutex_);
+    for (auto& [name, fd] : stored_)
+        ::close(fd);
+    stored_.clear();
 }
 
 void fake_fd_store::receive_one() {
@@ -51,7 +84,7 @@ void fake_fd_store::receive_one() {
     msg.msg_iovlen = 1;
     msg.msg_control = control.data();
     msg.msg_controllen = control.size();
-    const auto n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+    const auto n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n <= 0)
         return;
     std::string text(buffer.data(), static_cast<std::size_t>(n));
@@ -70,14 +103,16 @@ void fake_fd_store::receive_one() {
     const auto name = name_at == std::string::npos
                           ? std::string("stored")
                           : text.substr(name_at + 7, text.find('\n', name_at) - name_at - 7);
+    std::lock_guard lock(mutex_);
     if (text.find("FDSTORE=1") != std::string::npos) {
         for (int fd : fds)
-            stored.emplace(name, fd);
+            stored_.emplace(name, fd);
     } else {
         for (int fd : fds)
             ::close(fd);  // BARRIER=1's fd: closing it answers the barrier
     }
-    messages.push_back(std::move(text));
+    messages_.push_back(std::move(text));
+    last_message_ = std::chrono::steady_clock::now();
 }
 
 std::string memfd_text(int fd) {
