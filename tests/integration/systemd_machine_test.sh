@@ -326,32 +326,36 @@ echo "journal: OK"
 
 # ---- 200 guests keep their connections across systemctl restart -----------------------------
 # 100 fake guests on TCP and 100 on unix sockets, in one process that logs each connection.
+# (STEREOS_MACHINE_GUESTS=N takes N instead, to measure larger stores by hand.)
+many=${STEREOS_MACHINE_GUESTS:-200}
+half=$((many / 2))
 cat > "$root/etc/systemd/system/stereos-fakeguest-many.service" <<'UNIT'
 [Unit]
-Description=200 fake StereOS guests
+Description=Many fake StereOS guests
 [Service]
 RuntimeDirectory=stereos-many
 UMask=0000
 LimitNOFILE=65536
-ExecStart=/usr/local/bin/stereos-fakeguest --count 100 --listen tcp:127.0.0.1:21000 --listen unix:/run/stereos-many/g%%d.sock --health-state healthy --log-connections
+ExecStart=/usr/local/bin/stereos-fakeguest --count HALF --listen tcp:127.0.0.1:21000 --listen unix:/run/stereos-many/g%%d.sock --health-state healthy --log-connections
 UNIT
+sed -i "s/--count HALF/--count $half/" "$root/etc/systemd/system/stereos-fakeguest-many.service"
 inside systemctl daemon-reload
 inside systemctl start stereos-fakeguest-many.service
 {
-    for i in $(seq 0 99); do
+    for i in $(seq 0 $((half - 1))); do
         printf '\n[[guest]]\nname = "t%d"\nendpoint = "tcp:127.0.0.1:%d"\n' "$i" $((21000 + i))
         printf '\n[[guest]]\nname = "u%d"\nendpoint = "unix:/run/stereos-many/g%d.sock"\n' "$i" "$i"
     done
 } >> "$root/etc/stereos-hostd/config.toml"
 inside systemctl reload stereos-hostd.service
-many_healthy() {  # the 200 guests t*, u* are all healthy (or ready)
+many_healthy() {  # the guests t*, u* are all healthy (or ready)
     local n
     n=$(inside stereosctl --json ls | grep -oE '"name":"[tu][0-9]+"[^{}]*"state":"(healthy|ready)"' | wc -l)
-    [ "$n" -eq 200 ]
+    [ "$n" -eq "$many" ]
 }
-wait_for 60 "the 200 guests did not become healthy" many_healthy
+wait_for 60 "the $many guests did not become healthy" many_healthy
 accepted() { inside journalctl -u stereos-fakeguest-many.service -o cat | grep -c '^accepted ' || true; }
-[ "$(accepted)" -eq 200 ] || fail "the 200 guests accepted $(accepted) connections, not 200"
+[ "$(accepted)" -eq "$many" ] || fail "the $many guests accepted $(accepted) connections, not $many"
 warnings_before=$(from_systemd -p warning | sort)
 
 # A subscriber follows the events across the restart, subscribing again when a stream ends (the
@@ -360,23 +364,32 @@ inside timeout 120 bash -c 'for _ in $(seq 50); do stereosctl events; sleep 0.1;
     stereos-subscriber-loop >"$ct/events.log" 2>&1 &
 subscriber=$!
 sleep 1
-# While no daemon runs (before the new one starts), every one of the 200 guests pushes.
+# While no daemon runs (before the new one starts), every one of these guests pushes.
 printf '[Service]\nExecStartPre=+/bin/sh -c "systemctl kill --signal=SIGUSR2 stereos-fakeguest-many.service && sleep 0.5"\n' \
     > "$root/etc/systemd/system/stereos-hostd.service.d/push-during-restart.conf"
 inside systemctl daemon-reload
 before_restart=$(main_pid)
+t0=$(now_ms)
 inside systemctl restart stereos-hostd.service
+restart_ms=$(( $(now_ms) - t0 - 500 ))  # less the drop-in's pause
+echo "systemctl restart with $many guests took ${restart_ms} ms"
 new_pid=$(main_pid)
 [ "$new_pid" != "$before_restart" ] || fail "systemctl restart did not start a new process"
-wait_for 20 "the 200 guests are not healthy after the restart" many_healthy
-[ "$(accepted)" -eq 200 ] || fail "the restart made $(( $(accepted) - 200 )) new guest connections"
+wait_for 20 "the $many guests are not healthy after the restart" many_healthy
+[ "$(accepted)" -eq "$many" ] || fail "the restart made $(( $(accepted) - many )) new guest connections"
 journal=$(inside journalctl -u stereos-hostd.service -o cat)
-grep -q "handed 2[0-9][0-9] of 2[0-9][0-9] live guest connections to systemd's fd store" <<<"$journal" ||
-    fail "the old process did not hand its connections over"
-grep -q "resuming 2[0-9][0-9] guest connections the previous daemon process handed over" <<<"$journal" ||
-    fail "the new process did not resume the connections"
+live=$((many + 4))  # and vm1, vm3, rt1, rt2 (vm2 was shut down)
+grep -q "handed $live of $live live guest connections to systemd's fd store" <<<"$journal" ||
+    fail "the old process did not hand its $live connections over"
+grep -q "resuming $live guest connections the previous daemon process handed over" <<<"$journal" ||
+    fail "the new process did not resume the $live connections"
 pushes=$(grep -c '^[tu][0-9]*: lifecycle: healthy (pushed on SIGUSR2)' <<<"$journal" || true)
-[ "$pushes" -eq 200 ] || fail "the lifecycle pushed during the restart arrived $pushes times for 200 guests"
+# journald keeps at most 10000 lines per 30 s of a service: past ~1500 guests it drops some.
+if [ "$many" -le 1000 ]; then
+    [ "$pushes" -eq "$many" ] || fail "the lifecycle pushed during the restart arrived $pushes times for $many guests"
+elif [ "$pushes" -gt "$many" ]; then
+    fail "the lifecycle pushed during the restart arrived $pushes times for $many guests"
+fi
 # Within 1 s of READY=1 (the unit turning active): the journal's clock of each guest's state.
 ready_at=$(inside systemctl show -P ActiveEnterTimestampMonotonic stereos-hostd.service)
 last_state_at=$(inside journalctl -o json _PID="$new_pid" GUEST_STATE=healthy + _PID="$new_pid" GUEST_STATE=ready |
@@ -397,14 +410,14 @@ seen=$(grep -c ' t5 lifecycle healthy (pushed on SIGUSR2)' "$ct/events.log" || t
 [ "$seen" -le 1 ] || fail "the subscriber saw t5's push $seen times"
 rm "$root/etc/systemd/system/stereos-hostd.service.d/push-during-restart.conf"
 inside systemctl daemon-reload
-echo "restart keeps 200 connections: OK (all healthy ${late_ms} ms after READY=1, subscriber saw t5's push $seen times)"
+echo "restart keeps $many connections: OK (all healthy ${late_ms} ms after READY=1, subscriber saw t5's push $seen times)"
 
 # ---- stop, then start: the store is flushed and every guest reconnects ------------------------
 inside systemctl stop stereos-hostd.service 2>/dev/null
 [ "$(inside systemctl show -P Result stereos-hostd.service)" = success ] || fail "the stop did not succeed"
 inside systemctl start stereos-hostd.service
-wait_for 30 "the 200 guests are not healthy after stop and start" many_healthy
-[ "$(accepted)" -eq 400 ] || fail "after stop and start the guests accepted $(accepted) connections, not 400"
+wait_for 60 "the $many guests are not healthy after stop and start" many_healthy
+[ "$(accepted)" -eq $((2 * many)) ] || fail "after stop and start the guests accepted $(accepted) connections, not $((2 * many))"
 started_pid=$(main_pid)
 if inside journalctl -u stereos-hostd.service _PID="$started_pid" -o cat | grep -q 'handed over'; then
     fail "a start after a stop found connections in the store"

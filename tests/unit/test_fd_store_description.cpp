@@ -20,20 +20,24 @@ BOOST_AUTO_TEST_CASE(what_one_process_writes_the_next_reads_back_byte_for_byte) 
     std::string problem;
     const auto read = fd_store::parse_description(fd_store::describe(connections), problem);
     BOOST_TEST_REQUIRE(read.has_value(), problem);
-    BOOST_TEST(read->size() == 2u);
-    BOOST_TEST(read->at("vm1").endpoint == "unix:/run/vm1.sock");
-    BOOST_TEST(read->at("vm1").unread == binary);
-    BOOST_TEST(read->at("vm2").endpoint == "tcp:127.0.0.1:2222");
-    BOOST_TEST(read->at("vm2").unread.empty());
+    // In the order the sockets are sent: the connections' own (by name).
+    BOOST_TEST_REQUIRE(read->size() == 2u);
+    BOOST_TEST((*read)[0].guest == "vm1");
+    BOOST_TEST((*read)[0].endpoint == "unix:/run/vm1.sock");
+    BOOST_TEST((*read)[0].unread == binary);
+    BOOST_TEST((*read)[1].guest == "vm2");
+    BOOST_TEST((*read)[1].endpoint == "tcp:127.0.0.1:2222");
+    BOOST_TEST((*read)[1].unread.empty());
 }
 
 BOOST_AUTO_TEST_CASE(another_format_or_a_damaged_description_is_refused_with_a_reason) {
     const std::pair<std::string, std::string> cases[] = {
         {"not json", "unreadable"},
-        {R"({"version":2,"links":{}})", "format 2"},
-        {R"({"version":1})", "unreadable"},
-        {R"({"version":1,"links":{"vm1":{"endpoint":"unix:/x"}}})", "incomplete"},
-        {R"({"version":1,"links":{"vm1":{"endpoint":"unix:/x","unread_hex":"zz"}}})", "not hex"},
+        {R"({"version":1,"links":{}})", "format 1"},
+        {R"({"version":2})", "unreadable"},
+        {R"({"version":2,"links":[{"guest":"vm1","endpoint":"unix:/x"}]})", "incomplete"},
+        {R"({"version":2,"links":[{"guest":"vm1","endpoint":"unix:/x","unread_hex":"zz"}]})",
+         "not hex"},
     };
     for (const auto& [text, reason] : cases) {
         std::string problem;
