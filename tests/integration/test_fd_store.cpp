@@ -49,10 +49,11 @@ BOOST_AUTO_TEST_CASE(
     std::mt19937_64 random{std::random_device{}()};
     const std::string secret = "sk-fdstore-" + std::to_string(random()) + "-value";
     write_text_file(dir / "secret", secret);
-    // Three guests in one process; "gone" leaves the config before the second start.
+    // Four guests in one process; before the second start "gone" leaves the config and "moved"
+    // is pointed at gone's socket.
     child_process guests(
         {STEREOS_FAKEGUEST_BINARY, "--listen", "unix:" + (dir / "g%d.sock").string(), "--count",
-         "3", "--health-state", "healthy", "--log-connections", "--log-requests"},
+         "4", "--health-state", "healthy", "--log-connections", "--log-requests"},
         dir.path(), "guests");
     BOOST_TEST_REQUIRE(guests.wait_for_output("listening ", patience, false).has_value(),
                        guests.stderr_text());
@@ -62,7 +63,8 @@ BOOST_AUTO_TEST_CASE(
                       (dir / "secret").string() + "\" } ]\n" +
                       guest_section("other", "unix:" + (dir / "g1.sock").string());
     write_text_file(dir / "config.toml",
-                    daemon + kept + guest_section("gone", "unix:" + (dir / "g2.sock").string()));
+                    daemon + kept + guest_section("gone", "unix:" + (dir / "g2.sock").string()) +
+                        guest_section("moved", "unix:" + (dir / "g3.sock").string()));
 
     fake_fd_store store(dir / "notify.sock");
     const std::map<std::string, std::string> env{{"NOTIFY_SOCKET", (dir / "notify.sock").string()}};
@@ -70,7 +72,7 @@ BOOST_AUTO_TEST_CASE(
                                         (dir / "config.toml").string(), "--log", "stderr"};
     {
         child_process first(args, dir.path(), "first", env);
-        for (const auto* guest : {"kept", "other", "gone"}) {
+        for (const auto* guest : {"kept", "other", "gone", "moved"}) {
             BOOST_TEST_REQUIRE(
                 first
                     .wait_for_output(std::string(guest) + ": state connecting -> healthy", patience)
@@ -81,7 +83,7 @@ BOOST_AUTO_TEST_CASE(
         first.send_signal(SIGTERM);
         BOOST_TEST(first.wait_exit(patience).value_or(-1) == 0, first.stderr_text());
         BOOST_TEST(
-            first.stderr_text().find("handed 3 of 3 live guest connections") != std::string::npos,
+            first.stderr_text().find("handed 4 of 4 live guest connections") != std::string::npos,
             first.stderr_text());
         BOOST_TEST(first.stderr_text().find("kept: state") != std::string::npos);
         BOOST_TEST(first.stderr_text().find("-> disconnected") == std::string::npos);
@@ -104,8 +106,9 @@ BOOST_AUTO_TEST_CASE(
     BOOST_TEST(std::count_if(first_messages.begin(), first_messages.end(),
                              [](const auto& m) { return m.starts_with("BARRIER=1"); }) == 1);
 
-    // The next process: "gone" is no longer configured.
-    write_text_file(dir / "config.toml", daemon + kept);
+    // The next process: "gone" is no longer configured, "moved" has another endpoint.
+    write_text_file(dir / "config.toml",
+                    daemon + kept + guest_section("moved", "unix:" + (dir / "g2.sock").string()));
     std::vector<int> fds;
     std::vector<std::string> names;
     for (const auto& [name, fd] : stored) {
@@ -115,9 +118,9 @@ BOOST_AUTO_TEST_CASE(
     store.clear_messages();
     child_process second(args, dir.path(), "second", env, fds, names);
     // As systemd's store would, this process keeps its copies until told to remove them.
-    BOOST_TEST_REQUIRE(second.wait_for_output("resuming 3 guest connections", patience).has_value(),
+    BOOST_TEST_REQUIRE(second.wait_for_output("resuming 4 guest connections", patience).has_value(),
                        second.stderr_text());
-    for (const auto* guest : {"kept", "other"}) {
+    for (const auto* guest : {"kept", "other", "moved"}) {
         BOOST_TEST(
             second.wait_for_output(std::string(guest) + ": state connecting -> healthy", patience)
                 .has_value(),
@@ -132,6 +135,13 @@ BOOST_AUTO_TEST_CASE(
     BOOST_TEST(
         second.wait_for_output("kept: the same run of the guest as before", patience).has_value(),
         second.stderr_text());
+    BOOST_TEST(second
+                   .wait_for_output("moved: the connection the previous daemon process handed "
+                                    "over is closed: it was made to unix:" +
+                                        (dir / "g3.sock").string(),
+                                    patience)
+                   .has_value(),
+               second.stderr_text());
     store.wait_quiet(500ms);
     const auto second_messages = store.messages();
     for (const auto* name : {"guest-sockets", "guest-links"}) {
@@ -141,9 +151,11 @@ BOOST_AUTO_TEST_CASE(
     }
     store.flush();
 
-    // The guests saw one connection each, and the secret went out once.
+    // The guests saw one connection each (and "moved" a new one at its new endpoint), and the
+    // secret went out once.
     const auto guest_log = guests.stdout_text();
-    BOOST_TEST(occurrences(guest_log, "accepted ") == 3u, guest_log);
+    BOOST_TEST(occurrences(guest_log, "accepted ") == 5u, guest_log);
+    BOOST_TEST(occurrences(guest_log, "g2.sock #2") == 1u, guest_log);
     BOOST_TEST(occurrences(guest_log, "delivered inject_secret") == 1u, guest_log);
     second.send_signal(SIGTERM);
     BOOST_TEST(second.wait_exit(patience).value_or(-1) == 0, second.stderr_text());
