@@ -725,7 +725,9 @@ asio::awaitable<adoptable_connections> guest_registry::async_hand_over_all(
     // Together: each guest waits only for its own replies, all within the one bound.
     std::size_t running = guests.size();
     asio::steady_timer all_done(executor_, asio::steady_timer::time_point::max());
-    for (auto& [name, guest] : guests) {
+    // Not a structured binding: clang 14 cannot capture one.
+    for (const auto& entry : guests) {
+        const auto& guest = entry.second;
         asio::co_spawn(
             executor_, guest->async_hand_over(until),
             [&, guest](std::exception_ptr error,
